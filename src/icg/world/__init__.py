@@ -1,0 +1,1 @@
+"""CoverWorld: a simulated cover platform whose ground truth is known and hidden from training."""
