@@ -1,0 +1,270 @@
+"""The one safe image loader: allow-listed formats, a pixel limit read from the header before
+decoding, corrupt files as `ImageLoadError`, alpha on white, 16-bit to 8-bit, EXIF orientation.
+
+Every file is opened through the builtin `open` and handed to PIL as a file object; PIL's global
+settings (`Image.MAX_IMAGE_PIXELS`, `ImageFile.LOAD_TRUNCATED_IMAGES`) are never changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from icg.data.errors import ImageLoadError
+from icg.data.schemas import Reason
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Default pixel limit (width × height), about 7000 × 7000: far above any cover, far below a
+decompression bomb."""
+
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+"""PIL format names we decode. GIF (and animated WEBP) give their first frame."""
+
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Name an image format from the first 16 bytes of a file, or None when unknown.
+
+    Args:
+        head: the file's first bytes (at least 12 for WEBP).
+    """
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if head.startswith(b"8BPS"):
+        return "PSD"
+    if head.startswith(b"\x00\x00\x01\x00"):
+        return "ICO"
+    if head.startswith(b"%PDF"):
+        return "PDF"
+    if head[4:8] == b"ftyp":
+        return "HEIF/AVIF"
+    if head.lstrip().startswith(b"<"):
+        return "SVG/XML"
+    return None
+
+
+def _open_header(fp, path: Path, max_pixels: int) -> Image.Image:
+    """Open an image lazily (header only) and enforce the format allow-list and pixel limit."""
+    head = fp.read(16)
+    fp.seek(0)
+    if not head:
+        raise ImageLoadError(path, Reason.CORRUPT_IMAGE, "empty file, expected an image")
+    fmt = sniff_format(head)
+    if fmt not in ALLOWED_FORMATS:
+        raise ImageLoadError(
+            path,
+            Reason.DISALLOWED_FORMAT,
+            f"format {fmt or 'unknown'} is not allowed, expected one of {', '.join(ALLOWED_FORMATS)}",
+        )
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below is the one that counts; PIL's warning adds nothing.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp, formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(path, Reason.IMAGE_TOO_LARGE, f"image too large: {err}") from err
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as err:
+        raise ImageLoadError(path, Reason.CORRUPT_IMAGE, f"corrupt {fmt} header: {err}") from err
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(path, Reason.CORRUPT_IMAGE, f"invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            path,
+            Reason.IMAGE_TOO_LARGE,
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
+        )
+    return img
+
+
+def check_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
+    """Cheaply check an image file without decoding its pixels.
+
+    Reads the header (format allow-list, size against ``max_pixels``) and runs PIL's
+    ``verify()`` (for PNG this checks every chunk's CRC, catching truncation; JPEG truncation is
+    only caught when decoding, by `load_image`).
+
+    Args:
+        path: the image file.
+        max_pixels: the largest width × height accepted.
+
+    Returns:
+        (format, width, height).
+
+    Raises:
+        ImageLoadError: with ``reason`` one of missing_image, corrupt_image, image_too_large,
+            disallowed_format.
+    """
+    path = Path(path)
+    try:
+        fp = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError as err:
+        raise ImageLoadError(path, Reason.MISSING_IMAGE, "image file not found") from err
+    except OSError as err:
+        raise ImageLoadError(path, Reason.MISSING_IMAGE, f"image not readable: {err}") from err
+    with fp:
+        img = _open_header(fp, path, max_pixels)
+        fmt, (width, height) = img.format or "?", img.size
+        try:
+            img.verify()
+        except _DECODE_ERRORS as err:
+            raise ImageLoadError(path, Reason.CORRUPT_IMAGE, f"corrupt {fmt} data: {err}") from err
+    return fmt, width, height
+
+
+class ImageChecker:
+    """`check_image` with a cache, so each distinct path is checked once.
+
+    Args:
+        max_pixels: the largest width × height accepted.
+    """
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.max_pixels = max_pixels
+        self._cache: dict[str, ImageLoadError | None] = {}
+
+    def __call__(self, path: str) -> ImageLoadError | None:
+        """Return the problem with the image at ``path``, or None when it is fine."""
+        if path not in self._cache:
+            try:
+                check_image(path, max_pixels=self.max_pixels)
+                self._cache[path] = None
+            except ImageLoadError as err:
+                self._cache[path] = err
+        return self._cache[path]
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """Scale a 16-bit, 32-bit integer or float grayscale image to 8-bit "L"."""
+    arr = np.asarray(img).astype(np.float64)  # (H, W)
+    if img.mode.startswith("I;16"):
+        arr = arr / 257.0  # 65535 -> 255
+    elif img.mode == "I":
+        peak = float(arr.max(initial=0.0))
+        if peak > 65535:
+            arr = arr * (255.0 / peak)
+        elif peak > 255:
+            arr = arr / 257.0  # 16-bit data decoded as 32-bit "I" (e.g. some PNGs)
+    elif img.mode == "F" and float(arr.max(initial=0.0)) <= 1.0:
+        arr = arr * 255.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any decoded PIL image to 8-bit RGB, compositing transparency on white.
+
+    Args:
+        img: a loaded image of any mode.
+    """
+    if img.mode in _HIGH_DEPTH_MODES:
+        img = _high_depth_to_l(img)
+    has_alpha = img.mode in _ALPHA_MODES or "transparency" in img.info
+    if has_alpha:
+        if img.mode == "1":
+            img = img.convert("L")
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode == "RGB":
+        return img
+    return img.convert("RGB")
+
+
+def load_image(
+    path: str | Path, *, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Load an image safely as 8-bit RGB.
+
+    Args:
+        path: the image file (PNG, JPEG, WEBP, BMP or GIF; GIF gives its first frame).
+        size: when given, resize to ``size`` × ``size`` (bicubic).
+        max_pixels: the largest width × height accepted, checked from the header before
+            decoding.
+
+    Returns:
+        An RGB image with EXIF orientation applied and transparency composited on white.
+
+    Raises:
+        ImageLoadError: missing, truncated or corrupt file, disallowed format, or too many
+            pixels; the message names the path.
+    """
+    path = Path(path)
+    try:
+        fp = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError as err:
+        raise ImageLoadError(path, Reason.MISSING_IMAGE, "image file not found") from err
+    except OSError as err:
+        raise ImageLoadError(path, Reason.MISSING_IMAGE, f"image not readable: {err}") from err
+    with fp:
+        img = _open_header(fp, path, max_pixels)
+        fmt = img.format
+        try:
+            img.load()
+        except _DECODE_ERRORS as err:
+            raise ImageLoadError(
+                path, Reason.CORRUPT_IMAGE, f"corrupt or truncated {fmt} image: {err}"
+            ) from err
+    try:
+        img = ImageOps.exif_transpose(img)
+    except _DECODE_ERRORS as err:  # broken EXIF block: keep the pixels as stored
+        logger.warning("%s: ignoring unreadable EXIF orientation (%s)", path, err)
+    try:
+        img = to_rgb(img)
+    except _DECODE_ERRORS as err:
+        raise ImageLoadError(
+            path, Reason.CORRUPT_IMAGE, f"cannot convert mode {img.mode} to RGB: {err}"
+        ) from err
+    if size is not None:
+        if size <= 0:
+            raise ValueError(f"size must be a positive int, got {size!r}")
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return img
+
+
+def load_images_tensor(
+    paths: Sequence[str | Path], size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
+    """Load images into one float tensor.
+
+    Args:
+        paths: image files.
+        size: every image is resized to ``size`` × ``size``.
+        max_pixels: per-image pixel limit (see `load_image`).
+
+    Returns:
+        A float32 tensor of shape (B, 3, size, size) with values in [0, 1].
+    """
+    import torch
+
+    if not paths:
+        return torch.empty(0, 3, size, size)
+    arrays = [np.asarray(load_image(p, size=size, max_pixels=max_pixels)) for p in paths]
+    batch = torch.from_numpy(np.stack(arrays))  # (B, H, W, 3) uint8
+    return batch.permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # (B, 3, H, W)
