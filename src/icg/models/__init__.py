@@ -1,0 +1,1 @@
+"""ICG models: meta-token encoder, user refiner, cover adapter (+ attention processors)."""

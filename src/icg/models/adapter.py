@@ -1,0 +1,184 @@
+"""CoverAdapter: the connector from item features to UNet tokens, plus decoupled cross-attention.
+
+ICG (EMNLP 2025, Sec. 3.3) bridges the MLLM and the diffusion model with an adapter: the
+personalized context ``C (B, K, D)`` is mapped to ``K'`` tokens of width ``token_dim`` and injected
+into every cross-attention layer of the UNet as a second, decoupled attention branch
+(IP-Adapter style, Ye et al. 2023, Sec. 3.2). The adapter is zero-initialised (``to_v_icg = 0``)
+so that an untrained adapter leaves the base pipeline's output bit-for-bit unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from diffusers import ModelMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from torch import nn
+
+from icg.models.attention import ICGAttnProcessor, ICGAttnWeights, PassthroughProcessor
+
+logger = logging.getLogger(__name__)
+
+
+def layer_key(processor_name: str) -> str:
+    """Module key of a UNet attention layer: ``down_blocks.1...attn2.processor`` → ``down_blocks_1..._attn2``."""
+    return processor_name.removesuffix(".processor").replace(".", "_")
+
+
+def cross_attention_layers(unet: nn.Module) -> dict[str, int]:
+    """The UNet's cross-attention layers, ``{processor name: inner dim}``, in processor order."""
+    layers = {}
+    for name in unet.attn_processors:
+        module = unet.get_submodule(name.removesuffix(".processor"))
+        if getattr(module, "is_cross_attention", False):
+            layers[name] = int(module.inner_dim)
+    return layers
+
+
+class CoverAdapter(ModelMixin, ConfigMixin):
+    """Connector ``(B, K, D) → (B, K', token_dim)`` plus one ``ICGAttnWeights`` per cross-attn layer.
+
+    Build it for a UNet with :meth:`from_unet`; inject with :meth:`install` and undo with
+    :meth:`remove`. Each layer's ``to_k_icg`` maps ``token_dim`` to that layer's own inner dim, so
+    UNets whose blocks use different widths or ``cross_attention_dim`` need nothing special.
+
+    Args:
+        feature_dim: ``D``, width of the item features (the MLLM hidden size).
+        num_feature_tokens: ``K``, number of meta tokens.
+        token_dim: width of the ICG tokens (by default the UNet's ``cross_attention_dim``).
+        layers: ``{processor name: inner dim}`` of the cross-attention layers to inject.
+        num_tokens: ``K'``, number of ICG tokens (``None``: same as ``K``).
+        hidden_dim: width of the connector MLP (``None``: ``max(D, token_dim)``).
+        scale: weight of the ICG branch in every layer.
+        base_model: name or path of the base diffusion model, recorded for loading.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        feature_dim: int,
+        num_feature_tokens: int,
+        token_dim: int,
+        layers: dict[str, int],
+        num_tokens: int | None = None,
+        hidden_dim: int | None = None,
+        scale: float = 1.0,
+        base_model: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("layers: expected at least one cross-attention layer, got none")
+        hidden = hidden_dim or max(feature_dim, token_dim)
+        self.proj = nn.Sequential(
+            nn.LayerNorm(feature_dim),
+            nn.Linear(feature_dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, token_dim),
+        )
+        self.norm = nn.LayerNorm(token_dim)
+        out_tokens = num_tokens or num_feature_tokens
+        self.token_mix = (
+            nn.Linear(num_feature_tokens, out_tokens) if out_tokens != num_feature_tokens else None
+        )
+        self.attn_layers = nn.ModuleDict(
+            {layer_key(name): ICGAttnWeights(dim, token_dim) for name, dim in layers.items()}
+        )
+        self._scale = scale
+        self._original_processors: dict | None = None
+        self._installed_processors: dict[str, ICGAttnProcessor] = {}
+
+    @classmethod
+    def from_unet(
+        cls,
+        unet: nn.Module,
+        feature_dim: int,
+        num_feature_tokens: int,
+        num_tokens: int | None = None,
+        token_dim: int | None = None,
+        scale: float = 1.0,
+        base_model: str | None = None,
+    ) -> CoverAdapter:
+        """A fresh adapter shaped for ``unet``; ``to_k_icg`` starts from the text ``to_k`` where widths agree."""
+        layers = cross_attention_layers(unet)
+        if not layers:
+            raise ValueError("unet: expected a UNet with cross-attention layers, found none")
+        if token_dim is None:
+            first = unet.get_submodule(next(iter(layers)).removesuffix(".processor"))
+            token_dim = int(first.to_k.in_features)
+        adapter = cls(
+            feature_dim=feature_dim,
+            num_feature_tokens=num_feature_tokens,
+            token_dim=token_dim,
+            layers=layers,
+            num_tokens=num_tokens,
+            scale=scale,
+            base_model=base_model,
+        )
+        with torch.no_grad():
+            for name in layers:
+                attn = unet.get_submodule(name.removesuffix(".processor"))
+                weights = adapter.attn_layers[layer_key(name)]
+                if attn.to_k.weight.shape == weights.to_k_icg.weight.shape:
+                    weights.to_k_icg.weight.copy_(attn.to_k.weight)
+        return adapter.to(device=unet.device)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Map personalized context ``(B, K, D)`` to ICG tokens ``(B, K', token_dim)``."""
+        tokens = self.norm(self.proj(features))  # (B, K, T)
+        if self.token_mix is not None:
+            tokens = self.token_mix(tokens.transpose(1, 2)).transpose(1, 2)  # (B, K', T)
+        return tokens
+
+    @property
+    def scale(self) -> float:
+        """Weight of the ICG branch (applies at once to installed processors)."""
+        return self._scale
+
+    def set_scale(self, scale: float) -> None:
+        """Set the weight of the ICG branch in every installed processor."""
+        self._scale = float(scale)
+        for processor in self._installed_processors.values():
+            processor.scale = self._scale
+
+    @property
+    def is_installed(self) -> bool:
+        """Whether the adapter's processors are installed on a UNet."""
+        return self._original_processors is not None
+
+    def install(self, unet: nn.Module) -> None:
+        """Install ICG processors on the cross-attention layers of ``unet``.
+
+        Other layers keep their original processor, wrapped so that they ignore ``icg_tokens``.
+        Pass the tokens as ``unet(..., cross_attention_kwargs={"icg_tokens": tokens})``.
+        """
+        if self.is_installed:
+            raise RuntimeError("CoverAdapter is already installed; call remove(unet) first")
+        found = cross_attention_layers(unet)
+        expected = dict(self.config.layers)
+        if found != expected:
+            missing = sorted(set(expected) - set(found))[:3]
+            raise ValueError(
+                f"unet: cross-attention layers do not match the adapter (adapter expects {len(expected)}, "
+                f"unet has {len(found)}; first mismatches: {missing}). Was the adapter built for this base?"
+            )
+        originals = dict(unet.attn_processors)
+        processors = {}
+        self._installed_processors = {}
+        for name, original in originals.items():
+            if name in expected:
+                processor = ICGAttnProcessor(self.attn_layers[layer_key(name)], scale=self._scale)
+                self._installed_processors[name] = processor
+                processors[name] = processor
+            else:
+                processors[name] = PassthroughProcessor(original)
+        unet.set_attn_processor(processors)
+        self._original_processors = originals
+
+    def remove(self, unet: nn.Module) -> None:
+        """Restore the processors ``unet`` had before :meth:`install`."""
+        if self._original_processors is None:
+            raise RuntimeError("CoverAdapter is not installed")
+        unet.set_attn_processor(dict(self._original_processors))
+        self._original_processors = None
+        self._installed_processors = {}

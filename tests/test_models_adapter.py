@@ -1,0 +1,120 @@
+"""CoverAdapter + decoupled cross-attention processors and the UserRefiner."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from model_fixtures import get_dummy_components, get_dummy_sdxl_components
+
+from icg.models.adapter import CoverAdapter, cross_attention_layers
+from icg.models.attention import ICGAttnProcessor, PassthroughProcessor
+from icg.models.user_refiner import UserRefiner
+
+K, D = 3, 16
+
+
+def _run(pipe, tokens=None, seed=0):
+    kwargs = {"cross_attention_kwargs": {"icg_tokens": tokens}} if tokens is not None else {}
+    return pipe(
+        ["red cat", "blue sea"],
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+        **kwargs,
+    ).images
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_untrained_adapter_is_bit_exact_and_removable(kind):
+    if kind == "sd15":
+        pipe = StableDiffusionPipeline(**get_dummy_components())
+    else:
+        pipe = StableDiffusionXLPipeline(**get_dummy_sdxl_components(), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    base = _run(pipe)
+    originals = dict(pipe.unet.attn_processors)
+    adapter = CoverAdapter.from_unet(pipe.unet, feature_dim=D, num_feature_tokens=K, num_tokens=4)
+    adapter.install(pipe.unet)
+    procs = pipe.unet.attn_processors
+    assert all(isinstance(procs[n], ICGAttnProcessor) for n in adapter.config.layers)
+    assert all(
+        isinstance(p, PassthroughProcessor)
+        for n, p in procs.items()
+        if n not in adapter.config.layers
+    )
+    tokens = adapter(torch.randn(2, K, D))  # (2, 4, token_dim)
+    assert tokens.shape == (2, 4, adapter.config.token_dim)
+    cfg_tokens = torch.cat([torch.zeros_like(tokens), tokens])  # CFG doubles the batch
+    with torch.no_grad():
+        assert torch.equal(_run(pipe, cfg_tokens), base)
+        # a trained (non-zero) branch changes the image; scale 0 switches it off exactly
+        for layer in adapter.attn_layers.values():
+            layer.to_v_icg.weight.normal_(std=1.0)
+        assert not torch.equal(_run(pipe, cfg_tokens), base)
+        adapter.set_scale(0.0)
+        assert torch.equal(_run(pipe, cfg_tokens), base)
+    adapter.remove(pipe.unet)
+    restored = pipe.unet.attn_processors
+    assert all(restored[n] is p for n, p in originals.items())
+    assert not adapter.is_installed
+
+
+def test_sdxl_blocks_of_different_width():
+    unet = get_dummy_sdxl_components()["unet"]
+    layers = cross_attention_layers(unet)
+    assert len(set(layers.values())) == 1 or len(layers) > 1
+    adapter = CoverAdapter.from_unet(unet, feature_dim=D, num_feature_tokens=K, token_dim=24)
+    assert {k for k in adapter.config.layers} == set(layers)
+    first = next(iter(adapter.attn_layers.values()))
+    assert first.to_k_icg.in_features == 24
+
+
+def test_install_rejects_other_unet():
+    adapter = CoverAdapter.from_unet(
+        get_dummy_components()["unet"], feature_dim=D, num_feature_tokens=K
+    )
+    with pytest.raises(ValueError, match="cross-attention layers do not match"):
+        adapter.install(get_dummy_sdxl_components()["unet"])
+
+
+def test_icg_tokens_batch_mismatch_is_explained():
+    components = get_dummy_components()
+    unet = components["unet"]
+    adapter = CoverAdapter.from_unet(unet, feature_dim=D, num_feature_tokens=K)
+    adapter.install(unet)
+    with pytest.raises(ValueError, match="icg_tokens has batch 1, expected 2"):
+        unet(
+            torch.randn(2, 4, 8, 8),
+            10,
+            torch.randn(2, 5, 32),
+            cross_attention_kwargs={"icg_tokens": torch.randn(1, K, 32)},
+        )
+
+
+def test_refiner_cold_start_is_identity_bit_for_bit():
+    refiner = UserRefiner(feature_dim=D, user_dim=5, num_users=4, hidden_dim=8)
+    for p in refiner.film.parameters():  # pretend it is trained
+        torch.nn.init.normal_(p)
+    feats = torch.randn(3, K, D)
+    assert refiner(feats) is feats
+    users = torch.randn(3, 5)
+    mask = torch.tensor([True, False, True])
+    out = refiner(feats, user_embeddings=users, user_mask=mask)
+    assert torch.equal(out[1], feats[1]) and not torch.equal(out[0], feats[0])
+    users[2] = float("nan")  # a NaN row means "no embedding"
+    out = refiner(feats, user_embeddings=users)
+    assert torch.equal(out[2], feats[2])
+    out = refiner(feats, user_index=torch.tensor([0, -1, 3]))
+    assert torch.equal(out[1], feats[1]) and not torch.equal(out[2], feats[2])
+
+
+def test_refiner_untrained_is_identity_and_validates_width():
+    refiner = UserRefiner(feature_dim=D, user_dim=5)
+    feats = torch.randn(2, K, D)
+    assert torch.equal(refiner(feats, user_embeddings=torch.randn(2, 5)), feats)
+    with pytest.raises(ValueError, match="expected width 5, got 7"):
+        refiner(feats, user_embeddings=torch.randn(2, 7))
