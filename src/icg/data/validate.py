@@ -267,7 +267,7 @@ def validate_table(
     if raw.rows_read == 0:
         raise DataError(f"{file}: table {spec.name!r} has no rows", file=file)
     if kept.empty:
-        first = issues.issues[0] if issues.issues else None
+        first = min(issues.issues, key=lambda i: i.row) if issues.issues else None
         where = problem_message(file, first) if first else ""
         raise DataError(
             f"{file}: no valid rows in table {spec.name!r} ({raw.rows_read} read, all rejected); "
