@@ -30,8 +30,11 @@ Parsed = tuple[pd.Series, pd.Series]
 def null_mask(series: pd.Series) -> pd.Series:
     """True where a value is missing: None/NaN/NaT or a blank string."""
     mask = series.isna()
-    if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
-        mask |= series.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
+    if series.dtype == object:
+        blank = [isinstance(v, str) and not v.strip() for v in series.tolist()]
+        mask |= pd.Series(blank, index=series.index, dtype=bool)
+    elif pd.api.types.is_string_dtype(series.dtype):
+        mask |= series.str.strip().eq("").fillna(False).astype(bool)
     return mask
 
 
@@ -59,7 +62,9 @@ def _string(value: object) -> str:
 
 def parse_string(series: pd.Series) -> Parsed:
     """Strings; integers (ids) are turned into their decimal string."""
-    if pd.api.types.is_string_dtype(series.dtype) and series.dtype != object:
+    if (pd.api.types.is_string_dtype(series.dtype) and series.dtype != object) or (
+        pd.api.types.infer_dtype(series, skipna=True) == "string"  # all str: C-speed check
+    ):
         return series.astype(object), pd.Series(False, index=series.index)
     return _elementwise(series, _string)
 
@@ -165,7 +170,8 @@ def _embedding(value: object) -> np.ndarray:
         raise TypeError(f"expected a list of floats, got {type(value).__name__}")
     if arr.ndim != 1:
         raise TypeError(f"expected a flat list of floats, got shape {arr.shape}")
-    out = arr.astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow becomes inf, rejected just below
+        out = arr.astype(np.float32)
     if not np.isfinite(out).all():
         raise NonFinite("embedding holds NaN or infinite values (after float32 conversion)")
     return out

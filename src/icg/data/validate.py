@@ -93,7 +93,8 @@ def resolve_path(value: str, root: Path) -> tuple[str | None, Reason | None, str
     if parts[0] == TRUTH_DIR:
         return None, Reason.FORBIDDEN_PATH, "paths under truth/ are never read"
     absolute = root / norm
-    if absolute.is_symlink() or any(p.is_symlink() for p in absolute.parents if p != root):
+    inside = [absolute, *(root / Path(*parts[:k]) for k in range(1, len(parts)))]
+    if any(p.is_symlink() for p in inside):
         real = Path(os.path.realpath(absolute))
         if real.is_relative_to(root / TRUTH_DIR):
             return None, Reason.FORBIDDEN_PATH, "symlink into truth/, never read"
@@ -194,19 +195,24 @@ def _check_paths(
     root: Path,
     checker: ImageChecker | None,
 ) -> pd.Series:
-    out = values.copy()
-    for row, value in values.items():
+    out: list[str | None] = []
+    seen: dict[str, tuple[str | None, str | None, str]] = {}  # each distinct path once
+    for row, value in zip(values.index, values.tolist(), strict=True):
         if value is None:
+            out.append(None)
             continue
-        absolute, reason, detail = resolve_path(value, root)
-        if reason is None and col.image and checker is not None:
-            problem = checker(absolute)
-            if problem is not None:
-                reason, detail = problem.reason, problem.detail
+        if value not in seen:
+            absolute, reason, detail = resolve_path(value, root)
+            if reason is None and col.image and checker is not None:
+                problem = checker(absolute)
+                if problem is not None:
+                    reason, detail = problem.reason, problem.detail
+            seen[value] = (absolute, reason, detail)
+        absolute, reason, detail = seen[value]
         if reason is not None:
             issues.add_one(row, col.name, reason, detail)
-        out[row] = absolute if reason is None else None
-    return out
+        out.append(absolute if reason is None else None)
+    return pd.Series(out, index=values.index, dtype=object)
 
 
 def validate_table(
