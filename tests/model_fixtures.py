@@ -289,3 +289,36 @@ def dummy_image(seed: int = 0, size: tuple[int, int] = (40, 32)) -> Image.Image:
     g = torch.Generator().manual_seed(seed)
     pixels = (torch.rand(size[1], size[0], 3, generator=g) * 255).to(torch.uint8).numpy()
     return Image.fromarray(pixels, "RGB")
+
+
+def tiny_icg(user_dim: int = 6, num_users: int = 0, num_meta_tokens: int = 3, seed: int = 0):
+    """A tiny SD pipeline and a fresh ICG model (Qwen2-VL MLLM) for it."""
+    from diffusers import StableDiffusionPipeline
+
+    from icg.models.icg_model import ICGModel
+
+    base = StableDiffusionPipeline(**get_dummy_components(seed))
+    base.set_progress_bar_config(disable=True)
+    mllm, processor = tiny_qwen2vl(seed)
+    torch.manual_seed(seed)
+    model = ICGModel.build(
+        base.unet,
+        mllm,
+        processor,
+        num_meta_tokens=num_meta_tokens,
+        num_tokens=2,
+        user_dim=user_dim,
+        num_users=num_users,
+        refiner_hidden_dim=8,
+        base_model="tiny-sd",
+        mllm_name_or_path="tiny-qwen2vl",
+    )
+    return base, model
+
+
+def perturb_(model) -> None:
+    """Give the zero-initialised branches random values (a 'trained' model)."""
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)

@@ -252,7 +252,9 @@ class MetaTokenEncoder(ModelMixin, ConfigMixin):
         ids, mask, meta_mask = ids.to(device), mask.to(device), meta_mask.to(device)
         batch, k = len(titles), self.config.num_meta_tokens
         embeds = embed(ids)  # (B, L, D)
-        meta = self.meta_tokens.to(embeds.dtype).unsqueeze(0).expand(batch, k, -1)  # (B, K, D)
+        meta = (
+            self.meta_tokens.to(embeds.device, embeds.dtype).unsqueeze(0).expand(batch, k, -1)
+        )  # (B, K, D)
         embeds = embeds.masked_scatter(meta_mask.unsqueeze(-1), meta)  # (B, L, D)
 
         extra = {
@@ -271,7 +273,7 @@ class MetaTokenEncoder(ModelMixin, ConfigMixin):
             **extra,
         )
         hidden = out.last_hidden_state[meta_mask].view(batch, k, -1)  # (B, K, D)
-        return hidden.to(self.meta_tokens.dtype)
+        return hidden.to(self.meta_tokens.device, self.meta_tokens.dtype)
 
     @staticmethod
     def _position_ids(backbone, ids, mask, token_types, extra) -> torch.Tensor:

@@ -58,7 +58,7 @@ def load_processor(name_or_path: str):
         processor = AutoProcessor.from_pretrained(name_or_path)
         if isinstance(processor, ProcessorMixin) and hasattr(processor, "image_processor"):
             return processor
-    except (ImportError, ValueError, TypeError, AttributeError) as err:
+    except (ImportError, OSError, ValueError, TypeError, AttributeError) as err:
         logger.info(
             "AutoProcessor failed for %s (%s); building it from its parts", name_or_path, err
         )

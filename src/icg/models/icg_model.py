@@ -1,0 +1,176 @@
+"""ICGModel: the trainable parts of ICG in one container, saved as a directory of subfolders.
+
+adapter_dir/
+  icg_config.json          # format, version, base model and MLLM names/paths
+  meta_tokens/             # MetaTokenEncoder: config.json + safetensors (+ mllm_lora.safetensors)
+  refiner/                 # UserRefiner (absent when the model has no refiner)
+  adapter/                 # CoverAdapter
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from icg.models.adapter import CoverAdapter
+from icg.models.meta_tokens import MetaTokenEncoder
+from icg.models.user_refiner import UserRefiner
+
+ICG_CONFIG_NAME = "icg_config.json"
+FORMAT = "icg-adapter"
+FORMAT_VERSION = 1
+
+
+class ICGModel(nn.Module):
+    """Meta-token encoder, user refiner and cover adapter: everything ICG trains.
+
+    Args:
+        encoder: the meta-token encoder (with its frozen MLLM attached).
+        adapter: the cover adapter (built for the base UNet).
+        refiner: the user refiner (``None``: no personalization).
+    """
+
+    def __init__(
+        self, encoder: MetaTokenEncoder, adapter: CoverAdapter, refiner: UserRefiner | None = None
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.refiner = refiner
+        self.adapter = adapter
+
+    @classmethod
+    def build(
+        cls,
+        unet: nn.Module,
+        mllm: nn.Module,
+        processor,
+        *,
+        num_meta_tokens: int = 8,
+        num_tokens: int | None = None,
+        user_dim: int = 0,
+        num_users: int = 0,
+        refiner_hidden_dim: int = 64,
+        base_model: str | None = None,
+        mllm_name_or_path: str | None = None,
+        lora_rank: int = 0,
+        prompt_template: str | None = None,
+    ) -> ICGModel:
+        """A fresh, zero-initialised ICG model for ``unet`` and ``mllm``."""
+        hidden = mllm.get_input_embeddings().embedding_dim
+        extra = {"prompt_template": prompt_template} if prompt_template else {}
+        encoder = MetaTokenEncoder(
+            hidden_size=hidden,
+            num_meta_tokens=num_meta_tokens,
+            mllm_name_or_path=mllm_name_or_path,
+            lora_rank=lora_rank,
+            **extra,
+        )
+        encoder.attach(mllm, processor)
+        refiner = None
+        if user_dim > 0 or num_users > 0:
+            refiner = UserRefiner(
+                feature_dim=hidden,
+                user_dim=user_dim,
+                num_users=num_users,
+                hidden_dim=refiner_hidden_dim,
+            )
+        adapter = CoverAdapter.from_unet(
+            unet,
+            feature_dim=hidden,
+            num_feature_tokens=num_meta_tokens,
+            num_tokens=num_tokens,
+            base_model=base_model,
+        )
+        return cls(encoder, adapter, refiner)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Meta tokens (+ LoRA), refiner and adapter parameters."""
+        params = self.encoder.trainable_parameters() + list(self.adapter.parameters())
+        if self.refiner is not None:
+            params += list(self.refiner.parameters())
+        return params
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        user_embeddings: torch.Tensor | None = None,
+        user_index: torch.Tensor | None = None,
+        user_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """ICG tokens ``(B, K', token_dim)`` from item features ``(B, K, D)`` and optional users."""
+        if self.refiner is not None:
+            features = self.refiner(features, user_embeddings, user_index, user_mask)  # (B, K, D)
+        elif user_embeddings is not None or user_index is not None:
+            raise ValueError("user_embeddings/user_index: this ICG model has no user refiner")
+        return self.adapter(features)
+
+    # ---- save / load ---------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``icg_config.json`` and one ``save_pretrained`` subfolder per part."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(directory / "meta_tokens")
+        self.adapter.save_pretrained(directory / "adapter")
+        if self.refiner is not None:
+            self.refiner.save_pretrained(directory / "refiner")
+        config = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "base_model": self.adapter.config.base_model,
+            "mllm": self.encoder.config.mllm_name_or_path,
+            "parts": ["meta_tokens", "adapter"] + (["refiner"] if self.refiner is not None else []),
+        }
+        (directory / ICG_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    @staticmethod
+    def read_config(directory: str | Path) -> dict:
+        """Read and check ``icg_config.json``."""
+        file = Path(directory) / ICG_CONFIG_NAME
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"{directory}: not an ICG adapter directory (no {ICG_CONFIG_NAME})"
+            )
+        config = json.loads(file.read_text())
+        if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{file}: expected format {FORMAT!r} version {FORMAT_VERSION}, "
+                f"got {config.get('format')!r} version {config.get('version')}"
+            )
+        return config
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        mllm: nn.Module | str | None = None,
+        processor=None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> ICGModel:
+        """Load the trainable parts and attach the MLLM (``mllm``, or the one the config records).
+
+        Args:
+            directory: a directory written by :meth:`save_pretrained`.
+            mllm: a loaded MLLM (then ``processor`` is required), a name/path, or ``None``.
+            processor: the MLLM's processor.
+            torch_dtype: dtype for an MLLM loaded by name.
+        """
+        from icg.models.mllm import load_mllm
+        from icg.models.paths import resolve_model_path
+
+        directory = Path(directory)
+        config = cls.read_config(directory)
+        if mllm is None or isinstance(mllm, str):
+            name = mllm or config["mllm"]
+            if name is None:
+                raise ValueError(f"{directory}: the config records no MLLM; pass mllm=")
+            mllm, loaded = load_mllm(resolve_model_path(name), torch_dtype=torch_dtype)
+            processor = processor or loaded
+        encoder = MetaTokenEncoder.load(directory / "meta_tokens", mllm=mllm, processor=processor)
+        adapter = CoverAdapter.from_pretrained(directory / "adapter")
+        refiner = None
+        if (directory / "refiner").is_dir():
+            refiner = UserRefiner.from_pretrained(directory / "refiner")
+        return cls(encoder, adapter, refiner)

@@ -1,0 +1,262 @@
+"""ICGPipeline: personalized cover generation on top of a stock diffusers pipeline.
+
+ICG (EMNLP 2025, Sec. 3) = item features from the MLLM at meta tokens (cached per item) →
+user refiner → cover adapter → decoupled cross-attention in the base UNet. The base pipeline
+(``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``) runs unchanged; the ICG tokens
+reach the UNet through ``cross_attention_kwargs={"icg_tokens": ...}``.
+
+Classifier-free guidance: the unconditional branch is the base pipeline's own (empty prompt) with
+**zero ICG tokens**. Since ``to_v_icg`` has no bias, zero tokens contribute exactly nothing, so
+the unconditional prediction is the base model's, and guidance pushes towards both the title
+and the personalized context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from icg.models.icg_model import ICGModel
+from icg.models.paths import resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Image.Image | str | Path | None
+
+
+def image_digest(image: Image.Image | None) -> str:
+    """A content hash of a PIL image (mode, size and pixels); ``""`` for no image."""
+    if image is None:
+        return ""
+    h = hashlib.sha1(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def cfg_tokens(tokens: torch.Tensor, do_cfg: bool) -> torch.Tensor:
+    """ICG tokens for the UNet batch: ``[zeros, tokens]`` under CFG (diffusers' uncond-first order)."""
+    return torch.cat([torch.zeros_like(tokens), tokens]) if do_cfg else tokens
+
+
+class ICGPipeline:
+    """Personalized cover generation: a base diffusers pipeline plus an ICG model.
+
+    Args:
+        base: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (left untouched except
+            for the adapter's attention processors, removed again by :meth:`remove_adapter`).
+        model: the ICG model (encoder with its MLLM, optional refiner, adapter).
+    """
+
+    def __init__(self, base, model: ICGModel) -> None:
+        self.base = base
+        self.model = model.to(device=base.unet.device)
+        self.model.adapter.install(base.unet)
+        self._cache: dict[tuple[str, str, str], torch.Tensor] = {}
+        self.items_encoded = 0  # items sent through the MLLM (cache misses)
+        self.mllm_calls = 0  # batched MLLM forwards
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        adapter_dir: str | Path,
+        base=None,
+        mllm=None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> ICGPipeline:
+        """Load an ICG adapter and the base pipeline and MLLM it records (or the ones given).
+
+        Args:
+            adapter_dir: a directory written by ``ICGModel.save_pretrained``.
+            base: a loaded diffusers pipeline, a name/path (``zoo:NAME`` allowed), or ``None``.
+            mllm: a name/path of the MLLM, or ``None`` for the one the adapter records.
+            torch_dtype: dtype for the models loaded here.
+        """
+        from diffusers import DiffusionPipeline
+
+        config = ICGModel.read_config(adapter_dir)
+        if base is None or isinstance(base, str | Path):
+            name = str(base or config["base_model"] or "")
+            if not name:
+                raise ValueError(f"{adapter_dir}: the config records no base model; pass base=")
+            kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+            base = DiffusionPipeline.from_pretrained(resolve_model_path(name), **kwargs)
+        model = ICGModel.from_pretrained(adapter_dir, mllm=mllm, torch_dtype=torch_dtype)
+        return cls(base, model)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Save the ICG adapter (trainable parts only)."""
+        self.model.save_pretrained(directory)
+
+    def remove_adapter(self) -> None:
+        """Restore the base UNet's original attention processors."""
+        self.model.adapter.remove(self.base.unet)
+
+    def clear_cache(self) -> None:
+        """Forget cached item features."""
+        self._cache.clear()
+
+    # ---- items ---------------------------------------------------------------------------
+    @staticmethod
+    def _load(image: ImageLike) -> Image.Image | None:
+        if image is None or isinstance(image, Image.Image):
+            return image.convert("RGB") if image is not None and image.mode != "RGB" else image
+        from icg.data.images import load_image
+
+        return load_image(image)
+
+    @torch.no_grad()
+    def encode_items(
+        self,
+        titles: Sequence[str],
+        images: Sequence[ImageLike] | None = None,
+        item_keys: Sequence[str] | None = None,
+        batch_size: int = 16,
+    ) -> torch.Tensor:
+        """Item features ``(I, K, D)``, computed once per (item key, title, image hash) and cached.
+
+        Args:
+            titles: ``I`` titles.
+            images: ``I`` reference images (PIL, path, or ``None``).
+            item_keys: ``I`` item ids (default: the title).
+            batch_size: items per MLLM forward.
+        """
+        titles = list(titles)
+        images = [self._load(im) for im in images] if images is not None else [None] * len(titles)
+        keys = list(item_keys) if item_keys is not None else titles
+        if not len(titles) == len(images) == len(keys):
+            raise ValueError(
+                f"titles/images/item_keys: expected equal lengths, got {len(titles)}/{len(images)}/{len(keys)}"
+            )
+        cache_keys = [
+            (str(k), t, image_digest(im)) for k, t, im in zip(keys, titles, images, strict=True)
+        ]
+        todo = list(dict.fromkeys(ck for ck in cache_keys if ck not in self._cache))
+        first = {ck: i for i, ck in reversed(list(enumerate(cache_keys)))}
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            idx = [first[ck] for ck in chunk]
+            feats = self.model.encoder(
+                [titles[i] for i in idx], [images[i] for i in idx]
+            )  # (b, K, D)
+            self.mllm_calls += 1
+            self.items_encoded += len(chunk)
+            for ck, f in zip(chunk, feats, strict=True):
+                self._cache[ck] = f
+        return torch.stack([self._cache[ck] for ck in cache_keys])  # (I, K, D)
+
+    # ---- generation ----------------------------------------------------------------------
+    def _do_cfg(self, guidance_scale: float) -> bool:
+        return guidance_scale > 1.0 and self.base.unet.config.time_cond_proj_dim is None
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        titles: str | Sequence[str],
+        images: ImageLike | Sequence[ImageLike] = None,
+        user_embeddings: torch.Tensor | None = None,
+        user_index: torch.Tensor | None = None,
+        item_keys: Sequence[str] | None = None,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 5.0,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        height: int | None = None,
+        width: int | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        icg_scale: float | None = None,
+        **base_kwargs,
+    ):
+        """Generate one cover per title.
+
+        Args:
+            titles: ``B`` item titles (also the text prompt of the base pipeline).
+            images: ``B`` reference images, or ``None``.
+            user_embeddings: ``(B, user_dim)`` user embeddings (NaN row or ``None``: no user).
+            user_index: ``(B,)`` rows of a learned user table (``-1``: no user).
+            item_keys: ``B`` item ids for the feature cache.
+            num_inference_steps, guidance_scale, generator, output_type, height, width,
+            negative_prompt: as in diffusers.
+            icg_scale: weight of the ICG branch for this call (default: the adapter's).
+
+        Returns:
+            The base pipeline's output (``.images``: PIL list or ``(B, 3, H, W)`` tensor).
+        """
+        if isinstance(titles, str):
+            titles = [titles]
+            images = [images]
+        titles = list(titles)
+        features = self.encode_items(titles, images, item_keys)  # (B, K, D)
+        unet = self.base.unet
+        device = unet.device
+        features = features.to(device)
+        if user_embeddings is not None:
+            user_embeddings = torch.as_tensor(user_embeddings).to(device)
+        if user_index is not None:
+            user_index = torch.as_tensor(user_index).to(device)
+        tokens = self.model(features, user_embeddings, user_index)  # (B, K', T)
+        tokens = cfg_tokens(tokens, self._do_cfg(guidance_scale)).to(unet.dtype)
+        previous = self.model.adapter.scale
+        if icg_scale is not None:
+            self.model.adapter.set_scale(icg_scale)
+        try:
+            return self.base(
+                prompt=titles,
+                negative_prompt=negative_prompt,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                output_type=output_type,
+                height=height,
+                width=width,
+                cross_attention_kwargs={"icg_tokens": tokens},
+                **base_kwargs,
+            )
+        finally:
+            self.model.adapter.set_scale(previous)
+
+    def generate_grid(
+        self,
+        titles: Sequence[str],
+        images: Sequence[ImageLike] | None = None,
+        user_embeddings: torch.Tensor | None = None,
+        item_keys: Sequence[str] | None = None,
+        seed: int = 0,
+        **kwargs,
+    ) -> list[list]:
+        """Covers for every (user, item) pair: ``grid[u][i]``.
+
+        Item features are computed once per item (I MLLM item forwards for U × I covers). Every
+        user row starts from the same noise (``seed``), so differences between rows come from
+        the user alone.
+
+        Args:
+            titles: ``I`` item titles.
+            images: ``I`` reference images or ``None``.
+            user_embeddings: ``(U, user_dim)``; ``None`` gives one non-personalized row.
+            item_keys: ``I`` item ids.
+            seed: noise seed shared by all rows.
+            **kwargs: passed to :meth:`__call__`.
+        """
+        titles = list(titles)
+        self.encode_items(titles, images, item_keys)  # warm the cache once
+        users = [None] if user_embeddings is None else list(torch.as_tensor(user_embeddings))
+        device = self.base.unet.device
+        grid = []
+        for user in users:
+            generator = torch.Generator(device=device).manual_seed(seed)
+            batch_users = None if user is None else user.unsqueeze(0).expand(len(titles), -1)
+            out = self(
+                titles,
+                images,
+                user_embeddings=batch_users,
+                item_keys=item_keys,
+                generator=generator,
+                **kwargs,
+            )
+            grid.append(list(out.images))
+        return grid
