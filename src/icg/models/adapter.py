@@ -82,7 +82,10 @@ class CoverAdapter(ModelMixin, ConfigMixin):
             nn.Linear(num_feature_tokens, out_tokens) if out_tokens != num_feature_tokens else None
         )
         self.attn_layers = nn.ModuleDict(
-            {layer_key(name): ICGAttnWeights(dim, token_dim) for name, dim in layers.items()}
+            {
+                layer_key(name): ICGAttnWeights(dim, token_dim)
+                for name, dim in sorted(layers.items())
+            }
         )
         self._scale = scale
         self._original_processors: dict | None = None

@@ -1,0 +1,1 @@
+"""Training recipes: stage A alignment (``align``), checkpoints."""

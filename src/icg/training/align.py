@@ -1,0 +1,408 @@
+"""Stage A: align the ICG adapter with the denoising loss on covers users clicked.
+
+ICG (EMNLP 2025, Sec. 3.4, first stage): for every click (user u, item i, shown cover x) the
+frozen base UNet learns nothing; the trainable ICG parts (meta tokens, refiner, adapter, optional
+LoRA) are trained with the standard diffusion noise-prediction loss (Ho et al. 2020, Eq. 14)
+on x, conditioned on the title, the item's reference image and the clicking user's embedding.
+
+The recipe reads ``setup → train → save_checkpoint → cleanup``. It is seeded and deterministic:
+the batch order and the noise of step ``s`` depend only on ``(seed, s)``, so ``--resume``
+continues exactly where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from icg.training.checkpoints import (
+    atomic_save_dir,
+    latest_checkpoint,
+    load_optimizer_state,
+    load_trainer_state,
+    save_checkpoint,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class AlignConfig(BaseModel):
+    """Stage-A configuration (validated before any model is loaded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    out: Path
+    base: str = "zoo:sd"
+    mllm: str = "zoo:mllm"
+    seed: int = 0
+    max_steps: int = Field(1000, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    num_meta_tokens: int = Field(8, ge=1)
+    num_tokens: int | None = Field(None, ge=1)
+    refiner_hidden_dim: int = Field(64, ge=1)
+    lora_rank: int = Field(0, ge=0)
+    resolution: int | None = Field(None, ge=8)
+    text_dropout: float = Field(0.1, ge=0, le=1)
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> AlignConfig:
+        if not self.data.is_dir():
+            raise ValueError(f"data: expected an existing data folder, got {str(self.data)!r}")
+        return self
+
+
+def load_config(file: str | Path | None = None, **overrides) -> AlignConfig:
+    """Read a YAML config (optional) and apply non-``None`` overrides, then validate."""
+    values = {}
+    if file is not None:
+        values = yaml.safe_load(Path(file).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{file}: expected a YAML mapping, got {type(values).__name__}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return AlignConfig(**values)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradients became NaN/inf; training stopped before saving anything."""
+
+
+# ---- small pure functions ----------------------------------------------------------------
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The RNG of one optimizer step: a function of ``(seed, step)`` only (exact resume)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Example indices of ``step``: epoch-wise permutations seeded by ``(seed, epoch)``."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), num_examples)
+        perm = torch.randperm(
+            num_examples, generator=torch.Generator().manual_seed(seed + 7919 * epoch)
+        )
+        take = min(batch_size - len(out), num_examples - offset)
+        out.extend(perm[offset : offset + take].tolist())
+    return out
+
+
+def diffusion_target(
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """Regression target of the base scheduler: ε (Ho et al. 2020) or v (Salimans & Ho 2022, Sec. 4)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    raise ValueError(
+        f"scheduler.prediction_type: expected 'epsilon' or 'v_prediction', got {kind!r}"
+    )
+
+
+def clicked_examples(impressions, items, users) -> tuple[list[str], list[str], list[str]]:
+    """``(item_ids, user_ids, covers)`` of the clicked impressions whose item and user are known."""
+    clicks = impressions[impressions["clicked"].astype(bool)]
+    clicks = clicks[
+        clicks["item_id"].isin(items["item_id"]) & clicks["user_id"].isin(users["user_id"])
+    ]
+    clicks = clicks.sort_values(["timestamp", "event_id"], kind="stable")
+    return clicks["item_id"].tolist(), clicks["user_id"].tolist(), clicks["cover"].tolist()
+
+
+# ---- the recipe --------------------------------------------------------------------------
+@dataclass
+class AlignResult:
+    """What a finished run returns."""
+
+    losses: list[float]
+    adapter_dir: Path
+    steps: int
+
+
+@dataclass
+class _Data:
+    item_ids: list[str]
+    user_ids: list[str]
+    latents: torch.Tensor  # (N, C, h, w) VAE latents of the clicked covers
+    titles: dict[str, str]
+    images: dict[str, object]
+    user_vectors: dict[str, torch.Tensor]
+    text_states: dict[str, torch.Tensor] = field(default_factory=dict)  # title → (L, C_text)
+
+
+class AlignRecipe:
+    """Stage-A training: ``setup()``, ``train()``, ``save_checkpoint()``, ``cleanup()``.
+
+    Args:
+        config: the validated configuration.
+        base: a loaded diffusers SD pipeline (default: loaded from ``config.base``).
+        mllm: a loaded MLLM (default: loaded from ``config.mllm``).
+        processor: the MLLM's processor (required with ``mllm``).
+    """
+
+    def __init__(self, config: AlignConfig, base=None, mllm=None, processor=None) -> None:
+        self.config = config
+        self._base, self._mllm, self._processor = base, mllm, processor
+        self.step = 0
+        self.losses: list[float] = []
+
+    # -- setup ---------------------------------------------------------------------------
+    def setup(self, resume: bool = False) -> None:
+        """Load data and models, build or restore the ICG model and the optimizer."""
+        from accelerate import Accelerator
+        from diffusers import DDPMScheduler, DiffusionPipeline
+
+        from icg.data import load_dataset
+        from icg.models.icg_model import ICGModel
+        from icg.models.mllm import load_mllm
+        from icg.models.paths import resolve_model_path
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        device = self.accelerator.device
+        if self._base is None:
+            self._base = DiffusionPipeline.from_pretrained(resolve_model_path(cfg.base))
+        if self._mllm is None:
+            self._mllm, self._processor = load_mllm(resolve_model_path(cfg.mllm))
+        base = self._base
+        if getattr(base, "text_encoder_2", None) is not None:
+            raise ValueError("base: stage A supports SD1.x/2.x-style pipelines (one text encoder)")
+        for module in (base.unet, base.vae, base.text_encoder):
+            module.requires_grad_(False).eval().to(device)
+        self._mllm.requires_grad_(False).eval().to(device)
+        self.unet, self.vae, self.text_encoder, self.tokenizer = (
+            base.unet,
+            base.vae,
+            base.text_encoder,
+            base.tokenizer,
+        )
+        self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
+
+        data = load_dataset(cfg.data)
+        self.data = self._prepare_data(data)
+        user_dim = data.embedding_dim
+
+        self.checkpoint_dir = cfg.out / "checkpoints"
+        checkpoint = latest_checkpoint(self.checkpoint_dir) if resume else None
+        if resume and checkpoint is None:
+            logger.warning(
+                "--resume: no checkpoint in %s; starting from scratch", self.checkpoint_dir
+            )
+        if checkpoint is not None:
+            model = ICGModel.from_pretrained(
+                checkpoint / "model", mllm=self._mllm, processor=self._processor
+            )
+        else:
+            torch.manual_seed(cfg.seed)
+            model = ICGModel.build(
+                self.unet,
+                self._mllm,
+                self._processor,
+                num_meta_tokens=cfg.num_meta_tokens,
+                num_tokens=cfg.num_tokens,
+                user_dim=user_dim,
+                refiner_hidden_dim=cfg.refiner_hidden_dim,
+                base_model=cfg.base,
+                mllm_name_or_path=cfg.mllm,
+                lora_rank=cfg.lora_rank,
+            )
+        model.to(device)
+        model.adapter.install(self.unet)
+        optimizer = torch.optim.AdamW(
+            model.trainable_parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
+        if checkpoint is not None:
+            load_optimizer_state(checkpoint, optimizer)
+            state = load_trainer_state(checkpoint)
+            self.step, self.losses = int(state["step"]), list(state["losses"])
+            logger.info("resumed from %s at step %d", checkpoint, self.step)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+    @property
+    def icg(self):
+        """The ICG model without accelerate's wrappers."""
+        return self.accelerator.unwrap_model(self.model)
+
+    @torch.no_grad()
+    def _prepare_data(self, data) -> _Data:
+        from icg.data.images import load_image
+
+        if data.impressions is None or data.users is None or data.items is None:
+            raise ValueError(f"{self.config.data}: stage A needs items, users and impressions")
+        item_ids, user_ids, covers = clicked_examples(data.impressions, data.items, data.users)
+        if not item_ids:
+            raise ValueError(f"{self.config.data}: no clicked impressions to train on")
+        size = self.config.resolution or self.unet.config.sample_size * (
+            2 ** (len(self.vae.config.block_out_channels) - 1)
+        )
+        latents = self._encode_covers(covers, size, load_image)
+        items = data.items.set_index("item_id")
+        needed = sorted(set(item_ids))
+        titles = {i: str(items.at[i, "title"]) for i in needed}
+        images = {i: load_image(items.at[i, "image"]) for i in needed}
+        users = data.users.set_index("user_id")
+        user_vectors = {
+            u: torch.as_tensor(np.asarray(users.at[u, "embedding"], dtype=np.float32))
+            for u in sorted(set(user_ids))
+        }
+        prepared = _Data(item_ids, user_ids, latents, titles, images, user_vectors)
+        for title in [*titles.values(), ""]:
+            prepared.text_states[title] = self._encode_text(title)
+        logger.info(
+            "stage A: %d clicks on %d items by %d users",
+            len(item_ids),
+            len(needed),
+            len(user_vectors),
+        )
+        return prepared
+
+    def _encode_covers(self, covers: list[str], size: int, load_image) -> torch.Tensor:
+        vae = self.vae
+        latents: dict[str, torch.Tensor] = {}
+        for cover in dict.fromkeys(covers):
+            pixels = np.asarray(load_image(cover, size=size), dtype=np.float32) / 127.5 - 1.0
+            x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
+            x = x.to(vae.device, vae.dtype)
+            latents[cover] = (
+                vae.encode(x).latent_dist.mode()[0] * vae.config.scaling_factor
+            )  # (C, h, w)
+        return torch.stack([latents[c] for c in covers])  # (N, C, h, w)
+
+    def _encode_text(self, text: str) -> torch.Tensor:
+        ids = self.tokenizer(
+            [text],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.text_encoder.device)
+        return self.text_encoder(ids)[0][0]  # (L, C_text)
+
+    # -- one step --------------------------------------------------------------------------
+    def compute_loss(self, step: int) -> torch.Tensor:
+        """The denoising loss of ``step`` (batch, noise and timesteps from ``(seed, step)``)."""
+        cfg, data = self.config, self.data
+        idx = batch_indices(len(data.item_ids), cfg.batch_size, step, cfg.seed)
+        gen = step_generator(cfg.seed, step)
+        device = self.accelerator.device
+        items = [data.item_ids[i] for i in idx]
+        unique = list(dict.fromkeys(items))  # one MLLM forward per unique item
+        feats = self.icg.encoder([data.titles[i] for i in unique], [data.images[i] for i in unique])
+        feats = feats[
+            torch.tensor([unique.index(i) for i in items], device=feats.device)
+        ]  # (B, K, D)
+        users = torch.stack([data.user_vectors[data.user_ids[i]] for i in idx]).to(device)  # (B, U)
+        tokens = self.model(feats, users)  # (B, K', T)
+
+        latents = data.latents[idx].to(device)  # (B, C, h, w)
+        noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
+        t = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen
+        ).to(device)
+        drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
+        text = torch.stack(
+            [
+                data.text_states["" if d else data.titles[i]]
+                for d, i in zip(drop.tolist(), items, strict=True)
+            ]
+        ).to(device)  # (B, L, C_text)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        pred = self.unet(
+            noisy, t, text, cross_attention_kwargs={"icg_tokens": tokens.to(self.unet.dtype)}
+        ).sample
+        target = diffusion_target(self.noise_scheduler, latents, noise, t)
+        return F.mse_loss(pred.float(), target.float())
+
+    # -- train -----------------------------------------------------------------------------
+    def train(self) -> list[float]:
+        """Run until ``max_steps``; checkpoint every ``checkpoint_every`` steps."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        self.model.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="align", disable=None)
+        while self.step < cfg.max_steps:
+            loss = self.compute_loss(self.step)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at step {self.step + 1}; stopped before saving. "
+                    "Lower learning_rate or check the data; resume from the last checkpoint."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss)
+            norm = self.accelerator.clip_grad_norm_(self.icg.trainable_parameters(), cfg.grad_clip)
+            if norm is not None and not math.isfinite(float(norm)):
+                raise NonFiniteLossError(
+                    f"gradient norm is {float(norm)} at step {self.step + 1}; stopped before saving"
+                )
+            self.optimizer.step()
+            self.step += 1
+            self.losses.append(float(loss.item()))
+            bar.update(1)
+            if self.step % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
+                logger.info("step %d loss %.5f", self.step, self.losses[-1])
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        return self.losses
+
+    def save_checkpoint(self) -> Path:
+        """Atomically save model, optimizer and trainer state; prune older checkpoints."""
+        state = {
+            "step": self.step,
+            "losses": self.losses,
+            "config": self.config.model_dump(mode="json"),
+        }
+        return save_checkpoint(
+            self.checkpoint_dir,
+            self.step,
+            self.icg,
+            self.optimizer,
+            state,
+            keep=self.config.keep_checkpoints,
+        )
+
+    def save_adapter(self) -> Path:
+        """Write the final ICG adapter to ``out/adapter`` (atomically)."""
+        return atomic_save_dir(self.config.out / "adapter", self.icg.save_pretrained)
+
+    def cleanup(self) -> None:
+        """Remove the adapter's processors from the base UNet and free the accelerator."""
+        if getattr(self, "model", None) is not None and self.icg.adapter.is_installed:
+            self.icg.adapter.remove(self.unet)
+        if getattr(self, "accelerator", None) is not None:
+            self.accelerator.free_memory()
+
+
+def run_align(
+    config: AlignConfig, resume: bool = False, base=None, mllm=None, processor=None
+) -> AlignResult:
+    """Stage A end to end: ``setup → train → save → cleanup``."""
+    recipe = AlignRecipe(config, base=base, mllm=mllm, processor=processor)
+    try:
+        recipe.setup(resume=resume)
+        losses = recipe.train()
+        adapter_dir = recipe.save_adapter()
+    finally:
+        recipe.cleanup()
+    return AlignResult(losses=losses, adapter_dir=adapter_dir, steps=recipe.step)

@@ -1,0 +1,103 @@
+"""Atomic training checkpoints: write to a temporary folder, rename, then prune old ones."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "checkpoint-"
+
+
+def checkpoint_name(step: int) -> str:
+    """Folder name of the checkpoint after ``step`` optimizer steps."""
+    return f"{PREFIX}{step:08d}"
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete checkpoints in ``directory``, oldest first (temporary folders are ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint, or ``None``."""
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def atomic_save_dir(target: str | Path, write) -> Path:
+    """Call ``write(tmp_dir)`` on a temporary sibling folder, then rename it to ``target``.
+
+    An existing ``target`` is replaced only after the new one is complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.parent / f".old-{target.name}-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def save_checkpoint(
+    directory: str | Path,
+    step: int,
+    model,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    keep: int = 2,
+) -> Path:
+    """Save model (``save_pretrained``), optimizer and trainer state atomically; prune old ones.
+
+    Args:
+        directory: the checkpoints folder.
+        step: optimizer steps done.
+        model: anything with ``save_pretrained(dir)``.
+        optimizer: its ``state_dict`` is saved with ``torch.save`` (tensors and numbers only).
+        state: JSON-serialisable trainer state (step, losses, ...).
+        keep: how many checkpoints to keep (older ones are deleted after a successful save).
+    """
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp / "model")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+
+    path = atomic_save_dir(Path(directory) / checkpoint_name(step), write)
+    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    logger.info("saved checkpoint %s", path)
+    return path
+
+
+def load_trainer_state(checkpoint: str | Path) -> dict:
+    """The trainer state of a checkpoint."""
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+
+
+def load_optimizer_state(checkpoint: str | Path, optimizer: torch.optim.Optimizer) -> None:
+    """Restore an optimizer from a checkpoint (``torch.load(weights_only=True)``)."""
+    state = torch.load(Path(checkpoint) / "optimizer.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(state)
