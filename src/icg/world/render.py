@@ -43,7 +43,9 @@ def motif_mask(motif: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if name == "diamond":
         return np.abs(u) + np.abs(v) <= 1.0
     if name == "cross":
-        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95))
+        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | (
+            (np.abs(v) <= 0.3) & (np.abs(u) <= 0.95)
+        )
     if name == "ring":
         return (r2 <= 1.0) & (r2 >= 0.55**2)
     if name == "star":

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icg.world.attributes import MOTIFS, NUM_STYLE, PALETTES, STYLE_DIMS, STYLE_LEVELS, CoverSpec, Defects
+from icg.world.attributes import (
+    MOTIFS,
+    NUM_STYLE,
+    PALETTES,
+    STYLE_DIMS,
+    STYLE_LEVELS,
+    CoverSpec,
+    Defects,
+)
 from icg.world.render import render
 from icg.world.titles import make_title
 

@@ -1,0 +1,54 @@
+"""`icg world ...`: thin wrappers over icg.world."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+logger = logging.getLogger(__name__)
+
+
+def generate(
+    out: Annotated[Path, typer.Option(help="folder to write the world into")],
+    items: Annotated[int | None, typer.Option(help="number of items")] = None,
+    users: Annotated[int | None, typer.Option(help="number of users")] = None,
+    impressions: Annotated[int | None, typer.Option(help="number of impressions")] = None,
+    seed: Annotated[int | None, typer.Option(help="world seed")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML WorldConfig")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """Generate a CoverWorld: platform data, covers and the hidden truth/."""
+    from icg.world.config import WorldConfig
+    from icg.world.generate import generate_world
+    from icg.world.summary import platform_summary
+
+    cfg = WorldConfig.from_yaml(config) if config else WorldConfig()
+    overrides = {"n_items": items, "n_users": users, "n_impressions": impressions, "seed": seed}
+    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    cfg = WorldConfig(**cfg.model_dump())  # validate the overrides
+    generate_world(out, cfg, overwrite=overwrite)
+    print_summary(platform_summary(out), f"CoverWorld at {out}")
+
+
+def print_summary(summary: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for k, v in summary.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+def train_oracle(
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
+) -> None:
+    """Retrain the truth oracle on ORACLE-seed renders (ships with the package)."""
+    from icg.world.oracle import train_oracle as _train
+
+    acc = _train(epochs=epochs)
+    Console().print(acc)
