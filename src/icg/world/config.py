@@ -37,7 +37,7 @@ class WorldConfig(BaseModel):
     legacy_brightness_bias: float = Field(
         2.0, description="the platform ranker's pull of light covers to the top positions"
     )
-    bias: float = -6.0
+    bias: float = -8.0
     w_rel: float = 2.5
     w_aes: float = 2.0
     w_taste: float = 4.5
