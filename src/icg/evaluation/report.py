@@ -110,6 +110,13 @@ def cover_grid(grid: list[dict]) -> str:
     return f"<table class='grid'><tr><th>user / item</th>{head}</tr>{''.join(rows)}</table>"
 
 
+# Marks <body data-images-loaded="ok/total"> once the page has loaded, for headless checks.
+LOAD_CHECK = (
+    "<script>window.addEventListener('load',()=>{const i=[...document.images];"
+    "document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});"
+    "</script>"
+)
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222}
 table{border-collapse:collapse;margin:8px 0 24px}
@@ -149,6 +156,7 @@ def write_report(
             f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(cfg, indent=2, default=str))}</pre>"
             for name, cfg in configs.items()
         ),
+        LOAD_CHECK,
         "</body></html>",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
