@@ -123,7 +123,7 @@ def train_rec_model(
     v = torch.as_tensor((image_emb - im) / is_, dtype=torch.float32)
     item = torch.tensor([index[i] for i in item_ids])
     pos = torch.as_tensor(np.minimum(positions, 63), dtype=torch.long)
-    y = torch.as_tensor(clicked, dtype=torch.float32)
+    y = torch.tensor(np.asarray(clicked), dtype=torch.float32)
     net = BilinearCTR(u.shape[1], v.shape[1], len(items), int(pos.max()) + 1)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
