@@ -62,3 +62,58 @@ def test_bayes_auc_of_truth_is_the_truth(world):
     assert 0.5 < value < 1.0
     with pytest.raises(KeyError):
         bayes_auc(world, np.array(["nope"]), np.array([True]))
+
+
+def test_truth_probe_scores_generated_covers_during_stage_b(world, tmp_path):
+    """The CLI's monitoring callback: truth metrics of a fixed probe set land in curves.jsonl."""
+    import json
+
+    from diffusers import StableDiffusionPipeline
+    from model_fixtures import get_dummy_components, perturb_, tiny_icg, tiny_qwen2vl
+
+    from icg.evaluation.preference_eval import TruthProbe
+    from icg.rewards import MultiReward, RelevanceReward
+    from icg.rewards.testing import tiny_clip
+    from icg.training.reward import CURVES, RewardConfig, run_reward
+
+    torch.set_num_threads(1)
+    _, model = tiny_icg(user_dim=32, num_meta_tokens=2)
+    perturb_(model)
+    model.save_pretrained(tmp_path / "align" / "adapter")
+    base = StableDiffusionPipeline(**get_dummy_components())
+    base.set_progress_bar_config(disable=True)
+    mllm, processor = tiny_qwen2vl()
+    cfg = RewardConfig(
+        data=world, init=tmp_path / "align", out=tmp_path / "icg", rewards={"relevance": 1.0},
+        max_steps=1, batch_size=2, num_inference_steps=2, resolution=32, probe_every=1,
+    )  # fmt: skip
+    rewards = MultiReward({"relevance": RelevanceReward(tiny_clip())})
+    probe = TruthProbe(world, num_pairs=3)
+    run_reward(cfg, callbacks=[probe], base=base, mllm=mllm, processor=processor, rewards=rewards)
+    rows = [json.loads(x) for x in (tmp_path / "icg" / CURVES).read_text().splitlines()]
+    probes = [r for r in rows if "probe" in r]
+    assert [r["step"] for r in probes] == [0, 1]
+    assert {"truth/ctr", "truth/taste_match", "truth/relevance"} <= set(probes[0]["probe"])
+    assert 0.0 <= probes[-1]["probe"]["truth/ctr"] <= 1.0
+
+
+def test_training_code_never_reads_truth():
+    import ast
+    from pathlib import Path
+
+    import icg
+
+    root = Path(icg.__file__).parent
+    for rel in ("training/reward.py", "training/preference.py", "models/preference.py", "rewards"):
+        files = [root / rel] if rel.endswith(".py") else sorted((root / rel).glob("*.py"))
+        for file in files:
+            tree = ast.parse(file.read_text())
+            names = [
+                n.module if isinstance(n, ast.ImportFrom) else a.name
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Import | ast.ImportFrom)
+                for a in (n.names if isinstance(n, ast.Import) else [n])
+            ]
+            bad = [m for m in names if m and ("icg.world" in m or "icg.evaluation" in m)]
+            assert not bad, f"{file}: imports {bad}"
+            assert '"truth"' not in file.read_text(), file

@@ -72,7 +72,9 @@ def preference(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override epochs.")] = None,
     compare_naive: Annotated[
         bool,
-        typer.Option("--compare-naive", help="Also fit a naive model and report both (truth only)."),
+        typer.Option(
+            "--compare-naive", help="Also fit a naive model and report both (truth only)."
+        ),
     ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
@@ -93,12 +95,16 @@ def preference(
         return
     result = train_preference(data, out, cfg)
     m = result.metrics
-    typer.echo(f"preference model: {out} ({m['train_events']} train / {m['val_events']} val events)")
+    typer.echo(
+        f"preference model: {out} ({m['train_events']} train / {m['val_events']} val events)"
+    )
     typer.echo(f"  val AUC {m['val_auc']:.4f}   val log-loss {m['val_logloss']:.4f}")
     if has_truth(data):  # evaluation only: the hidden truth of a CoverWorld
         report = evaluate_preference_run(data, result, result.data)
         if "bayes_auc" in report:
-            typer.echo(f"  Bayes-optimal AUC (truth p_click, same events) {report['bayes_auc']:.4f}")
+            typer.echo(
+                f"  Bayes-optimal AUC (truth p_click, same events) {report['bayes_auc']:.4f}"
+            )
         typer.echo(
             f"  taste ranking ({cfg.debias}): Spearman {report['taste_spearman']:.4f}, "
             f"within-item pairwise acc {report['taste_pairwise_acc']:.4f}"
@@ -110,3 +116,52 @@ def preference(
                 f"  taste ranking (naive):  Spearman {nrep['taste_spearman']:.4f}, "
                 f"within-item pairwise acc {nrep['taste_pairwise_acc']:.4f}, val AUC {nrep['val_auc']:.4f}"
             )
+
+
+def reward(
+    data: Annotated[
+        Path, typer.Option("--data", help="Platform data folder (pairs are drawn from it).")
+    ],
+    init: Annotated[Path, typer.Option("--init", help="Stage-A run folder (RUN/align).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder, e.g. RUN/icg.")],
+    preference: Annotated[
+        Path | None, typer.Option("--preference", help="Preference model folder (RUN/preference).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file with RewardConfig fields.")
+    ] = None,
+    rewards: Annotated[
+        str | None,
+        typer.Option("--rewards", help="Weights, e.g. aesthetic=1,relevance=1,preference=1."),
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Override max_steps.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
+    ] = False,
+) -> None:
+    """Stage B: multi-reward alignment (DRaFT-K) of meta tokens, refiner and adapter."""
+    from icg.evaluation.preference_eval import TruthProbe, has_truth
+    from icg.rewards import parse_weights
+    from icg.training.reward import load_config, run_reward
+
+    try:
+        cfg = load_config(
+            config, data=data, init=init, out=out, preference=preference,
+            rewards=parse_weights(rewards) if rewards else None, max_steps=max_steps,
+        )  # fmt: skip
+    except (ValidationError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from err
+    if dry_run:
+        typer.echo(cfg.model_dump_json(indent=2))
+        return
+    # monitoring only: the truth probe exists only for a CoverWorld and never reaches the loss
+    callbacks = [TruthProbe(data)] if has_truth(data) else []
+    result = run_reward(cfg, resume=resume, callbacks=callbacks)
+    last = result.rewards[-1] if result.rewards else float("nan")
+    typer.echo(f"adapter: {result.adapter_dir} ({result.steps} steps, last reward {last:.4f})")
+    typer.echo(f"curves: {cfg.out / 'curves.jsonl'}")

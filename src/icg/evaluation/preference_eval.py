@@ -146,3 +146,40 @@ def evaluate_preference_run(
             )
         )
     return out
+
+
+class TruthProbe:
+    """Stage-B monitoring callback: score a small fixed probe set of covers with the truth API.
+
+    Injected by the CLI only when ``<world>/truth/`` exists; its numbers go to ``curves.jsonl``
+    and are never seen by the loss. The probe pairs are drawn once (seeded) from the recipe's
+    (user, item) pool; every call generates their covers from the same noise.
+
+    Args:
+        world_dir: the CoverWorld folder.
+        num_pairs: probe size.
+        seed: pair and noise seed.
+    """
+
+    def __init__(self, world_dir: str | Path, num_pairs: int = 8, seed: int = 0) -> None:
+        from icg.world.truth import Truth
+
+        self.truth = Truth(world_dir)
+        self.num_pairs = num_pairs
+        self.seed = seed
+        self.pairs: list[tuple[str, str]] | None = None
+
+    def __call__(self, recipe, step: int) -> dict[str, float]:  # noqa: ANN001 - RewardRecipe
+        if self.pairs is None:
+            rng = np.random.default_rng(self.seed)
+            rows = rng.choice(
+                len(recipe.pairs), size=min(self.num_pairs, len(recipe.pairs)), replace=False
+            )
+            self.pairs = [
+                (recipe.pairs.at[r, "user_id"], recipe.pairs.at[r, "item_id"]) for r in rows
+            ]
+        users = [u for u, _ in self.pairs]
+        items = [i for _, i in self.pairs]
+        images = recipe.generate(items, users, seed=self.seed)  # (N, H, W, 3) uint8
+        scores = self.truth.score(images, users, items)
+        return {f"truth/{k}": float(np.mean(v)) for k, v in scores.items()}

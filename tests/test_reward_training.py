@@ -1,0 +1,254 @@
+"""Stage B: DRaFT-K truncation, gradient coverage, reward rise, exact resume, NaN guard, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from model_fixtures import get_dummy_components, perturb_, tiny_icg, tiny_qwen2vl
+
+from icg.data.testing import write_tiny_dataset
+from icg.models.preference import PreferenceModel
+from icg.rewards import AestheticReward, MultiReward, PreferenceReward, RelevanceReward
+from icg.rewards.testing import tiny_clip
+from icg.training.align import NonFiniteLossError
+from icg.training.checkpoints import list_checkpoints
+from icg.training.reward import (
+    CURVES,
+    RewardConfig,
+    RewardRecipe,
+    load_config,
+    run_reward,
+    sample_truncation,
+    token_drift,
+    truncated_steps,
+)
+
+USER_DIM = 4
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny data folder and a 'stage A' adapter (perturbed so every branch carries gradient)."""
+    root = tmp_path_factory.mktemp("stageb")
+    data = write_tiny_dataset(root / "data", n_items=3, n_users=3, n_impressions=12, dim=USER_DIM)
+    _, model = tiny_icg(user_dim=USER_DIM, num_meta_tokens=2)
+    perturb_(model)
+    model.save_pretrained(root / "align" / "adapter")
+    return data, root / "align"
+
+
+def _rewards() -> MultiReward:
+    from icg.zoo.aesthetic import AestheticMLP
+
+    clip = tiny_clip(image_size=32, projection_dim=16)
+    torch.manual_seed(0)
+    aesthetic = AestheticMLP(input_size=16, hidden_sizes=(8,), dropouts=(), activation="gelu")
+    pm = PreferenceModel(image_dim=16, user_dim=USER_DIM, rank=4, hidden_dim=8)
+    with torch.no_grad():
+        pm.user_proj.weight.normal_()
+    return MultiReward(
+        {
+            "aesthetic": AestheticReward(clip, aesthetic),
+            "relevance": RelevanceReward(clip),
+            "preference": PreferenceReward(pm, clip),
+        }
+    )
+
+
+def _parts() -> dict:
+    base = StableDiffusionPipeline(**get_dummy_components())
+    base.set_progress_bar_config(disable=True)
+    mllm, processor = tiny_qwen2vl()
+    return {"base": base, "mllm": mllm, "processor": processor, "rewards": _rewards()}
+
+
+def _config(world, out, **kw) -> RewardConfig:
+    data, init = world
+    values = dict(
+        data=data,
+        init=init,
+        out=out,
+        preference=out / "unused-preference",
+        max_steps=4,
+        batch_size=2,
+        num_inference_steps=3,
+        truncation_k=1,
+        learning_rate=1e-2,
+        checkpoint_every=2,
+        resolution=32,
+        cold_start_fraction=0.5,
+    )
+    values.update(kw)
+    return RewardConfig(**values)
+
+
+# ---- pure functions ------------------------------------------------------------------------
+def test_truncated_steps_are_the_last_k():
+    assert list(truncated_steps(10, 1)) == [9]
+    assert list(truncated_steps(10, 3)) == [7, 8, 9]
+    assert list(truncated_steps(4, 4)) == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        truncated_steps(4, 0)
+    with pytest.raises(ValueError):
+        truncated_steps(4, 5)
+
+
+def test_sample_truncation_is_one_draw_per_trajectory_in_range():
+    g = torch.Generator().manual_seed(0)
+    assert {sample_truncation(10, 2, None, g) for _ in range(20)} == {2}
+    draws = [sample_truncation(10, 1, 4, torch.Generator().manual_seed(s)) for s in range(200)]
+    assert set(draws) == {1, 2, 3, 4}
+    assert sample_truncation(3, 1, 9, torch.Generator().manual_seed(0)) <= 3
+
+
+def test_token_drift_is_zero_at_the_reference_and_pulls_back():
+    ref = torch.randn(2, 3, 4)
+    x = ref.clone().requires_grad_(True)
+    assert token_drift(x, ref) == 0
+    y = (ref + 1.0).requires_grad_(True)
+    token_drift(y, ref).backward()
+    assert (y.grad > 0).all()
+
+
+# ---- the recipe ----------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 2])
+def test_only_the_last_k_steps_carry_gradients_and_coverage(world, tmp_path, k):
+    parts = _parts()
+    recipe = RewardRecipe(_config(world, tmp_path, truncation_k=k), **parts)
+    recipe.setup()
+    d = recipe.draw(0)
+    d["users"] = ["u0", None]  # one personalized, one cold-start pair
+    tokens, _ = recipe.tokens(d["items"], d["users"])
+    images, used = recipe.sample(d["items"], tokens, d["noise"], k)
+    assert used == list(truncated_steps(3, k))
+    titles = [recipe.titles[i] for i in d["items"]]
+    reward, _ = recipe.rewards(images, titles, None)
+    (-reward.mean()).backward()
+    trainable = recipe.trainable_parameters()
+    ids = {id(p) for p in trainable}
+    for p in trainable:
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    frozen = [parts["base"].unet, parts["base"].vae, parts["base"].text_encoder, parts["mllm"]]
+    for module in [*frozen, recipe.rewards]:
+        for name, p in module.named_parameters():
+            if id(p) not in ids:
+                assert p.grad is None and not p.requires_grad, name
+    recipe.cleanup()
+
+
+def _fixed_eval(recipe: RewardRecipe, n: int = 3) -> list[dict]:
+    out = []
+    with torch.no_grad():
+        for j in range(n):
+            d = recipe.draw(10_000 + j)
+            tokens, emb = recipe.tokens(d["items"], d["users"])
+            images, _ = recipe.sample(d["items"], tokens, d["noise"], 0)
+            _, info = recipe.rewards(
+                images, [recipe.titles[i] for i in d["items"]], emb, user_ids=d["users"]
+            )
+            out.append({k: info[k] for k in recipe.rewards.rewards})
+    return out
+
+
+def test_combined_reward_rises_over_50_steps(world, tmp_path):
+    torch.set_num_threads(1)
+    cfg = _config(
+        world, tmp_path, max_steps=50, num_inference_steps=2, checkpoint_every=50,
+        learning_rate=3e-2, drift_token_weight=0.0,
+    )  # fmt: skip
+    recipe = RewardRecipe(cfg, **_parts())
+    recipe.setup()
+    before = _fixed_eval(recipe)
+    recipe.train()
+    after = _fixed_eval(recipe)
+    multi = recipe.rewards
+
+    def combined(rows):
+        from icg.rewards import standardise
+
+        return sum(
+            float(
+                sum(
+                    w * standardise(r[n], multi.stats[n].mean, multi.stats[n].var)
+                    for n, w in multi.weights.items()
+                ).mean()
+            )
+            for r in rows
+        ) / len(rows)
+
+    first, last = combined(before), combined(after)
+    print(f"\nstage B tiny: fixed-probe combined reward {first:.3f} -> {last:.3f}")
+    assert last > first + 0.5
+    curves = [json.loads(x) for x in (tmp_path / CURVES).read_text().splitlines()]
+    assert [c["step"] for c in curves] == list(range(1, 51))
+    assert {"reward/aesthetic", "reward/relevance", "reward/preference", "reward/reward"} <= set(
+        curves[0]
+    )
+    recipe.cleanup()
+
+
+def test_exact_resume_and_atomic_checkpoints(world, tmp_path):
+    full = run_reward(_config(world, tmp_path / "full"), **_parts())
+    assert len(full.rewards) == 4
+    out = tmp_path / "split"
+    first = run_reward(_config(world, out, max_steps=2), **_parts())
+    resumed = run_reward(_config(world, out, max_steps=4), resume=True, **_parts())
+    assert resumed.rewards[:2] == first.rewards
+    torch.testing.assert_close(
+        torch.tensor(resumed.rewards), torch.tensor(full.rewards), atol=1e-5, rtol=0
+    )
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == [
+        "checkpoint-00000002",
+        "checkpoint-00000004",
+    ]
+    ckpt = out / "checkpoints" / "checkpoint-00000004" / "model"
+    assert (ckpt / "reward_stats.safetensors").is_file() and (ckpt / "icg_config.json").is_file()
+    assert (out / "adapter" / "icg_config.json").is_file()
+    steps = [json.loads(x)["step"] for x in (out / CURVES).read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_nan_guard_stops_before_saving(world, tmp_path):
+    recipe = RewardRecipe(_config(world, tmp_path, checkpoint_every=1), **_parts())
+    recipe.setup()
+    with torch.no_grad():
+        recipe.icg.encoder.meta_tokens.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="at step 1; stopped before saving"):
+        recipe.train()
+    assert list_checkpoints(tmp_path / "checkpoints") == []
+    recipe.cleanup()
+
+
+def test_probe_callback_is_logged_not_learned(world, tmp_path):
+    seen = []
+
+    def probe(recipe, step):
+        images = recipe.generate(["i0", "i1"], ["u0", None], seed=0)
+        assert images.dtype.name == "uint8" and images.shape[-1] == 3
+        seen.append(step)
+        return {"mean_pixel": float(images.mean())}
+
+    cfg = _config(
+        world, tmp_path, max_steps=2, probe_every=1, drift_denoise_weight=0.5, lora_rank=2
+    )
+    result = run_reward(cfg, callbacks=[probe], **_parts())
+    assert seen == [0, 1, 2] and result.steps == 2
+    rows = [json.loads(x) for x in (tmp_path / CURVES).read_text().splitlines()]
+    assert [r["step"] for r in rows if "probe" in r] == [0, 1, 2]
+    assert all("drift/denoise" in r for r in rows if "probe" not in r)
+    assert (tmp_path / "unet_lora.safetensors").is_file()
+
+
+def test_config_validation(world, tmp_path):
+    data, init = world
+    with pytest.raises(ValueError, match="needs --preference"):
+        RewardConfig(data=data, init=init, out=tmp_path)
+    with pytest.raises(ValueError, match="truncation_k"):
+        RewardConfig(data=data, init=init, out=tmp_path, rewards={"aesthetic": 1}, truncation_k=20)
+    file = tmp_path / "b.yaml"
+    file.write_text("max_steps: 7\ntruncation_k: 2\n")
+    cfg = load_config(file, data=data, init=init, out=tmp_path, rewards={"relevance": 1.0})
+    assert cfg.max_steps == 7 and cfg.truncation_k == 2 and cfg.rewards == {"relevance": 1.0}
