@@ -40,13 +40,14 @@ PALETTE_PROMPT = "a {} cover"
 class ClipRecipeConfig:
     """Hyper-parameters of the `clip` recipe (defaults are the shipped model's)."""
 
-    steps: int = 1000
+    steps: int = 2000
     batch_size: int = 64
-    lr: float = 1.5e-3
-    warmup: int = 80
+    lr: float = 3e-4
+    warmup: int = 100
     weight_decay: float = 0.05
     vocab_size: int = 1024
     vision_hidden: int = 96
+    patch_size: int = 16  # 16 tokens: a tiny ViT learns motif shape far faster than at 8
     vision_layers: int = 3
     text_layers: int = 3
     heads: int = 4
@@ -257,7 +258,7 @@ def build_model(cfg: ClipRecipeConfig, tokenizer) -> torch.nn.Module:
             num_hidden_layers=cfg.vision_layers,
             num_attention_heads=cfg.heads,
             image_size=64,
-            patch_size=8,
+            patch_size=cfg.patch_size,
             projection_dim=cfg.projection_dim,
         ),
         projection_dim=cfg.projection_dim,
@@ -439,7 +440,7 @@ def _publish(
         out,
         name="clip",
         summary=(
-            "A tiny CLIP (ViT 64px/8 image tower, 64-wide text tower) trained contrastively on "
+            "A tiny CLIP (ViT 64px/16 image tower, 64-wide text tower) trained contrastively on "
             "CoverWorld covers and their titles/prompts. The text tower's hidden size is 64: "
             "the `sd` UNet cross-attends to its last hidden states."
         ),
