@@ -12,6 +12,10 @@ from icg.training.reward import RewardRecipe
 
 
 def _worker(world_paths, out):
+    from accelerate.state import AcceleratorState
+
+    # a fork inherits the parent's (single-process) accelerate singletons from earlier tests
+    AcceleratorState._reset_state(reset_partial_state=True)
     torch.set_num_threads(1)
     cfg = _config(world_paths, out, max_steps=2, checkpoint_every=2, num_inference_steps=2)
     recipe = RewardRecipe(cfg, **_parts())
