@@ -106,9 +106,9 @@ class SDRecipeConfig:
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-7
     vae_edge_weight: float = 0.5
-    decoder_steps: int = 600
+    decoder_steps: int = 3000
     decoder_batch: int = 16
-    decoder_lr: float = 5e-4
+    decoder_lr: float = 1e-3
     unet_channels: tuple[int, ...] = (32, 64, 64)
     unet_steps: int = 900
     unet_batch: int = 64
@@ -924,7 +924,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--phase", choices=["vae", "decoder", "all"], default="all")
+    parser.add_argument("--phase", choices=["vae", "decoder", "unet", "all"], default="all")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = SDRecipeConfig(threads=args.threads or SDRecipeConfig.threads)
@@ -936,6 +936,14 @@ def main(argv: list[str] | None = None) -> None:
         train_vae(work, cfg, state, args.seed)
     elif args.phase == "decoder":  # may run beside the UNet phase: it keeps the latent space
         finetune_decoder(work, cfg, state, args.seed)
+    elif args.phase == "unet":  # latents + UNet only (needs the vae phase and the clip weights)
+        text_encoder, tokenizer = load_text_tower(CLIP_WEIGHTS)
+        vae = train_vae(work, cfg, state, args.seed).eval()
+        t0 = time.time()
+        data = unet_data(work, cfg, vae, text_encoder, tokenizer)
+        if state.get("latents_wall_s") is None:
+            state.update(latents_wall_s=time.time() - t0)
+        train_unet(work, cfg, state, args.seed, data)
     else:
         train(args.out, resume=args.resume, seed=args.seed, config=cfg)
 

@@ -1,0 +1,208 @@
+"""coverworld-tiny `sd`: recipe pieces on tiny inputs, and the shipped folder in plain diffusers.
+
+The shipped-weight tests are marked `real_weights` and skipped when the folder is absent. The
+gate tests use small fresh samples, so their thresholds are the recipe's gates minus two binomial
+standard errors at the gate value (accuracies) or two standard errors of the mean (PSNR); the
+numbers measured on 512 fresh titles live in `weights/sd/gates.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from icg.zoo.recipes import sd
+
+WEIGHTS = Path(sd.__file__).resolve().parents[1] / "weights" / "sd"
+real_weights = pytest.mark.skipif(
+    not (WEIGHTS / "model_index.json").is_file(), reason="coverworld-tiny sd not trained"
+)
+
+
+def _binomial_tolerance(p: float, n: int) -> float:
+    """Two standard errors of an accuracy measured on n samples when the truth is p."""
+    return 2.0 * math.sqrt(p * (1.0 - p) / n)
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_psnr_of_a_known_error() -> None:
+    a = np.full((2, 4, 4, 3), 100, dtype=np.uint8)
+    b = a.copy()
+    b[1] += 26  # error 26/255 ~ 0.102 -> 19.83 dB
+    out = sd.psnr(a, b)
+    assert out[0] == pytest.approx(120.0)  # identical images hit the 1e-12 floor
+    assert out[1] == pytest.approx(-20 * math.log10(26 / 255), abs=1e-9)
+
+
+def test_min_snr_weight_is_min_snr_gamma_over_snr_plus_one() -> None:
+    snr = torch.tensor([0.1, 5.0, 100.0])
+    w = sd.min_snr_weight(snr, gamma=5.0)
+    torch.testing.assert_close(w, torch.tensor([0.1 / 1.1, 5.0 / 6.0, 5.0 / 101.0]))
+    torch.testing.assert_close(sd.min_snr_weight(snr, gamma=0.0), torch.ones(3))
+
+
+def test_cosine_lr_warms_up_then_decays_to_floor() -> None:
+    assert sd.cosine_lr(0, 100, warmup=10) == pytest.approx(0.1)
+    assert sd.cosine_lr(10, 100, warmup=10) == pytest.approx(1.0)
+    assert sd.cosine_lr(100, 100, warmup=10, floor=0.05) == pytest.approx(0.05)
+    values = [sd.cosine_lr(s, 100, warmup=10) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_vae_batches_are_a_pure_function_of_the_step() -> None:
+    cfg = sd.SDRecipeConfig(vae_steps=10, vae_full_steps=2, vae_batch=4, vae_full_batch=3)
+    crops = sd.vae_batch(0, cfg)
+    assert crops.shape == (4, cfg.vae_crop, cfg.vae_crop, 3) and crops.dtype == np.uint8
+    np.testing.assert_array_equal(crops, sd.vae_batch(0, cfg))
+    assert not np.array_equal(crops, sd.vae_batch(1, cfg))
+    assert sd.vae_batch(8, cfg).shape == (3, 64, 64, 3)  # the last steps see whole covers
+
+
+def test_checkpoints_are_atomic_and_the_newest_wins(tmp_path: Path) -> None:
+    sd.save_checkpoint(tmp_path, 1, {"trainer": {"step": 1}})
+    sd.save_checkpoint(tmp_path, 2, {"trainer": {"step": 2}})
+    (tmp_path / ".tmp-ckpt-crashed").mkdir()  # a crash mid-write leaves only a temp folder
+    latest = sd.latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "ckpt-0000002"
+    assert torch.load(latest / "trainer.pt")["step"] == 2
+    assert [p.name for p in tmp_path.glob("ckpt-*")] == ["ckpt-0000002"]
+    assert sd.latest_checkpoint(tmp_path / "none") is None
+
+
+def test_fresh_vae_maps_64px_to_16x16x4_with_small_posterior_noise() -> None:
+    torch.manual_seed(0)
+    vae = sd.build_vae(sd.SDRecipeConfig()).eval()
+    x = torch.zeros(2, 3, 64, 64)
+    with torch.no_grad():
+        post = vae.encode(x).latent_dist
+        assert post.mean.shape == (2, 4, 16, 16)
+        assert post.std.max().item() < 0.01  # exp(VAE_INIT_LOGVAR / 2) = 0.0067
+        assert vae.decode(post.mode()).sample.shape == (2, 3, 64, 64)
+
+
+def test_unet_size_and_sampler_schedule() -> None:
+    cfg = sd.SDRecipeConfig()
+    unet = sd.build_unet(cfg, cross_attention_dim=64)
+    n = sum(p.numel() for p in unet.parameters())
+    assert 1_000_000 <= n <= 4_000_000
+    sampler = sd.build_sample_scheduler(cfg)
+    sampler.set_timesteps(25)
+    assert sampler.timesteps[0] == cfg.num_train_timesteps - 1  # trailing: start at pure noise
+    assert sampler.config.prediction_type == "v_prediction"
+    train = sd.build_train_scheduler(cfg)
+    assert train.alphas_cumprod[-1] < 1e-6  # (near) zero terminal SNR
+
+
+def test_unet_batches_and_loss_are_seeded() -> None:
+    torch.manual_seed(0)
+    cfg = sd.SDRecipeConfig(unet_batch=4, cfg_drop=0.5)
+    data = {
+        "latents": torch.randn(10, 4, 16, 16),
+        "text": torch.randn(10, 32, 64).half(),
+        "uncond": torch.zeros(32, 64),
+    }
+    a = sd.unet_batch(3, 0, data, cfg, 1000)
+    b = sd.unet_batch(3, 0, data, cfg, 1000)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    dropped = (a["text"] == 0).all(dim=(1, 2))
+    assert 0 < int(dropped.sum()) < 4  # cfg_drop=0.5 of 4 with this seed
+    unet = sd.build_unet(cfg, cross_attention_dim=64)
+    loss = sd.unet_loss(unet, sd.build_train_scheduler(cfg), a, gamma=5.0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+# ----------------------------------------------------------------------------- shipped folder
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusionPipeline
+
+    p = StableDiffusionPipeline.from_pretrained(str(WEIGHTS))
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@real_weights
+@pytest.mark.real_weights
+def test_stock_pipeline_loads_and_draws_a_cover(pipe) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    index = json.loads((WEIGHTS / "model_index.json").read_text())
+    assert index["requires_safety_checker"] is False
+    assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
+    assert isinstance(pipe.vae, AutoencoderKL) and isinstance(pipe.unet, UNet2DConditionModel)
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size == 64
+    assert not list(WEIGHTS.rglob("*.bin")), "weights must be safetensors"
+
+    out = pipe(
+        "a cover for The Crimson Orb",
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert out.shape == (1, 64, 64, 3)
+    assert np.isfinite(out).all() and out.std() > 0.02
+
+
+@real_weights
+@pytest.mark.real_weights
+def test_recipe_prompt_embeddings_match_the_pipeline(pipe) -> None:
+    prompts = sd.prompts_for(["The Crimson Orb", "hidden tales of the teal ring!"])
+    ours = sd.encode_prompts(pipe.text_encoder, pipe.tokenizer, prompts)
+    theirs, _ = pipe.encode_prompt(prompts, torch.device("cpu"), 1, False)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(
+        sd.encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])[0],
+        pipe.encode_prompt([""], torch.device("cpu"), 1, False)[0][0],
+    )
+
+
+@real_weights
+@pytest.mark.real_weights
+def test_vae_psnr_on_fresh_renders(pipe) -> None:
+    from icg.zoo import evaldata
+
+    images = evaldata.fresh_covers(128, k=17).images
+    values = sd.psnr(images, sd.reconstruct(pipe.vae, images))
+    tolerance = 2.0 * values.std() / math.sqrt(len(values))
+    assert values.mean() >= sd.THRESHOLDS["vae_psnr_db"] - tolerance, values.mean()
+
+
+@real_weights
+@pytest.mark.real_weights
+def test_gates_hold_on_a_small_fresh_world(tmp_path: Path) -> None:
+    from icg.world.config import WorldConfig
+    from icg.world.generate import generate_world
+
+    n = 64
+    world = generate_world(
+        tmp_path / "w", WorldConfig(seed=424_242, n_items=n, n_users=4, n_impressions=0)
+    )
+    metrics = sd.evaluate(WEIGHTS, world, limit=n)
+    assert metrics["n_titles"] == n
+    for key in ("motif_acc", "palette_acc"):
+        gate = sd.THRESHOLDS[key]
+        assert metrics[key] >= gate - _binomial_tolerance(gate, n), (key, metrics)
+    assert metrics["vae_psnr_db"] >= sd.THRESHOLDS["vae_psnr_db"] - 1.0, metrics
+
+
+@real_weights
+def test_shipped_folder_records_its_gates() -> None:
+    gates = json.loads((WEIGHTS / "gates.json").read_text())
+    assert gates["name"] == "sd" and set(gates["thresholds"]) <= set(gates["metrics"])
+    assert gates["parameters"] > 0 and gates["wall_time_s"] > 0
+    assert (WEIGHTS / "README.md").is_file()
+    size = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
+    assert size < 30 * 2**20
