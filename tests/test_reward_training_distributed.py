@@ -50,7 +50,7 @@ def _names(recipe) -> list[str]:
     return [names[id(p)] for p in recipe.trainable_parameters()]
 
 
-@pytest.mark.slow  # two processes: ~30 s on a loaded 2-core machine
+@pytest.mark.slow  # two forked processes (a few seconds; deselect with -m "not slow")
 def test_two_cpu_processes_train_in_sync(world, tmp_path):  # noqa: F811 - pytest fixture
     from accelerate.launchers import debug_launcher
 
