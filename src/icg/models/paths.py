@@ -14,8 +14,5 @@ def resolve_model_path(name: str) -> str:
             from icg.zoo import resolve
         except ImportError as err:
             raise ValueError(f"{name!r}: icg.zoo is not available to resolve zoo: names") from err
-        try:
-            return str(resolve(name.removeprefix("zoo:")))
-        except (KeyError, ValueError):
-            return str(resolve(name))
+        return str(resolve(name))  # FileNotFoundError names the recipe when weights are missing
     return name
