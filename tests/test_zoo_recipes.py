@@ -127,3 +127,19 @@ def test_mllm_answer_round_trip_and_labels() -> None:
         labels = inputs["labels"][row]
         kept = tok.decode(labels[labels >= 0])
         assert kept == answer + "<|im_end|>"
+
+
+def test_class_prompt_groups_follow_the_key_columns() -> None:
+    from icg.world.attributes import STYLE_DIMS, STYLE_LEVELS
+
+    names = tuple(name for name, _ in clip_recipe.ATTRIBUTE_GROUPS)
+    assert names == ("motif", "palette", *STYLE_DIMS, "blur", "noise", "fade")
+    assert len(names) == clip_recipe.NUM_KEYS  # one group per column of a text key
+    for name, prompts in clip_recipe.ATTRIBUTE_GROUPS[2:8]:
+        assert len(prompts) == len(STYLE_LEVELS[name])
+    targets = torch.zeros(4, len(names), dtype=torch.long)
+    logits = torch.zeros(4, len(clip_recipe.class_prompts()))
+    uniform = clip_recipe.class_prompt_loss(logits, targets)
+    # log 8 (motif) + log 8 (palette) + mean of log 3 (x6) and log 2 (x3)
+    expected = 2 * np.log(8) + (6 * np.log(3) + 3 * np.log(2)) / 9
+    assert uniform.item() == pytest.approx(expected, rel=1e-5)

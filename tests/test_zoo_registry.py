@@ -93,3 +93,13 @@ def test_cli_evaluate_json(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert out["metrics"] == {"spearman": 0.9, "n": 3.0}
     assert out["thresholds"] == {"spearman": 0.8} and out["passed"] is True
     assert seen["args"] == (str(tmp_path), tmp_path)
+
+
+def test_cli_train_dry_run_prints_config(tmp_path) -> None:
+    result = runner.invoke(
+        build_app(), ["zoo", "train", "clip", "--out", str(tmp_path), "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["config"]["batch_size"] > 0 and out["name"] == "clip"
+    assert not any(tmp_path.iterdir())  # nothing trained

@@ -70,10 +70,20 @@ def train(
     out: Annotated[Path, typer.Option(help="folder to write the trained model into")],
     resume: Annotated[bool, typer.Option(help="continue from the checkpoint in --out")] = False,
     seed: Annotated[int, typer.Option(help="torch seed (data seeds are fixed by the recipe)")] = 0,
+    dry_run: Annotated[
+        bool, typer.Option(help="print the recipe's configuration and stop")
+    ] = False,
 ) -> None:
     """Run the full recipe of an embedded model (CPU, seeded, resumable)."""
-    from icg.zoo import train_model
+    from icg.zoo import get, train_model
 
+    if dry_run:
+        try:
+            config = get(name).default_config()
+        except KeyError as err:
+            raise typer.BadParameter(str(err).strip("'\""), param_hint="NAME") from None
+        typer.echo(json.dumps({"name": name, "out": str(out), "config": config}, indent=2))
+        return
     train_model(name, out, resume=resume, seed=seed)
     typer.echo(str(out))
 

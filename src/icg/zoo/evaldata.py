@@ -30,6 +30,7 @@ class GateSet:
         titles: N titles (the item's title for item covers).
         style: (N, S) style level indices, or None when unknown.
         source: a short description for cards and reports.
+        defects: (N, 3) 0/1 flags (blurred, noisy, faded), or None when unknown.
     """
 
     images: np.ndarray
@@ -38,14 +39,18 @@ class GateSet:
     titles: list[str]
     style: np.ndarray | None
     source: str
+    defects: np.ndarray | None = None
 
 
 def fresh_covers(n: int, k: int = 0, defect_rate: float = 0.25) -> GateSet:
     """`n` fresh renders from world seed `GATE_SEED_OFFSET + k`, with titles and style."""
     seed = world_seed(GATE_SEED_OFFSET + k)
     s = sample_covers(n, seed=seed, defect_rate=defect_rate)
+    flags = np.array(
+        [[d.blur > 0, d.noise > 0, d.fade > 0] for d in (spec.defects for spec in s.specs)]
+    ).astype(np.int64)
     return GateSet(
-        s.images, s.motif, s.palette, s.titles, s.style, f"{n} fresh renders (seed {seed})"
+        s.images, s.motif, s.palette, s.titles, s.style, f"{n} fresh renders (seed {seed})", flags
     )
 
 
@@ -79,6 +84,9 @@ def world_covers(world: Path, limit: int | None = None) -> GateSet:
     for style_cols in ([f"style_{d}" for d in STYLE_DIMS], [f"style{i}" for i in range(NUM_STYLE)]):
         if set(style_cols) <= set(table.columns):
             style = table[style_cols].to_numpy(np.int64)
+    defects = None
+    if {"blur", "noise", "fade"} <= set(table.columns):
+        defects = (table[["blur", "noise", "fade"]].to_numpy(np.float64) > 0).astype(np.int64)
     titles = [""] * len(table)
     items_file = world / "items.parquet"
     if items_file.exists() and "item_id" in table.columns:
@@ -91,6 +99,7 @@ def world_covers(world: Path, limit: int | None = None) -> GateSet:
         titles=titles,
         style=style,
         source=f"{len(table)} covers of world {world}",
+        defects=defects,
     )
 
 

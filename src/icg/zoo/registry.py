@@ -56,6 +56,17 @@ class ZooEntry:
         """`train(out: Path, *, resume: bool, seed: int) -> None`."""
         return self.recipe_module().train
 
+    def default_config(self) -> dict[str, Any] | None:
+        """The recipe's default configuration (its `*RecipeConfig` dataclass), if it has one."""
+        import dataclasses
+
+        module = self.recipe_module()
+        for attr in dir(module):
+            obj = getattr(module, attr)
+            if attr.endswith("RecipeConfig") and dataclasses.is_dataclass(obj):
+                return dataclasses.asdict(obj())
+        return None
+
     @property
     def evaluate(self) -> Callable[..., dict[str, Any]]:
         """`evaluate(path, world_dir) -> dict` of gate metrics."""

@@ -40,7 +40,7 @@ PALETTE_PROMPT = "a {} cover"
 class ClipRecipeConfig:
     """Hyper-parameters of the `clip` recipe (defaults are the shipped model's)."""
 
-    steps: int = 2000
+    steps: int = 3500
     batch_size: int = 64
     lr: float = 3e-4
     warmup: int = 100
@@ -55,7 +55,7 @@ class ClipRecipeConfig:
     checkpoint_every: int = 100
     gate_items: int = 1000
     tokenizer_titles: int = 8_000
-    class_prompt_weight: float = 0.5
+    class_prompt_weight: float = 2.0
 
 
 # attribute columns of a key: motif, palette, the style dims, then the defects (blurred,
@@ -185,29 +185,50 @@ def multi_positive_clip_loss(logits: torch.Tensor, match: torch.Tensor) -> torch
     return 0.5 * (t2i + i2t)
 
 
+# Attribute groups for the class-prompt loss: (name, prompts in level order). The first two
+# are the zero-shot gate's prompts; the style and defect groups make the image embedding carry
+# what the `aesthetic` model and the `sd` prompts need.
+ATTRIBUTE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("motif", tuple(MOTIF_PROMPT.format(m) for m in MOTIFS)),
+    ("palette", tuple(PALETTE_PROMPT.format(p) for p in PALETTES)),
+    ("brightness", ("a dark cover", "a mid cover", "a light cover")),
+    ("saturation", ("a muted cover", "a normal cover", "a vivid cover")),
+    ("scale", ("a small motif", "a medium motif", "a large motif")),
+    ("layout", ("a centered motif", "a motif on the left", "a motif at the top")),
+    ("frame", ("a cover with no frame", "a cover with a thin frame", "a cover with a thick frame")),
+    ("texture", ("a flat background", "a background with stripes", "a background with dots")),
+    ("blur", ("a sharp cover", "a blurry cover")),
+    ("noise", ("a clean cover", "a noisy cover")),
+    ("fade", ("a crisp cover", "a faded cover")),
+)
+
+
 def class_prompts() -> list[str]:
-    """The motif and palette class prompts (8 + 8), also the zero-shot gate's prompts."""
-    return [MOTIF_PROMPT.format(m) for m in MOTIFS] + [PALETTE_PROMPT.format(p) for p in PALETTES]
+    """All class prompts, group after group (motif 8, palette 8, then style and defects)."""
+    return [p for _, prompts in ATTRIBUTE_GROUPS for p in prompts]
 
 
-def class_prompt_loss(
-    logits: torch.Tensor, motif: torch.Tensor, palette: torch.Tensor
-) -> torch.Tensor:
-    """Cross-entropy of every image against all class prompts (UniCL, Yang et al. 2022, Sec. 3).
+def class_prompt_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every image against each group of class prompts (UniCL, Yang et al.
+    2022, Sec. 3): motif + palette, plus the mean over the style and defect groups.
 
     Args:
-        logits: (B, 16) scaled similarities to `class_prompts()`.
-        motif: (B,) true motif indices; palette: (B,) true palette indices.
+        logits: (B, C) scaled similarities to `class_prompts()`.
+        targets: (B, G) level index per attribute group, in `ATTRIBUTE_GROUPS` order.
     """
-    n = len(MOTIFS)
-    return F.cross_entropy(logits[:, :n], motif) + F.cross_entropy(logits[:, n:], palette)
+    losses = []
+    start = 0
+    for g, (_, prompts) in enumerate(ATTRIBUTE_GROUPS):
+        losses.append(F.cross_entropy(logits[:, start : start + len(prompts)], targets[:, g]))
+        start += len(prompts)
+    return losses[0] + losses[1] + torch.stack(losses[2:]).mean()
 
 
 def tokenizer_corpus(n_titles: int = 8_000) -> list[str]:
     """Titles of zoo renders plus every prompt form `make_text` writes."""
     sample = sample_covers(n_titles, seed=zoo_seed(TOKENIZER_SEED_OFFSET), size=8)
     rng = np.random.default_rng(zoo_seed(TOKENIZER_SEED_OFFSET))
-    texts = list(sample.titles)
+    texts = list(sample.titles) + class_prompts() * 4
     for i in range(n_titles):
         flags = defect_flags(sample.specs[i].defects)
         texts.append(
@@ -287,8 +308,7 @@ def batch(step: int, cfg: ClipRecipeConfig, tokenizer) -> dict[str, torch.Tensor
         "attention_mask": tok["attention_mask"],
         "pixel_values": _base.images_to_tensor(s.images),
         "match": match_matrix(np.stack(keys), attrs),
-        "motif": torch.from_numpy(s.motif),
-        "palette": torch.from_numpy(s.palette),
+        "targets": torch.from_numpy(attrs),  # (B, G): one level per attribute group
     }
 
 
@@ -316,7 +336,9 @@ def zero_shot(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Zero-shot motif and palette predictions from the gate prompts: two (N,) index arrays."""
     model.eval()
-    tok = tokenizer(class_prompts(), padding=True, return_tensors="pt")
+    tok = tokenizer(
+        class_prompts()[: len(MOTIFS) + len(PALETTES)], padding=True, return_tensors="pt"
+    )
     text = text_embeds(model, tok["input_ids"], tok["attention_mask"])  # (16, P)
     motif, palette = [], []
     for i in range(0, len(images), batch_size):
@@ -328,6 +350,23 @@ def zero_shot(
     return np.concatenate(motif), np.concatenate(palette)
 
 
+@torch.no_grad()
+def zero_shot_groups(model, tokenizer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Zero-shot level of every attribute group of `ATTRIBUTE_GROUPS`: (N, G) indices."""
+    model.eval()
+    tok = tokenizer(class_prompts(), padding=True, return_tensors="pt")
+    text = text_embeds(model, tok["input_ids"], tok["attention_mask"])  # (C, P)
+    out = []
+    for i in range(0, len(images), batch_size):
+        sims = image_embeds(model, _base.images_to_tensor(images[i : i + batch_size])) @ text.T
+        cols, start = [], 0
+        for _, prompts in ATTRIBUTE_GROUPS:
+            cols.append(sims[:, start : start + len(prompts)].argmax(1))
+            start += len(prompts)
+        out.append(torch.stack(cols, dim=1).numpy())  # (B, G)
+    return np.concatenate(out)
+
+
 def measure(path: str | Path, gate_set: evaldata.GateSet) -> dict[str, float]:
     """Gate metrics of the model at `path` on `gate_set`."""
     from transformers import CLIPModel, CLIPTokenizer
@@ -335,11 +374,18 @@ def measure(path: str | Path, gate_set: evaldata.GateSet) -> dict[str, float]:
     model = CLIPModel.from_pretrained(str(path))
     tokenizer = CLIPTokenizer.from_pretrained(str(path))
     motif, palette = zero_shot(model, tokenizer, gate_set.images)
-    return {
+    metrics = {
         "zero_shot_motif_acc": float((motif == gate_set.motif).mean()),
         "zero_shot_palette_acc": float((palette == gate_set.palette).mean()),
         "n": float(len(motif)),
     }
+    if gate_set.style is not None and gate_set.defects is not None:  # informative, not gated
+        levels = zero_shot_groups(model, tokenizer, gate_set.images)  # (N, G)
+        truth = np.concatenate([gate_set.style, gate_set.defects], axis=1)  # (N, 9)
+        hits = levels[:, 2:] == truth
+        metrics["zero_shot_style_acc"] = float(hits[:, : len(STYLE_DIMS)].mean())
+        metrics["zero_shot_defect_acc"] = float(hits[:, len(STYLE_DIMS) :].mean())
+    return metrics
 
 
 def evaluate(path: str | Path, world_dir: str | Path | None) -> dict[str, float]:
@@ -387,8 +433,8 @@ def train(out: Path, *, resume: bool, seed: int, config: ClipRecipeConfig | None
         image = image_embeds(model, b["pixel_values"])  # (I, P)
         scale = model.logit_scale.exp().clamp(max=100.0)
         loss = multi_positive_clip_loss(scale * text @ image.T, b["match"])  # (T, I) logits
-        classes = text_embeds(model, prompts["input_ids"], prompts["attention_mask"])  # (16, P)
-        aux = class_prompt_loss(scale * image @ classes.T, b["motif"], b["palette"])  # (B, 16)
+        classes = text_embeds(model, prompts["input_ids"], prompts["attention_mask"])  # (C, P)
+        aux = class_prompt_loss(scale * image @ classes.T, b["targets"])  # (B, C) logits
         loss = loss + cfg.class_prompt_weight * aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -441,7 +487,9 @@ def _publish(
         name="clip",
         summary=(
             "A tiny CLIP (ViT 64px/16 image tower, 64-wide text tower) trained contrastively on "
-            "CoverWorld covers and their titles/prompts. The text tower's hidden size is 64: "
+            "CoverWorld covers and their titles/prompts, plus a class-prompt loss over motif, "
+            "palette, the six style dimensions and three defects, so the image embedding carries "
+            "content, style and quality. The text tower's hidden size is 64: "
             "the `sd` UNet cross-attends to its last hidden states."
         ),
         loading="""

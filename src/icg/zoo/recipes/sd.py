@@ -106,11 +106,11 @@ class SDRecipeConfig:
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-7
     vae_edge_weight: float = 0.5
-    decoder_steps: int = 3000
+    decoder_steps: int = 2000
     decoder_batch: int = 16
     decoder_lr: float = 1e-3
     unet_channels: tuple[int, ...] = (32, 64, 64)
-    unet_steps: int = 900
+    unet_steps: int = 1800
     unet_batch: int = 64
     unet_lr: float = 1e-3
     ema_decay: float = 0.995
@@ -610,6 +610,28 @@ def load_text_tower(clip_dir: Path) -> tuple[Any, Any]:
     return text_encoder, tokenizer
 
 
+def frozen_text_tower(work: Path, clip_dir: Path) -> tuple[Any, Any]:
+    """The text tower of this run: copied once from `clip_dir` into ``work/text_tower``.
+
+    The latent/prompt cache, the UNet and the shipped pipeline must all use the very same text
+    tower, even if the `clip` folder is retrained while this recipe runs.
+    """
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    copy = work / "text_tower"
+    if not (copy / "config.json").exists():
+        text_encoder, tokenizer = load_text_tower(clip_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-text_tower-", dir=work))
+        text_encoder.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if copy.exists():
+            shutil.rmtree(copy)
+        os.replace(tmp, copy)
+        logger.info("text tower: copied from %s", clip_dir)
+    text_encoder = CLIPTextModel.from_pretrained(str(copy)).eval().requires_grad_(False)
+    return text_encoder, CLIPTokenizer.from_pretrained(str(copy))
+
+
 @torch.no_grad()
 def encode_prompts(text_encoder: Any, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
     """Prompt embeddings exactly as ``StableDiffusionPipeline.encode_prompt`` makes them.
@@ -937,7 +959,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.phase == "decoder":  # may run beside the UNet phase: it keeps the latent space
         finetune_decoder(work, cfg, state, args.seed)
     elif args.phase == "unet":  # latents + UNet only (needs the vae phase and the clip weights)
-        text_encoder, tokenizer = load_text_tower(CLIP_WEIGHTS)
+        text_encoder, tokenizer = frozen_text_tower(work, CLIP_WEIGHTS)
         vae = train_vae(work, cfg, state, args.seed).eval()
         t0 = time.time()
         data = unet_data(work, cfg, vae, text_encoder, tokenizer)
@@ -988,7 +1010,7 @@ def train(
     state.update(config=asdict(cfg), seed=seed)
 
     vae = train_vae(work, cfg, state, seed).eval()
-    text_encoder, tokenizer = load_text_tower(Path(clip_dir) if clip_dir else CLIP_WEIGHTS)
+    text_encoder, tokenizer = frozen_text_tower(work, Path(clip_dir) if clip_dir else CLIP_WEIGHTS)
     t0 = time.time()
     data = unet_data(work, cfg, vae, text_encoder, tokenizer)
     if state.get("latents_wall_s") is None:
@@ -1063,6 +1085,11 @@ def write_report(
             "UNet2DConditionModel (v-prediction, cosine schedule, cross-attention on the 64-wide "
             "text tower of coverworld-tiny `clip`), the `clip` tokenizer and a DDIM scheduler "
             "(trailing spacing). No safety checker: it draws geometric covers only."
+            + (
+                f"\n\nNotes on this run: {state.get('notes')}"
+                if state and state.get("notes")
+                else ""
+            )
         ),
         loading=(
             "from diffusers import StableDiffusionPipeline\n"
