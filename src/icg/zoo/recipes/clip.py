@@ -40,7 +40,7 @@ PALETTE_PROMPT = "a {} cover"
 class ClipRecipeConfig:
     """Hyper-parameters of the `clip` recipe (defaults are the shipped model's)."""
 
-    steps: int = 3500
+    steps: int = 6000
     batch_size: int = 64
     lr: float = 3e-4
     warmup: int = 100
@@ -494,9 +494,10 @@ def _publish(
         ),
         loading="""
 from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
+
 model = CLIPModel.from_pretrained(path)
-tokenizer = CLIPTokenizer.from_pretrained(path)   # or AutoTokenizer / vocab.json + merges.txt
-processor = CLIPProcessor.from_pretrained(path)   # 64x64 covers, OpenAI CLIP normalisation
+tokenizer = CLIPTokenizer.from_pretrained(path)  # or AutoTokenizer / vocab.json + merges.txt
+processor = CLIPProcessor.from_pretrained(path)  # 64x64 covers, OpenAI CLIP normalisation
 """,
         data=(
             f"{cfg.steps} × {cfg.batch_size} renders from `sample_covers(seed=zoo_seed(k))`, "
