@@ -40,14 +40,14 @@ class AestheticRecipeConfig:
     """Hyper-parameters of the `aesthetic` recipe (defaults are the shipped model's)."""
 
     clip: str = "zoo:clip"
-    n_train: int = 16_000
+    n_train: int = 24_000
     chunk: int = 1_000
     defect_rates: tuple[float, ...] = (0.25, 0.5)  # alternate per chunk: more flawed covers
     rating_noise: float = 0.05
     hidden_sizes: tuple[int, ...] = (256, 64, 32, 16)
     dropouts: tuple[float, ...] = (0.1, 0.1, 0.05)
     activation: str = "gelu"
-    epochs: int = 40
+    epochs: int = 60
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -223,13 +223,15 @@ def _publish(out: Path, model: AestheticMLP, cfg: AestheticRecipeConfig, train_s
             "CoverWorld's aesthetic scale (about 0 to 1)."
         ),
         loading="""
-from icg.zoo.aesthetic import AestheticMLP            # diffusers ModelMixin/ConfigMixin
-model = AestheticMLP.from_pretrained(path)
-score = model(clip_image_embeds_l2_normalised)         # (N, 64) -> (N, 1)
-
-# without icg: plain safetensors; Linear layers are layers.0, .2, .4, .6, .7 (odd = Dropout)
 import torch
 from safetensors.torch import load_file
+
+from icg.zoo.aesthetic import AestheticMLP  # diffusers ModelMixin/ConfigMixin
+
+model = AestheticMLP.from_pretrained(path)
+score = model(embeds)  # L2-normalised `clip` image embeddings (N, 64) -> (N, 1)
+
+# without icg: plain safetensors; Linear layers are layers.0, .2, .4, .6, .7 (odd = Dropout)
 w = load_file(f"{path}/diffusion_pytorch_model.safetensors")
 x = embeds
 for i in (0, 2, 4, 6, 7):
