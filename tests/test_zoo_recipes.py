@@ -143,3 +143,39 @@ def test_class_prompt_groups_follow_the_key_columns() -> None:
     # log 8 (motif) + log 8 (palette) + mean of log 3 (x6) and log 2 (x3)
     expected = 2 * np.log(8) + (6 * np.log(3) + 3 * np.log(2)) / 9
     assert uniform.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mllm_vision_init_copies_a_matching_clip_tower(tmp_path: Path) -> None:
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = mllm_recipe.MllmRecipeConfig(vision_hidden=16, vision_layers=1, heads=2, text_hidden=16)
+    processor = mllm_recipe.build_processor(vocab_size=400, n_titles=100)
+    model = mllm_recipe.build_model(cfg, processor.tokenizer)
+    vision = dict(
+        hidden_size=16, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=64, patch_size=16,
+    )  # fmt: skip
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=vision,
+            text_config=dict(
+                hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+            ),
+        )
+    )
+    clip.save_pretrained(str(tmp_path / "clip"))
+    mllm_recipe.init_vision_from_clip(model, str(tmp_path / "clip"))
+    for name, value in clip.vision_model.state_dict().items():
+        tower = model.model.vision_tower
+        torch.testing.assert_close(getattr(tower, "vision_model", tower).state_dict()[name], value)
+    vision["patch_size"] = 8
+    CLIPModel(
+        CLIPConfig(
+            vision_config=vision,
+            text_config=dict(
+                hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+            ),
+        )
+    ).save_pretrained(str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="patch_size=8, expected 16"):
+        mllm_recipe.init_vision_from_clip(model, str(tmp_path / "other"))

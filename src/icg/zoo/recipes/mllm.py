@@ -1,5 +1,10 @@
 """Recipe of coverworld-tiny `mllm`: a tiny LLaVA (CLIP ViT + Qwen2 LM) that describes covers.
 
+Known limit of the shipped model: its vision tower (trained from scratch) reads palette and
+style but not motif shape; it names the motif from the title (blank titles: ~10% motif
+accuracy). Starting the tower from `clip`'s image tower (`vision_init="zoo:clip"`, as LLaVA
+starts from CLIP) was tried at 1000 steps and did worse (motif 0.19): not the default.
+
 The architecture is transformers' `LlavaForConditionalGeneration` with a `CLIPVisionModel`
 tower (64px, patch 16: 16 image tokens) and a `Qwen2ForCausalLM` language model, with a
 `LlavaProcessor` (CLIPImageProcessor + Qwen2Tokenizer with a ChatML template). Why not the
@@ -26,6 +31,7 @@ from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
 from icg.zoo import evaldata
 from icg.zoo.recipes import _base
+from icg.zoo.registry import resolve
 from icg.zoo.tokenization import train_qwen_bpe
 
 logger = logging.getLogger(__name__)
@@ -68,6 +74,10 @@ class MllmRecipeConfig:
     checkpoint_every: int = 100
     gate_items: int = 300
     tokenizer_titles: int = 6_000
+    # LLaVA-style option: start the vision tower from `clip`'s image tower (same ViT config) and
+    # train it at a fraction of the LR. None (shipped): from scratch.
+    vision_init: str | None = None
+    vision_lr_scale: float = 0.1
 
 
 def answer_text(motif: int, palette: int, style: np.ndarray) -> str:
@@ -187,6 +197,30 @@ def build_model(cfg: MllmRecipeConfig, tokenizer) -> torch.nn.Module:
     return model
 
 
+def init_vision_from_clip(model, clip_path: str) -> None:
+    """Copy a CLIPModel's image tower into the LLaVA vision tower (configs must agree)."""
+    from transformers import CLIPModel
+
+    clip = CLIPModel.from_pretrained(clip_path)
+    tower = model.model.vision_tower
+    target = getattr(tower, "vision_model", tower)
+    ours, theirs = model.config.vision_config, clip.config.vision_config
+    for field in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "image_size",
+        "patch_size",
+    ):
+        if getattr(ours, field) != getattr(theirs, field):
+            raise ValueError(
+                f"vision_init={clip_path}: vision_config.{field}={getattr(theirs, field)}, "
+                f"expected {getattr(ours, field)} (the mllm's vision tower)"
+            )
+    target.load_state_dict(clip.vision_model.state_dict())
+
+
 def encode(processor, images: np.ndarray, titles: list[str], answers: list[str] | None) -> dict:
     """Processor inputs for a batch; with answers, also `labels` (-100 outside the answer)."""
     if answers is None:
@@ -267,16 +301,17 @@ def train(out: Path, *, resume: bool, seed: int, config: MllmRecipeConfig | None
     _base.setup_torch(seed)
     processor = build_processor(cfg.vocab_size, cfg.tokenizer_titles)
     model = build_model(cfg, processor.tokenizer)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
+    if cfg.vision_init is not None:
+        init_vision_from_clip(model, resolve(cfg.vision_init))
+    groups = []
+    for vision in (False, True):
+        named = [(n, p) for n, p in model.named_parameters() if ("vision_tower" in n) == vision]
+        scale = cfg.vision_lr_scale if vision and cfg.vision_init is not None else 1.0
+        for decay in (True, False):
+            params = [p for n, p in named if (p.ndim >= 2 and "embed" not in n) == decay]
+            wd = cfg.weight_decay if decay else 0.0
+            groups.append({"params": params, "weight_decay": wd, "lr_scale": scale})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
     state = (_base.load_checkpoint(out, model, optimizer) if resume else None) or _base.TrainState()
     timer = _base.Timer(before=state.elapsed_s)
     logger.info(
@@ -287,7 +322,7 @@ def train(out: Path, *, resume: bool, seed: int, config: MllmRecipeConfig | None
     while state.step < cfg.steps:
         lr = _base.cosine_lr(state.step, cfg.steps, cfg.lr, cfg.warmup)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         loss = model(**batch(state.step, cfg, processor)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -339,18 +374,33 @@ def _publish(out: Path, model, processor, cfg: MllmRecipeConfig, train_s: float)
             "A tiny LLaVA-architecture image-text-to-text model (CLIP ViT 64px/16 → 16 image "
             "tokens, 2-layer GELU projector, Qwen2 decoder) that reads a cover and its title and "
             "answers `motif: star. palette: blue. style: dark vivid large center thin flat.` "
-            "ICG's meta tokens read its hidden states."
+            + (
+                f"Its vision tower starts from `{cfg.vision_init}`'s image tower. "
+                if cfg.vision_init
+                else "Its vision tower is trained from scratch: it reads palette and style from "
+                "the cover; the motif it names comes from the title. "
+            )
+            + "ICG's meta tokens read its hidden states."
         ),
         loading="""
 from transformers import AutoModelForImageTextToText, AutoProcessor
-model = AutoModelForImageTextToText.from_pretrained(path)   # LlavaForConditionalGeneration
-processor = AutoProcessor.from_pretrained(path)             # LlavaProcessor (ChatML template)
-chat = [{"role": "user", "content": [{"type": "image"},
-         {"type": "text", "text": "title: The Azure Star\\ndescribe the cover."}]}]
+
+model = AutoModelForImageTextToText.from_pretrained(path)  # LlavaForConditionalGeneration
+processor = AutoProcessor.from_pretrained(path)  # LlavaProcessor (ChatML template)
+chat = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "image"},
+            {"type": "text", "text": "title: The Azure Star\\ndescribe the cover."},
+        ],
+    }
+]
 prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
 inputs = processor(images=[image], text=[prompt], return_tensors="pt")
-answer = processor.batch_decode(model.generate(**inputs)[:, inputs["input_ids"].shape[1]:],
-                                skip_special_tokens=True)
+answer = processor.batch_decode(
+    model.generate(**inputs)[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+)
 """,
         data=(
             f"{cfg.steps} × {cfg.batch_size} renders from `sample_covers(seed=zoo_seed(k))`, "
