@@ -188,7 +188,7 @@ def test_gates_hold_on_a_small_fresh_world(tmp_path: Path) -> None:
 
     n = 64
     world = generate_world(
-        tmp_path / "w", WorldConfig(seed=424_242, n_items=n, n_users=4, n_impressions=0)
+        tmp_path / "w", WorldConfig(seed=424_242, n_items=n, n_users=4, n_impressions=100)
     )
     metrics = sd.evaluate(WEIGHTS, world, limit=n)
     assert metrics["n_titles"] == n

@@ -110,9 +110,9 @@ class SDRecipeConfig:
     decoder_batch: int = 16
     decoder_lr: float = 1e-3
     unet_channels: tuple[int, ...] = (32, 64, 64)
-    unet_steps: int = 1800
+    unet_steps: int = 1500
     unet_batch: int = 64
-    unet_lr: float = 1e-3
+    unet_lr: float = 1.5e-3
     ema_decay: float = 0.995
     num_latents: int = 8_192
     unet_defect_rate: float = 0.1
@@ -470,8 +470,9 @@ def train_vae(work: Path, cfg: SDRecipeConfig, state: _State, seed: int) -> Any:
     wall = time.time() - t0
 
     vae.eval()
-    scale = latent_scaling_factor(vae, cfg)
-    vae.register_to_config(scaling_factor=scale)
+    mean, std = latent_channel_stats(vae, cfg)
+    standardize_latents(vae, mean, std)
+    scale = latent_scaling_factor(vae, cfg)  # ~1 after standardising: a check
     fresh = heldout_renders(512, chunk=1)
     fresh_psnr = vae_psnr(vae, fresh)
     _atomic_save_dir(vae, final)
@@ -479,7 +480,10 @@ def train_vae(work: Path, cfg: SDRecipeConfig, state: _State, seed: int) -> Any:
         vae_done=True,
         vae_wall_s=wall,
         vae_params=n_params,
-        vae_scaling_factor=scale,
+        vae_scaling_factor=1.0,
+        vae_latent_scale_check=scale,
+        vae_latent_channel_mean=mean.tolist(),
+        vae_latent_channel_std=std.tolist(),
         vae_psnr_heldout=fresh_psnr,
         vae_history=history,
     )
@@ -582,6 +586,41 @@ def finetune_decoder(work: Path, cfg: SDRecipeConfig, state: _State, seed: int) 
     )
     logger.info("decoder: done in %.0f s, held-out PSNR %.2f dB", wall, fresh_psnr)
     return vae
+
+
+@torch.no_grad()
+def latent_channel_stats(
+    vae: Any, cfg: SDRecipeConfig, n: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (each (C,)) of posterior-mode latents of held-out renders."""
+    images = heldout_renders(n, chunk=2, size=cfg.image_size)
+    z = torch.cat(
+        [
+            vae.encode(to_model_range(images[i : i + 128])).latent_dist.mode()
+            for i in range(0, n, 128)
+        ]
+    )  # (n, C, h, w)
+    return z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
+
+
+@torch.no_grad()
+def standardize_latents(vae: Any, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Reparametrise the VAE in place so its latents are zero-mean, unit-std per channel.
+
+    ``z' = (z - mean) / std`` is folded into ``quant_conv`` (posterior mean and log-variance) and
+    undone in ``post_quant_conv``, so decode(encode(x)) is unchanged; ``scaling_factor`` becomes
+    1. Stock SD pipelines only know a scalar scale; without this, the luminance-like channel
+    (std ~4x the others) dominates the diffusion loss and colour is learned far more slowly.
+    """
+    c = len(mean)
+    q_w, q_b = vae.quant_conv.weight, vae.quant_conv.bias  # (2C, 2C, 1, 1), (2C,)
+    q_w[:c] /= std.view(c, 1, 1, 1)
+    q_b[:c] = (q_b[:c] - mean) / std
+    q_b[c:] -= 2.0 * torch.log(std)
+    p_w, p_b = vae.post_quant_conv.weight, vae.post_quant_conv.bias  # (C, C, 1, 1), (C,)
+    p_b += p_w[:, :, 0, 0] @ mean
+    p_w *= std.view(1, c, 1, 1)
+    vae.register_to_config(scaling_factor=1.0)
 
 
 @torch.no_grad()
@@ -946,7 +985,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--phase", choices=["vae", "decoder", "unet", "all"], default="all")
+    parser.add_argument(
+        "--phase", choices=["vae", "decoder", "unet", "publish-latest", "all"], default="all"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = SDRecipeConfig(threads=args.threads or SDRecipeConfig.threads)
@@ -958,6 +999,8 @@ def main(argv: list[str] | None = None) -> None:
         train_vae(work, cfg, state, args.seed)
     elif args.phase == "decoder":  # may run beside the UNet phase: it keeps the latent space
         finetune_decoder(work, cfg, state, args.seed)
+    elif args.phase == "publish-latest":  # ship the newest UNet checkpoint of a running phase
+        publish_latest_checkpoint(args.out, work, cfg)
     elif args.phase == "unet":  # latents + UNet only (needs the vae phase and the clip weights)
         text_encoder, tokenizer = frozen_text_tower(work, CLIP_WEIGHTS)
         vae = train_vae(work, cfg, state, args.seed).eval()
@@ -996,8 +1039,6 @@ def train(
         clip_dir: the `clip` checkpoint whose text tower and tokenizer are used.
         work_dir: checkpoints and caches (default `default_work_dir(out)`).
     """
-    from icg.zoo import evaldata
-    from icg.zoo.recipes import _base
 
     cfg = config or SDRecipeConfig()
     out = Path(out)
@@ -1018,7 +1059,23 @@ def train(
     unet = train_unet(work, cfg, state, seed, data).eval()
     del data
     vae = finetune_decoder(work, cfg, state, seed).eval()
+    publish(out, cfg, state, vae, unet, text_encoder, tokenizer)
 
+
+def publish(
+    out: Path,
+    cfg: SDRecipeConfig,
+    state: _State,
+    vae: Any,
+    unet: Any,
+    text_encoder: Any,
+    tokenizer: Any,
+) -> dict[str, float]:
+    """Save the pipeline into `out` (staged, then renamed), measure the gates, write the card."""
+    from icg.zoo import evaldata
+    from icg.zoo.recipes import _base
+
+    out = Path(out)
     t0 = time.time()
     pipe = assemble(vae, unet, text_encoder, tokenizer, cfg)
     staged = out.with_name(f".{out.name}.publish")
@@ -1030,18 +1087,38 @@ def train(
     wall = {
         "vae_s": state["vae_wall_s"],
         "latents_s": state["latents_wall_s"],
-        "unet_s": state["unet_wall_s"],
+        "unet_s": state.get("unet_wall_s", 0.0),
         "decoder_s": state["decoder_wall_s"],
         "gates_s": time.time() - t0,
     }
     wall["total_s"] = sum(wall.values())
     params = {
-        "vae": state["vae_params"],
-        "unet": state["unet_params"],
+        "vae": sum(p.numel() for p in vae.parameters()),
+        "unet": sum(p.numel() for p in unet.parameters()),
         "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
     }
     write_report(out, cfg, metrics, wall, params, gate_set.source, state)
     logger.info("sd: published %s, gates %s", out, metrics)
+    return metrics
+
+
+def publish_latest_checkpoint(out: Path, work: Path, cfg: SDRecipeConfig) -> dict[str, float]:
+    """Publish the EMA UNet of the newest UNet checkpoint (a run still in progress).
+
+    The UNet step it was taken at is recorded in the card and in ``gates.json``.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    state = _State(work / "state.json")
+    ckpt = latest_checkpoint(work / "unet_ckpt")
+    if ckpt is None:
+        raise FileNotFoundError(f"work={work}: no UNet checkpoint to publish")
+    extra = torch.load(ckpt / "trainer.pt", weights_only=False)
+    state.update(unet_wall_s=extra["wall_s"], published_unet_step=extra["step"])
+    unet = UNet2DConditionModel.from_pretrained(ckpt / "ema").eval()
+    vae = AutoencoderKL.from_pretrained(work / "vae_ft").eval()
+    text_encoder, tokenizer = frozen_text_tower(work, CLIP_WEIGHTS)
+    return publish(out, cfg, state, vae, unet, text_encoder, tokenizer)
 
 
 def write_report(
@@ -1074,6 +1151,9 @@ def write_report(
             "the same fresh covers, mean per image",
             "vae_psnr_heldout_zoo_db": state.get("vae_psnr_heldout") if state else None,
             "vae_scaling_factor": state.get("vae_scaling_factor") if state else None,
+            "unet_steps_done": state.get("published_unet_step", cfg.unet_steps)
+            if state
+            else cfg.unet_steps,
         },
     )
     _base.write_card(
