@@ -189,7 +189,7 @@ def _shipped_gates_passed() -> bool:
 @pytest.mark.real_weights
 @pytest.mark.xfail(
     not _shipped_gates_passed(),
-    reason="the shipped sd is an interim checkpoint whose gates.json says passed=false",
+    reason="the shipped sd fails its motif gate (gates.json says passed=false)",
     strict=False,
 )
 def test_gates_hold_on_a_small_fresh_world(tmp_path: Path) -> None:

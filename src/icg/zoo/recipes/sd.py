@@ -1149,7 +1149,9 @@ def write_report(
             "protocol": "prompt 'a cover for <title>', DDIM 25 steps, pipeline default guidance "
             "(7.5), read by icg.world.truth.read_attributes; PSNR: VAE encode(mode)/decode of "
             "the same fresh covers, mean per image",
-            "vae_psnr_heldout_zoo_db": state.get("vae_psnr_heldout") if state else None,
+            "vae_psnr_heldout_zoo_db": (
+                state.get("vae_ft_psnr_heldout", state.get("vae_psnr_heldout")) if state else None
+            ),
             "vae_scaling_factor": state.get("vae_scaling_factor") if state else None,
             "unet_steps_done": state.get("published_unet_step", cfg.unet_steps)
             if state
