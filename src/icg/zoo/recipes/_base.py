@@ -178,6 +178,28 @@ def write_gates(out: Path, record: dict[str, Any]) -> None:
     atomic_write_text(Path(out) / GATES_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+def gate_record(
+    name: str,
+    metrics: dict[str, float],
+    thresholds: dict[str, float],
+    parameters: int,
+    wall_time_s: float,
+    gate_data: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The `gates.json` record every recipe writes (pass/fail derived from the thresholds)."""
+    return {
+        "name": name,
+        "metrics": metrics,
+        "thresholds": thresholds,
+        "passed": gate_passed(metrics, thresholds),
+        "parameters": parameters,
+        "wall_time_s": round(wall_time_s, 1),
+        "gate_data": gate_data,
+        **extra,
+    }
+
+
 def read_gates(path: Path) -> dict[str, Any] | None:
     """The `gates.json` of a model folder, or None."""
     file = Path(path) / GATES_FILE

@@ -201,16 +201,7 @@ def _publish(out: Path, model: AestheticMLP, cfg: AestheticRecipeConfig, train_s
     shutil.rmtree(out / DATA_DIR, ignore_errors=True)
     wall = timer.total()
     _base.write_gates(
-        out,
-        {
-            "name": "aesthetic",
-            "metrics": metrics,
-            "thresholds": THRESHOLDS,
-            "passed": _base.gate_passed(metrics, THRESHOLDS),
-            "parameters": params,
-            "wall_time_s": round(wall, 1),
-            "gate_data": gate_set.source,
-        },
+        out, _base.gate_record("aesthetic", metrics, THRESHOLDS, params, wall, gate_set.source)
     )
     _base.write_card(
         out,

@@ -471,16 +471,7 @@ def _publish(
     _base.clear_checkpoint(out)
     wall = timer.total()
     _base.write_gates(
-        out,
-        {
-            "name": "clip",
-            "metrics": metrics,
-            "thresholds": THRESHOLDS,
-            "passed": _base.gate_passed(metrics, THRESHOLDS),
-            "parameters": params,
-            "wall_time_s": round(wall, 1),
-            "gate_data": gate_set.source,
-        },
+        out, _base.gate_record("clip", metrics, THRESHOLDS, params, wall, gate_set.source)
     )
     _base.write_card(
         out,

@@ -1136,27 +1136,26 @@ def write_report(
     gated = {k: v for k, v in metrics.items() if k in THRESHOLDS}
     _base.write_gates(
         out,
-        {
-            "name": "sd",
-            "metrics": metrics,
-            "thresholds": THRESHOLDS,
-            "passed": _base.gate_passed(metrics, THRESHOLDS),
-            "parameters": sum(params.values()),
-            "parameters_by_part": params,
-            "wall_time_s": round(wall["total_s"], 1),
-            "wall_time_by_phase_s": {k: round(v, 1) for k, v in wall.items()},
-            "gate_data": gate_data,
-            "protocol": "prompt 'a cover for <title>', DDIM 25 steps, pipeline default guidance "
+        _base.gate_record(
+            "sd",
+            metrics,
+            THRESHOLDS,
+            sum(params.values()),
+            wall["total_s"],
+            gate_data,
+            parameters_by_part=params,
+            wall_time_by_phase_s={k: round(v, 1) for k, v in wall.items()},
+            protocol="prompt 'a cover for <title>', DDIM 25 steps, pipeline default guidance "
             "(7.5), read by icg.world.truth.read_attributes; PSNR: VAE encode(mode)/decode of "
             "the same fresh covers, mean per image",
-            "vae_psnr_heldout_zoo_db": (
+            vae_psnr_heldout_zoo_db=(
                 state.get("vae_ft_psnr_heldout", state.get("vae_psnr_heldout")) if state else None
             ),
-            "vae_scaling_factor": state.get("vae_scaling_factor") if state else None,
-            "unet_steps_done": state.get("published_unet_step", cfg.unet_steps)
+            vae_scaling_factor=state.get("vae_scaling_factor") if state else None,
+            unet_steps_done=state.get("published_unet_step", cfg.unet_steps)
             if state
             else cfg.unet_steps,
-        },
+        ),
     )
     _base.write_card(
         out,
