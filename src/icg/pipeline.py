@@ -174,7 +174,7 @@ class ICGPipeline:
         """Generate one cover per title.
 
         Args:
-            titles: ``B`` item titles (also the text prompt of the base pipeline).
+            titles: ``B`` item titles (the base prompt is ``adapter.prompts(titles)``).
             images: ``B`` reference images, or ``None``.
             user_embeddings: ``(B, user_dim)`` user embeddings (NaN row or ``None``: no user).
             user_index: ``(B,)`` rows of a learned user table (``-1``: no user).
@@ -205,7 +205,7 @@ class ICGPipeline:
             self.model.adapter.set_scale(icg_scale)
         try:
             return self.base(
-                prompt=titles,
+                prompt=self.model.adapter.prompts(titles),
                 negative_prompt=negative_prompt,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,

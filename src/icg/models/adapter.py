@@ -10,6 +10,7 @@ so that an untrained adapter leaves the base pipeline's output bit-for-bit uncha
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from diffusers import ModelMixin
@@ -52,6 +53,8 @@ class CoverAdapter(ModelMixin, ConfigMixin):
         hidden_dim: width of the connector MLP (``None``: ``max(D, token_dim)``).
         scale: weight of the ICG branch in every layer.
         base_model: name or path of the base diffusion model, recorded for loading.
+        base_prompt: how a title becomes the base model's text prompt (``{title}`` is replaced);
+            stage A, stage B and the pipeline all prompt the base model this way.
     """
 
     @register_to_config
@@ -65,6 +68,7 @@ class CoverAdapter(ModelMixin, ConfigMixin):
         hidden_dim: int | None = None,
         scale: float = 1.0,
         base_model: str | None = None,
+        base_prompt: str = "{title}",
     ) -> None:
         super().__init__()
         if not layers:
@@ -91,6 +95,10 @@ class CoverAdapter(ModelMixin, ConfigMixin):
         self._original_processors: dict | None = None
         self._installed_processors: dict[str, ICGAttnProcessor] = {}
 
+    def prompts(self, titles: Sequence[str]) -> list[str]:
+        """The base model's text prompts for ``titles`` (``base_prompt`` filled in)."""
+        return [self.config.base_prompt.replace("{title}", t) for t in titles]
+
     @classmethod
     def from_unet(
         cls,
@@ -101,6 +109,7 @@ class CoverAdapter(ModelMixin, ConfigMixin):
         token_dim: int | None = None,
         scale: float = 1.0,
         base_model: str | None = None,
+        base_prompt: str = "{title}",
     ) -> CoverAdapter:
         """A fresh adapter shaped for ``unet``; ``to_k_icg`` starts from the text ``to_k`` where widths agree."""
         layers = cross_attention_layers(unet)
@@ -117,6 +126,7 @@ class CoverAdapter(ModelMixin, ConfigMixin):
             num_tokens=num_tokens,
             scale=scale,
             base_model=base_model,
+            base_prompt=base_prompt,
         )
         with torch.no_grad():
             for name in layers:

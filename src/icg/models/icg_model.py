@@ -57,6 +57,7 @@ class ICGModel(nn.Module):
         mllm_name_or_path: str | None = None,
         lora_rank: int = 0,
         prompt_template: str | None = None,
+        base_prompt: str = "{title}",
     ) -> ICGModel:
         """A fresh, zero-initialised ICG model for ``unet`` and ``mllm``."""
         hidden = mllm.get_input_embeddings().embedding_dim
@@ -83,6 +84,7 @@ class ICGModel(nn.Module):
             num_feature_tokens=num_meta_tokens,
             num_tokens=num_tokens,
             base_model=base_model,
+            base_prompt=base_prompt,
         )
         return cls(encoder, adapter, refiner)
 

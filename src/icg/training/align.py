@@ -56,6 +56,9 @@ class AlignConfig(BaseModel):
     lora_rank: int = Field(0, ge=0)
     resolution: int | None = Field(None, ge=8)
     text_dropout: float = Field(0.1, ge=0, le=1)
+    base_prompt: str = Field(
+        "a cover for {title}", description="the base model's text prompt; {title} is replaced"
+    )
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
@@ -224,6 +227,7 @@ class AlignRecipe:
                 base_model=cfg.base,
                 mllm_name_or_path=cfg.mllm,
                 lora_rank=cfg.lora_rank,
+                base_prompt=cfg.base_prompt,
             )
         model.to(device)
         model.adapter.install(self.unet)
@@ -265,8 +269,11 @@ class AlignRecipe:
             for u in sorted(set(user_ids))
         }
         prepared = _Data(item_ids, user_ids, latents, titles, images, user_vectors)
-        for title in [*titles.values(), ""]:
-            prepared.text_states[title] = self._encode_text(title)
+        for title in titles.values():
+            prepared.text_states[title] = self._encode_text(
+                self.config.base_prompt.replace("{title}", title)
+            )
+        prepared.text_states[""] = self._encode_text("")  # the unconditional prompt (dropout)
         logger.info(
             "stage A: %d clicks on %d items by %d users",
             len(item_ids),

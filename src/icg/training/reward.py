@@ -327,9 +327,6 @@ class RewardRecipe:
 
             self.train_scheduler = DDPMScheduler.from_config(base.scheduler.config)
 
-        data = load_dataset(cfg.data)
-        self._prepare_data(data)
-
         stage_a = ICGModel.from_pretrained(init_dir, mllm=self._mllm, processor=self._processor)
         self.checkpoint_dir = cfg.out / "checkpoints"
         ckpt = latest_checkpoint(self.checkpoint_dir) if resume else None
@@ -352,6 +349,7 @@ class RewardRecipe:
         }
         model.adapter.install(self.unet)
         self.model = model
+        self._prepare_data(load_dataset(cfg.data))
         if cfg.lora_rank > 0:
             self._add_lora(ckpt)
         if self.rewards is None:
@@ -466,8 +464,11 @@ class RewardRecipe:
         self.user_dim = data.embedding_dim
         self.size = cfg.resolution or self.unet.config.sample_size * self.vae_scale
         self._text: dict[str, torch.Tensor] = {}
-        for title in [*sorted(set(self.titles.values())), ""]:
-            self._text[title] = self._encode_text(title)
+        titles = sorted(set(self.titles.values()))
+        prompts = self.model.adapter.prompts(titles)  # the prompt format stage A trained with
+        for title, prompt in zip(titles, prompts, strict=True):
+            self._text[title] = self._encode_text(prompt)
+        self._text[""] = self._encode_text("")
         if cfg.drift_denoise_weight > 0:
             item_ids, user_ids, covers = clicked_examples(imp, data.items, data.users)
             if not item_ids:

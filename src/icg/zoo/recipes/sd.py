@@ -422,7 +422,7 @@ def train_vae(work: Path, cfg: SDRecipeConfig, state: _State, seed: int) -> Any:
         start, wall, history = 0, 0.0, []
     else:
         vae = AutoencoderKL.from_pretrained(ckpt / "vae")
-        extra = torch.load(ckpt / "trainer.pt", weights_only=False)
+        extra = torch.load(ckpt / "trainer.pt", weights_only=True)
         start, wall, history = extra["step"], extra["wall_s"], extra["history"]
         torch.set_rng_state(extra["rng"])
         logger.info("vae: resuming from %s (step %d)", ckpt, start)
@@ -520,7 +520,7 @@ def finetune_decoder(work: Path, cfg: SDRecipeConfig, state: _State, seed: int) 
         start, wall, history = 0, 0.0, []
     else:
         vae = AutoencoderKL.from_pretrained(ckpt / "vae")
-        extra = torch.load(ckpt / "trainer.pt", weights_only=False)
+        extra = torch.load(ckpt / "trainer.pt", weights_only=True)
         start, wall, history = extra["step"], extra["wall_s"], extra["history"]
         logger.info("decoder: resuming from %s (step %d)", ckpt, start)
     vae.requires_grad_(False)
@@ -803,7 +803,7 @@ def train_unet(
     else:
         unet = UNet2DConditionModel.from_pretrained(ckpt / "unet")
         ema = UNet2DConditionModel.from_pretrained(ckpt / "ema")
-        extra = torch.load(ckpt / "trainer.pt", weights_only=False)
+        extra = torch.load(ckpt / "trainer.pt", weights_only=True)
         start, wall, history = extra["step"], extra["wall_s"], extra["history"]
         logger.info("unet: resuming from %s (step %d)", ckpt, start)
     unet.train()
@@ -985,12 +985,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument(
         "--phase", choices=["vae", "decoder", "unet", "publish-latest", "all"], default="all"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = SDRecipeConfig(threads=args.threads or SDRecipeConfig.threads)
+    cfg = SDRecipeConfig(
+        threads=args.threads or SDRecipeConfig.threads,
+        unet_steps=args.unet_steps or SDRecipeConfig.unet_steps,
+    )
     torch.set_num_threads(cfg.threads)
     work = default_work_dir(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -1113,7 +1117,7 @@ def publish_latest_checkpoint(out: Path, work: Path, cfg: SDRecipeConfig) -> dic
     ckpt = latest_checkpoint(work / "unet_ckpt")
     if ckpt is None:
         raise FileNotFoundError(f"work={work}: no UNet checkpoint to publish")
-    extra = torch.load(ckpt / "trainer.pt", weights_only=False)
+    extra = torch.load(ckpt / "trainer.pt", weights_only=True)
     state.update(unet_wall_s=extra["wall_s"], published_unet_step=extra["step"])
     unet = UNet2DConditionModel.from_pretrained(ckpt / "ema").eval()
     vae = AutoencoderKL.from_pretrained(work / "vae_ft").eval()
