@@ -1,4 +1,4 @@
-"""Top-level commands: `icg demo` (and, as they land, `icg generate` / `icg evaluate`)."""
+"""Top-level commands: `icg generate`, `icg evaluate`, `icg demo`."""
 
 from __future__ import annotations
 
@@ -7,29 +7,133 @@ from typing import Annotated
 
 import typer
 
-from icg.cli.world import print_summary
+
+def generate(
+    adapter: Annotated[
+        Path, typer.Option("--adapter", help="ICG run (RUN/icg) or adapter folder.")
+    ],
+    data: Annotated[Path, typer.Option("--data", help="Platform data folder (items, users).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: PNGs + manifest.parquet.")],
+    pairs: Annotated[
+        Path | None, typer.Option("--pairs", help="Parquet with user_id, item_id columns.")
+    ] = None,
+    users: Annotated[int, typer.Option("--users", help="Without --pairs: this many users.")] = 4,
+    items: Annotated[int, typer.Option("--items", help="Without --pairs: this many items.")] = 4,
+    segments: Annotated[
+        int | None, typer.Option("--segments", help="Generate per (user segment, item).")
+    ] = None,
+    preference: Annotated[
+        Path | None,
+        typer.Option("--preference", help="With --segments: pick per user with this model."),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 10,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance.")] = 1.0,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    method: Annotated[str, typer.Option("--method", help="Name recorded in the manifest.")] = "icg",
+) -> None:
+    """Generate personalized covers for (user, item) pairs with a trained ICG adapter."""
+    import pandas as pd
+
+    from icg.data import load_dataset
+    from icg.evaluation.baselines import reward_scorer
+    from icg.evaluation.evaluate import choose_pairs
+    from icg.generation import generate_covers
+    from icg.pipeline import ICGPipeline
+    from icg.training.reward import RewardRecipe
+
+    dataset = load_dataset(data, rejects_dir=out / "rejects")
+    if pairs is not None:
+        frame = pd.read_parquet(pairs)
+        missing = {"user_id", "item_id"} - set(frame.columns)
+        if missing:
+            raise typer.BadParameter(f"{pairs}: missing columns {sorted(missing)}")
+        frame = frame[["user_id", "item_id"]].astype(str)
+    else:
+        frame = choose_pairs(dataset, n_users=users, n_items=items, seed=seed)
+    scorer = None
+    if preference is not None:
+        from icg.rewards import PreferenceReward
+
+        score = reward_scorer(PreferenceReward(str(preference)), dataset)
+        scorer = lambda u, i, im: score(  # noqa: E731
+            pd.DataFrame({"user_id": list(u), "item_id": list(i)}), im
+        )
+    pipe = ICGPipeline.from_pretrained(RewardRecipe.adapter_dir(adapter))
+    manifest = generate_covers(
+        pipe, dataset, frame, out, method=method, seed=seed, num_inference_steps=steps,
+        guidance_scale=guidance, batch_size=batch_size, segments=segments, scorer=scorer,
+    )  # fmt: skip
+    typer.echo(f"{len(manifest)} covers: {out / 'manifest.parquet'}")
+
+
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="Platform data folder.")],
+    run: Annotated[Path, typer.Option("--run", help="Run folder (preference/, icg/, icg-*/).")],
+    out: Annotated[Path, typer.Option("--out", help="Evaluation folder.")],
+    methods: Annotated[
+        str | None, typer.Option("--methods", help="Comma-separated subset (default: all found).")
+    ] = None,
+    users: Annotated[int, typer.Option("--users", help="Evaluation users.")] = 8,
+    items: Annotated[int, typer.Option("--items", help="Evaluation items.")] = 16,
+    steps: Annotated[int, typer.Option("--steps", help="Denoising steps of ICG methods.")] = 10,
+    guidance: Annotated[float, typer.Option("--guidance", help="CFG of ICG methods.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    clip: Annotated[str, typer.Option("--clip")] = "zoo:clip",
+    aesthetic: Annotated[str, typer.Option("--aesthetic")] = "zoo:aesthetic",
+    base: Annotated[str | None, typer.Option("--base", help="Override the base model.")] = None,
+) -> None:
+    """Score every method's covers on the same pairs: metrics.json and report.html."""
+    from icg.evaluation.evaluate import evaluate_run
+
+    try:
+        metrics = evaluate_run(
+            data, run, out, methods=methods.split(",") if methods else None, n_users=users,
+            n_items=items, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+            clip=clip, aesthetic=aesthetic, base=base,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err)) from err
+    print_metrics(metrics)
+    typer.echo(f"report: {out / 'report.html'}")
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="folder for the demo world and its outputs")] = Path(
-        "demo-out"
-    ),
-    quick: Annotated[bool, typer.Option(help="a smaller world")] = False,
-    seed: Annotated[int, typer.Option(help="world seed")] = 3,
+    out: Annotated[
+        Path, typer.Option(help="Folder for the world, the runs and the report.")
+    ] = Path("demo-out"),
+    quick: Annotated[
+        bool, typer.Option(help="A smaller world and budget (about 2 minutes).")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="World and training seed.")] = 3,
 ) -> None:
-    """Run the main job on the embedded default: generate a CoverWorld, validate it, summarise it."""
-    from icg.data import load_dataset
-    from icg.world.config import WorldConfig
-    from icg.world.generate import generate_world
-    from icg.world.summary import platform_summary
+    """The whole ICG loop on CoverWorld + coverworld-tiny, ending in an HTML report."""
+    import json
 
-    size = dict(n_items=100, n_users=50, n_impressions=10_000) if quick else {}
-    cfg = WorldConfig(seed=seed, **size)
-    world = generate_world(out / "world", cfg, overwrite=True)
-    data = load_dataset(world, rejects_dir=out / "rejects")
-    if not data.report.usable:
-        raise typer.Exit(f"the generated world is not usable: {data.report.problems[:3]}")
-    print_summary(
-        platform_summary(world),
-        f"CoverWorld at {world} (validated: {len(data.impressions)} impressions kept)",
-    )
+    from icg.demo import run_demo
+
+    report = run_demo(out, quick=quick, seed=seed)
+    print_metrics(json.loads((report.parent / "metrics.json").read_text()))
+    typer.echo(f"report: {report}")
+
+
+COLUMNS = (
+    "fidelity_motif", "fidelity_palette", "true_aesthetic", "true_ctr", "lift_fraction",
+    "true_ctr_coldstart", "aesthetic_reward", "clipscore", "preference_score", "rec_auc",
+)  # fmt: skip
+
+
+def print_metrics(metrics: dict) -> None:
+    """The metrics table on the terminal (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="icg evaluation")
+    methods = metrics["methods"]
+    cols = [c for c in COLUMNS if any(c in m for m in methods.values())]
+    table.add_column("method")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, m in methods.items():
+        table.add_row(name, *(f"{m[c]:.3f}" if c in m else "" for c in cols))
+    Console().print(table)

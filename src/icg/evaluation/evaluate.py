@@ -18,14 +18,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from icg.evaluation.baselines import CoverSource, load_covers
 from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
 from icg.evaluation.recsys import RecModel, ndcg_at_k, soft_auc, train_rec_model
 from icg.evaluation.report import write_report
 
 logger = logging.getLogger(__name__)
 
-# A method draws covers for pairs: (pairs frame) -> uint8 (N, H, W, 3), rows aligned with pairs.
-CoverSource = Callable[[pd.DataFrame], np.ndarray]
+# A model-side score of covers for pairs: (pairs, uint8 (N, H, W, 3)) -> (N,).
+Scorer = Callable[[pd.DataFrame, np.ndarray], np.ndarray]
+__all__ = ["CoverSource", "choose_pairs", "evaluate_methods", "load_covers", "train_downstream"]
 
 
 def choose_pairs(data, n_users: int, n_items: int, seed: int = 0, n_cold: int = 1) -> pd.DataFrame:
@@ -47,13 +49,6 @@ def choose_pairs(data, n_users: int, n_items: int, seed: int = 0, n_cold: int = 
     picked += list(cold["user_id"].iloc[rng.permutation(len(cold))[:n_cold]])
     items = list(data.items["item_id"].iloc[rng.permutation(len(data.items))[:n_items]])
     return pd.DataFrame([(u, i) for u in picked for i in items], columns=["user_id", "item_id"])
-
-
-def load_covers(paths, size: int) -> np.ndarray:
-    """Images at `paths` as uint8 (N, size, size, 3) through the safe loader."""
-    from icg.data.images import load_image
-
-    return np.stack([np.asarray(load_image(p, size=size)) for p in paths])
 
 
 def _embed(clip, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
@@ -96,6 +91,7 @@ def evaluate_methods(
     *,
     clip=None,
     truth=None,
+    scorers: dict[str, Scorer] | None = None,
     image_size: int = 64,
     configs: dict | None = None,
     curves: dict | None = None,
@@ -109,6 +105,8 @@ def evaluate_methods(
         sources: method name -> cover source.
         clip: a `ClipTowers` (model-side metrics and the downstream model), or None.
         truth: a `icg.world.truth.Truth`, or None (no truth metrics).
+        scorers: metric name -> model-side scorer (e.g. ``aesthetic_reward``,
+            ``preference_score``); each method's value is the mean over its covers.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +150,8 @@ def evaluate_methods(
                 s = rec.score(u, emb, pairs["item_id"])
                 m["rec_auc"] = soft_auc(s, scores["ctr"])
                 m["rec_ndcg10"] = ndcg_at_k(s, scores["ctr"], pairs["user_id"].to_numpy())
+        for metric, scorer in (scorers or {}).items():
+            m[metric] = float(np.mean(scorer(pairs, images)))
         results[name] = m
         logger.info(
             "%s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
@@ -192,3 +192,198 @@ def _write_json(obj, path: Path) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, default=float)
     os.replace(tmp, path)
+
+
+# ---- `icg evaluate`: every method of a run folder ------------------------------------------
+METHODS = (
+    "reference",
+    "prompt",
+    "mllm-prompt",
+    "icg-nouser",
+    "icg-aesthetic",
+    "icg-relevance",
+    "icg-preference",
+    "icg",
+    "oracle",
+)
+# method -> (run subfolder with the adapter, personalized)
+ICG_METHODS = {
+    "icg": ("icg", True),
+    "icg-nouser": ("icg", False),
+    "icg-aesthetic": ("icg-aesthetic", True),
+    "icg-relevance": ("icg-relevance", True),
+    "icg-preference": ("icg-preference", True),
+}
+
+
+def adapter_folder(run: Path, name: str) -> Path | None:
+    """``RUN/<name>/adapter`` (or ``RUN/<name>``) when it holds an ICG adapter."""
+    for folder in (run / name / "adapter", run / name):
+        if (folder / "icg_config.json").is_file():
+            return folder
+    return None
+
+
+def read_curves(run: Path) -> dict[str, list[dict]]:
+    """Stage-B curves of every run under ``run``: rewards per step and the truth probe (flat)."""
+    curves = {}
+    for file in sorted(run.glob("*/curves.jsonl")):
+        rows = []
+        for line in file.read_text().splitlines():
+            row = json.loads(line)
+            flat = {"step": row["step"]}
+            flat |= {k: v for k, v in row.get("probe", {}).items()}
+            flat |= {
+                k: v
+                for k, v in row.items()
+                if k.startswith("reward/") and not k.endswith(("_normalised", "_cosine"))
+            }
+            rows.append(flat)
+        curves[file.parent.name] = rows
+    return curves
+
+
+def evaluate_run(
+    data_dir: Path | str,
+    run: Path | str,
+    out: Path | str,
+    *,
+    methods: list[str] | None = None,
+    n_users: int = 8,
+    n_items: int = 16,
+    num_inference_steps: int = 10,
+    guidance_scale: float = 1.0,
+    prompt_guidance_scale: float = 7.5,
+    seed: int = 0,
+    clip: str = "zoo:clip",
+    aesthetic: str = "zoo:aesthetic",
+    base: str | None = None,
+    mllm: str | None = None,
+    pairs: pd.DataFrame | None = None,
+) -> dict:
+    """Score every method of a run folder on the same (user, item) pairs (`icg evaluate`).
+
+    Args:
+        data_dir: platform data folder (with `truth/` on CoverWorld: truth metrics and `oracle`).
+        run: run folder: ``preference/``, ``icg/``, ``icg-aesthetic/``, ... as `icg demo` writes.
+        out: evaluation folder: ``metrics.json``, ``report.html``, ``covers/<method>/*.png``.
+        methods: subset of `METHODS` (default: every method whose inputs exist).
+        n_users, n_items: evaluation pairs (`choose_pairs`: users spread over embedding
+            clusters, one cold-start user) unless ``pairs`` is given.
+        num_inference_steps, guidance_scale: sampling of the ICG methods (stage B's defaults).
+        prompt_guidance_scale: guidance of the text-only baselines (the base pipeline default).
+        base, mllm: override the base model / MLLM the `icg` adapter records.
+    """
+    from diffusers import DiffusionPipeline
+
+    from icg.data import load_dataset
+    from icg.evaluation import baselines
+    from icg.evaluation.preference_eval import has_truth
+    from icg.models.icg_model import ICGModel
+    from icg.models.mllm import load_mllm
+    from icg.models.paths import resolve_model_path
+    from icg.pipeline import ICGPipeline
+    from icg.rewards import AestheticReward, ClipTowers, PreferenceReward
+
+    data_dir, run, out = Path(data_dir), Path(run), Path(out)
+    unknown = sorted(set(methods or []) - set(METHODS))
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
+    data = load_dataset(data_dir, rejects_dir=out / "rejects")
+    truth = None
+    if has_truth(data_dir):  # evaluation only: CoverWorld's hidden ground truth
+        from icg.world.truth import Truth
+
+        truth = Truth(data_dir)
+    available = {"reference"} | ({"oracle"} if truth is not None else set())
+    available |= {m for m, (sub, _) in ICG_METHODS.items() if adapter_folder(run, sub)}
+    main_adapter = adapter_folder(run, "icg") or next(
+        (adapter_folder(run, sub) for sub, _ in ICG_METHODS.values() if adapter_folder(run, sub)),
+        None,
+    )
+    if main_adapter is not None or base:
+        available |= {"prompt", "mllm-prompt"}
+    wanted = [m for m in METHODS if m in (methods or available)]
+    missing = sorted(set(wanted) - available)
+    if missing:
+        raise FileNotFoundError(
+            f"run={run}: no inputs for methods {missing} (expected adapters under "
+            f"{run}/<icg|icg-aesthetic|...>/adapter, and truth/ for oracle)"
+        )
+    record = ICGModel.read_config(main_adapter) if main_adapter is not None else {}
+    base_name = base or record.get("base_model")
+    mllm_name = mllm or record.get("mllm")
+    needs_base = any(m in ICG_METHODS or m.endswith("prompt") for m in wanted)
+    pipe_base = (
+        DiffusionPipeline.from_pretrained(resolve_model_path(base_name)) if needs_base else None
+    )
+    needs_mllm = any(m in ICG_METHODS or m == "mllm-prompt" for m in wanted)
+    mllm_model, processor = load_mllm(resolve_model_path(mllm_name)) if needs_mllm else (None, None)
+    size = int(pipe_base.unet.config.sample_size * pipe_base.vae_scale_factor) if pipe_base else 64
+
+    covers = out / "covers"
+    sample = {"num_inference_steps": num_inference_steps, "seed": seed}
+
+    def icg_source(method: str) -> CoverSource:
+        sub, personalize = ICG_METHODS[method]
+
+        def source(p: pd.DataFrame) -> np.ndarray:
+            model = ICGModel.from_pretrained(adapter_folder(run, sub), mllm_model, processor)
+            pipe = ICGPipeline(pipe_base, model)
+            try:
+                return baselines.generated_source(
+                    pipe, data, covers, method, personalize=personalize, size=size,
+                    guidance_scale=guidance_scale, **sample,
+                )(p)  # fmt: skip
+            finally:
+                pipe.remove_adapter()
+
+        return source
+
+    sources: dict[str, CoverSource] = {}
+    for m in wanted:
+        if m == "reference":
+            sources[m] = baselines.reference_source(data, size)
+        elif m == "oracle":
+            sources[m] = baselines.oracle_source(truth)
+        elif m in ("prompt", "mllm-prompt"):
+            writer = (
+                baselines.MllmPromptWriter(mllm_model, processor) if m == "mllm-prompt" else None
+            )
+            sources[m] = baselines.generated_source(
+                baselines.PromptDrawer(pipe_base, writer=writer), data, covers, m,
+                personalize=False, size=size, guidance_scale=prompt_guidance_scale, **sample,
+            )  # fmt: skip
+        else:
+            sources[m] = icg_source(m)
+
+    towers = ClipTowers.from_pretrained(clip)
+    scorers = {
+        "aesthetic_reward": baselines.reward_scorer(AestheticReward(towers, aesthetic), data)
+    }
+    if (run / "preference" / "config.json").is_file():
+        scorers["preference_score"] = baselines.reward_scorer(
+            PreferenceReward(str(run / "preference"), towers), data
+        )
+    if pairs is None:
+        pairs = choose_pairs(data, n_users=n_users, n_items=n_items, seed=seed)
+    configs = {"world": _read_yaml(data_dir / "world.yaml")}
+    for sub in ("preference", "align", *dict.fromkeys(s for s, _ in ICG_METHODS.values())):
+        for name in ("train_config.yaml", "config.yaml"):
+            if (run / sub / name).is_file():
+                configs[sub] = _read_yaml(run / sub / name)
+    configs["evaluation"] = {
+        "data": str(data_dir), "run": str(run), "methods": wanted, "pairs": len(pairs),
+        "guidance_scale": guidance_scale, "prompt_guidance_scale": prompt_guidance_scale,
+        "base": base_name, "mllm": mllm_name, "clip": clip, "aesthetic": aesthetic, **sample,
+    }  # fmt: skip
+    return evaluate_methods(
+        data, pairs, sources, out, clip=towers, truth=truth, scorers=scorers,
+        image_size=size, configs=configs, curves=read_curves(run), seed=seed,
+    )  # fmt: skip
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {} if path.is_file() else {}

@@ -30,6 +30,7 @@ from icg.training.checkpoints import (
     load_optimizer_state,
     load_trainer_state,
     save_checkpoint,
+    write_run_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -408,6 +409,8 @@ def run_align(
     recipe = AlignRecipe(config, base=base, mllm=mllm, processor=processor)
     try:
         recipe.setup(resume=resume)
+        if recipe.accelerator.is_main_process:
+            write_run_config(config.out, config)
         losses = recipe.train()
         adapter_dir = recipe.save_adapter()
     finally:

@@ -101,3 +101,18 @@ def load_optimizer_state(checkpoint: str | Path, optimizer: torch.optim.Optimize
     """Restore an optimizer from a checkpoint (``torch.load(weights_only=True)``)."""
     state = torch.load(Path(checkpoint) / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state)
+
+
+def write_run_config(out: str | Path, config) -> Path:  # noqa: ANN001 - a pydantic model
+    """Write the resolved run configuration to ``out/config.yaml`` atomically (for reports)."""
+    import tempfile
+
+    import yaml
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".config-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config.model_dump(mode="json"), f, sort_keys=False)
+    os.replace(tmp, out / "config.yaml")
+    return out / "config.yaml"

@@ -38,6 +38,7 @@ from icg.training.checkpoints import (
     load_optimizer_state,
     load_trainer_state,
     save_checkpoint,
+    write_run_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -746,6 +747,8 @@ def run_reward(
     recipe = RewardRecipe(config, callbacks=callbacks, **parts)
     try:
         recipe.setup(resume=resume)
+        if recipe.accelerator.is_main_process:
+            write_run_config(config.out, config)
         history = recipe.train()
         adapter_dir = recipe.save()
     finally:

@@ -1,0 +1,176 @@
+"""The methods `icg evaluate` compares, as cover sources ``pairs -> uint8 (N, H, W, 3)``.
+
+    reference    the item's own cover
+    prompt       the base model alone, prompted with a handcrafted template ("a cover for <title>")
+    mllm-prompt  the MLLM writes a text prompt from (title, reference image), the base model draws
+                 it: the disjoint two-stage pipeline ICG replaces
+    icg-nouser   an ICG adapter without the user (one cover per item)
+    icg, icg-*   ICG adapters, personalized per (user, item)
+    oracle       the truth's best cover for (user, item) (CoverWorld only)
+
+Every generated method draws with the same per-pair noise seed (`pair_seed`), writes its PNGs and
+``manifest.parquet`` through `generate_covers`, and reads them back, so what is scored is exactly
+what a user of `icg generate` would get.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from icg.generation import generate_covers
+
+CoverSource = Callable[[pd.DataFrame], np.ndarray]
+PROMPT_TEMPLATE = "a cover for {title}"
+# What the `mllm-prompt` baseline asks the MLLM (the coverworld-tiny `mllm` was trained on it).
+DESCRIBE_QUESTION = "describe the cover."
+_FIELD_LABEL = re.compile(r"\b[a-z_]+:\s*")
+
+
+def load_covers(paths: Sequence[str | Path], size: int) -> np.ndarray:
+    """Images at ``paths`` as uint8 ``(N, size, size, 3)`` through the safe loader."""
+    from icg.data.images import load_image
+
+    return np.stack([np.asarray(load_image(p, size=size)) for p in paths])
+
+
+class PromptDrawer:
+    """The base pipeline alone, called like `ICGPipeline` (users and reference images ignored).
+
+    Args:
+        base: a diffusers text-to-image pipeline.
+        template: the prompt, ``{title}`` replaced by the title or by the prompt writer's text.
+        writer: optional ``(titles, images) -> texts`` (e.g. `MllmPromptWriter`): the text put in
+            the template instead of the title.
+    """
+
+    def __init__(self, base, template: str = PROMPT_TEMPLATE, writer=None) -> None:
+        self.base = base
+        self.template = template
+        self.writer = writer
+        self.prompts: dict[str, str] = {}  # item key -> the prompt it was drawn with
+
+    def __call__(
+        self,
+        titles: Sequence[str],
+        images=None,  # noqa: ANN001 - reference images (the writer may read them)
+        user_embeddings=None,  # noqa: ANN001 - ignored: the base model has no user
+        item_keys: Sequence[str] | None = None,
+        **kwargs,
+    ) -> SimpleNamespace:
+        texts = list(titles) if self.writer is None else self.writer(titles, images)
+        prompts = [self.template.replace("{title}", t) for t in texts]
+        for key, prompt in zip(item_keys or titles, prompts, strict=True):
+            self.prompts[str(key)] = prompt
+        self.base.set_progress_bar_config(disable=True)
+        return self.base(prompt=prompts, **kwargs)
+
+
+class MllmPromptWriter:
+    """An image-text-to-text model writes a text-to-image prompt from (title, reference image).
+
+    The answer's field labels (``"motif: "``) are dropped; the rest is the prompt text.
+
+    Args:
+        model, processor: a transformers image-text-to-text model and its processor.
+        question: what the model is asked after the title.
+        max_new_tokens: answer length limit (greedy decoding).
+    """
+
+    def __init__(
+        self, model, processor, question: str = DESCRIBE_QUESTION, max_new_tokens: int = 40
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.question = question
+        self.max_new_tokens = max_new_tokens
+
+    @torch.no_grad()
+    def __call__(self, titles: Sequence[str], images) -> list[str]:  # noqa: ANN001
+        from icg.pipeline import ICGPipeline
+
+        pics = [ICGPipeline._load(im) for im in images]
+        chats = [
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image"},
+                        {"type": "text", "text": f"title: {t}\n{self.question}"},
+                    ],
+                }
+            ]
+            for t in titles
+        ]
+        texts = [self.processor.apply_chat_template(c, add_generation_prompt=True) for c in chats]
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        tokenizer.padding_side = "left"  # generation continues every row at the same position
+        inputs = self.processor(text=texts, images=pics, return_tensors="pt", padding=True)
+        ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        answers = self.processor.batch_decode(
+            ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        return [_FIELD_LABEL.sub("", a).replace(".", " ").split("\n")[0].strip() for a in answers]
+
+
+def generated_source(
+    drawer,
+    data,
+    out: Path,
+    method: str,
+    *,
+    personalize: bool,
+    size: int,
+    **generate_kwargs,
+) -> CoverSource:
+    """A source that generates with ``drawer`` (an `ICGPipeline` or a `PromptDrawer`) into
+    ``out/<method>/`` and reads the PNGs back in pair order."""
+
+    def source(pairs: pd.DataFrame) -> np.ndarray:
+        manifest = generate_covers(
+            drawer, data, pairs, out, method=method, personalize=personalize, **generate_kwargs
+        )
+        return load_covers(manifest["path"].tolist(), size)
+
+    return source
+
+
+def reference_source(data, size: int) -> CoverSource:
+    """The item's own cover."""
+    images = data.items.set_index("item_id")["image"]
+    return lambda pairs: load_covers(images.loc[pairs["item_id"]].tolist(), size)
+
+
+def oracle_source(truth) -> CoverSource:  # noqa: ANN001 - icg.world.truth.Truth
+    """The truth's CTR-optimal cover (CoverWorld only)."""
+    return lambda pairs: truth.oracle_covers(pairs["user_id"], pairs["item_id"])
+
+
+def reward_scorer(reward, data, size: int = 64) -> Callable[[pd.DataFrame, np.ndarray], np.ndarray]:
+    """``(pairs, images uint8) -> (N,)`` scores of a `Reward` (e.g. the aesthetic model or the
+    preference model, whose info ``preference_probability`` is preferred when present)."""
+    titles = data.items.set_index("item_id")["title"]
+    users = data.users.set_index("user_id")["embedding"]
+
+    @torch.no_grad()
+    def score(pairs: pd.DataFrame, images: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(pairs), 128):
+            chunk = pairs.iloc[start : start + 128]
+            x = torch.from_numpy(images[start : start + 128]).permute(0, 3, 1, 2).float() / 255.0
+            emb = torch.as_tensor(
+                np.stack(users.reindex(chunk["user_id"]).to_numpy()), dtype=torch.float32
+            )
+            values, info = reward(
+                x, titles.loc[chunk["item_id"]].tolist(), emb, user_ids=chunk["user_id"].tolist()
+            )
+            out.append(info.get("preference_probability", values).float().numpy())
+        return np.concatenate(out)
+
+    return score
