@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from model_fixtures import dummy_image, perturb_, tiny_icg, tiny_qwen2vl
 
@@ -95,3 +96,23 @@ def test_pure_helpers():
     assert cfg_tokens(t, False) is t
     assert image_digest(None) == "" and image_digest(dummy_image(0)) == image_digest(dummy_image(0))
     assert image_digest(dummy_image(0)) != image_digest(dummy_image(1))
+
+
+def test_reference_guided_strength_is_diffusers_img2img_with_the_icg_branch():
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    base, model = tiny_icg()
+    pipe = ICGPipeline(base, model)  # zero-initialised adapter: exactly the base img2img
+    images = [dummy_image(0).resize((32, 32)), dummy_image(1).resize((32, 32))]
+    kw = dict(num_inference_steps=4, guidance_scale=5.0, output_type="pt")
+    out = pipe(TITLES, images, strength=0.5, generator=_gen(), **kw).images
+    i2i = StableDiffusionImg2ImgPipeline(**base.components)
+    expected = i2i(prompt=TITLES, image=images, strength=0.5, generator=_gen(), **kw).images
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    # the reference matters, and a trained adapter still changes the result
+    other = pipe(TITLES, images[::-1], strength=0.5, generator=_gen(), **kw).images
+    assert not torch.equal(out, other)
+    perturb_(model)
+    assert not torch.equal(out, pipe(TITLES, images, strength=0.5, generator=_gen(), **kw).images)
+    with pytest.raises(ValueError, match="needs a reference image"):
+        pipe(TITLES, [images[0], None], strength=0.5, generator=_gen(), **kw)

@@ -22,6 +22,7 @@ from icg.training.reward import (
     load_config,
     run_reward,
     sample_truncation,
+    start_step,
     token_drift,
     truncated_steps,
 )
@@ -248,7 +249,32 @@ def test_config_validation(world, tmp_path):
         RewardConfig(data=data, init=init, out=tmp_path)
     with pytest.raises(ValueError, match="truncation_k"):
         RewardConfig(data=data, init=init, out=tmp_path, rewards={"aesthetic": 1}, truncation_k=20)
+    with pytest.raises(ValueError, match="strength=0.5 runs"):
+        RewardConfig(
+            data=data, init=init, out=tmp_path, rewards={"aesthetic": 1}, num_inference_steps=4,
+            strength=0.5, truncation_k=3,
+        )  # fmt: skip
     file = tmp_path / "b.yaml"
     file.write_text("max_steps: 7\ntruncation_k: 2\n")
     cfg = load_config(file, data=data, init=init, out=tmp_path, rewards={"relevance": 1.0})
     assert cfg.max_steps == 7 and cfg.truncation_k == 2 and cfg.rewards == {"relevance": 1.0}
+
+
+def test_reference_guided_sampling_starts_part_way_from_the_reference(world, tmp_path):
+    assert [start_step(10, s) for s in (1.0, 0.5, 0.25, 0.01)] == [0, 5, 8, 10]
+    parts = _parts()
+    recipe = RewardRecipe(
+        _config(world, tmp_path, num_inference_steps=4, strength=0.5, truncation_k=2), **parts
+    )
+    recipe.setup()
+    d = recipe.draw(0)
+    tokens, _ = recipe.tokens(d["items"], d["users"])
+    images, used = recipe.sample(d["items"], tokens, d["noise"], 2)
+    assert used == [2, 3] and images.requires_grad
+    # the item's reference cover shapes the sample: another item's reference changes it
+    with torch.no_grad():
+        a, _ = recipe.sample(d["items"], tokens, d["noise"], 0)
+        recipe._ref_latents[d["items"][0]] = recipe._ref_latents[d["items"][0]] + 1.0
+        b, _ = recipe.sample(d["items"], tokens, d["noise"], 0)
+    assert not torch.equal(a[0], b[0])
+    recipe.cleanup()

@@ -32,6 +32,7 @@ class DemoPlan:
     eval_items: int
     reward_batch: int = 4
     num_inference_steps: int = 10
+    strength: float = 1.0
     rewards: dict[str, dict[str, float]] = field(
         default_factory=lambda: {
             "icg": {"aesthetic": 1.0, "relevance": 1.0, "preference": 1.0},
@@ -52,8 +53,10 @@ QUICK = DemoPlan(
 )  # fmt: skip
 
 
-def run_demo(out: Path | str, *, quick: bool = False, seed: int = 3) -> Path:
-    """Run every stage into ``out``; returns the path of the report."""
+def run_demo(
+    out: Path | str, *, quick: bool = False, seed: int = 3, plan: DemoPlan | None = None
+) -> Path:
+    """Run every stage into ``out`` (`QUICK` or `FULL`, or ``plan``); returns the report path."""
     from icg.data import load_dataset
     from icg.evaluation.evaluate import evaluate_run
     from icg.evaluation.preference_eval import TruthProbe
@@ -63,7 +66,7 @@ def run_demo(out: Path | str, *, quick: bool = False, seed: int = 3) -> Path:
     from icg.world.config import WorldConfig
     from icg.world.generate import generate_world
 
-    plan = QUICK if quick else FULL
+    plan = plan or (QUICK if quick else FULL)
     out = Path(out)
     console = Console(stderr=True)
     world, run = out / "world", out / "run"
@@ -111,6 +114,7 @@ def run_demo(out: Path | str, *, quick: bool = False, seed: int = 3) -> Path:
             data=world, init=run / "align", out=run / name, rewards=weights, seed=seed,
             preference=run / "preference", max_steps=plan.reward_steps,
             batch_size=plan.reward_batch, num_inference_steps=plan.num_inference_steps,
+            strength=plan.strength,
             probe_every=max(1, plan.reward_steps // 4),
         )  # fmt: skip
         stage(
@@ -124,7 +128,7 @@ def run_demo(out: Path | str, *, quick: bool = False, seed: int = 3) -> Path:
         False,
         lambda: evaluate_run(
             world, run, evaluation, n_users=plan.eval_users, n_items=plan.eval_items,
-            num_inference_steps=plan.num_inference_steps, seed=seed,
+            num_inference_steps=plan.num_inference_steps, strength=plan.strength, seed=seed,
         ),
     )  # fmt: skip
     logger.info("demo plan %s, stage seconds %s", asdict(plan), timings)

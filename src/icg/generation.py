@@ -76,9 +76,10 @@ def segment_users(
 
 
 def _generate(
-    pipe, titles, images, item_ids, user_emb, seeds, steps, guidance
+    pipe, titles, images, item_ids, user_emb, seeds, steps, guidance, strength=1.0
 ) -> list[Image.Image]:
     generators = [torch.Generator(device=pipe.base.unet.device).manual_seed(s) for s in seeds]
+    extra = {"strength": strength} if strength < 1.0 else {}
     return pipe(
         titles,
         images,
@@ -87,6 +88,7 @@ def _generate(
         generator=generators,
         num_inference_steps=steps,
         guidance_scale=guidance,
+        **extra,
     ).images
 
 
@@ -104,6 +106,7 @@ def generate_covers(
     segments: int | None = None,
     scorer: Scorer | None = None,
     personalize: bool = True,
+    strength: float = 1.0,
 ) -> pd.DataFrame:
     """Generate a cover per (user_id, item_id) pair and write OUT/manifest.parquet.
 
@@ -118,6 +121,7 @@ def generate_covers(
         scorer: picks among segment covers per user (e.g. the preference model); without it
             each user gets their own segment's cover.
         personalize: False generates one cover per item with no user (cold-start path).
+        strength: below 1, start from the item's reference cover (see `ICGPipeline`).
     """
     out = Path(out)
     items = data.items.set_index("item_id")
@@ -168,6 +172,7 @@ def generate_covers(
                 seeds,
                 num_inference_steps,
                 guidance_scale,
+                strength,
             )
             for (u, i), image, s in zip(chunk, images, seeds, strict=True):
                 path = out / method / f"{u or 'nouser'}_{i}.png"

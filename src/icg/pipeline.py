@@ -57,6 +57,7 @@ class ICGPipeline:
         self.model = model.to(device=base.unet.device)
         self.model.adapter.install(base.unet)
         self._cache: dict[tuple[str, str, str], torch.Tensor] = {}
+        self._img2img = None  # built on first use of strength < 1
         self.items_encoded = 0  # items sent through the MLLM (cache misses)
         self.mllm_calls = 0  # batched MLLM forwards
 
@@ -169,6 +170,7 @@ class ICGPipeline:
         width: int | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         icg_scale: float | None = None,
+        strength: float = 1.0,
         **base_kwargs,
     ):
         """Generate one cover per title.
@@ -182,6 +184,9 @@ class ICGPipeline:
             num_inference_steps, guidance_scale, generator, output_type, height, width,
             negative_prompt: as in diffusers.
             icg_scale: weight of the ICG branch for this call (default: the adapter's).
+            strength: 1 draws from pure noise; below 1 starts from each item's reference image
+                noised to this fraction of the schedule (diffusers' image-to-image pipeline,
+                sharing this UNet and its ICG processors).
 
         Returns:
             The base pipeline's output (``.images``: PIL list or ``(B, 3, H, W)`` tensor).
@@ -203,21 +208,46 @@ class ICGPipeline:
         previous = self.model.adapter.scale
         if icg_scale is not None:
             self.model.adapter.set_scale(icg_scale)
+        base = self.base
+        if strength >= 1.0:
+            base_kwargs = {**base_kwargs, "height": height, "width": width}
+        else:
+            missing = [
+                t
+                for t, im in zip(titles, images or [None] * len(titles), strict=True)
+                if im is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"strength={strength} needs a reference image; none for {missing[:3]}"
+                )
+            base = self._image_to_image()
+            base_kwargs = {
+                **base_kwargs,
+                "image": [self._load(im) for im in images],
+                "strength": strength,
+            }
         try:
-            return self.base(
+            return base(
                 prompt=self.model.adapter.prompts(titles),
                 negative_prompt=negative_prompt,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
                 generator=generator,
                 output_type=output_type,
-                height=height,
-                width=width,
                 cross_attention_kwargs={"icg_tokens": tokens},
                 **base_kwargs,
             )
         finally:
             self.model.adapter.set_scale(previous)
+
+    def _image_to_image(self):  # noqa: ANN202 - a diffusers image-to-image pipeline
+        if self._img2img is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            self._img2img = AutoPipelineForImage2Image.from_pipe(self.base)
+            self._img2img.set_progress_bar_config(**getattr(self.base, "_progress_bar_config", {}))
+        return self._img2img
 
     def generate_grid(
         self,

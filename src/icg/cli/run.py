@@ -28,6 +28,9 @@ def generate(
     ] = None,
     steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 10,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance.")] = 1.0,
+    strength: Annotated[
+        float, typer.Option("--strength", help="< 1: start from the reference cover (img2img).")
+    ] = 1.0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     method: Annotated[str, typer.Option("--method", help="Name recorded in the manifest.")] = "icg",
@@ -63,6 +66,7 @@ def generate(
     manifest = generate_covers(
         pipe, dataset, frame, out, method=method, seed=seed, num_inference_steps=steps,
         guidance_scale=guidance, batch_size=batch_size, segments=segments, scorer=scorer,
+        strength=strength,
     )  # fmt: skip
     typer.echo(f"{len(manifest)} covers: {out / 'manifest.parquet'}")
 
@@ -78,6 +82,9 @@ def evaluate(
     items: Annotated[int, typer.Option("--items", help="Evaluation items.")] = 16,
     steps: Annotated[int, typer.Option("--steps", help="Denoising steps of ICG methods.")] = 10,
     guidance: Annotated[float, typer.Option("--guidance", help="CFG of ICG methods.")] = 1.0,
+    strength: Annotated[
+        float, typer.Option("--strength", help="ICG methods: < 1 starts from the reference.")
+    ] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     clip: Annotated[str, typer.Option("--clip")] = "zoo:clip",
     aesthetic: Annotated[str, typer.Option("--aesthetic")] = "zoo:aesthetic",
@@ -90,6 +97,7 @@ def evaluate(
         metrics = evaluate_run(
             data, run, out, methods=methods.split(",") if methods else None, n_users=users,
             n_items=items, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+            strength=strength,
             clip=clip, aesthetic=aesthetic, base=base,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:

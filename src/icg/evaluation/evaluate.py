@@ -253,6 +253,7 @@ def evaluate_run(
     n_items: int = 16,
     num_inference_steps: int = 10,
     guidance_scale: float = 1.0,
+    strength: float = 1.0,
     prompt_guidance_scale: float = 7.5,
     seed: int = 0,
     clip: str = "zoo:clip",
@@ -270,7 +271,8 @@ def evaluate_run(
         methods: subset of `METHODS` (default: every method whose inputs exist).
         n_users, n_items: evaluation pairs (`choose_pairs`: users spread over embedding
             clusters, one cold-start user) unless ``pairs`` is given.
-        num_inference_steps, guidance_scale: sampling of the ICG methods (stage B's defaults).
+        num_inference_steps, guidance_scale, strength: sampling of the ICG methods (use what
+            stage B trained with).
         prompt_guidance_scale: guidance of the text-only baselines (the base pipeline default).
         base, mllm: override the base model / MLLM the `icg` adapter records.
     """
@@ -333,7 +335,7 @@ def evaluate_run(
             try:
                 return baselines.generated_source(
                     pipe, data, covers, method, personalize=personalize, size=size,
-                    guidance_scale=guidance_scale, **sample,
+                    guidance_scale=guidance_scale, strength=strength, **sample,
                 )(p)  # fmt: skip
             finally:
                 pipe.remove_adapter()
@@ -374,7 +376,7 @@ def evaluate_run(
                 configs[sub] = _read_yaml(run / sub / name)
     configs["evaluation"] = {
         "data": str(data_dir), "run": str(run), "methods": wanted, "pairs": len(pairs),
-        "guidance_scale": guidance_scale, "prompt_guidance_scale": prompt_guidance_scale,
+        "guidance_scale": guidance_scale, "strength": strength, "prompt_guidance_scale": prompt_guidance_scale,
         "base": base_name, "mllm": mllm_name, "clip": clip, "aesthetic": aesthetic, **sample,
     }  # fmt: skip
     return evaluate_methods(

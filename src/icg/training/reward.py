@@ -74,6 +74,13 @@ class RewardConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0)
     num_inference_steps: int = Field(10, ge=1)
     guidance_scale: float = Field(1.0, ge=1.0, description="CFG in sampling (1 = off)")
+    strength: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="1: from pure noise; < 1: start from the item's reference cover noised to "
+        "this fraction of the schedule (reference-guided, as diffusers' img2img)",
+    )
     truncation_k: int = Field(1, ge=1, description="DRaFT-K: gradients through the last K steps")
     truncation_k_max: int | None = Field(
         None, ge=1, description="draw K uniformly in [truncation_k, this] once per trajectory"
@@ -106,6 +113,12 @@ class RewardConfig(BaseModel):
                 f"truncation_k: expected <= num_inference_steps={self.num_inference_steps}, "
                 f"got {self.truncation_k}"
             )
+        run = start_step(self.num_inference_steps, self.strength)
+        if self.truncation_k > self.num_inference_steps - run:
+            raise ValueError(
+                f"truncation_k: expected <= the {self.num_inference_steps - run} steps that "
+                f"strength={self.strength} runs, got {self.truncation_k}"
+            )
         if self.truncation_k_max is not None and self.truncation_k_max < self.truncation_k:
             raise ValueError(f"truncation_k_max: expected >= truncation_k={self.truncation_k}")
         return self
@@ -123,6 +136,11 @@ def load_config(file: str | Path | None = None, **overrides: Any) -> RewardConfi
 
 
 # ---- small pure functions ----------------------------------------------------------------
+def start_step(num_steps: int, strength: float) -> int:
+    """First step run by reference-guided sampling, as diffusers' img2img pipelines count it."""
+    return num_steps - min(int(num_steps * strength), num_steps)
+
+
 def truncated_steps(num_steps: int, k: int) -> range:
     """Steps that carry gradients in DRaFT-K (Clark et al. 2024, Sec. 3): the last ``k``."""
     if not 1 <= k <= num_steps:
@@ -161,6 +179,7 @@ def sample_trajectory(
     guidance_scale: float = 1.0,
     uncond_states: torch.Tensor | None = None,
     checkpointing: bool = True,
+    start: int = 0,
 ) -> tuple[torch.Tensor, list[int]]:
     """Sample covers, with autograd on only for the steps in ``grad_steps``.
 
@@ -174,6 +193,8 @@ def sample_trajectory(
         guidance_scale: CFG weight (> 1 needs ``uncond_states``; the uncond branch gets zero
             ICG tokens, as `icg.pipeline`).
         checkpointing: recompute the UNet/VAE activations in backward (memory for time).
+        start: first step of the schedule (reference-guided sampling starts part way, from a
+            noised reference latent); step indices count from the start of the full schedule.
 
     Returns:
         Images ``(B, 3, H, W)`` in [0, 1], and the steps whose UNet output required grad.
@@ -189,7 +210,7 @@ def sample_trajectory(
     ) -> torch.Tensor:
         return unet(x, t, text, cross_attention_kwargs={"icg_tokens": tok}).sample
 
-    for i, t in enumerate(scheduler.timesteps):
+    for i, t in enumerate(scheduler.timesteps[start:], start=start):
         with torch.set_grad_enabled(i in grad_steps and torch.is_grad_enabled()):
             x = scheduler.scale_model_input(latents, t)
             text, tok = text_states, tokens.to(unet.dtype)
@@ -465,6 +486,7 @@ class RewardRecipe:
         self.user_dim = data.embedding_dim
         self.size = cfg.resolution or self.unet.config.sample_size * self.vae_scale
         self._text: dict[str, torch.Tensor] = {}
+        self._ref_latents: dict[str, torch.Tensor] = {}
         titles = sorted(set(self.titles.values()))
         prompts = self.model.adapter.prompts(titles)  # the prompt format stage A trained with
         for title, prompt in zip(titles, prompts, strict=True):
@@ -556,14 +578,38 @@ class RewardRecipe:
         cfg = self.config
         device = self.accelerator.device
         self.scheduler.set_timesteps(cfg.num_inference_steps, device=device)
-        latents = noise.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        noise = noise.to(device, self.unet.dtype)
+        start = start_step(cfg.num_inference_steps, cfg.strength)
+        if start == 0:
+            latents = noise * self.scheduler.init_noise_sigma
+        else:  # reference-guided: the item's own cover, noised to the first step that runs
+            ref = torch.stack([self._reference_latent(i) for i in items]).to(noise)
+            t0 = self.scheduler.timesteps[start : start + 1].repeat(len(items))
+            latents = self.scheduler.add_noise(ref, noise, t0)
         text = torch.stack([self._text[self.titles[i]] for i in items])  # (B, L, C_text)
         uncond = self._text[""].expand_as(text) if cfg.guidance_scale > 1 else None
         steps = truncated_steps(cfg.num_inference_steps, k) if k > 0 else range(0)
         return sample_trajectory(
             self.unet, self.vae, self.scheduler, latents, text, tokens, steps,
-            cfg.guidance_scale, uncond, cfg.gradient_checkpointing,
+            cfg.guidance_scale, uncond, cfg.gradient_checkpointing, start,
         )  # fmt: skip
+
+    @torch.no_grad()
+    def _reference_latent(self, item: str) -> torch.Tensor:
+        """The VAE latent ``(C, h, w)`` of an item's reference cover (computed once)."""
+        if item not in self._ref_latents:
+            image = self.item_images[item]
+            if image is None:
+                raise ValueError(f"item {item}: strength < 1 needs a reference image")
+            from PIL import Image
+
+            image = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
+            x = np.asarray(image, dtype=np.float32)
+            x = torch.from_numpy(x / 127.5 - 1.0).permute(2, 0, 1)[None]
+            x = x.to(self.vae.device, self.vae.dtype)
+            z = self.vae.encode(x).latent_dist.mode()[0]
+            self._ref_latents[item] = z * self.vae.config.scaling_factor
+        return self._ref_latents[item]
 
     def _denoise_loss(self, step: int) -> torch.Tensor:
         cfg = self.config

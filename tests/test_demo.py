@@ -1,0 +1,86 @@
+"""`icg demo --quick` end to end on the shipped coverworld-tiny models, then `icg generate` and
+`icg evaluate` on what it produced (the demo's run folder is the fixture)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from icg.cli import build_app
+from icg.evaluation.evaluate import METHODS
+from icg.generation import is_marked_generated
+
+KEYS = (
+    "fidelity_motif", "fidelity_palette", "true_aesthetic", "true_ctr", "lift_fraction",
+    "true_ctr_coldstart", "aesthetic_reward", "clipscore", "preference_score", "diversity",
+    "rec_auc", "rec_ndcg10", "n_pairs", "seconds",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = CliRunner().invoke(build_app(), ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"report: {out / 'eval' / 'report.html'}" in result.output
+    return out
+
+
+def test_quick_demo_writes_every_method_and_stage(demo: Path):
+    metrics = json.loads((demo / "eval" / "metrics.json").read_text())
+    assert list(metrics["methods"]) == list(METHODS)
+    assert metrics["world"]["n_items"] == 100
+    for name, m in metrics["methods"].items():
+        missing = [k for k in KEYS if k not in m]
+        assert not missing, (name, missing)
+        assert m["n_pairs"] == 24
+    assert metrics["methods"]["reference"]["lift_fraction"] == 0.0
+    assert metrics["methods"]["oracle"]["lift_fraction"] == 1.0
+    html = (demo / "eval" / "report.html").read_text()
+    assert all(m in html for m in METHODS) and "data:image/png;base64" in html
+    for stage in ("align", "icg", "icg-aesthetic", "icg-relevance", "icg-preference"):
+        assert (demo / "run" / stage / "config.yaml").is_file(), stage
+    rows = [json.loads(line) for line in (demo / "run" / "icg" / "curves.jsonl").open()]
+    assert any("probe" in r for r in rows) and any("reward/preference" in r for r in rows)
+    manifest = pd.read_parquet(demo / "eval" / "covers" / "manifest.parquet")
+    generated = set(METHODS) - {"reference", "oracle"}
+    assert set(manifest["method"]) == generated
+    assert all(is_marked_generated(p) for p in manifest["path"])
+
+
+def test_rerun_skips_finished_stages(demo: Path):
+    result = CliRunner().invoke(build_app(), ["demo", "--quick", "--out", str(demo)])
+    assert result.exit_code == 0, result.output
+    for stage in ("world", "preference", "align", "reward icg"):
+        assert f"{stage}: done already, skipped" in result.output
+
+
+def test_generate_segments_with_preference_pick(demo: Path, tmp_path: Path):
+    run, world = demo / "run", demo / "world"
+    args = [
+        "generate", "--adapter", str(run / "icg"), "--data", str(world), "--out", str(tmp_path),
+        "--users", "3", "--items", "2", "--segments", "2", "--preference", str(run / "preference"),
+        "--strength", "0.6",
+    ]  # fmt: skip
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_parquet(tmp_path / "manifest.parquet")
+    assert len(manifest) == 6 and set(manifest["segment"]) <= {0, 1}
+    assert manifest["path"].map(is_marked_generated).all()
+
+
+def test_evaluate_rejects_unknown_methods_and_missing_runs(demo: Path, tmp_path: Path):
+    base = ["evaluate", "--data", str(demo / "world"), "--out", str(tmp_path)]
+    result = CliRunner().invoke(
+        build_app(), [*base, "--run", str(demo / "run"), "--methods", "icg,best"]
+    )
+    assert result.exit_code != 0 and "unknown ['best']" in result.output
+    result = CliRunner().invoke(
+        build_app(), [*base, "--run", str(tmp_path / "none"), "--methods", "icg"]
+    )
+    assert result.exit_code != 0 and "icg" in result.output
+    assert not (tmp_path / "metrics.json").exists()
