@@ -31,11 +31,15 @@ class DemoPlan:
     eval_users: int
     eval_items: int
     reward_batch: int = 4
+    reward_lr: float = 3e-3
+    drift_token_weight: float = 0.01
     num_inference_steps: int = 10
-    strength: float = 1.0
+    strength: float = 0.6
+    probe_pairs: int = 48
+    # relevance weighs double in `icg`: with equal weights the probe's fidelity drifted down
     rewards: dict[str, dict[str, float]] = field(
         default_factory=lambda: {
-            "icg": {"aesthetic": 1.0, "relevance": 1.0, "preference": 1.0},
+            "icg": {"aesthetic": 1.0, "relevance": 2.0, "preference": 1.0},
             "icg-aesthetic": {"aesthetic": 1.0},
             "icg-relevance": {"relevance": 1.0},
             "icg-preference": {"preference": 1.0},
@@ -43,13 +47,15 @@ class DemoPlan:
     )
 
 
+# Many impressions are cheap to simulate and are what the preference model learns taste from
+# (300k: taste Spearman 0.64, val AUC 0.795 vs Bayes 0.811; 40k: 0.24).
 FULL = DemoPlan(
-    n_items=300, n_users=150, n_impressions=40_000, align_steps=300, reward_steps=120,
+    n_items=300, n_users=150, n_impressions=300_000, align_steps=250, reward_steps=120,
     eval_users=8, eval_items=16,
 )  # fmt: skip
 QUICK = DemoPlan(
-    n_items=100, n_users=50, n_impressions=10_000, align_steps=40, reward_steps=15,
-    eval_users=4, eval_items=6,
+    n_items=100, n_users=50, n_impressions=20_000, align_steps=40, reward_steps=15,
+    eval_users=4, eval_items=6, probe_pairs=8,
 )  # fmt: skip
 
 
@@ -105,22 +111,25 @@ def run_demo(
         (run / "align" / "adapter" / "icg_config.json").is_file(),
         lambda: run_align(
             AlignConfig(data=world, out=run / "align", max_steps=plan.align_steps, seed=seed),
-            resume=True,
+            resume=(run / "align" / "checkpoints").is_dir(),
         ),
     )
-    probe = [TruthProbe(world)]  # monitoring only: logged, never part of a loss
+    probe = [TruthProbe(world, num_pairs=plan.probe_pairs)]  # monitoring only: logged, never part of a loss
     for name, weights in plan.rewards.items():
         reward_cfg = RewardConfig(
             data=world, init=run / "align", out=run / name, rewards=weights, seed=seed,
             preference=run / "preference", max_steps=plan.reward_steps,
             batch_size=plan.reward_batch, num_inference_steps=plan.num_inference_steps,
+            learning_rate=plan.reward_lr, drift_token_weight=plan.drift_token_weight,
             strength=plan.strength,
             probe_every=max(1, plan.reward_steps // 4),
         )  # fmt: skip
         stage(
             f"reward {name}",
             (run / name / "adapter" / "icg_config.json").is_file(),
-            lambda c=reward_cfg: run_reward(c, resume=True, callbacks=probe),
+            lambda c=reward_cfg: run_reward(
+                c, resume=(c.out / "checkpoints").is_dir(), callbacks=probe
+            ),
         )
     evaluation = out / "eval"
     stage(

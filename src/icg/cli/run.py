@@ -125,10 +125,13 @@ def demo(
     typer.echo(f"report: {report}")
 
 
-COLUMNS = (
-    "fidelity_motif", "fidelity_palette", "true_aesthetic", "true_ctr", "lift_fraction",
-    "true_ctr_coldstart", "aesthetic_reward", "clipscore", "preference_score", "rec_auc",
-)  # fmt: skip
+# metrics.json key -> terminal header
+COLUMNS = {
+    "fidelity_motif": "motif", "fidelity_palette": "palette", "true_aesthetic": "aesthetic",
+    "true_ctr": "CTR", "lift_fraction": "lift", "true_ctr_coldstart": "CTR cold",
+    "aesthetic_reward": "aes. rew.", "clipscore": "CLIPScore", "preference_score": "pref.",
+    "rec_auc": "rec AUC", "rec_ndcg10": "NDCG@10",
+}  # fmt: skip
 
 
 def print_metrics(metrics: dict) -> None:
@@ -136,12 +139,12 @@ def print_metrics(metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="icg evaluation")
+    table = Table(title="icg evaluation (metrics.json)")
     methods = metrics["methods"]
     cols = [c for c in COLUMNS if any(c in m for m in methods.values())]
-    table.add_column("method")
+    table.add_column("method", no_wrap=True)
     for c in cols:
-        table.add_column(c, justify="right")
+        table.add_column(COLUMNS[c], justify="right", no_wrap=True)
     for name, m in methods.items():
         table.add_row(name, *(f"{m[c]:.3f}" if c in m else "" for c in cols))
-    Console().print(table)
+    Console(width=max(160, Console().width)).print(table)
