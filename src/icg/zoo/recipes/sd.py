@@ -110,7 +110,7 @@ class SDRecipeConfig:
     decoder_batch: int = 16
     decoder_lr: float = 1e-3
     unet_channels: tuple[int, ...] = (32, 64, 64)
-    unet_steps: int = 1500
+    unet_steps: int = 2500
     unet_batch: int = 64
     unet_lr: float = 1.5e-3
     ema_decay: float = 0.995
