@@ -115,9 +115,8 @@ def run_demo(
             resume=(run / "align" / "checkpoints").is_dir(),
         ),
     )
-    probe = [
-        TruthProbe(world, num_pairs=plan.probe_pairs)
-    ]  # monitoring only: logged, never part of a loss
+    # monitoring only: the probe's truth metrics are logged, never part of a loss
+    probe = [TruthProbe(world, num_pairs=plan.probe_pairs)]
     for name, weights in plan.rewards.items():
         reward_cfg = RewardConfig(
             data=world, init=run / "align", out=run / name, rewards=weights, seed=seed,
