@@ -67,6 +67,16 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+def _open_file(path: Path):  # noqa: ANN202 - a binary file object
+    """``open(path, "rb")``, with a missing or unreadable file as an `ImageLoadError`."""
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError as err:
+        raise ImageLoadError(path, Reason.MISSING_IMAGE, "image file not found") from err
+    except OSError as err:
+        raise ImageLoadError(path, Reason.MISSING_IMAGE, f"image not readable: {err}") from err
+
+
 def _open_header(fp, path: Path, max_pixels: int) -> Image.Image:
     """Open an image lazily (header only) and enforce the format allow-list and pixel limit."""
     head = fp.read(16)
@@ -120,13 +130,7 @@ def check_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
             disallowed_format.
     """
     path = Path(path)
-    try:
-        fp = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError as err:
-        raise ImageLoadError(path, Reason.MISSING_IMAGE, "image file not found") from err
-    except OSError as err:
-        raise ImageLoadError(path, Reason.MISSING_IMAGE, f"image not readable: {err}") from err
-    with fp:
+    with _open_file(path) as fp:
         img = _open_header(fp, path, max_pixels)
         fmt, (width, height) = img.format or "?", img.size
         try:
@@ -216,13 +220,7 @@ def load_image(
             pixels; the message names the path.
     """
     path = Path(path)
-    try:
-        fp = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError as err:
-        raise ImageLoadError(path, Reason.MISSING_IMAGE, "image file not found") from err
-    except OSError as err:
-        raise ImageLoadError(path, Reason.MISSING_IMAGE, f"image not readable: {err}") from err
-    with fp:
+    with _open_file(path) as fp:
         img = _open_header(fp, path, max_pixels)
         fmt = img.format
         try:

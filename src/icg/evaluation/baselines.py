@@ -110,8 +110,11 @@ class MllmPromptWriter:
         ]
         texts = [self.processor.apply_chat_template(c, add_generation_prompt=True) for c in chats]
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        tokenizer.padding_side = "left"  # generation continues every row at the same position
-        inputs = self.processor(text=texts, images=pics, return_tensors="pt", padding=True)
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"  # rows end together
+        try:  # the processor may be shared with an ICG encoder: restore its padding side
+            inputs = self.processor(text=texts, images=pics, return_tensors="pt", padding=True)
+        finally:
+            tokenizer.padding_side = side
         ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         answers = self.processor.batch_decode(
             ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True

@@ -298,11 +298,9 @@ def evaluate_run(
 
         truth = Truth(data_dir)
     available = {"reference"} | ({"oracle"} if truth is not None else set())
-    available |= {m for m, (sub, _) in ICG_METHODS.items() if adapter_folder(run, sub)}
-    main_adapter = adapter_folder(run, "icg") or next(
-        (adapter_folder(run, sub) for sub, _ in ICG_METHODS.values() if adapter_folder(run, sub)),
-        None,
-    )
+    adapters = {m: f for m, (sub, _) in ICG_METHODS.items() if (f := adapter_folder(run, sub))}
+    available |= set(adapters)
+    main_adapter = adapters.get("icg") or next(iter(adapters.values()), None)
     if main_adapter is not None or base:
         available |= {"prompt", "mllm-prompt"}
     wanted = [m for m in METHODS if m in (methods or available)]
@@ -327,10 +325,10 @@ def evaluate_run(
     sample = {"num_inference_steps": num_inference_steps, "seed": seed}
 
     def icg_source(method: str) -> CoverSource:
-        sub, personalize = ICG_METHODS[method]
+        personalize = ICG_METHODS[method][1]
 
         def source(p: pd.DataFrame) -> np.ndarray:
-            model = ICGModel.from_pretrained(adapter_folder(run, sub), mllm_model, processor)
+            model = ICGModel.from_pretrained(adapters[method], mllm_model, processor)
             pipe = ICGPipeline(pipe_base, model)
             try:
                 return baselines.generated_source(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -105,6 +106,42 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> l
         take = min(batch_size - len(out), num_examples - offset)
         out.extend(perm[offset : offset + take].tolist())
     return out
+
+
+@torch.no_grad()
+def encode_prompt(tokenizer, text_encoder, text: str) -> torch.Tensor:  # noqa: ANN001
+    """The base model's text states ``(L, C_text)`` of one prompt, padded as SD pipelines do."""
+    ids = tokenizer(
+        [text],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(text_encoder.device)
+    return text_encoder(ids)[0][0]  # (L, C_text)
+
+
+@torch.no_grad()
+def encode_images(vae, images: Sequence, size: int) -> torch.Tensor:  # noqa: ANN001
+    """Scaled VAE latents ``(N, C, h, w)`` of images (paths through the safe loader, or PIL),
+    resized to ``size``; each distinct entry is encoded once."""
+    from PIL import Image
+
+    from icg.data.images import load_image
+
+    keys = [id(im) if isinstance(im, Image.Image) else im for im in images]  # PIL is unhashable
+    latents = {}
+    for key, im in zip(keys, images, strict=True):
+        if key in latents:
+            continue
+        if isinstance(im, Image.Image):
+            image = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        else:
+            image = load_image(im, size=size)
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+        x = x.permute(2, 0, 1)[None].to(vae.device, vae.dtype)  # (1, 3, H, W)
+        latents[key] = vae.encode(x).latent_dist.mode()[0] * vae.config.scaling_factor
+    return torch.stack([latents[k] for k in keys])  # (N, C, h, w)
 
 
 def diffusion_target(
@@ -259,7 +296,7 @@ class AlignRecipe:
         size = self.config.resolution or self.unet.config.sample_size * (
             2 ** (len(self.vae.config.block_out_channels) - 1)
         )
-        latents = self._encode_covers(covers, size, load_image)
+        latents = encode_images(self.vae, covers, size)
         items = data.items.set_index("item_id")
         needed = sorted(set(item_ids))
         titles = {i: str(items.at[i, "title"]) for i in needed}
@@ -271,10 +308,12 @@ class AlignRecipe:
         }
         prepared = _Data(item_ids, user_ids, latents, titles, images, user_vectors)
         for title in titles.values():
-            prepared.text_states[title] = self._encode_text(
-                self.config.base_prompt.replace("{title}", title)
+            prepared.text_states[title] = encode_prompt(
+                self.tokenizer, self.text_encoder, self.config.base_prompt.replace("{title}", title)
             )
-        prepared.text_states[""] = self._encode_text("")  # the unconditional prompt (dropout)
+        prepared.text_states[""] = encode_prompt(
+            self.tokenizer, self.text_encoder, ""
+        )  # the unconditional prompt (dropout)
         logger.info(
             "stage A: %d clicks on %d items by %d users",
             len(item_ids),
@@ -282,28 +321,6 @@ class AlignRecipe:
             len(user_vectors),
         )
         return prepared
-
-    def _encode_covers(self, covers: list[str], size: int, load_image) -> torch.Tensor:
-        vae = self.vae
-        latents: dict[str, torch.Tensor] = {}
-        for cover in dict.fromkeys(covers):
-            pixels = np.asarray(load_image(cover, size=size), dtype=np.float32) / 127.5 - 1.0
-            x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
-            x = x.to(vae.device, vae.dtype)
-            latents[cover] = (
-                vae.encode(x).latent_dist.mode()[0] * vae.config.scaling_factor
-            )  # (C, h, w)
-        return torch.stack([latents[c] for c in covers])  # (N, C, h, w)
-
-    def _encode_text(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer(
-            [text],
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
-        return self.text_encoder(ids)[0][0]  # (L, C_text)
 
     # -- one step --------------------------------------------------------------------------
     def compute_loss(self, step: int) -> torch.Tensor:

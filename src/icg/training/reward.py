@@ -31,7 +31,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from icg.training.align import NonFiniteLossError, diffusion_target, step_generator
+from icg.training.align import (
+    NonFiniteLossError,
+    diffusion_target,
+    encode_images,
+    encode_prompt,
+    step_generator,
+)
 from icg.training.checkpoints import (
     atomic_save_dir,
     latest_checkpoint,
@@ -486,41 +492,27 @@ class RewardRecipe:
         self.user_dim = data.embedding_dim
         self.size = cfg.resolution or self.unet.config.sample_size * self.vae_scale
         self._text: dict[str, torch.Tensor] = {}
-        self._ref_latents: dict[str, torch.Tensor] = {}
+        self._ref_latents: dict[str, torch.Tensor] = {}  # item -> reference latent (strength < 1)
+        if cfg.strength < 1:
+            ids = sorted(self.item_images)
+            latents = encode_images(self.vae, [self.item_images[i] for i in ids], self.size)
+            self._ref_latents = dict(zip(ids, latents, strict=True))
         titles = sorted(set(self.titles.values()))
         prompts = self.model.adapter.prompts(titles)  # the prompt format stage A trained with
         for title, prompt in zip(titles, prompts, strict=True):
-            self._text[title] = self._encode_text(prompt)
-        self._text[""] = self._encode_text("")
+            self._text[title] = encode_prompt(self._base.tokenizer, self._base.text_encoder, prompt)
+        self._text[""] = encode_prompt(self._base.tokenizer, self._base.text_encoder, "")
         if cfg.drift_denoise_weight > 0:
             item_ids, user_ids, covers = clicked_examples(imp, data.items, data.users)
             if not item_ids:
                 raise ValueError(f"{cfg.data}: drift_denoise_weight > 0 needs clicked impressions")
             self.clicks = (item_ids, user_ids)
-            self.click_latents = self._encode_covers(covers, load_image)
+            self.click_latents = encode_images(self.vae, covers, self.size)
         logger.info("stage B: %d (user, item) pairs, %d items", len(self.pairs), len(self.titles))
 
     @property
     def vae_scale(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    def _encode_text(self, text: str) -> torch.Tensor:
-        tok = self._base.tokenizer(
-            [text],
-            padding="max_length",
-            max_length=self._base.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.unet.device)
-        return self._base.text_encoder(tok)[0][0]  # (L, C_text)
-
-    def _encode_covers(self, covers: list[str], load_image) -> torch.Tensor:  # noqa: ANN001
-        out = {}
-        for cover in dict.fromkeys(covers):
-            x = np.asarray(load_image(cover, size=self.size), dtype=np.float32) / 127.5 - 1.0
-            x = torch.from_numpy(x).permute(2, 0, 1)[None].to(self.vae.device, self.vae.dtype)
-            out[cover] = self.vae.encode(x).latent_dist.mode()[0] * self.vae.config.scaling_factor
-        return torch.stack([out[c] for c in covers])  # (N, C, h, w)
 
     # -- one step --------------------------------------------------------------------------
     def _generator(self, step: int, salt: int = 0) -> torch.Generator:
@@ -583,7 +575,7 @@ class RewardRecipe:
         if start == 0:
             latents = noise * self.scheduler.init_noise_sigma
         else:  # reference-guided: the item's own cover, noised to the first step that runs
-            ref = torch.stack([self._reference_latent(i) for i in items]).to(noise)
+            ref = torch.stack([self._ref_latents[i] for i in items]).to(noise)
             t0 = self.scheduler.timesteps[start : start + 1].repeat(len(items))
             latents = self.scheduler.add_noise(ref, noise, t0)
         text = torch.stack([self._text[self.titles[i]] for i in items])  # (B, L, C_text)
@@ -593,23 +585,6 @@ class RewardRecipe:
             self.unet, self.vae, self.scheduler, latents, text, tokens, steps,
             cfg.guidance_scale, uncond, cfg.gradient_checkpointing, start,
         )  # fmt: skip
-
-    @torch.no_grad()
-    def _reference_latent(self, item: str) -> torch.Tensor:
-        """The VAE latent ``(C, h, w)`` of an item's reference cover (computed once)."""
-        if item not in self._ref_latents:
-            image = self.item_images[item]
-            if image is None:
-                raise ValueError(f"item {item}: strength < 1 needs a reference image")
-            from PIL import Image
-
-            image = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
-            x = np.asarray(image, dtype=np.float32)
-            x = torch.from_numpy(x / 127.5 - 1.0).permute(2, 0, 1)[None]
-            x = x.to(self.vae.device, self.vae.dtype)
-            z = self.vae.encode(x).latent_dist.mode()[0]
-            self._ref_latents[item] = z * self.vae.config.scaling_factor
-        return self._ref_latents[item]
 
     def _denoise_loss(self, step: int) -> torch.Tensor:
         cfg = self.config
