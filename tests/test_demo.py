@@ -50,6 +50,13 @@ def test_quick_demo_writes_every_method_and_stage(demo: Path):
     generated = set(METHODS) - {"reference", "oracle"}
     assert set(manifest["method"]) == generated
     assert all(is_marked_generated(p) for p in manifest["path"])
+    # best-of-2 under each run's own reward, except icg-single (one draw)
+    picked = manifest.groupby("method")["candidate"].max()
+    assert (
+        picked["icg-single"] == 0
+        and picked.drop(["icg-single", "prompt", "mllm-prompt"]).le(1).all()
+    )
+    assert manifest.loc[manifest["method"] == "icg", "score"].notna().all()
 
 
 def test_rerun_skips_finished_stages(demo: Path):
@@ -71,6 +78,23 @@ def test_generate_segments_with_preference_pick(demo: Path, tmp_path: Path):
     manifest = pd.read_parquet(tmp_path / "manifest.parquet")
     assert len(manifest) == 6 and set(manifest["segment"]) <= {0, 1}
     assert manifest["path"].map(is_marked_generated).all()
+
+
+def test_generate_best_of_k_with_the_runs_reward(demo: Path, tmp_path: Path):
+    run, world = demo / "run", demo / "world"
+    args = [
+        "generate", "--adapter", str(run / "icg"), "--data", str(world), "--out", str(tmp_path),
+        "--users", "2", "--items", "2", "--candidates", "3", "--steps", "4",
+    ]  # fmt: skip
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_parquet(tmp_path / "manifest.parquet")
+    assert len(manifest) == 4 and set(manifest["candidate"]) <= {0, 1, 2}
+    assert manifest["score"].notna().all() and len(list((tmp_path / "icg").glob("*.png"))) == 12
+    # an adapter folder without the run's reward cannot rank candidates
+    args[2] = str(run / "icg" / "adapter")
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code != 0 and "--candidates needs --adapter RUN/icg" in result.output
 
 
 def test_evaluate_rejects_unknown_methods_and_missing_runs(demo: Path, tmp_path: Path):

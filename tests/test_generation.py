@@ -40,7 +40,9 @@ def test_manifest_marker_and_determinism(setup, tmp_path: Path):
     pairs = _pairs(data)
     kw = dict(num_inference_steps=2, guidance_scale=1.0, batch_size=4)
     a = generate_covers(pipe, data, pairs, tmp_path / "a", **kw)
-    assert list(a.columns) == ["user_id", "item_id", "method", "path", "seed", "segment"]
+    assert list(a.columns) == [
+        "user_id", "item_id", "method", "path", "seed", "segment", "candidate", "score",
+    ]  # fmt: skip
     assert len(a) == len(pairs) and a["path"].is_unique
     assert all(is_marked_generated(p) for p in a["path"])
     assert pd.read_parquet(tmp_path / "a" / "manifest.parquet").equals(a)
@@ -66,6 +68,49 @@ def test_segments_share_covers_and_scorer_picks(setup, tmp_path: Path):
 
     picked = generate_covers(pipe, data, pairs, tmp_path / "p", scorer=scorer, **kw)
     assert (picked["segment"] == 1).all()
+
+
+def test_best_of_k_keeps_the_scorers_pick_with_its_own_seed(setup, tmp_path: Path):
+    root, data, pipe = setup
+    pairs = _pairs(data, n_users=2, n_items=2)
+    seen = []
+
+    def scorer(users, items, images):  # prefers bright covers
+        seen.extend(users)
+        return images.reshape(len(images), -1).mean(1)
+
+    kw = dict(num_inference_steps=2, guidance_scale=1.0, batch_size=3, scorer=scorer)
+    m = generate_covers(pipe, data, pairs, tmp_path / "k", candidates=3, **kw)
+    assert len(seen) == 3 * len(pairs) and set(seen) == set(pairs["user_id"])
+    for row in m.itertuples():
+        draws = [tmp_path / "k" / "icg" / f"{row.user_id}_{row.item_id}_c{k}.png" for k in range(3)]
+        bright = [np.asarray(Image.open(d)).mean() for d in draws]
+        assert row.candidate == int(np.argmax(bright)) and row.path == str(draws[row.candidate])
+        assert row.seed == pair_seed(0, row.user_id, row.item_id, row.candidate)
+        assert row.score == pytest.approx(max(bright), rel=1e-5)
+    # the first draw of best-of-K is the single draw
+    one = generate_covers(pipe, data, pairs, tmp_path / "one", **{**kw, "scorer": None})
+    first = tmp_path / "k" / "icg" / f"{pairs.user_id[0]}_{pairs.item_id[0]}_c0.png"
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(first)), np.asarray(Image.open(one.path[0]))
+    )
+    # without users the scorer sees no user id, once per item
+    seen.clear()
+    n = generate_covers(pipe, data, pairs, tmp_path / "n", personalize=False, candidates=2, **kw)
+    assert seen == [""] * 4 and n["path"].nunique() == 2
+    # ... or per pair on the personalized draws' seeds (paired comparisons)
+    seen.clear()
+    paired = generate_covers(
+        pipe, data, pairs, tmp_path / "pp", personalize=False, share=False, candidates=2, **kw
+    )
+    assert seen == [""] * 8 and paired["path"].is_unique
+    assert set(paired["seed"]) <= {
+        pair_seed(0, u, i, k)
+        for u, i in zip(pairs.user_id, pairs.item_id, strict=True)
+        for k in (0, 1)
+    }
+    with pytest.raises(ValueError, match="needs a scorer"):
+        generate_covers(pipe, data, pairs, tmp_path / "x", candidates=2, num_inference_steps=2)
 
 
 def test_nouser_generates_once_per_item(setup, tmp_path: Path):

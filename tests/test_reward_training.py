@@ -278,3 +278,27 @@ def test_reference_guided_sampling_starts_part_way_from_the_reference(world, tmp
         b, _ = recipe.sample(d["items"], tokens, d["noise"], 0)
     assert not torch.equal(a[0], b[0])
     recipe.cleanup()
+
+
+def test_load_run_reward_restores_weights_and_statistics(tmp_path):
+    import yaml
+
+    from icg.training.reward import STATS_FILE, build_rewards, load_run_reward
+
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        load_run_reward(tmp_path)
+    weights = {"aesthetic": 1.0, "relevance": 2.0}
+    trained = build_rewards(weights)
+    for i, name in enumerate(weights):
+        trained.stats[name].update(torch.arange(5.0) * (i + 1))
+    trained.save_stats(tmp_path / STATS_FILE)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"rewards": weights, "clip": "zoo:clip"}))
+    loaded = load_run_reward(tmp_path)
+    assert loaded.weights == weights and not loaded.training
+    for name in weights:
+        torch.testing.assert_close(loaded.stats[name].mean, trained.stats[name].mean)
+        torch.testing.assert_close(loaded.stats[name].var, trained.stats[name].var)
+    images = torch.rand(2, 3, 64, 64)
+    before = loaded.stats["aesthetic"].count.clone()
+    loaded(images, ["a", "b"])  # scoring leaves the statistics alone
+    torch.testing.assert_close(loaded.stats["aesthetic"].count, before)

@@ -4,6 +4,10 @@
 
 Per-user generation serves small catalogs; `segments=S` clusters user embeddings and generates
 one cover per (segment, item), the way to serve millions of users, then picks per user.
+`candidates=K` is best-of-K sampling: K draws per pair (own seeds), and the scorer (e.g. the
+reward a stage-B run optimised, `icg.training.reward.load_run_reward`) keeps the best one, as
+best-of-n sampling against a reward model (Nakano et al. 2021, WebGPT; Gao et al. 2023,
+"Scaling Laws for Reward Model Overoptimization").
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ XMP_TEMPLATE = (
     "</rdf:Description></rdf:RDF></x:xmpmeta>"
     '<?xpacket end="w"?>'
 )
-MANIFEST_COLUMNS = ["user_id", "item_id", "method", "path", "seed", "segment"]
+MANIFEST_COLUMNS = ["user_id", "item_id", "method", "path", "seed", "segment", "candidate", "score"]
 # A scorer rates covers for (user, item) pairs: (user_ids, item_ids, images uint8 (N,H,W,3)) -> (N,)
 Scorer = Callable[[Sequence[str], Sequence[str], np.ndarray], np.ndarray]
 
@@ -58,9 +62,11 @@ def is_marked_generated(path: Path | str) -> bool:
         return DIGITAL_SOURCE_TYPE in str(im.info.get("XML:com.adobe.xmp", ""))
 
 
-def pair_seed(seed: int, user_id: str, item_id: str) -> int:
-    """A per-pair noise seed independent of batching: blake2b(seed, user, item) mod 2^31."""
-    digest = hashlib.blake2b(f"{seed}|{user_id}|{item_id}".encode(), digest_size=8).digest()
+def pair_seed(seed: int, user_id: str, item_id: str, candidate: int = 0) -> int:
+    """A per-pair noise seed independent of batching: blake2b(seed, user, item[, candidate])
+    mod 2^31 (candidate 0 is the pair's first draw)."""
+    key = f"{seed}|{user_id}|{item_id}" + (f"|{candidate}" if candidate else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2**31)
 
 
@@ -107,6 +113,8 @@ def generate_covers(
     scorer: Scorer | None = None,
     personalize: bool = True,
     strength: float = 1.0,
+    candidates: int = 1,
+    share: bool = True,
 ) -> pd.DataFrame:
     """Generate a cover per (user_id, item_id) pair and write OUT/manifest.parquet.
 
@@ -116,13 +124,24 @@ def generate_covers(
         pairs: a frame with user_id and item_id columns.
         out: output folder (PNGs under OUT/<method>/).
         method: name recorded in the manifest.
-        seed: base seed; each pair's noise seed is `pair_seed(seed, user, item)`.
+        seed: base seed; draw k of a pair has the noise seed `pair_seed(seed, user, item, k)`.
         segments: if set, generate per (segment, item) and pick per user (see module doc).
-        scorer: picks among segment covers per user (e.g. the preference model); without it
-            each user gets their own segment's cover.
-        personalize: False generates one cover per item with no user (cold-start path).
+        scorer: rates covers for users (user id ``""``: no user), e.g. the reward a stage-B run
+            optimised (`load_run_reward`). It picks among the candidates of a pair and, with
+            segments, among every segment's covers of the item; without it each user gets
+            their own segment's cover.
+        personalize: False generates with no user (cold-start path): one cover per item.
+        share: with ``personalize=False``, False draws per pair instead, with the pair's own
+            seeds: the same noise as the personalized draws (common random numbers), so an
+            evaluation compares with and without the user on paired samples.
         strength: below 1, start from the item's reference cover (see `ICGPipeline`).
+        candidates: best-of-K sampling: draw K covers per pair (per item without users, per
+            segment and item with segments) and keep the one the scorer rates best.
     """
+    if candidates < 1:
+        raise ValueError(f"candidates: expected >= 1, got {candidates}")
+    if candidates > 1 and scorer is None:
+        raise ValueError("candidates > 1 needs a scorer to pick the best draw with")
     out = Path(out)
     items = data.items.set_index("item_id")
     users = data.users.set_index("user_id")
@@ -133,9 +152,11 @@ def generate_covers(
     if personalize and unknown_users:
         raise KeyError(f"pairs: unknown user_id {sorted(unknown_users)[:3]}")
 
-    # jobs: (key user, item, embedding or None, seed) -> one image each
-    if not personalize:
+    # jobs: (key user, item) -> embedding or None; each job draws `candidates` images
+    if not personalize and share:
         jobs = {("", i): None for i in dict.fromkeys(pairs["item_id"])}
+    elif not personalize:
+        jobs = {(u, i): None for u, i in zip(pairs["user_id"], pairs["item_id"], strict=True)}
     elif segments:
         emb = np.stack(users["embedding"].to_numpy())
         labels, centroids = segment_users(emb, segments, seed)
@@ -150,74 +171,92 @@ def generate_covers(
             (u, i): np.asarray(users.at[u, "embedding"])
             for u, i in zip(pairs["user_id"], pairs["item_id"], strict=True)
         }
-    keys = list(jobs)
-    paths: dict[tuple[str, str], Path] = {}
+    draws = [(u, i, k) for u, i in jobs for k in range(candidates)]
+    paths: dict[tuple[str, str, int], Path] = {}
     with Progress() as progress:
-        task = progress.add_task(f"generating {method}", total=len(keys))
-        for start in range(0, len(keys), batch_size):
-            chunk = keys[start : start + batch_size]
-            titles = [items.at[i, "title"] for _, i in chunk]
-            refs = [items.at[i, "image"] for _, i in chunk]
-            embs = [jobs[k] for k in chunk]
+        task = progress.add_task(f"generating {method}", total=len(draws))
+        for start in range(0, len(draws), batch_size):
+            chunk = draws[start : start + batch_size]
+            embs = [jobs[(u, i)] for u, i, _ in chunk]
             user_emb = (
                 None if embs[0] is None else torch.as_tensor(np.stack(embs), dtype=torch.float32)
             )
-            seeds = [pair_seed(seed, u, i) for u, i in chunk]
+            seeds = [pair_seed(seed, u, i, k) for u, i, k in chunk]
             images = _generate(
                 pipe,
-                titles,
-                refs,
-                [i for _, i in chunk],
+                [items.at[i, "title"] for _, i, _ in chunk],
+                [items.at[i, "image"] for _, i, _ in chunk],
+                [i for _, i, _ in chunk],
                 user_emb,
                 seeds,
                 num_inference_steps,
                 guidance_scale,
                 strength,
             )
-            for (u, i), image, s in zip(chunk, images, seeds, strict=True):
-                path = out / method / f"{u or 'nouser'}_{i}.png"
+            for (u, i, k), image, s in zip(chunk, images, seeds, strict=True):
+                suffix = f"_c{k}" if candidates > 1 else ""
+                path = out / method / f"{u or 'nouser'}_{i}{suffix}.png"
                 save_generated_png(image, path, method=method, seed=str(s), item_id=i)
-                paths[(u, i)] = path
+                paths[(u, i, k)] = path
             progress.advance(task, len(chunk))
 
-    rows = []
-    for u, i in zip(pairs["user_id"], pairs["item_id"], strict=True):
+    # the draws each (user, item) chooses from: its job's candidates, or every segment's
+    def options(u: str, i: str) -> list[tuple[str, str, int]]:
         if not personalize:
-            key, segment = ("", i), -1
-        elif segments:
-            segment = int(seg_of[u])
-            key = (f"segment-{segment}", i)
-        else:
-            key, segment = (u, i), -1
+            return [("" if share else u, i, k) for k in range(candidates)]
+        if segments and scorer is None:
+            return [(f"segment-{seg_of[u]}", i, 0)]
+        if segments:
+            return [
+                (f"segment-{s}", i, k) for s in range(len(centroids)) for k in range(candidates)
+            ]
+        return [(u, i, k) for k in range(candidates)]
+
+    wanted = list(zip(pairs["user_id"], pairs["item_id"], strict=True))
+    picks = _pick([(u, i, options(u, i)) for u, i in wanted], paths, scorer, personalize)
+    rows = []
+    for (u, i), (draw, score) in zip(wanted, picks, strict=True):
+        key_user, _, k = draw
         rows.append(
             {
                 "user_id": u,
                 "item_id": i,
                 "method": method,
-                "path": str(paths[key]),
-                "seed": pair_seed(seed, *key),
-                "segment": segment,
+                "path": str(paths[draw]),
+                "seed": pair_seed(seed, *draw),
+                "segment": int(key_user.split("-")[1]) if key_user.startswith("segment-") else -1,
+                "candidate": k,
+                "score": score,
             }
         )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    if segments and scorer is not None:
-        manifest = _pick_segment_covers(manifest, paths, len(centroids), scorer, seed)
     write_manifest(manifest, out / "manifest.parquet")
     return manifest
 
 
-def _pick_segment_covers(manifest, paths, n_segments, scorer: Scorer, seed: int) -> pd.DataFrame:
-    """Per (user, item), the segment cover the scorer likes best."""
-    picked = manifest.copy()
-    for row in picked.itertuples():
-        cands = [(f"segment-{s}", row.item_id) for s in range(n_segments)]
-        images = np.stack([np.asarray(Image.open(paths[c]).convert("RGB")) for c in cands])
-        scores = scorer([row.user_id] * len(cands), [row.item_id] * len(cands), images)
-        best = int(np.argmax(scores))
-        picked.at[row.Index, "path"] = str(paths[cands[best]])
-        picked.at[row.Index, "segment"] = best
-        picked.at[row.Index, "seed"] = pair_seed(seed, *cands[best])
-    return picked
+def _pick(requests, paths, scorer: Scorer | None, personalize: bool) -> list[tuple[tuple, float]]:
+    """Per ``(user, item, options)`` request, the option the scorer rates best for the user
+    (and its score); a single option needs no scorer. Options shared by requests of the same
+    user are scored once."""
+    scores: dict[tuple, float] = {}
+    needed = [
+        (u if personalize else "", o)
+        for u, _, opts in requests
+        if len(opts) > 1 or scorer is not None
+        for o in opts
+    ]
+    needed = list(dict.fromkeys(needed))
+    for start in range(0, len(needed), 256):
+        chunk = needed[start : start + 256]
+        images = np.stack([np.asarray(Image.open(paths[o]).convert("RGB")) for _, o in chunk])
+        values = scorer([u for u, _ in chunk], [o[1] for _, o in chunk], images)
+        scores.update({key: float(v) for key, v in zip(chunk, values, strict=True)})
+    picks = []
+    for u, _, opts in requests:
+        rated = [scores.get((u if personalize else "", o), float("nan")) for o in opts]
+        best = int(np.nanargmax(rated)) if len(opts) > 1 else 0
+        picks.append((opts[best], rated[best]))
+    return picks
 
 
 def write_manifest(manifest: pd.DataFrame, path: Path) -> None:

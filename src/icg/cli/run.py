@@ -24,8 +24,18 @@ def generate(
     ] = None,
     preference: Annotated[
         Path | None,
-        typer.Option("--preference", help="With --segments: pick per user with this model."),
+        typer.Option(
+            "--preference", help="Pick among segments / candidates with this preference model."
+        ),
     ] = None,
+    candidates: Annotated[
+        int,
+        typer.Option(
+            "--candidates",
+            help="Best-of-K: draw K covers per pair and keep the best under the run's reward "
+            "(or --preference).",
+        ),
+    ] = 1,
     steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 10,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance.")] = 1.0,
     strength: Annotated[
@@ -58,15 +68,19 @@ def generate(
     if preference is not None:
         from icg.rewards import PreferenceReward
 
-        score = reward_scorer(PreferenceReward(str(preference)), dataset)
-        scorer = lambda u, i, im: score(  # noqa: E731
-            pd.DataFrame({"user_id": list(u), "item_id": list(i)}), im
-        )
+        scorer = reward_scorer(PreferenceReward(str(preference)), dataset)
+    elif candidates > 1:
+        from icg.training.reward import load_run_reward
+
+        try:
+            scorer = reward_scorer(load_run_reward(adapter), dataset)
+        except FileNotFoundError as err:
+            raise typer.BadParameter(f"--candidates needs --adapter RUN/icg: {err}") from err
     pipe = ICGPipeline.from_pretrained(RewardRecipe.adapter_dir(adapter))
     manifest = generate_covers(
         pipe, dataset, frame, out, method=method, seed=seed, num_inference_steps=steps,
         guidance_scale=guidance, batch_size=batch_size, segments=segments, scorer=scorer,
-        strength=strength,
+        strength=strength, candidates=candidates,
     )  # fmt: skip
     typer.echo(f"{len(manifest)} covers: {out / 'manifest.parquet'}")
 
@@ -85,6 +99,10 @@ def evaluate(
     strength: Annotated[
         float, typer.Option("--strength", help="ICG methods: < 1 starts from the reference.")
     ] = 1.0,
+    candidates: Annotated[
+        int,
+        typer.Option("--candidates", help="ICG methods: best-of-K under each run's own reward."),
+    ] = 1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     clip: Annotated[str, typer.Option("--clip")] = "zoo:clip",
     aesthetic: Annotated[str, typer.Option("--aesthetic")] = "zoo:aesthetic",
@@ -97,8 +115,7 @@ def evaluate(
         metrics = evaluate_run(
             data, run, out, methods=methods.split(",") if methods else None, n_users=users,
             n_items=items, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-            strength=strength,
-            clip=clip, aesthetic=aesthetic, base=base,
+            strength=strength, candidates=candidates, clip=clip, aesthetic=aesthetic, base=base,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from err

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from icg.generation import generate_covers
+from icg.generation import Scorer, generate_covers
 
 CoverSource = Callable[[pd.DataFrame], np.ndarray]
 PROMPT_TEMPLATE = "a cover for {title}"
@@ -155,25 +155,33 @@ def oracle_source(truth) -> CoverSource:  # noqa: ANN001 - icg.world.truth.Truth
     return lambda pairs: truth.oracle_covers(pairs["user_id"], pairs["item_id"])
 
 
-def reward_scorer(reward, data, size: int = 64) -> Callable[[pd.DataFrame, np.ndarray], np.ndarray]:
-    """``(pairs, images uint8) -> (N,)`` scores of a `Reward` (e.g. the aesthetic model or the
-    preference model, whose info ``preference_probability`` is preferred when present)."""
+def reward_scorer(reward, data, output: str | None = None) -> Scorer:
+    """A `Scorer` from a `Reward` or `MultiReward`: ``(user_ids, item_ids, images uint8) -> (N,)``
+    (user id ``""`` or unknown: no user). ``output`` takes that entry of the reward's info
+    instead of its value (e.g. ``"preference_probability"``)."""
     titles = data.items.set_index("item_id")["title"]
     users = data.users.set_index("user_id")["embedding"]
+    dim = len(users.iloc[0])
+
+    def vector(user_id: str) -> np.ndarray:
+        if user_id in users.index:
+            return np.asarray(users.at[user_id], dtype=np.float32)
+        return np.full(dim, np.nan, dtype=np.float32)
 
     @torch.no_grad()
-    def score(pairs: pd.DataFrame, images: np.ndarray) -> np.ndarray:
+    def score(user_ids: Sequence[str], item_ids: Sequence[str], images: np.ndarray) -> np.ndarray:
         out = []
-        for start in range(0, len(pairs), 128):
-            chunk = pairs.iloc[start : start + 128]
+        for start in range(0, len(user_ids), 128):
+            u, i = list(user_ids[start : start + 128]), list(item_ids[start : start + 128])
             x = torch.from_numpy(images[start : start + 128]).permute(0, 3, 1, 2).float() / 255.0
-            emb = torch.as_tensor(
-                np.stack(users.reindex(chunk["user_id"]).to_numpy()), dtype=torch.float32
-            )
+            emb = torch.from_numpy(np.stack([vector(v) for v in u]))
             values, info = reward(
-                x, titles.loc[chunk["item_id"]].tolist(), emb, user_ids=chunk["user_id"].tolist()
+                x,
+                titles.loc[i].tolist(),
+                emb,
+                user_ids=[v if v in users.index else None for v in u],
             )
-            out.append(info.get("preference_probability", values).float().numpy())
+            out.append((values if output is None else info[output]).float().numpy())
         return np.concatenate(out)
 
     return score

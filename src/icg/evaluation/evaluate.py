@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,10 @@ from icg.evaluation.baselines import CoverSource, load_covers
 from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
 from icg.evaluation.recsys import RecModel, ndcg_at_k, soft_auc, train_rec_model
 from icg.evaluation.report import write_report
+from icg.generation import Scorer
 
 logger = logging.getLogger(__name__)
 
-# A model-side score of covers for pairs: (pairs, uint8 (N, H, W, 3)) -> (N,).
-Scorer = Callable[[pd.DataFrame, np.ndarray], np.ndarray]
 __all__ = ["CoverSource", "choose_pairs", "evaluate_methods", "load_covers", "train_downstream"]
 
 
@@ -96,6 +95,7 @@ def evaluate_methods(
     configs: dict | None = None,
     curves: dict | None = None,
     seed: int = 0,
+    notes: Sequence[str] = (),
 ) -> dict:
     """Draw every method's covers for `pairs`, score them, write metrics.json and report.html.
 
@@ -107,6 +107,7 @@ def evaluate_methods(
         truth: a `icg.world.truth.Truth`, or None (no truth metrics).
         scorers: metric name -> model-side scorer (e.g. ``aesthetic_reward``,
             ``preference_score``); each method's value is the mean over its covers.
+        notes: paragraphs for the report (how the methods were drawn).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,7 @@ def evaluate_methods(
     rec: RecModel | None = None
     results: dict[str, dict] = {}
     covers: dict[str, np.ndarray] = {}
-    notes = []
+    notes = list(notes)
     if clip is not None and data.impressions is not None:
         rec, logged_auc = train_downstream(data, clip, image_size, seed=seed)
         notes.append(
@@ -151,7 +152,9 @@ def evaluate_methods(
                 m["rec_auc"] = soft_auc(s, scores["ctr"])
                 m["rec_ndcg10"] = ndcg_at_k(s, scores["ctr"], pairs["user_id"].to_numpy())
         for metric, scorer in (scorers or {}).items():
-            m[metric] = float(np.mean(scorer(pairs, images)))
+            m[metric] = float(
+                np.mean(scorer(pairs["user_id"].tolist(), pairs["item_id"].tolist(), images))
+            )
         results[name] = m
         logger.info(
             "%s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
@@ -203,16 +206,18 @@ METHODS = (
     "icg-aesthetic",
     "icg-relevance",
     "icg-preference",
+    "icg-single",
     "icg",
     "oracle",
 )
-# method -> (run subfolder with the adapter, personalized)
+# method -> (run subfolder with the adapter, personalized, best-of-K under the run's reward)
 ICG_METHODS = {
-    "icg": ("icg", True),
-    "icg-nouser": ("icg", False),
-    "icg-aesthetic": ("icg-aesthetic", True),
-    "icg-relevance": ("icg-relevance", True),
-    "icg-preference": ("icg-preference", True),
+    "icg": ("icg", True, True),
+    "icg-single": ("icg", True, False),
+    "icg-nouser": ("icg", False, True),
+    "icg-aesthetic": ("icg-aesthetic", True, True),
+    "icg-relevance": ("icg-relevance", True, True),
+    "icg-preference": ("icg-preference", True, True),
 }
 
 
@@ -254,6 +259,7 @@ def evaluate_run(
     num_inference_steps: int = 10,
     guidance_scale: float = 1.0,
     strength: float = 1.0,
+    candidates: int = 1,
     prompt_guidance_scale: float = 7.5,
     seed: int = 0,
     clip: str = "zoo:clip",
@@ -273,6 +279,8 @@ def evaluate_run(
             clusters, one cold-start user) unless ``pairs`` is given.
         num_inference_steps, guidance_scale, strength: sampling of the ICG methods (use what
             stage B trained with).
+        candidates: best-of-K sampling of the ICG methods (``icg-single`` excepted): K draws
+            per pair, the one the run's own reward rates best is kept (`load_run_reward`).
         prompt_guidance_scale: guidance of the text-only baselines (the base pipeline default).
         base, mllm: override the base model / MLLM the `icg` adapter records.
     """
@@ -286,6 +294,7 @@ def evaluate_run(
     from icg.models.paths import resolve_model_path
     from icg.pipeline import ICGPipeline
     from icg.rewards import AestheticReward, ClipTowers, PreferenceReward
+    from icg.training.reward import load_run_reward
 
     data_dir, run, out = Path(data_dir), Path(run), Path(out)
     unknown = sorted(set(methods or []) - set(METHODS))
@@ -298,7 +307,7 @@ def evaluate_run(
 
         truth = Truth(data_dir)
     available = {"reference"} | ({"oracle"} if truth is not None else set())
-    adapters = {m: f for m, (sub, _) in ICG_METHODS.items() if (f := adapter_folder(run, sub))}
+    adapters = {m: f for m, (sub, *_) in ICG_METHODS.items() if (f := adapter_folder(run, sub))}
     available |= set(adapters)
     main_adapter = adapters.get("icg") or next(iter(adapters.values()), None)
     if main_adapter is not None or base:
@@ -325,15 +334,18 @@ def evaluate_run(
     sample = {"num_inference_steps": num_inference_steps, "seed": seed}
 
     def icg_source(method: str) -> CoverSource:
-        personalize = ICG_METHODS[method][1]
+        sub, personalize, best_of_k = ICG_METHODS[method]
 
         def source(p: pd.DataFrame) -> np.ndarray:
             model = ICGModel.from_pretrained(adapters[method], mllm_model, processor)
             pipe = ICGPipeline(pipe_base, model)
+            k = candidates if best_of_k else 1
+            scorer = baselines.reward_scorer(load_run_reward(run / sub), data) if k > 1 else None
             try:
                 return baselines.generated_source(
                     pipe, data, covers, method, personalize=personalize, size=size,
-                    guidance_scale=guidance_scale, strength=strength, **sample,
+                    guidance_scale=guidance_scale, strength=strength, candidates=k,
+                    scorer=scorer, share=False, **sample,
                 )(p)  # fmt: skip
             finally:
                 pipe.remove_adapter()
@@ -363,23 +375,37 @@ def evaluate_run(
     }
     if (run / "preference" / "config.json").is_file():
         scorers["preference_score"] = baselines.reward_scorer(
-            PreferenceReward(str(run / "preference"), towers), data
+            PreferenceReward(str(run / "preference"), towers), data, "preference_probability"
         )
     if pairs is None:
         pairs = choose_pairs(data, n_users=n_users, n_items=n_items, seed=seed)
     configs = {"world": _read_yaml(data_dir / "world.yaml")}
-    for sub in ("preference", "align", *dict.fromkeys(s for s, _ in ICG_METHODS.values())):
+    for sub in ("preference", "align", *dict.fromkeys(s for s, *_ in ICG_METHODS.values())):
         for name in ("train_config.yaml", "config.yaml"):
             if (run / sub / name).is_file():
                 configs[sub] = _read_yaml(run / sub / name)
     configs["evaluation"] = {
         "data": str(data_dir), "run": str(run), "methods": wanted, "pairs": len(pairs),
-        "guidance_scale": guidance_scale, "strength": strength, "prompt_guidance_scale": prompt_guidance_scale,
+        "guidance_scale": guidance_scale, "strength": strength, "candidates": candidates,
+        "prompt_guidance_scale": prompt_guidance_scale,
         "base": base_name, "mllm": mllm_name, "clip": clip, "aesthetic": aesthetic, **sample,
     }  # fmt: skip
+    draw = (
+        "from pure noise" if strength >= 1.0 else f"from the reference cover at strength {strength}"
+    )
+    notes = [
+        f"ICG methods draw {draw} with {num_inference_steps} steps and guidance {guidance_scale}; "
+        + (
+            f"each keeps the best of {candidates} draws per pair under its own run's reward "
+            "(icg-nouser: no user embedding and icg's reward without the user, on the same noise "
+            "seeds as icg, so the two differ only by the user; icg-single: icg's first draw)."
+            if candidates > 1
+            else "one draw per pair."
+        )
+    ]
     return evaluate_methods(
         data, pairs, sources, out, clip=towers, truth=truth, scorers=scorers,
-        image_size=size, configs=configs, curves=read_curves(run), seed=seed,
+        image_size=size, configs=configs, curves=read_curves(run), seed=seed, notes=notes,
     )  # fmt: skip
 
 

@@ -267,6 +267,71 @@ def save_unet_lora(unet: torch.nn.Module, path: Path) -> None:
     tmp.replace(path)
 
 
+def build_rewards(
+    weights: dict[str, float],
+    *,
+    clip: str = "zoo:clip",
+    aesthetic_predictor: str = "zoo:aesthetic",
+    relevance_scale: str = "cosine",
+    preference: str | Path | None = None,
+):  # noqa: ANN201 - MultiReward
+    """The `MultiReward` of a stage-B configuration; rewards that share a CLIP share one copy."""
+    from icg.rewards import (
+        AestheticReward,
+        ClipTowers,
+        MultiReward,
+        PreferenceReward,
+        RelevanceReward,
+        build_reward,
+    )
+
+    clips: dict[str, ClipTowers] = {}
+
+    def towers(name: str) -> ClipTowers:
+        if name not in clips:
+            clips[name] = ClipTowers.from_pretrained(name)
+        return clips[name]
+
+    built = {}
+    for name in weights:
+        if name == "aesthetic":
+            built[name] = AestheticReward(towers(clip), aesthetic_predictor)
+        elif name == "relevance":
+            built[name] = RelevanceReward(towers(clip), scale=relevance_scale)
+        elif name == "preference":
+            from icg.models.preference import PreferenceModel
+
+            if preference is None:
+                raise ValueError("preference: the preference reward needs a preference model")
+            pm = PreferenceModel.from_pretrained(str(preference))
+            built[name] = PreferenceReward(pm, towers(pm.config.clip_name_or_path or clip))
+        else:
+            built[name] = build_reward(name)
+    return MultiReward(built, weights)
+
+
+def load_run_reward(run: str | Path):  # noqa: ANN201 - MultiReward
+    """The reward a finished stage-B run optimised, with its saved normalisation statistics, in
+    eval mode: ``RUN/config.yaml`` + ``RUN/reward_stats.safetensors`` (what `icg train reward`
+    writes). It scores covers for best-of-K sampling (`generate_covers(candidates=K)`)."""
+    run = Path(run)
+    config_file, stats_file = run / "config.yaml", run / STATS_FILE
+    for file in (config_file, stats_file):
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: missing; expected a finished `icg train reward` run")
+    cfg = yaml.safe_load(config_file.read_text()) or {}
+    preference = cfg.get("preference")
+    if preference is not None and not Path(preference).is_dir():
+        preference = run.parent / "preference"  # the run folder moved with its siblings
+    reward = build_rewards(
+        cfg["rewards"], clip=cfg.get("clip", "zoo:clip"),
+        aesthetic_predictor=cfg.get("aesthetic_predictor", "zoo:aesthetic"),
+        relevance_scale=cfg.get("relevance_scale", "cosine"), preference=preference,
+    )  # fmt: skip
+    reward.load_stats(stats_file)
+    return reward.eval()
+
+
 class _RunState:
     """What one checkpoint holds beside the optimizer: the ICG model, reward stats, UNet LoRA."""
 
@@ -433,37 +498,11 @@ class RewardRecipe:
             set_peft_model_state_dict(self.unet, load_file(str(ckpt / "model" / LORA_FILE)))
 
     def _build_rewards(self):  # noqa: ANN202 - MultiReward
-        from icg.rewards import (
-            AestheticReward,
-            ClipTowers,
-            MultiReward,
-            PreferenceReward,
-            RelevanceReward,
-            build_reward,
-        )
-
         cfg = self.config
-        clips: dict[str, ClipTowers] = {}
-
-        def clip(name: str) -> ClipTowers:
-            if name not in clips:
-                clips[name] = ClipTowers.from_pretrained(name)
-            return clips[name]
-
-        built = {}
-        for name in cfg.rewards:
-            if name == "aesthetic":
-                built[name] = AestheticReward(clip(cfg.clip), cfg.aesthetic_predictor)
-            elif name == "relevance":
-                built[name] = RelevanceReward(clip(cfg.clip), scale=cfg.relevance_scale)
-            elif name == "preference":
-                from icg.models.preference import PreferenceModel
-
-                pm = PreferenceModel.from_pretrained(str(cfg.preference))
-                built[name] = PreferenceReward(pm, clip(pm.config.clip_name_or_path or cfg.clip))
-            else:
-                built[name] = build_reward(name)
-        return MultiReward(built, cfg.rewards)
+        return build_rewards(
+            cfg.rewards, clip=cfg.clip, aesthetic_predictor=cfg.aesthetic_predictor,
+            relevance_scale=cfg.relevance_scale, preference=cfg.preference,
+        )  # fmt: skip
 
     @torch.no_grad()
     def _prepare_data(self, data) -> None:  # noqa: ANN001 - PlatformData
