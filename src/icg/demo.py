@@ -35,9 +35,9 @@ class DemoPlan:
     reward_lr: float = 1e-3
     drift_token_weight: float = 0.1
     # ICG draws from pure noise with CFG 3 and keeps the best of 8 draws under each run's own
-    # reward (seed-3 world, 128 pairs: one draw true CTR ~0.19-0.21, best of 8 ~0.28-0.29, the
-    # reference covers 0.266). Reference-guided drawing (strength 0.5, CFG 1, one draw) reached
-    # only 0.185; CFG 1 from noise 0.11.
+    # reward (seed-3 world, 96 pairs: one draw true CTR 0.193, best of 8 0.307, the reference
+    # covers 0.268). Reference-guided drawing (strength 0.5, CFG 1, one draw) reached 0.185 on
+    # 128 pairs; CFG 1 from noise about 0.11.
     num_inference_steps: int = 10
     guidance_scale: float = 3.0
     strength: float = 1.0
