@@ -213,10 +213,10 @@ def generate_covers(
         return [(u, i, k) for k in range(candidates)]
 
     wanted = list(zip(pairs["user_id"], pairs["item_id"], strict=True))
-    picks = _pick([(u, i, options(u, i)) for u, i in wanted], paths, scorer, personalize)
+    picks = _pick([(u if personalize else "", options(u, i)) for u, i in wanted], paths, scorer)
+    segment_of = {f"segment-{s}": s for s in range(len(centroids))} if segments else {}
     rows = []
     for (u, i), (draw, score) in zip(wanted, picks, strict=True):
-        key_user, _, k = draw
         rows.append(
             {
                 "user_id": u,
@@ -224,8 +224,8 @@ def generate_covers(
                 "method": method,
                 "path": str(paths[draw]),
                 "seed": pair_seed(seed, *draw),
-                "segment": int(key_user.split("-")[1]) if key_user.startswith("segment-") else -1,
-                "candidate": k,
+                "segment": segment_of.get(draw[0], -1),
+                "candidate": draw[2],
                 "score": score,
             }
         )
@@ -234,27 +234,23 @@ def generate_covers(
     return manifest
 
 
-def _pick(requests, paths, scorer: Scorer | None, personalize: bool) -> list[tuple[tuple, float]]:
-    """Per ``(user, item, options)`` request, the option the scorer rates best for the user
-    (and its score); a single option needs no scorer. Options shared by requests of the same
-    user are scored once."""
+def _pick(requests, paths, scorer: Scorer | None) -> list[tuple[tuple, float]]:
+    """Per ``(scoring user, options)`` request, the option the scorer rates best for that user
+    (``""``: no user) and its score; without a scorer (one option each) the option and NaN.
+    An option shared by requests of the same user is scored once."""
+    if scorer is None:
+        return [(opts[0], float("nan")) for _, opts in requests]
+    needed = list(dict.fromkeys((u, o) for u, opts in requests for o in opts))
     scores: dict[tuple, float] = {}
-    needed = [
-        (u if personalize else "", o)
-        for u, _, opts in requests
-        if len(opts) > 1 or scorer is not None
-        for o in opts
-    ]
-    needed = list(dict.fromkeys(needed))
     for start in range(0, len(needed), 256):
         chunk = needed[start : start + 256]
         images = np.stack([np.asarray(Image.open(paths[o]).convert("RGB")) for _, o in chunk])
         values = scorer([u for u, _ in chunk], [o[1] for _, o in chunk], images)
         scores.update({key: float(v) for key, v in zip(chunk, values, strict=True)})
     picks = []
-    for u, _, opts in requests:
-        rated = [scores.get((u if personalize else "", o), float("nan")) for o in opts]
-        best = int(np.nanargmax(rated)) if len(opts) > 1 else 0
+    for u, opts in requests:
+        rated = [scores[(u, o)] for o in opts]
+        best = int(np.nanargmax(rated))
         picks.append((opts[best], rated[best]))
     return picks
 

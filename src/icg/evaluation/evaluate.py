@@ -333,6 +333,15 @@ def evaluate_run(
     covers = out / "covers"
     sample = {"num_inference_steps": num_inference_steps, "seed": seed}
 
+    clips: dict = {}  # CLIP towers shared by the evaluation and every run's reward
+    run_scorers: dict[str, Scorer] = {}
+
+    def run_scorer(sub: str) -> Scorer:
+        """The reward run ``sub`` optimised, loaded once (icg and icg-nouser share it)."""
+        if sub not in run_scorers:
+            run_scorers[sub] = baselines.reward_scorer(load_run_reward(run / sub, clips), data)
+        return run_scorers[sub]
+
     def icg_source(method: str) -> CoverSource:
         sub, personalize, best_of_k = ICG_METHODS[method]
 
@@ -340,7 +349,7 @@ def evaluate_run(
             model = ICGModel.from_pretrained(adapters[method], mllm_model, processor)
             pipe = ICGPipeline(pipe_base, model)
             k = candidates if best_of_k else 1
-            scorer = baselines.reward_scorer(load_run_reward(run / sub), data) if k > 1 else None
+            scorer = run_scorer(sub) if k > 1 else None
             try:
                 return baselines.generated_source(
                     pipe, data, covers, method, personalize=personalize, size=size,
@@ -369,7 +378,7 @@ def evaluate_run(
         else:
             sources[m] = icg_source(m)
 
-    towers = ClipTowers.from_pretrained(clip)
+    towers = clips[clip] = ClipTowers.from_pretrained(clip)
     scorers = {
         "aesthetic_reward": baselines.reward_scorer(AestheticReward(towers, aesthetic), data)
     }

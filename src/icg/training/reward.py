@@ -274,8 +274,10 @@ def build_rewards(
     aesthetic_predictor: str = "zoo:aesthetic",
     relevance_scale: str = "cosine",
     preference: str | Path | None = None,
+    clips: dict | None = None,
 ):  # noqa: ANN201 - MultiReward
-    """The `MultiReward` of a stage-B configuration; rewards that share a CLIP share one copy."""
+    """The `MultiReward` of a stage-B configuration; rewards that share a CLIP share one copy
+    (``clips``: name → `ClipTowers`, a cache to share across calls; filled as models load)."""
     from icg.rewards import (
         AestheticReward,
         ClipTowers,
@@ -285,7 +287,7 @@ def build_rewards(
         build_reward,
     )
 
-    clips: dict[str, ClipTowers] = {}
+    clips = {} if clips is None else clips
 
     def towers(name: str) -> ClipTowers:
         if name not in clips:
@@ -310,10 +312,11 @@ def build_rewards(
     return MultiReward(built, weights)
 
 
-def load_run_reward(run: str | Path):  # noqa: ANN201 - MultiReward
+def load_run_reward(run: str | Path, clips: dict | None = None):  # noqa: ANN201 - MultiReward
     """The reward a finished stage-B run optimised, with its saved normalisation statistics, in
     eval mode: ``RUN/config.yaml`` + ``RUN/reward_stats.safetensors`` (what `icg train reward`
-    writes). It scores covers for best-of-K sampling (`generate_covers(candidates=K)`)."""
+    writes). It scores covers for best-of-K sampling (`generate_covers(candidates=K)`).
+    ``clips`` shares loaded CLIP towers across runs (see `build_rewards`)."""
     run = Path(run)
     config_file, stats_file = run / "config.yaml", run / STATS_FILE
     for file in (config_file, stats_file):
@@ -326,7 +329,7 @@ def load_run_reward(run: str | Path):  # noqa: ANN201 - MultiReward
     reward = build_rewards(
         cfg["rewards"], clip=cfg.get("clip", "zoo:clip"),
         aesthetic_predictor=cfg.get("aesthetic_predictor", "zoo:aesthetic"),
-        relevance_scale=cfg.get("relevance_scale", "cosine"), preference=preference,
+        relevance_scale=cfg.get("relevance_scale", "cosine"), preference=preference, clips=clips,
     )  # fmt: skip
     reward.load_stats(stats_file)
     return reward.eval()
