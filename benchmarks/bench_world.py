@@ -34,7 +34,9 @@ def main() -> None:
         print(f"render {size}px: {rate:,.0f} covers/s ({rate / base:.3f}x of 64px)")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        generate_world(Path(tmp) / "w", WorldConfig(n_items=500, n_users=200, n_impressions=50_000, seed=3))
+        generate_world(
+            Path(tmp) / "w", WorldConfig(n_items=500, n_users=200, n_impressions=50_000, seed=3)
+        )
         print(f"world 500 items x 200 users x 50k impressions: {time.perf_counter() - start:.1f} s")
 
 

@@ -7,13 +7,13 @@ import torch
 from diffusers import StableDiffusionPipeline
 from model_fixtures import get_dummy_components, perturb_, tiny_qwen2vl
 
+from icg.config import load_config
 from icg.data.testing import write_tiny_dataset
 from icg.training.align import (
     AlignConfig,
     AlignRecipe,
     NonFiniteLossError,
     batch_indices,
-    load_config,
     run_align,
 )
 from icg.training.checkpoints import list_checkpoints
@@ -110,7 +110,7 @@ def test_config_validation_and_batches(tmp_path, data_dir):
         AlignConfig(data=data_dir, out=tmp_path, batch_size=0)
     file = tmp_path / "a.yaml"
     file.write_text("max_steps: 7\nlearning_rate: 0.5\n")
-    cfg = load_config(file, data=data_dir, out=tmp_path, max_steps=None)
+    cfg = load_config(AlignConfig, file, data=data_dir, out=tmp_path, max_steps=None)
     assert cfg.max_steps == 7 and cfg.learning_rate == 0.5
     seen = [i for s in range(4) for i in batch_indices(6, 3, s, seed=1)]
     assert sorted(seen[:6]) == list(range(6)) and sorted(seen[6:]) == list(range(6))

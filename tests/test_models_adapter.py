@@ -8,14 +8,14 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from model_fixtures import get_dummy_components, get_dummy_sdxl_components
 
 from icg.models.adapter import CoverAdapter, cross_attention_layers
-from icg.models.attention import ICGAttnProcessor, PassthroughProcessor
+from icg.models.attention import ICG_TOKENS_KWARG, ICGAttnProcessor, PassthroughProcessor
 from icg.models.user_refiner import UserRefiner
 
 K, D = 3, 16
 
 
 def _run(pipe, tokens=None, seed=0):
-    kwargs = {"cross_attention_kwargs": {"icg_tokens": tokens}} if tokens is not None else {}
+    kwargs = {"cross_attention_kwargs": {ICG_TOKENS_KWARG: tokens}} if tokens is not None else {}
     return pipe(
         ["red cat", "blue sea"],
         num_inference_steps=2,
@@ -91,7 +91,7 @@ def test_icg_tokens_batch_mismatch_is_explained():
             torch.randn(2, 4, 8, 8),
             10,
             torch.randn(2, 5, 32),
-            cross_attention_kwargs={"icg_tokens": torch.randn(1, K, 32)},
+            cross_attention_kwargs={ICG_TOKENS_KWARG: torch.randn(1, K, 32)},
         )
 
 

@@ -9,6 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from model_fixtures import get_dummy_components, perturb_, tiny_icg, tiny_qwen2vl
 
+from icg.config import load_config
 from icg.data.testing import write_tiny_dataset
 from icg.models.preference import PreferenceModel
 from icg.rewards import AestheticReward, MultiReward, PreferenceReward, RelevanceReward
@@ -19,7 +20,6 @@ from icg.training.reward import (
     CURVES,
     RewardConfig,
     RewardRecipe,
-    load_config,
     run_reward,
     sample_truncation,
     start_step,
@@ -256,7 +256,9 @@ def test_config_validation(world, tmp_path):
         )  # fmt: skip
     file = tmp_path / "b.yaml"
     file.write_text("max_steps: 7\ntruncation_k: 2\n")
-    cfg = load_config(file, data=data, init=init, out=tmp_path, rewards={"relevance": 1.0})
+    cfg = load_config(
+        RewardConfig, file, data=data, init=init, out=tmp_path, rewards={"relevance": 1.0}
+    )
     assert cfg.max_steps == 7 and cfg.truncation_k == 2 and cfg.rewards == {"relevance": 1.0}
 
 
@@ -283,7 +285,7 @@ def test_reference_guided_sampling_starts_part_way_from_the_reference(world, tmp
 def test_load_run_reward_restores_weights_and_statistics(tmp_path):
     import yaml
 
-    from icg.training.reward import STATS_FILE, build_rewards, load_run_reward
+    from icg.rewards.factory import STATS_FILE, build_rewards, load_run_reward
 
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         load_run_reward(tmp_path)

@@ -66,11 +66,13 @@ def test_align_training_never_opens_truth(tmp_path: Path, monkeypatch):
         opened.append(os.fspath(path))
         return real_os_open(path, *args, **kwargs)
 
-    from icg.training.align import load_config, run_align
+    from icg.config import load_config
+    from icg.training.align import AlignConfig, run_align
 
     base, model = tiny_icg(user_dim=6)
     mllm, processor = model.encoder.mllm, model.encoder.processor
     cfg = load_config(
+        AlignConfig,
         None,
         data=world,
         out=tmp_path / "run",

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from icg.config import load_config
 from icg.world.attributes import MOTIFS, PALETTES, STYLE_DIMS, CoverSpec, Defects
 from icg.world.clicks import examination, sigmoid, simulate
 from icg.world.config import WorldConfig
@@ -51,7 +52,7 @@ def test_layout(world: Path):
     assert len(users["embedding"].iloc[0]) == SMALL.embedding_dim
     cold = pd.read_parquet(world / "truth" / "users.parquet").query("cold_start")["user_id"]
     assert len(cold) > 0 and not set(cold) & set(imp["user_id"])
-    assert WorldConfig.from_yaml(world / "world.yaml") == SMALL
+    assert load_config(WorldConfig, world / "world.yaml") == SMALL
 
 
 def test_seed_determinism(world: Path, tmp_path: Path):
@@ -69,7 +70,7 @@ def test_refuses_to_clobber(world: Path):
 def test_config_yaml_rejects_unknown_field(tmp_path: Path):
     (tmp_path / "w.yaml").write_text("n_items: 3\nn_itemz: 4\n")
     with pytest.raises(ValueError, match="n_itemz"):
-        WorldConfig.from_yaml(tmp_path / "w.yaml")
+        load_config(WorldConfig, tmp_path / "w.yaml")
 
 
 def test_click_model_reproduces_ctr_and_position_curve():

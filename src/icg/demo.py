@@ -86,7 +86,7 @@ def run_demo(
     world, run = out / "world", out / "run"
     timings: dict[str, float] = {}
 
-    def stage(name: str, done: bool, fn) -> None:  # noqa: ANN001
+    def stage(name: str, done: bool, fn) -> None:
         if done:
             console.print(f"[bold]{name}[/]: done already, skipped")
             return

@@ -5,7 +5,7 @@
 Per-user generation serves small catalogs; `segments=S` clusters user embeddings and generates
 one cover per (segment, item), the way to serve millions of users, then picks per user.
 `candidates=K` is best-of-K sampling: K draws per pair (own seeds), and the scorer (e.g. the
-reward a stage-B run optimised, `icg.training.reward.load_run_reward`) keeps the best one, as
+reward a stage-B run optimised, `icg.rewards.factory.load_run_reward`) keeps the best one, as
 best-of-n sampling against a reward model (Nakano et al. 2021, WebGPT; Gao et al. 2023,
 "Scaling Laws for Reward Model Overoptimization").
 """

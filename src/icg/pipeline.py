@@ -3,7 +3,7 @@
 ICG (EMNLP 2025, Sec. 3) = item features from the MLLM at meta tokens (cached per item) →
 user refiner → cover adapter → decoupled cross-attention in the base UNet. The base pipeline
 (``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``) runs unchanged; the ICG tokens
-reach the UNet through ``cross_attention_kwargs={"icg_tokens": ...}``.
+reach the UNet through ``cross_attention_kwargs={ICG_TOKENS_KWARG: ...}``.
 
 Classifier-free guidance: the unconditional branch is the base pipeline's own (empty prompt) with
 **zero ICG tokens**. Since ``to_v_icg`` has no bias, zero tokens contribute exactly nothing, so
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from icg.models.attention import ICG_TOKENS_KWARG
 from icg.models.icg_model import ICGModel
 from icg.models.paths import resolve_model_path
 
@@ -235,13 +236,13 @@ class ICGPipeline:
                 guidance_scale=guidance_scale,
                 generator=generator,
                 output_type=output_type,
-                cross_attention_kwargs={"icg_tokens": tokens},
+                cross_attention_kwargs={ICG_TOKENS_KWARG: tokens},
                 **base_kwargs,
             )
         finally:
             self.model.adapter.set_scale(previous)
 
-    def _image_to_image(self):  # noqa: ANN202 - a diffusers image-to-image pipeline
+    def _image_to_image(self):
         if self._img2img is None:
             from diffusers import AutoPipelineForImage2Image
 

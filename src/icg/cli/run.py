@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
+
 
 def generate(
     adapter: Annotated[
@@ -70,7 +72,7 @@ def generate(
 
         scorer = reward_scorer(PreferenceReward(str(preference)), dataset)
     elif candidates > 1:
-        from icg.training.reward import load_run_reward
+        from icg.rewards.factory import load_run_reward
 
         try:
             scorer = reward_scorer(load_run_reward(adapter), dataset)
@@ -104,8 +106,8 @@ def evaluate(
         typer.Option("--candidates", help="ICG methods: best-of-K under each run's own reward."),
     ] = 1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    clip: Annotated[str, typer.Option("--clip")] = "zoo:clip",
-    aesthetic: Annotated[str, typer.Option("--aesthetic")] = "zoo:aesthetic",
+    clip: Annotated[str, typer.Option("--clip")] = DEFAULT_CLIP,
+    aesthetic: Annotated[str, typer.Option("--aesthetic")] = DEFAULT_AESTHETIC,
     base: Annotated[str | None, typer.Option("--base", help="Override the base model.")] = None,
 ) -> None:
     """Score every method's covers on the same pairs: metrics.json and report.html."""

@@ -38,11 +38,19 @@ def align(
     ] = False,
 ) -> None:
     """Stage A: align the ICG adapter with the denoising loss on clicked covers."""
-    from icg.training.align import load_config, run_align
+    from icg.config import load_config
+    from icg.training.align import AlignConfig, run_align
 
     try:
         cfg = load_config(
-            config, data=data, out=out, base=base, mllm=mllm, max_steps=max_steps, seed=seed
+            AlignConfig,
+            config,
+            data=data,
+            out=out,
+            base=base,
+            mllm=mllm,
+            max_steps=max_steps,
+            seed=seed,
         )
     except (ValidationError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err
@@ -81,11 +89,12 @@ def preference(
     ] = False,
 ) -> None:
     """Fit the position-debiased preference model on click logs; print AUC beside the Bayes AUC."""
+    from icg.config import load_config
     from icg.evaluation.preference_eval import evaluate_preference_run, has_truth
     from icg.training.preference import PreferenceConfig, fit_preference, train_preference
 
     try:
-        cfg = PreferenceConfig.from_yaml(config) if config else PreferenceConfig()
+        cfg = load_config(PreferenceConfig, config)
         updates = {"clip": clip, "debias": debias, "epochs": epochs}
         cfg = PreferenceConfig(**{**cfg.model_dump(), **{k: v for k, v in updates.items() if v}})
     except (ValidationError, ValueError) as err:
@@ -145,12 +154,14 @@ def reward(
     ] = False,
 ) -> None:
     """Stage B: multi-reward alignment (DRaFT-K) of meta tokens, refiner and adapter."""
+    from icg.config import load_config
     from icg.evaluation.preference_eval import TruthProbe, has_truth
     from icg.rewards import parse_weights
-    from icg.training.reward import load_config, run_reward
+    from icg.training.reward import RewardConfig, run_reward
 
     try:
         cfg = load_config(
+            RewardConfig,
             config, data=data, init=init, out=out, preference=preference,
             rewards=parse_weights(rewards) if rewards else None, max_steps=max_steps,
         )  # fmt: skip

@@ -23,11 +23,12 @@ def generate(
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
 ) -> None:
     """Generate a CoverWorld: platform data, covers and the hidden truth/."""
+    from icg.config import load_config
     from icg.world.config import WorldConfig
     from icg.world.generate import generate_world
     from icg.world.summary import platform_summary
 
-    cfg = WorldConfig.from_yaml(config) if config else WorldConfig()
+    cfg = load_config(WorldConfig, config)
     overrides = {"n_items": items, "n_users": users, "n_impressions": impressions, "seed": seed}
     cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     cfg = WorldConfig(**cfg.model_dump())  # validate the overrides

@@ -67,7 +67,7 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def _open_file(path: Path):  # noqa: ANN202 - a binary file object
+def _open_file(path: Path):
     """``open(path, "rb")``, with a missing or unreadable file as an `ImageLoadError`."""
     try:
         return open(path, "rb")  # noqa: SIM115 - the caller closes it

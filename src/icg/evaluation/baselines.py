@@ -59,8 +59,8 @@ class PromptDrawer:
     def __call__(
         self,
         titles: Sequence[str],
-        images=None,  # noqa: ANN001 - reference images (the writer may read them)
-        user_embeddings=None,  # noqa: ANN001 - ignored: the base model has no user
+        images=None,
+        user_embeddings=None,
         item_keys: Sequence[str] | None = None,
         **kwargs,
     ) -> SimpleNamespace:
@@ -92,7 +92,7 @@ class MllmPromptWriter:
         self.max_new_tokens = max_new_tokens
 
     @torch.no_grad()
-    def __call__(self, titles: Sequence[str], images) -> list[str]:  # noqa: ANN001
+    def __call__(self, titles: Sequence[str], images) -> list[str]:
         from icg.pipeline import ICGPipeline
 
         pics = [ICGPipeline._load(im) for im in images]
@@ -150,7 +150,7 @@ def reference_source(data, size: int) -> CoverSource:
     return lambda pairs: load_covers(images.loc[pairs["item_id"]].tolist(), size)
 
 
-def oracle_source(truth) -> CoverSource:  # noqa: ANN001 - icg.world.truth.Truth
+def oracle_source(truth) -> CoverSource:
     """The truth's CTR-optimal cover (CoverWorld only)."""
     return lambda pairs: truth.oracle_covers(pairs["user_id"], pairs["item_id"])
 

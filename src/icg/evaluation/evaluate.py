@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
 from icg.evaluation.baselines import CoverSource, load_covers
 from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
 from icg.evaluation.recsys import RecModel, ndcg_at_k, soft_auc, train_rec_model
@@ -262,8 +263,8 @@ def evaluate_run(
     candidates: int = 1,
     prompt_guidance_scale: float = 7.5,
     seed: int = 0,
-    clip: str = "zoo:clip",
-    aesthetic: str = "zoo:aesthetic",
+    clip: str = DEFAULT_CLIP,
+    aesthetic: str = DEFAULT_AESTHETIC,
     base: str | None = None,
     mllm: str | None = None,
     pairs: pd.DataFrame | None = None,
@@ -294,7 +295,7 @@ def evaluate_run(
     from icg.models.paths import resolve_model_path
     from icg.pipeline import ICGPipeline
     from icg.rewards import AestheticReward, ClipTowers, PreferenceReward
-    from icg.training.reward import load_run_reward
+    from icg.rewards.factory import load_run_reward
 
     data_dir, run, out = Path(data_dir), Path(run), Path(out)
     unknown = sorted(set(methods or []) - set(METHODS))

@@ -22,7 +22,7 @@ def has_truth(world_dir: str | Path) -> bool:
     return (Path(world_dir) / TRUTH_DIR / "impressions.parquet").is_file()
 
 
-def bayes_auc(world_dir: str | Path, event_ids, clicked) -> float:  # noqa: ANN001 - array-likes
+def bayes_auc(world_dir: str | Path, event_ids, clicked) -> float:
     """AUC of the true click probability on the given events: the best any model can reach.
 
     Args:
@@ -43,7 +43,7 @@ def bayes_auc(world_dir: str | Path, event_ids, clicked) -> float:  # noqa: ANN0
     return auc(p.to_numpy(), np.asarray(clicked))
 
 
-def true_taste_matrix(world_dir: str | Path, user_ids, covers) -> np.ndarray:  # noqa: ANN001
+def true_taste_matrix(world_dir: str | Path, user_ids, covers) -> np.ndarray:
     """True taste match ``(U, C)`` of users for platform covers, from the covers' style levels.
 
     Args:
@@ -81,11 +81,11 @@ def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def taste_ranking(
-    model,  # noqa: ANN001 - icg.models.preference.PreferenceModel
+    model,
     world_dir: str | Path,
-    cover_paths,  # noqa: ANN001 - sequence of paths
+    cover_paths,
     cover_embeddings: torch.Tensor,
-    user_ids,  # noqa: ANN001
+    user_ids,
     user_embeddings: torch.Tensor | None,
 ) -> dict[str, float]:
     """How well the model's attractiveness ranks covers by each user's true taste match.
@@ -125,7 +125,7 @@ def taste_ranking(
 def evaluate_preference_run(
     world_dir: str | Path,
     result,
-    data,  # noqa: ANN001 - FitResult, PreferenceData
+    data,
 ) -> dict[str, float]:
     """The truth-side report of one fit: validation AUC beside the Bayes AUC, and taste ranking
     over the users with history (an empty dict when the folder has no truth)."""
@@ -169,7 +169,7 @@ class TruthProbe:
         self.seed = seed
         self.pairs: list[tuple[str, str]] | None = None
 
-    def __call__(self, recipe, step: int) -> dict[str, float]:  # noqa: ANN001 - RewardRecipe
+    def __call__(self, recipe, step: int) -> dict[str, float]:
         if self.pairs is None:
             rng = np.random.default_rng(self.seed)
             rows = rng.choice(

@@ -121,11 +121,11 @@ class PreferenceModel(ModelMixin, ConfigMixin):
         self._item_rows = {i: k for k, i in enumerate(item_ids or [])}
 
     # ---- lookups ---------------------------------------------------------------------------
-    def user_index(self, user_ids) -> torch.Tensor:  # noqa: ANN001 - any iterable of ids
+    def user_index(self, user_ids) -> torch.Tensor:
         """Rows of the user table for ids (``-1``: unknown, i.e. no history)."""
         return torch.tensor([self._user_rows.get(str(u), -1) for u in user_ids], dtype=torch.long)
 
-    def item_index(self, item_ids) -> torch.Tensor:  # noqa: ANN001
+    def item_index(self, item_ids) -> torch.Tensor:
         """Rows of the item-bias table for ids (``-1``: unknown item)."""
         return torch.tensor([self._item_rows.get(str(i), -1) for i in item_ids], dtype=torch.long)
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
 from icg.rewards.base import Reward, register_reward
 from icg.rewards.clip import ClipTowers, resolve_name
 
@@ -42,7 +43,9 @@ class AestheticReward(Reward):
     """
 
     def __init__(
-        self, clip: ClipTowers | str = "zoo:clip", predictor: nn.Module | str = "zoo:aesthetic"
+        self,
+        clip: ClipTowers | str = DEFAULT_CLIP,
+        predictor: nn.Module | str = DEFAULT_AESTHETIC,
     ) -> None:
         super().__init__()
         self.clip = clip if isinstance(clip, ClipTowers) else ClipTowers.from_pretrained(clip)
@@ -50,6 +53,10 @@ class AestheticReward(Reward):
             predictor if isinstance(predictor, nn.Module) else load_aesthetic_predictor(predictor)
         )
         self.freeze()
+
+    @classmethod
+    def from_sources(cls, sources: Any) -> AestheticReward:
+        return cls(sources.towers(), sources.aesthetic_predictor)
 
     def forward(
         self,

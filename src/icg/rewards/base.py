@@ -55,6 +55,12 @@ class Reward(nn.Module):
                 f"users: expected ({images.shape[0]}, E) or None, got {tuple(users.shape)}"
             )
 
+    @classmethod
+    def from_sources(cls, sources: Any) -> Reward:
+        """Build from a `icg.rewards.factory.RewardSources` (where models come from). Rewards
+        that need a CLIP, a predictor or a preference model override this; others take none."""
+        return cls()
+
     def forward(
         self,
         images: torch.Tensor,
@@ -82,10 +88,18 @@ def available_rewards() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_reward(name: str, **kwargs: Any) -> Reward:
-    """Build a registered reward by name (``aesthetic``, ``relevance``, ``preference``, ...)."""
+def build_reward(name: str, sources: Any = None, **kwargs: Any) -> Reward:
+    """Build a registered reward by name (``aesthetic``, ``relevance``, ``preference``, ...).
+
+    With ``sources`` (a `icg.rewards.factory.RewardSources`) the reward's ``from_sources`` picks
+    its models; otherwise ``kwargs`` go to its constructor.
+    """
     if name not in _REGISTRY:
         raise KeyError(f"reward {name!r}: unknown, expected one of {available_rewards()}")
-    reward = _REGISTRY[name](**kwargs)
+    factory = _REGISTRY[name]
+    if sources is not None and hasattr(factory, "from_sources"):
+        reward = factory.from_sources(sources, **kwargs)
+    else:
+        reward = factory(**kwargs)
     reward.name = name
     return reward.freeze()

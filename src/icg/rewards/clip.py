@@ -41,10 +41,10 @@ class ClipPreprocess:
     std: tuple[float, float, float] = OPENAI_CLIP_STD
 
     @classmethod
-    def from_image_processor(cls, processor) -> ClipPreprocess:  # noqa: ANN001 - any CLIPImageProcessor
+    def from_image_processor(cls, processor) -> ClipPreprocess:
         """Read the numbers off a ``CLIPImageProcessor``, its config dict, or anything shaped alike."""
 
-        def field(obj, key):  # noqa: ANN001, ANN202 - dict, SizeDict or object
+        def field(obj, key):
             if obj is None:
                 return None
             return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
@@ -138,7 +138,7 @@ class ClipTowers(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        tokenizer=None,  # noqa: ANN001 - any transformers tokenizer
+        tokenizer=None,
         preprocess: ClipPreprocess | None = None,
         name_or_path: str | None = None,
     ) -> None:

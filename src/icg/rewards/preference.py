@@ -59,6 +59,13 @@ class PreferenceReward(Reward):
         self.output = output
         self.freeze()
 
+    @classmethod
+    def from_sources(cls, sources: Any) -> PreferenceReward:
+        if sources.preference is None:
+            raise ValueError("preference: the preference reward needs a preference model")
+        model = PreferenceModel.from_pretrained(str(sources.preference))
+        return cls(model, sources.towers(model.config.clip_name_or_path))
+
     def forward(
         self,
         images: torch.Tensor,

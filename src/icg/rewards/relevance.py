@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from icg.config import DEFAULT_CLIP
 from icg.rewards.base import Reward, register_reward
 from icg.rewards.clip import ClipTowers
 
@@ -43,7 +44,10 @@ class RelevanceReward(Reward):
     """
 
     def __init__(
-        self, clip: ClipTowers | str = "zoo:clip", scale: str = "cosine", template: str = "{title}"
+        self,
+        clip: ClipTowers | str = DEFAULT_CLIP,
+        scale: str = "cosine",
+        template: str = "{title}",
     ) -> None:
         super().__init__()
         if scale not in SCALES:
@@ -52,6 +56,10 @@ class RelevanceReward(Reward):
         self.scale = scale
         self.template = template
         self.freeze()
+
+    @classmethod
+    def from_sources(cls, sources: Any) -> RelevanceReward:
+        return cls(sources.towers(), scale=sources.relevance_scale)
 
     def forward(
         self,

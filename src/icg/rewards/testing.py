@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from icg.config import DEFAULT_CLIP
 from icg.rewards.clip import ClipPreprocess, ClipTowers
 
 WORDS = (
@@ -13,7 +14,7 @@ WORDS = (
 ).split()
 
 
-def tiny_clip_tokenizer(max_length: int = 16):  # noqa: ANN201 - PreTrainedTokenizerFast
+def tiny_clip_tokenizer(max_length: int = 16):
     """A word-level fast tokenizer over ``WORDS`` (pad, unk, bos, eos first)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -70,6 +71,6 @@ def tiny_clip(seed: int = 0, image_size: int = 32, projection_dim: int = 16) -> 
 def zoo_or_tiny_clip() -> tuple[ClipTowers, bool]:
     """The shipped ``zoo:clip`` when it is trained, else `tiny_clip`; and whether it is the zoo's."""
     try:
-        return ClipTowers.from_pretrained("zoo:clip"), True
+        return ClipTowers.from_pretrained(DEFAULT_CLIP), True
     except (FileNotFoundError, KeyError, OSError, ValueError):
         return tiny_clip(), False

@@ -22,11 +22,12 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from icg.config import DEFAULT_BASE, DEFAULT_MLLM
+from icg.io import atomic_save_dir
+from icg.models.attention import ICG_TOKENS_KWARG
 from icg.training.checkpoints import (
-    atomic_save_dir,
     latest_checkpoint,
     load_optimizer_state,
     load_trainer_state,
@@ -44,8 +45,8 @@ class AlignConfig(BaseModel):
 
     data: Path
     out: Path
-    base: str = "zoo:sd"
-    mllm: str = "zoo:mllm"
+    base: str = DEFAULT_BASE
+    mllm: str = DEFAULT_MLLM
     seed: int = 0
     max_steps: int = Field(1000, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -73,17 +74,6 @@ class AlignConfig(BaseModel):
         return self
 
 
-def load_config(file: str | Path | None = None, **overrides) -> AlignConfig:
-    """Read a YAML config (optional) and apply non-``None`` overrides, then validate."""
-    values = {}
-    if file is not None:
-        values = yaml.safe_load(Path(file).read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{file}: expected a YAML mapping, got {type(values).__name__}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return AlignConfig(**values)
-
-
 class NonFiniteLossError(RuntimeError):
     """The loss or the gradients became NaN/inf; training stopped before saving anything."""
 
@@ -109,7 +99,7 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> l
 
 
 @torch.no_grad()
-def encode_prompt(tokenizer, text_encoder, text: str) -> torch.Tensor:  # noqa: ANN001
+def encode_prompt(tokenizer, text_encoder, text: str) -> torch.Tensor:
     """The base model's text states ``(L, C_text)`` of one prompt, padded as SD pipelines do."""
     ids = tokenizer(
         [text],
@@ -122,7 +112,7 @@ def encode_prompt(tokenizer, text_encoder, text: str) -> torch.Tensor:  # noqa: 
 
 
 @torch.no_grad()
-def encode_images(vae, images: Sequence, size: int) -> torch.Tensor:  # noqa: ANN001
+def encode_images(vae, images: Sequence, size: int) -> torch.Tensor:
     """Scaled VAE latents ``(N, C, h, w)`` of images (paths through the safe loader, or PIL),
     resized to ``size``; each distinct entry is encoded once."""
     from PIL import Image
@@ -352,7 +342,7 @@ class AlignRecipe:
         ).to(device)  # (B, L, C_text)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         pred = self.unet(
-            noisy, t, text, cross_attention_kwargs={"icg_tokens": tokens.to(self.unet.dtype)}
+            noisy, t, text, cross_attention_kwargs={ICG_TOKENS_KWARG: tokens.to(self.unet.dtype)}
         ).sample
         target = diffusion_target(self.noise_scheduler, latents, noise, t)
         return F.mse_loss(pred.float(), target.float())

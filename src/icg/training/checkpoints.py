@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel
+
+from icg.io import atomic_save_dir, atomic_write_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -33,32 +35,6 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     """The newest complete checkpoint, or ``None``."""
     found = list_checkpoints(directory)
     return found[-1] if found else None
-
-
-def atomic_save_dir(target: str | Path, write) -> Path:
-    """Call ``write(tmp_dir)`` on a temporary sibling folder, then rename it to ``target``.
-
-    An existing ``target`` is replaced only after the new one is complete.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{os.getpid()}"
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def save_checkpoint(
@@ -103,16 +79,6 @@ def load_optimizer_state(checkpoint: str | Path, optimizer: torch.optim.Optimize
     optimizer.load_state_dict(state)
 
 
-def write_run_config(out: str | Path, config) -> Path:  # noqa: ANN001 - a pydantic model
+def write_run_config(out: str | Path, config: BaseModel) -> Path:
     """Write the resolved run configuration to ``out/config.yaml`` atomically (for reports)."""
-    import tempfile
-
-    import yaml
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".config-", suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(config.model_dump(mode="json"), f, sort_keys=False)
-    os.replace(tmp, out / "config.yaml")
-    return out / "config.yaml"
+    return atomic_write_yaml(Path(out) / "config.yaml", config.model_dump(mode="json"))

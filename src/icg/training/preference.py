@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from icg.config import DEFAULT_CLIP
 from icg.models.preference import PreferenceModel, ips_loss, pbm_log_likelihood
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class PreferenceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    clip: str = "zoo:clip"
+    clip: str = DEFAULT_CLIP
     source: Literal["auto", "impressions", "feedback"] = "auto"
     negatives_per_positive: int = Field(4, ge=1)
     debias: Literal["pbm", "ips", "none"] = "pbm"
@@ -66,13 +67,6 @@ class PreferenceConfig(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     embed_batch_size: int = Field(256, ge=1)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> PreferenceConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of PreferenceConfig fields")
-        return cls(**data)
 
 
 @dataclass
@@ -169,7 +163,7 @@ def detect_source(data_dir: Path) -> str:
 def load_preference_data(
     data_dir: str | Path,
     cfg: PreferenceConfig,
-    towers=None,  # noqa: ANN001 - icg.rewards.clip.ClipTowers
+    towers=None,
     cache_file: str | Path | None = None,
 ) -> PreferenceData:
     """Read a data folder into `PreferenceData`, embedding each distinct cover once (cached).
@@ -491,7 +485,7 @@ def train_preference(
     data_dir: str | Path,
     out: str | Path,
     cfg: PreferenceConfig | None = None,
-    towers=None,  # noqa: ANN001 - icg.rewards.clip.ClipTowers
+    towers=None,
 ) -> FitResult:
     """setup → train → save: fit the preference model on a data folder and save it to ``out``.
 

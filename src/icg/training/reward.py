@@ -27,10 +27,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
+from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
+from icg.io import atomic_save_dir
+from icg.models.attention import ICG_TOKENS_KWARG
+from icg.rewards.factory import STATS_FILE, RewardSources, build_rewards
 from icg.training.align import (
     NonFiniteLossError,
     diffusion_target,
@@ -39,7 +42,6 @@ from icg.training.align import (
     step_generator,
 )
 from icg.training.checkpoints import (
-    atomic_save_dir,
     latest_checkpoint,
     load_optimizer_state,
     load_trainer_state,
@@ -50,7 +52,6 @@ from icg.training.checkpoints import (
 logger = logging.getLogger(__name__)
 
 CURVES = "curves.jsonl"
-STATS_FILE = "reward_stats.safetensors"
 LORA_FILE = "unet_lora.safetensors"
 DEFAULT_REWARDS = {"aesthetic": 1.0, "relevance": 1.0, "preference": 1.0}
 
@@ -69,8 +70,8 @@ class RewardConfig(BaseModel):
     )
     mllm: str | None = Field(None, description="default: the MLLM the stage-A adapter records")
     rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARDS))
-    clip: str = "zoo:clip"
-    aesthetic_predictor: str = "zoo:aesthetic"
+    clip: str = DEFAULT_CLIP
+    aesthetic_predictor: str = DEFAULT_AESTHETIC
     relevance_scale: Literal["cosine", "clipscore"] = "cosine"
     seed: int = 0
     max_steps: int = Field(200, ge=1)
@@ -130,17 +131,6 @@ class RewardConfig(BaseModel):
         return self
 
 
-def load_config(file: str | Path | None = None, **overrides: Any) -> RewardConfig:
-    """Read a YAML config (optional), apply non-``None`` overrides, validate."""
-    values: dict[str, Any] = {}
-    if file is not None:
-        values = yaml.safe_load(Path(file).read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{file}: expected a YAML mapping, got {type(values).__name__}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return RewardConfig(**values)
-
-
 # ---- small pure functions ----------------------------------------------------------------
 def start_step(num_steps: int, strength: float) -> int:
     """First step run by reference-guided sampling, as diffusers' img2img pipelines count it."""
@@ -177,7 +167,7 @@ def token_drift(tokens: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 def sample_trajectory(
     unet: torch.nn.Module,
     vae: torch.nn.Module,
-    scheduler,  # noqa: ANN001 - a diffusers scheduler with a differentiable step (DDIM)
+    scheduler,
     latents: torch.Tensor,
     text_states: torch.Tensor,
     tokens: torch.Tensor,
@@ -214,7 +204,7 @@ def sample_trajectory(
     def unet_eps(
         x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, tok: torch.Tensor
     ) -> torch.Tensor:
-        return unet(x, t, text, cross_attention_kwargs={"icg_tokens": tok}).sample
+        return unet(x, t, text, cross_attention_kwargs={ICG_TOKENS_KWARG: tok}).sample
 
     for i, t in enumerate(scheduler.timesteps[start:], start=start):
         with torch.set_grad_enabled(i in grad_steps and torch.is_grad_enabled()):
@@ -267,74 +257,6 @@ def save_unet_lora(unet: torch.nn.Module, path: Path) -> None:
     tmp.replace(path)
 
 
-def build_rewards(
-    weights: dict[str, float],
-    *,
-    clip: str = "zoo:clip",
-    aesthetic_predictor: str = "zoo:aesthetic",
-    relevance_scale: str = "cosine",
-    preference: str | Path | None = None,
-    clips: dict | None = None,
-):  # noqa: ANN201 - MultiReward
-    """The `MultiReward` of a stage-B configuration; rewards that share a CLIP share one copy
-    (``clips``: name → `ClipTowers`, a cache to share across calls; filled as models load)."""
-    from icg.rewards import (
-        AestheticReward,
-        ClipTowers,
-        MultiReward,
-        PreferenceReward,
-        RelevanceReward,
-        build_reward,
-    )
-
-    clips = {} if clips is None else clips
-
-    def towers(name: str) -> ClipTowers:
-        if name not in clips:
-            clips[name] = ClipTowers.from_pretrained(name)
-        return clips[name]
-
-    built = {}
-    for name in weights:
-        if name == "aesthetic":
-            built[name] = AestheticReward(towers(clip), aesthetic_predictor)
-        elif name == "relevance":
-            built[name] = RelevanceReward(towers(clip), scale=relevance_scale)
-        elif name == "preference":
-            from icg.models.preference import PreferenceModel
-
-            if preference is None:
-                raise ValueError("preference: the preference reward needs a preference model")
-            pm = PreferenceModel.from_pretrained(str(preference))
-            built[name] = PreferenceReward(pm, towers(pm.config.clip_name_or_path or clip))
-        else:
-            built[name] = build_reward(name)
-    return MultiReward(built, weights)
-
-
-def load_run_reward(run: str | Path, clips: dict | None = None):  # noqa: ANN201 - MultiReward
-    """The reward a finished stage-B run optimised, with its saved normalisation statistics, in
-    eval mode: ``RUN/config.yaml`` + ``RUN/reward_stats.safetensors`` (what `icg train reward`
-    writes). It scores covers for best-of-K sampling (`generate_covers(candidates=K)`).
-    ``clips`` shares loaded CLIP towers across runs (see `build_rewards`)."""
-    run = Path(run)
-    config_file, stats_file = run / "config.yaml", run / STATS_FILE
-    for file in (config_file, stats_file):
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: missing; expected a finished `icg train reward` run")
-    cfg = yaml.safe_load(config_file.read_text()) or {}
-    preference = cfg.get("preference")
-    if preference is not None and not Path(preference).is_dir():
-        preference = run.parent / "preference"  # the run folder moved with its siblings
-    reward = build_rewards(
-        cfg["rewards"], clip=cfg.get("clip", "zoo:clip"),
-        aesthetic_predictor=cfg.get("aesthetic_predictor", "zoo:aesthetic"),
-        relevance_scale=cfg.get("relevance_scale", "cosine"), preference=preference, clips=clips,
-    )  # fmt: skip
-    reward.load_stats(stats_file)
-    return reward.eval()
-
-
 class _RunState:
     """What one checkpoint holds beside the optimizer: the ICG model, reward stats, UNet LoRA."""
 
@@ -367,10 +289,10 @@ class RewardRecipe:
     def __init__(
         self,
         config: RewardConfig,
-        base=None,  # noqa: ANN001
-        mllm=None,  # noqa: ANN001
-        processor=None,  # noqa: ANN001
-        rewards=None,  # noqa: ANN001 - icg.rewards.MultiReward
+        base=None,
+        mllm=None,
+        processor=None,
+        rewards=None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = config
@@ -474,7 +396,7 @@ class RewardRecipe:
         return path / "adapter" if (path / "adapter" / "icg_config.json").is_file() else path
 
     @property
-    def icg(self):  # noqa: ANN201 - ICGModel
+    def icg(self):
         return self.model
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -500,15 +422,16 @@ class RewardRecipe:
 
             set_peft_model_state_dict(self.unet, load_file(str(ckpt / "model" / LORA_FILE)))
 
-    def _build_rewards(self):  # noqa: ANN202 - MultiReward
+    def _build_rewards(self):
         cfg = self.config
-        return build_rewards(
-            cfg.rewards, clip=cfg.clip, aesthetic_predictor=cfg.aesthetic_predictor,
+        sources = RewardSources(
+            clip=cfg.clip, aesthetic_predictor=cfg.aesthetic_predictor,
             relevance_scale=cfg.relevance_scale, preference=cfg.preference,
         )  # fmt: skip
+        return build_rewards(cfg.rewards, sources)
 
     @torch.no_grad()
-    def _prepare_data(self, data) -> None:  # noqa: ANN001 - PlatformData
+    def _prepare_data(self, data) -> None:
         from icg.data.images import load_image
         from icg.training.align import clicked_examples
 
@@ -607,7 +530,7 @@ class RewardRecipe:
         rest = {k: v for k, v in params.items() if not k.startswith("encoder.")}
         return functional_call(self.icg, rest, (feats, emb), strict=False), emb
 
-    def sample(self, items: Sequence[str], tokens: torch.Tensor, noise: torch.Tensor, k: int):  # noqa: ANN201
+    def sample(self, items: Sequence[str], tokens: torch.Tensor, noise: torch.Tensor, k: int):
         """Covers ``(B, 3, H, W)`` with gradients through the last ``k`` steps (0: none)."""
         cfg = self.config
         device = self.accelerator.device
@@ -642,7 +565,7 @@ class RewardRecipe:
         t = t.to(latents.device)
         noisy = self.train_scheduler.add_noise(latents, noise, t)
         text = torch.stack([self._text[self.titles[item_ids[i]]] for i in idx])
-        pred = self.unet(noisy, t, text, cross_attention_kwargs={"icg_tokens": tokens}).sample
+        pred = self.unet(noisy, t, text, cross_attention_kwargs={ICG_TOKENS_KWARG: tokens}).sample
         return F.mse_loss(
             pred.float(), diffusion_target(self.train_scheduler, latents, noise, t).float()
         )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,13 +41,6 @@ class WorldConfig(BaseModel):
     w_taste: float = 4.5
     popularity_std: float = Field(0.5, ge=0)
     user_bias_std: float = Field(0.3, ge=0)
-
-    @classmethod
-    def from_yaml(cls, path: Path | str) -> WorldConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of WorldConfig fields")
-        return cls(**data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)

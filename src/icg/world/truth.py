@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from icg.config import load_config
 from icg.world.attributes import NUM_STYLE, STYLE_DIMS, CoverSpec
 from icg.world.clicks import attractiveness_logit, sigmoid
 from icg.world.config import WorldConfig
@@ -53,7 +54,7 @@ class Truth:
         if not (root / "truth").is_dir():
             raise FileNotFoundError(f"{root}: no truth/ folder; truth metrics need a CoverWorld")
         self.root = root
-        self.config = WorldConfig.from_yaml(root / "world.yaml")
+        self.config = load_config(WorldConfig, root / "world.yaml")
         self.items = pd.read_parquet(root / "truth" / "items.parquet").set_index("item_id")
         self.users = pd.read_parquet(root / "truth" / "users.parquet").set_index("user_id")
         self._taste = np.stack(self.users["taste"].to_numpy())  # (U, S)

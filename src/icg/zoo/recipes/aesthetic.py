@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from icg.config import DEFAULT_CLIP
 from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
 from icg.zoo import evaldata
@@ -39,7 +40,7 @@ DATA_DIR = "checkpoint-data"  # embeddings + ratings, kept beside the checkpoint
 class AestheticRecipeConfig:
     """Hyper-parameters of the `aesthetic` recipe (defaults are the shipped model's)."""
 
-    clip: str = "zoo:clip"
+    clip: str = DEFAULT_CLIP
     n_train: int = 24_000
     chunk: int = 1_000
     defect_rates: tuple[float, ...] = (0.25, 0.5)  # alternate per chunk: more flawed covers
@@ -125,7 +126,7 @@ def measure(
 
 
 def evaluate(
-    path: str | Path, world_dir: str | Path | None, clip: str = "zoo:clip"
+    path: str | Path, world_dir: str | Path | None, clip: str = DEFAULT_CLIP
 ) -> dict[str, float]:
     """Gate metrics on the covers of a CoverWorld folder (fresh renders when None)."""
     gate_set = (
