@@ -7,6 +7,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from model_fixtures import get_dummy_components, perturb_, tiny_qwen2vl
 
+from icg.checkpoints import list_checkpoints
 from icg.config import load_config
 from icg.data.testing import write_tiny_dataset
 from icg.training.align import (
@@ -16,7 +17,6 @@ from icg.training.align import (
     batch_indices,
     run_align,
 )
-from icg.training.checkpoints import list_checkpoints
 
 
 @pytest.fixture(scope="module")

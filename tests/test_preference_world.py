@@ -77,7 +77,8 @@ def test_truth_probe_scores_generated_covers_during_stage_b(world, tmp_path):
     from icg.evaluation.preference_eval import TruthProbe
     from icg.rewards import MultiReward, RelevanceReward
     from icg.rewards.testing import tiny_clip
-    from icg.training.reward import CURVES, RewardConfig, run_reward
+    from icg.training.curves import CURVES_FILE as CURVES
+    from icg.training.reward import RewardConfig, run_reward
 
     torch.set_num_threads(1)
     _, model = tiny_icg(user_dim=32, num_meta_tokens=2)

@@ -9,15 +9,15 @@ import torch
 from diffusers import StableDiffusionPipeline
 from model_fixtures import get_dummy_components, perturb_, tiny_icg, tiny_qwen2vl
 
+from icg.checkpoints import list_checkpoints
 from icg.config import load_config
 from icg.data.testing import write_tiny_dataset
 from icg.models.preference import PreferenceModel
 from icg.rewards import AestheticReward, MultiReward, PreferenceReward, RelevanceReward
 from icg.rewards.testing import tiny_clip
 from icg.training.align import NonFiniteLossError
-from icg.training.checkpoints import list_checkpoints
+from icg.training.curves import CURVES_FILE as CURVES
 from icg.training.reward import (
-    CURVES,
     RewardConfig,
     RewardRecipe,
     run_reward,

@@ -24,6 +24,7 @@ from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
 from icg.evaluation.recsys import RecModel, ndcg_at_k, soft_auc, train_rec_model
 from icg.evaluation.report import write_report
 from icg.generation import Scorer
+from icg.training.curves import read_curves as read_curves_file
 
 logger = logging.getLogger(__name__)
 
@@ -235,8 +236,7 @@ def read_curves(run: Path) -> dict[str, list[dict]]:
     curves = {}
     for file in sorted(run.glob("*/curves.jsonl")):
         rows = []
-        for line in file.read_text().splitlines():
-            row = json.loads(line)
+        for row in read_curves_file(file):
             flat = {"step": row["step"]}
             flat |= {k: v for k, v in row.get("probe", {}).items()}
             flat |= {

@@ -24,16 +24,16 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from icg.config import DEFAULT_BASE, DEFAULT_MLLM
-from icg.io import atomic_save_dir
-from icg.models.attention import ICG_TOKENS_KWARG
-from icg.training.checkpoints import (
+from icg.checkpoints import (
     latest_checkpoint,
     load_optimizer_state,
     load_trainer_state,
     save_checkpoint,
     write_run_config,
 )
+from icg.config import DEFAULT_BASE, DEFAULT_MLLM
+from icg.io import atomic_save_dir
+from icg.models.attention import ICG_TOKENS_KWARG
 
 logger = logging.getLogger(__name__)
 
@@ -391,9 +391,9 @@ class AlignRecipe:
         return save_checkpoint(
             self.checkpoint_dir,
             self.step,
-            self.icg,
-            self.optimizer,
-            state,
+            state=state,
+            optimizer=self.optimizer,
+            pretrained={"model": self.icg},
             keep=self.config.keep_checkpoints,
         )
 

@@ -16,7 +16,6 @@ world's truth: monitoring callbacks are injected by the CLI.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -30,6 +29,13 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
+from icg.checkpoints import (
+    latest_checkpoint,
+    load_optimizer_state,
+    load_trainer_state,
+    save_checkpoint,
+    write_run_config,
+)
 from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
 from icg.io import atomic_save_dir
 from icg.models.attention import ICG_TOKENS_KWARG
@@ -41,17 +47,10 @@ from icg.training.align import (
     encode_prompt,
     step_generator,
 )
-from icg.training.checkpoints import (
-    latest_checkpoint,
-    load_optimizer_state,
-    load_trainer_state,
-    save_checkpoint,
-    write_run_config,
-)
+from icg.training.curves import CURVES_FILE, append_curve, truncate_curves
 
 logger = logging.getLogger(__name__)
 
-CURVES = "curves.jsonl"
 LORA_FILE = "unet_lora.safetensors"
 DEFAULT_REWARDS = {"aesthetic": 1.0, "relevance": 1.0, "preference": 1.0}
 
@@ -387,7 +386,7 @@ class RewardRecipe:
             self.rewards.load_stats(ckpt / "model" / STATS_FILE)
             logger.info("resumed from %s at step %d", ckpt, self.step)
         if self.accelerator.is_main_process:
-            self._truncate_curves(self.step)
+            truncate_curves(self.config.out / CURVES_FILE, self.step)
 
     @staticmethod
     def adapter_dir(path: Path) -> Path:
@@ -627,7 +626,7 @@ class RewardRecipe:
             logs["grad_norm"] = float(norm)
             bar.update(1)
             if main and self.step % cfg.log_every == 0:
-                self._append_curve({"step": self.step, **logs})
+                append_curve(self.config.out / CURVES_FILE, {"step": self.step, **logs})
                 bar.set_postfix(reward=f"{logs['reward/reward']:.3f}")
             if main and self.step % cfg.probe_every == 0:
                 self._run_callbacks(self.step)
@@ -667,22 +666,7 @@ class RewardRecipe:
         for callback in self.callbacks:
             result = callback(self, step)
             if result:
-                self._append_curve({"step": step, "probe": result})
-
-    def _append_curve(self, row: dict) -> None:
-        path = self.config.out / CURVES
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    def _truncate_curves(self, step: int) -> None:
-        """On resume, drop curve rows after the checkpoint (they will be written again)."""
-        path = self.config.out / CURVES
-        if not path.is_file():
-            return
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if json.loads(r)["step"] <= step and step > 0]
-        path.write_text("".join(r + "\n" for r in keep))
+                append_curve(self.config.out / CURVES_FILE, {"step": step, "probe": result})
 
     # -- save / cleanup --------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
@@ -696,8 +680,8 @@ class RewardRecipe:
             "config": self.config.model_dump(mode="json"),
         }
         return save_checkpoint(
-            self.checkpoint_dir, self.step, _RunState(self), self.optimizer, state,
-            keep=self.config.keep_checkpoints,
+            self.checkpoint_dir, self.step, state=state, optimizer=self.optimizer,
+            pretrained={"model": _RunState(self)}, keep=self.config.keep_checkpoints,
         )  # fmt: skip
 
     def save(self) -> Path:
