@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import Row, print_table  # noqa: E402
 from model_fixtures import dummy_image, perturb_, tiny_icg  # noqa: E402
 
 from icg.pipeline import ICGPipeline  # noqa: E402
-
-logger = logging.getLogger("bench_pipeline")
 
 
 def _best(fn, repeats: int) -> float:
@@ -35,15 +35,19 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--items", type=int, default=8)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return parser
+
+
+def measure(args: argparse.Namespace) -> list[Row]:
+    """Per-image time of ICGPipeline (warm and cold item cache) and of a user x item grid,
+    against the plain diffusers pipeline at equal steps and batch."""
     torch.manual_seed(0)
 
     base, model = tiny_icg()
@@ -82,11 +86,26 @@ def main() -> None:
         t_warm = min(t_warm, _best(warm, 1))
         t_cold = min(t_cold, _best(cold, 1))
     per = lambda t: 1000 * t / args.batch  # noqa: E731
-    logger.info("per image (ms), batch %d, %d steps, CFG on:", args.batch, args.steps)
-    logger.info("  plain diffusers        %8.1f", per(t_plain))
-    logger.info("  ICG warm item cache    %8.1f   ratio %.2fx", per(t_warm), t_warm / t_plain)
-    logger.info("  ICG cold item cache    %8.1f   ratio %.2fx", per(t_cold), t_cold / t_plain)
-
+    plain_case = f"plain diffusers, batch {args.batch}, {args.steps} steps, CFG"
+    rows = [
+        Row("pipeline", plain_case, per(t_plain), "ms/image"),
+        Row(
+            "pipeline",
+            "ICG, warm item cache",
+            per(t_warm),
+            "ms/image",
+            plain_case,
+            t_warm / t_plain,
+        ),
+        Row(
+            "pipeline",
+            "ICG, cold item cache",
+            per(t_cold),
+            "ms/image",
+            plain_case,
+            t_cold / t_plain,
+        ),
+    ]
     pipe.clear_cache()
     pipe.items_encoded = pipe.mllm_calls = 0
     grid_titles = [f"blue sea tale {i}" for i in range(args.items)]
@@ -97,19 +116,30 @@ def main() -> None:
     )
     t_grid = time.perf_counter() - start
     n = sum(len(row) for row in grid)
-    logger.info(
-        "grid %d users x %d items: %d covers, %d MLLM item forwards in %d batched calls, "
-        "%.2f s wall (%.1f ms/cover; plain diffusers %.1f ms/image)",
-        args.users,
-        args.items,
-        n,
-        pipe.items_encoded,
-        pipe.mllm_calls,
-        t_grid,
-        1000 * t_grid / n,
-        per(t_plain),
+    grid_case = f"ICG grid {args.users} users x {args.items} items"
+    rows.append(
+        Row(
+            "pipeline",
+            grid_case,
+            1000 * t_grid / n,
+            "ms/cover",
+            plain_case,
+            1000 * t_grid / n / per(t_plain),
+        )
     )
+    rows.append(
+        Row(
+            "pipeline",
+            f"{grid_case}: MLLM item forwards",
+            pipe.items_encoded,
+            "forwards",
+            f"{n} covers",
+            pipe.items_encoded / n,
+        )
+    )
+    return rows
 
 
 if __name__ == "__main__":
-    main()
+    logging.basicConfig(level=logging.WARNING)
+    print_table(measure(parser().parse_args()), "bench_pipeline")

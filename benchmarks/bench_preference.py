@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import Row, print_table  # noqa: E402
 
-def main() -> None:
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=Path, default=Path("/tmp/icg_bench_world"))
     parser.add_argument("--impressions", type=int, default=1_000_000)
@@ -31,8 +35,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--naive", action="store_true", help="also fit the naive model")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    return parser
+
+
+def measure(args: argparse.Namespace) -> list[Row]:
+    """Fit time and validation AUC against the Bayes-optimal AUC (and the naive model's)."""
     torch.set_num_threads(args.threads)
 
     from icg.evaluation.preference_eval import evaluate_preference_run
@@ -77,16 +84,37 @@ def main() -> None:
         "epochs": cfg.epochs,
         "models": rows,
     }
-    print(json.dumps(result, indent=2))
-    pbm = rows["pbm"]
-    print(
-        f"\n1M-impression fit: {pbm['fit_seconds']:.1f}s on {args.threads} threads; "
-        f"val AUC {pbm['val_auc']:.4f} vs Bayes {pbm['bayes_auc']:.4f} "
-        f"(gap {pbm['bayes_auc'] - pbm['val_auc']:.4f})"
-    )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+    n = f"{len(data.log):,} impressions"
+    out = [
+        Row("preference", f"embed covers, first ({n})", load_s, "s"),
+        Row(
+            "preference",
+            "embed covers, cached",
+            cached_s,
+            "s",
+            "embed covers, first",
+            cached_s / load_s,
+        ),
+    ]
+    for mode, r in rows.items():
+        name = "debiased (PBM)" if mode == "pbm" else "naive"
+        out.append(Row("preference", f"{name} fit", r["fit_seconds"], "s"))
+        out.append(
+            Row(
+                "preference",
+                f"{name} val AUC",
+                r["val_auc"],
+                "AUC",
+                "Bayes AUC",
+                r["val_auc"] / r["bayes_auc"],
+            )
+        )
+        out.append(Row("preference", f"{name} taste Spearman", r["taste_spearman"], "rho"))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    logging.basicConfig(level=logging.WARNING)
+    print_table(measure(parser().parse_args()), "bench_preference")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from icg.world.config import WorldConfig
-from icg.world.generate import generate_world
-from icg.world.render import render
-from icg.world.sampling import random_spec
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import Row, print_table  # noqa: E402
+
+from icg.world.config import WorldConfig  # noqa: E402
+from icg.world.generate import generate_world  # noqa: E402
+from icg.world.render import render  # noqa: E402
+from icg.world.sampling import random_spec  # noqa: E402
 
 
 def covers_per_second(size: int, n: int = 2000) -> float:
@@ -23,22 +27,26 @@ def covers_per_second(size: int, n: int = 2000) -> float:
     return n / (time.perf_counter() - start)
 
 
-def main() -> None:
+def measure() -> list[Row]:
+    """Render rate per size against 64 px (one core), and the time to generate a world."""
     import torch
 
     torch.set_num_threads(1)
     base = covers_per_second(64)
-    print(f"render 64px: {base:,.0f} covers/s on one core (target >= 1,000)")
+    rows = [Row("world", "render 64 px", base, "covers/s")]
     for size in (128, 256, 512):
         rate = covers_per_second(size, n=200)
-        print(f"render {size}px: {rate:,.0f} covers/s ({rate / base:.3f}x of 64px)")
+        rows.append(
+            Row("world", f"render {size} px", rate, "covers/s", "render 64 px", rate / base)
+        )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        generate_world(
-            Path(tmp) / "w", WorldConfig(n_items=500, n_users=200, n_impressions=50_000, seed=3)
-        )
-        print(f"world 500 items x 200 users x 50k impressions: {time.perf_counter() - start:.1f} s")
+        cfg = WorldConfig(n_items=500, n_users=200, n_impressions=50_000, seed=3)
+        generate_world(Path(tmp) / "w", cfg)
+        seconds = time.perf_counter() - start
+    rows.append(Row("world", "generate 500 items x 200 users x 50k impressions", seconds, "s"))
+    return rows
 
 
 if __name__ == "__main__":
-    main()
+    print_table(measure(), "bench_world")

@@ -291,7 +291,7 @@ def dummy_image(seed: int = 0, size: tuple[int, int] = (40, 32)) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-def tiny_icg(user_dim: int = 6, num_users: int = 0, num_meta_tokens: int = 3, seed: int = 0):
+def tiny_icg(user_dim: int = 6, num_meta_tokens: int = 3, seed: int = 0):
     """A tiny SD pipeline and a fresh ICG model (Qwen2-VL MLLM) for it."""
     from diffusers import StableDiffusionPipeline
 
@@ -308,7 +308,6 @@ def tiny_icg(user_dim: int = 6, num_users: int = 0, num_meta_tokens: int = 3, se
         num_meta_tokens=num_meta_tokens,
         num_tokens=2,
         user_dim=user_dim,
-        num_users=num_users,
         refiner_hidden_dim=8,
         base_model="tiny-sd",
         mllm_name_or_path="tiny-qwen2vl",

@@ -17,7 +17,7 @@ UP_LAYER = "up_blocks_0_attentions_{}_transformer_blocks_0_attn2"
 
 
 def test_saved_keys_and_round_trip(tmp_path):
-    _, model = tiny_icg(user_dim=6, num_users=4)
+    _, model = tiny_icg(user_dim=6)
     perturb_(model)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "icg_config.json").read_text())
@@ -33,7 +33,6 @@ def test_saved_keys_and_round_trip(tmp_path):
     assert set(load_file(tmp_path / "refiner" / weights)) == {
         "user_proj.weight",
         "user_proj.bias",
-        "user_table.weight",
         "film.1.weight",
         "film.1.bias",
     }

@@ -161,7 +161,6 @@ class ICGPipeline:
         titles: str | Sequence[str],
         images: ImageLike | Sequence[ImageLike] = None,
         user_embeddings: torch.Tensor | None = None,
-        user_index: torch.Tensor | None = None,
         item_keys: Sequence[str] | None = None,
         num_inference_steps: int = 30,
         guidance_scale: float = 5.0,
@@ -180,7 +179,6 @@ class ICGPipeline:
             titles: ``B`` item titles (the base prompt is ``adapter.prompts(titles)``).
             images: ``B`` reference images, or ``None``.
             user_embeddings: ``(B, user_dim)`` user embeddings (NaN row or ``None``: no user).
-            user_index: ``(B,)`` rows of a learned user table (``-1``: no user).
             item_keys: ``B`` item ids for the feature cache.
             num_inference_steps, guidance_scale, generator, output_type, height, width,
             negative_prompt: as in diffusers.
@@ -202,9 +200,7 @@ class ICGPipeline:
         features = features.to(device)
         if user_embeddings is not None:
             user_embeddings = torch.as_tensor(user_embeddings).to(device)
-        if user_index is not None:
-            user_index = torch.as_tensor(user_index).to(device)
-        tokens = self.model(features, user_embeddings, user_index)  # (B, K', T)
+        tokens = self.model(features, user_embeddings)  # (B, K', T)
         tokens = cfg_tokens(tokens, self._do_cfg(guidance_scale)).to(unet.dtype)
         previous = self.model.adapter.scale
         if icg_scale is not None:

@@ -10,8 +10,6 @@ import pandas as pd
 MAX_PROBLEMS = 1000
 """Problem messages kept in memory per table; the rejects file always has every row."""
 
-REJECT_COLUMNS = ["file", "row", "field", "value", "reason"]
-
 
 @dataclass
 class Issue:

@@ -1,10 +1,8 @@
-"""Write tables as parquet, atomically (a temp file in the same folder, then `os.replace`)."""
+"""Write tables as parquet, atomically (`icg.io.atomic_path`)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from icg.data.schemas import SCHEMAS
+from icg.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +52,8 @@ def write_parquet(
     """
     path = Path(path)
     table = data if isinstance(data, pa.Table) else to_arrow(data, schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            pq.write_table(table, fp)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     logger.debug("wrote %d rows to %s", table.num_rows, path)
     return path
 

@@ -51,7 +51,6 @@ class ICGModel(nn.Module):
         num_meta_tokens: int = 8,
         num_tokens: int | None = None,
         user_dim: int = 0,
-        num_users: int = 0,
         refiner_hidden_dim: int = 64,
         base_model: str | None = None,
         mllm_name_or_path: str | None = None,
@@ -71,11 +70,10 @@ class ICGModel(nn.Module):
         )
         encoder.attach(mllm, processor)
         refiner = None
-        if user_dim > 0 or num_users > 0:
+        if user_dim > 0:
             refiner = UserRefiner(
                 feature_dim=hidden,
                 user_dim=user_dim,
-                num_users=num_users,
                 hidden_dim=refiner_hidden_dim,
             )
         adapter = CoverAdapter.from_unet(
@@ -99,14 +97,13 @@ class ICGModel(nn.Module):
         self,
         features: torch.Tensor,
         user_embeddings: torch.Tensor | None = None,
-        user_index: torch.Tensor | None = None,
         user_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ICG tokens ``(B, K', token_dim)`` from item features ``(B, K, D)`` and optional users."""
         if self.refiner is not None:
-            features = self.refiner(features, user_embeddings, user_index, user_mask)  # (B, K, D)
-        elif user_embeddings is not None or user_index is not None:
-            raise ValueError("user_embeddings/user_index: this ICG model has no user refiner")
+            features = self.refiner(features, user_embeddings, user_mask)  # (B, K, D)
+        elif user_embeddings is not None:
+            raise ValueError("user_embeddings: this ICG model has no user refiner")
         return self.adapter(features)
 
     # ---- save / load ---------------------------------------------------------------------

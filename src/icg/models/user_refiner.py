@@ -18,64 +18,40 @@ from torch import nn
 
 
 class UserRefiner(ModelMixin, ConfigMixin):
-    """FiLM refinement of item features by a user embedding, a learned user table, or both.
+    """FiLM refinement of item features by the platform's user embedding.
 
     Args:
         feature_dim: ``D``, width of the item features.
-        user_dim: width of the platform user embeddings (0: no embedding input).
-        num_users: rows of a learned user table keyed by user index (0: no table).
+        user_dim: width of the platform user embeddings.
         hidden_dim: width of the user context.
     """
 
     @register_to_config
-    def __init__(
-        self, feature_dim: int, user_dim: int = 0, num_users: int = 0, hidden_dim: int = 64
-    ) -> None:
+    def __init__(self, feature_dim: int, user_dim: int, hidden_dim: int = 64) -> None:
         super().__init__()
-        if user_dim <= 0 and num_users <= 0:
-            raise ValueError(
-                "user_dim/num_users: expected user_dim > 0 or num_users > 0, got neither"
-            )
-        self.user_proj = nn.Linear(user_dim, hidden_dim) if user_dim > 0 else None
-        self.user_table = nn.Embedding(num_users, hidden_dim) if num_users > 0 else None
+        if user_dim <= 0:
+            raise ValueError(f"user_dim: expected > 0, got {user_dim}")
+        self.user_proj = nn.Linear(user_dim, hidden_dim)
         self.norm = nn.LayerNorm(feature_dim, elementwise_affine=False)
         self.film = nn.Sequential(nn.SiLU(), nn.Linear(hidden_dim, 3 * feature_dim))
         nn.init.zeros_(self.film[1].weight)  # zero-initialised residual gate
         nn.init.zeros_(self.film[1].bias)
 
-    def user_context(
-        self,
-        user_embeddings: torch.Tensor | None,
-        user_index: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """User context ``(B, hidden)`` and a mask ``(B,)`` of rows that have a user."""
-        parts, masks = [], []
-        if user_embeddings is not None:
-            if self.user_proj is None:
-                raise ValueError("user_embeddings: this refiner was built with user_dim=0")
-            if user_embeddings.shape[-1] != self.config.user_dim:
-                raise ValueError(
-                    f"user_embeddings: expected width {self.config.user_dim}, got {user_embeddings.shape[-1]}"
-                )
-            finite = torch.isfinite(user_embeddings).all(-1)  # (B,)
-            emb = torch.where(finite[:, None], user_embeddings, 0.0)
-            parts.append(self.user_proj(emb.to(self.user_proj.weight.dtype)))
-            masks.append(finite)
-        if user_index is not None:
-            if self.user_table is None:
-                raise ValueError("user_index: this refiner was built with num_users=0")
-            valid = user_index >= 0  # -1 marks an unknown user
-            parts.append(self.user_table(user_index.clamp(min=0)))
-            masks.append(valid)
-        context = torch.stack(parts).sum(0)  # (B, hidden)
-        mask = torch.stack(masks).any(0)  # (B,)
-        return context, mask
+    def user_context(self, user_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """User context ``(B, hidden)`` and a mask ``(B,)`` of rows that have a user (finite)."""
+        if user_embeddings.shape[-1] != self.config.user_dim:
+            raise ValueError(
+                f"user_embeddings: expected width {self.config.user_dim}, "
+                f"got {user_embeddings.shape[-1]}"
+            )
+        finite = torch.isfinite(user_embeddings).all(-1)  # (B,)
+        emb = torch.where(finite[:, None], user_embeddings, 0.0)
+        return self.user_proj(emb.to(self.user_proj.weight.dtype)), finite
 
     def forward(
         self,
         features: torch.Tensor,
         user_embeddings: torch.Tensor | None = None,
-        user_index: torch.Tensor | None = None,
         user_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Personalize item features.
@@ -83,15 +59,14 @@ class UserRefiner(ModelMixin, ConfigMixin):
         Args:
             features: item features ``(B, K, D)``.
             user_embeddings: platform user embeddings ``(B, user_dim)``; a row of NaN means no user.
-            user_index: rows of the learned user table ``(B,)``; ``-1`` means no user.
             user_mask: ``(B,)`` bool, ``False`` where the item has no user (cold start).
 
         Returns:
             Personalized context ``(B, K, D)``; rows without a user equal ``features`` exactly.
         """
-        if user_embeddings is None and user_index is None:
+        if user_embeddings is None:
             return features
-        context, has_user = self.user_context(user_embeddings, user_index)
+        context, has_user = self.user_context(user_embeddings)
         if user_mask is not None:
             has_user = has_user & user_mask.to(device=has_user.device, dtype=torch.bool)
         shift, scale, gate = (

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from icg.io import atomic_path
+
 logger = logging.getLogger(__name__)
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -283,14 +285,11 @@ def embed_files(
                     )
             known.update(zip(chunk, emb, strict=True))
         if cache_file is not None:
-            cache_file = Path(cache_file)
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
             all_keys = list(known)
-            tmp = cache_file.with_name(f".{cache_file.name}.tmp")
-            save_file(
-                {"embeddings": torch.stack([known[k] for k in all_keys]).contiguous()},
-                str(tmp),
-                metadata={"fingerprint": fingerprint, "keys": json.dumps(all_keys)},
-            )
-            tmp.replace(cache_file)
+            with atomic_path(cache_file) as tmp:
+                save_file(
+                    {"embeddings": torch.stack([known[k] for k in all_keys]).contiguous()},
+                    str(tmp),
+                    metadata={"fingerprint": fingerprint, "keys": json.dumps(all_keys)},
+                )
     return torch.stack([known[k] for k in keys]).float()  # (N, E)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from icg.io import atomic_path
 from icg.rewards.base import Reward
 
 
@@ -166,10 +167,8 @@ class MultiReward(nn.Module):
         """Write the statistics to a safetensors file atomically."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.contiguous() for k, v in self.stats_state().items()}, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in self.stats_state().items()}, str(tmp))
 
     def load_stats(self, path: str | Path) -> None:
         from safetensors.torch import load_file

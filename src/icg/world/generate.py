@@ -8,9 +8,6 @@ DIR/world.yaml                                           (the resolved config)
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from rich.progress import Progress
 
+from icg.io import atomic_dir
 from icg.world.attributes import MOTIFS, PALETTES, STYLE_DIMS
 from icg.world.clicks import attractiveness_logit, examination, sigmoid, simulate
 from icg.world.config import WorldConfig
@@ -38,22 +36,13 @@ def _write(table: dict, path: Path, schema: pa.Schema | None = None) -> None:
 
 
 def generate_world(out: Path | str, cfg: WorldConfig, overwrite: bool = False) -> Path:
-    """Generate a world into `out` atomically (built in a temporary sibling, then renamed)."""
+    """Generate a world into `out` atomically: built in a temporary sibling that replaces `out`
+    (an existing world, with ``overwrite``) only once complete."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True)")
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True)")
+    with atomic_dir(out) as tmp:
         _generate_into(tmp, cfg)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

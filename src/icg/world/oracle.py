@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from icg.io import atomic_dir
 from icg.world.attributes import MOTIFS, STYLE_DIMS, STYLE_LEVELS
 from icg.world.sampling import sample_covers
 from icg.world.seeds import oracle_seed
@@ -135,17 +134,11 @@ def evaluate_oracle(net: OracleNet, sample) -> dict[str, float]:
 
 
 def save_oracle(net: OracleNet, out: Path, metrics: dict[str, float]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".oracle-"))
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp / "model.safetensors")
-    (tmp / "config.json").write_text(
-        json.dumps(
-            {"width": net.width, "heads": ["motif", *HEAD_DIMS], "accuracy": metrics}, indent=2
-        )
-    )
-    for name in ("model.safetensors", "config.json"):
-        os.replace(tmp / name, out / name)
-    tmp.rmdir()
+    with atomic_dir(out) as tmp:
+        weights = {k: v.contiguous() for k, v in net.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors")
+        config = {"width": net.width, "heads": ["motif", *HEAD_DIMS], "accuracy": metrics}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def load_oracle(path: Path = ORACLE_DIR) -> OracleNet:

@@ -131,11 +131,3 @@ def render(spec: CoverSpec, size: int = 64) -> np.ndarray:
         rng = np.random.default_rng(spec.seed)
         img = img + rng.normal(0.0, d.noise, img.shape).astype(np.float32)
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def render_batch(specs: list[CoverSpec], size: int = 64) -> np.ndarray:
-    """Render many covers: uint8 array (N, size, size, 3)."""
-    out = np.empty((len(specs), size, size, 3), dtype=np.uint8)
-    for i, spec in enumerate(specs):
-        out[i] = render(spec, size)
-    return out

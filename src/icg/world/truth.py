@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from icg.config import load_config
-from icg.world.attributes import NUM_STYLE, STYLE_DIMS, CoverSpec
+from icg.world.attributes import NUM_STYLE, CoverSpec
 from icg.world.clicks import attractiveness_logit, sigmoid
 from icg.world.config import WorldConfig
 from icg.world.readout import Readout, aesthetic_from_readout, read, style_appeal
@@ -134,10 +134,3 @@ class Truth:
         )
         best = scores.argmax(1)
         return images.reshape(len(user_ids), k, *images.shape[1:])[np.arange(len(user_ids)), best]
-
-    def click_probability(self) -> pd.DataFrame:
-        """True click probability of every logged impression (event_id, p_click)."""
-        return pd.read_parquet(self.root / "truth" / "impressions.parquet")
-
-    def style_dims(self) -> tuple[str, ...]:
-        return STYLE_DIMS
