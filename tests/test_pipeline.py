@@ -116,3 +116,39 @@ def test_reference_guided_strength_is_diffusers_img2img_with_the_icg_branch():
     assert not torch.equal(out, pipe(TITLES, images, strength=0.5, generator=_gen(), **kw).images)
     with pytest.raises(ValueError, match="needs a reference image"):
         pipe(TITLES, [images[0], None], strength=0.5, generator=_gen(), **kw)
+
+
+def test_user_guidance_zero_equals_the_no_user_draw_bit_for_bit():
+    base, model = tiny_icg()
+    perturb_(model)
+    pipe = ICGPipeline(base, model)
+    images, users = [dummy_image(0), dummy_image(1)], torch.randn(2, 6)
+    cold = pipe(TITLES, images, generator=_gen(), **KW).images
+    zero = pipe(TITLES, images, user_embeddings=users, user_guidance=0.0, generator=_gen(), **KW)
+    assert torch.equal(zero.images, cold)
+    one = pipe(TITLES, images, user_embeddings=users, user_guidance=1.0, generator=_gen(), **KW)
+    plain = pipe(TITLES, images, user_embeddings=users, generator=_gen(), **KW).images
+    assert torch.equal(one.images, plain) and not torch.equal(plain, cold)
+    two = pipe(TITLES, images, user_embeddings=users, user_guidance=2.0, generator=_gen(), **KW)
+    assert not torch.equal(two.images, plain) and not torch.equal(two.images, cold)
+
+
+def test_user_guidance_hook_mixes_with_and_without_user_predictions():
+    from icg.models.attention import ICG_TOKENS_KWARG
+    from icg.models.guidance import user_guidance_hook
+
+    base, model = tiny_icg()
+    perturb_(model)
+    model.adapter.install(base.unet)
+    x, text = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 32)
+    feats = torch.randn(2, 3, model.encoder.config.hidden_size)
+    with_user, without = model(feats, torch.randn(2, 6)), model(feats)
+
+    def eps(tokens):
+        return base.unet(x, 10, text, cross_attention_kwargs={ICG_TOKENS_KWARG: tokens}).sample
+
+    expected = eps(without) + 3.0 * (eps(with_user) - eps(without))
+    with user_guidance_hook(base.unet, without, 3.0):
+        guided = eps(with_user)
+    torch.testing.assert_close(guided, expected)
+    assert not torch.equal(eps(with_user), guided)  # the hook is gone afterwards

@@ -13,6 +13,7 @@ and the personalized context.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import torch
 from PIL import Image
 
 from icg.models.attention import ICG_TOKENS_KWARG
+from icg.models.guidance import user_guidance_hook
 from icg.models.icg_model import ICGModel
 from icg.models.paths import resolve_model_path
 
@@ -171,6 +173,7 @@ class ICGPipeline:
         negative_prompt: str | Sequence[str] | None = None,
         icg_scale: float | None = None,
         strength: float = 1.0,
+        user_guidance: float = 1.0,
         **base_kwargs,
     ):
         """Generate one cover per title.
@@ -186,6 +189,9 @@ class ICGPipeline:
             strength: 1 draws from pure noise; below 1 starts from each item's reference image
                 noised to this fraction of the schedule (diffusers' image-to-image pipeline,
                 sharing this UNet and its ICG processors).
+            user_guidance: ``w_u`` of user guidance (`icg.models.guidance`): 1 is the plain
+                personalized draw, 0 the draw without the user (bit for bit), above 1 pushes
+                further towards the user. Costs one more UNet pass per step when not 0 or 1.
 
         Returns:
             The base pipeline's output (``.images``: PIL list or ``(B, 3, H, W)`` tensor).
@@ -198,10 +204,16 @@ class ICGPipeline:
         unet = self.base.unet
         device = unet.device
         features = features.to(device)
-        if user_embeddings is not None:
+        if user_embeddings is not None and user_guidance != 0:
             user_embeddings = torch.as_tensor(user_embeddings).to(device)
-        tokens = self.model(features, user_embeddings)  # (B, K', T)
-        tokens = cfg_tokens(tokens, self._do_cfg(guidance_scale)).to(unet.dtype)
+        else:
+            user_embeddings = None
+        do_cfg = self._do_cfg(guidance_scale)
+        tokens = cfg_tokens(self.model(features, user_embeddings), do_cfg).to(unet.dtype)
+        guide = contextlib.nullcontext()
+        if user_embeddings is not None and user_guidance != 1:
+            without = cfg_tokens(self.model(features), do_cfg).to(unet.dtype)  # (B', K', T)
+            guide = user_guidance_hook(unet, without, user_guidance)
         previous = self.model.adapter.scale
         if icg_scale is not None:
             self.model.adapter.set_scale(icg_scale)
@@ -225,16 +237,17 @@ class ICGPipeline:
                 "strength": strength,
             }
         try:
-            return base(
-                prompt=self.model.adapter.prompts(titles),
-                negative_prompt=negative_prompt,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                generator=generator,
-                output_type=output_type,
-                cross_attention_kwargs={ICG_TOKENS_KWARG: tokens},
-                **base_kwargs,
-            )
+            with guide:
+                return base(
+                    prompt=self.model.adapter.prompts(titles),
+                    negative_prompt=negative_prompt,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    generator=generator,
+                    output_type=output_type,
+                    cross_attention_kwargs={ICG_TOKENS_KWARG: tokens},
+                    **base_kwargs,
+                )
         finally:
             self.model.adapter.set_scale(previous)
 
