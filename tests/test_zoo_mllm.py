@@ -10,6 +10,7 @@ from icg.zoo import REGISTRY, resolve
 from icg.zoo.evaldata import fresh_covers
 from icg.zoo.recipes import _base
 from icg.zoo.recipes import mllm as recipe
+from icg.zoo.recipes.mllm.chat import parse_answer
 
 pytestmark = pytest.mark.skipif(not REGISTRY["mllm"].trained, reason="zoo:mllm not trained")
 
@@ -44,7 +45,7 @@ def test_loads_and_generates_with_stock_classes(path: str) -> None:
         out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
     )[0]
     assert answer.startswith("motif: ") and "palette: " in answer and "style: " in answer
-    motif, palette = recipe.parse_answer(answer)
+    motif, palette = parse_answer(answer)
     assert motif >= 0 and palette >= 0
     hidden = model(**inputs, output_hidden_states=True).hidden_states[-1]  # what meta tokens read
     assert hidden.shape[-1] == model.config.text_config.hidden_size

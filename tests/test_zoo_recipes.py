@@ -9,11 +9,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from icg.checkpoints import latest_checkpoint, load_trainer_state
 from icg.zoo.recipes import _base
-from icg.zoo.recipes import clip as clip_recipe
-from icg.zoo.recipes import mllm as mllm_recipe
+from icg.zoo.recipes.clip import config as clip_config
+from icg.zoo.recipes.clip import losses as clip_losses
+from icg.zoo.recipes.clip import recipe as clip_recipe
+from icg.zoo.recipes.clip import texts as clip_texts
+from icg.zoo.recipes.mllm import chat as mllm_chat
+from icg.zoo.recipes.mllm import config as mllm_config
+from icg.zoo.recipes.mllm import model as mllm_model
 
-TINY_CLIP = clip_recipe.ClipRecipeConfig(
+TINY_CLIP = clip_config.ClipRecipeConfig(
     steps=4,
     batch_size=8,
     warmup=2,
@@ -50,7 +56,14 @@ def test_clip_recipe_resume_reproduces_uninterrupted_run(
     monkeypatch.setattr(clip_recipe, "batch", crashing_batch)
     with pytest.raises(_Stop):
         clip_recipe.train(interrupted, resume=False, seed=0, config=TINY_CLIP)
-    assert (interrupted / _base.CHECKPOINT_DIR / "state.json").exists()
+    ckpt = latest_checkpoint(interrupted / _base.CHECKPOINT_DIR)
+    assert ckpt is not None and ckpt.name == "checkpoint-00000002"
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ]
+    assert set(load_trainer_state(ckpt)) == {"step", "elapsed_s", "history"}
     monkeypatch.setattr(clip_recipe, "batch", real_batch)
     clip_recipe.train(interrupted, resume=True, seed=0, config=TINY_CLIP)
 
@@ -80,20 +93,35 @@ def test_cosine_lr_schedule() -> None:
     assert _base.cosine_lr(10, 100, 1.0, 10) == pytest.approx(1.0)
     assert _base.cosine_lr(55, 100, 1.0, 10) == pytest.approx(0.5)
     assert _base.cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.0)
+    assert _base.cosine_lr(100, 100, 2.0, 10, floor=0.05) == pytest.approx(0.1)
+    values = [_base.cosine_lr(s, 100, 1.0, 10, floor=0.05) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_cosine_lr_floor_zero_and_unit_peak_keep_the_plain_formulas_bit_for_bit() -> None:
+    import math
+
+    for step in range(0, 120, 7):
+        c = math.cos(math.pi * min(1.0, (step - 10) / 90))
+        if step >= 10:
+            assert _base.cosine_lr(step, 100, 3e-4, 10) == 0.5 * 3e-4 * (1.0 + c)
+            assert _base.cosine_lr(step, 100, 1.0, 10, floor=0.1) == 0.1 + (1.0 - 0.1) * 0.5 * (
+                1.0 + c
+            )
 
 
 def test_multi_positive_loss_and_match() -> None:
     keys = np.array([[0, -1], [-1, 1], [2, 2]])  # "motif 0", "palette 1", "motif 2 + palette 2"
     attrs = np.array([[0, 1], [1, 1], [2, 2]])
-    match = clip_recipe.match_matrix(keys, attrs)
+    match = clip_texts.match_matrix(keys, attrs)
     assert match.tolist() == [[True, False, False], [True, True, False], [False, False, True]]
     perfect = torch.where(match, 50.0, -50.0)
     wrong = torch.where(match, -50.0, 50.0)
-    assert clip_recipe.multi_positive_clip_loss(
+    assert clip_losses.multi_positive_clip_loss(
         perfect, match
-    ) < clip_recipe.multi_positive_clip_loss(wrong, match)
+    ) < clip_losses.multi_positive_clip_loss(wrong, match)
     # uniform targets over two positives: the floor is log(2) for that row, not 0
-    assert clip_recipe.multi_positive_clip_loss(perfect, match).item() == pytest.approx(
+    assert clip_losses.multi_positive_clip_loss(perfect, match).item() == pytest.approx(
         (np.log(2) / 3 + np.log(2) / 3) / 2, abs=1e-4
     )
 
@@ -103,8 +131,8 @@ def test_clip_texts_pin_their_keys() -> None:
     style = np.array([0, 2, 1, 0, 1, 2])
     flags = np.array([1, 0, 1])
     for _ in range(200):
-        text, key = clip_recipe.make_text(rng, "The Azure Star", 6, 5, style, flags)
-        assert key.shape == (clip_recipe.NUM_KEYS,)
+        text, key = clip_texts.make_text(rng, "The Azure Star", 6, 5, style, flags)
+        assert key.shape == (clip_texts.NUM_KEYS,)
         pinned = key >= 0
         attrs = np.concatenate([[6, 5], style, flags])
         assert (key[pinned] == attrs[pinned]).all()
@@ -112,16 +140,16 @@ def test_clip_texts_pin_their_keys() -> None:
 
 
 def test_mllm_answer_round_trip_and_labels() -> None:
-    answer = mllm_recipe.answer_text(6, 5, np.array([0, 2, 2, 0, 1, 0]))
+    answer = mllm_chat.answer_text(6, 5, np.array([0, 2, 2, 0, 1, 0]))
     assert answer == "motif: star. palette: blue. style: dark vivid large center thin flat."
-    assert mllm_recipe.parse_answer(answer) == (6, 5)
-    assert mllm_recipe.parse_answer("nonsense") == (-1, -1)
+    assert mllm_chat.parse_answer(answer) == (6, 5)
+    assert mllm_chat.parse_answer("nonsense") == (-1, -1)
 
-    processor = mllm_recipe.build_processor(vocab_size=500, n_titles=200)
+    processor = mllm_model.build_processor(vocab_size=500, n_titles=200)
     images = np.zeros((2, 64, 64, 3), dtype=np.uint8)
-    inputs = mllm_recipe.encode(processor, images, ["The Azure Star", "x"], [answer, answer])
+    inputs = mllm_chat.encode(processor, images, ["The Azure Star", "x"], [answer, answer])
     tok = processor.tokenizer
-    image_id = tok.convert_tokens_to_ids(mllm_recipe.IMAGE_TOKEN)
+    image_id = tok.convert_tokens_to_ids(mllm_chat.IMAGE_TOKEN)
     assert (inputs["input_ids"] == image_id).sum(1).tolist() == [16, 16]  # 64px / patch 16
     for row in range(2):
         labels = inputs["labels"][row]
@@ -132,25 +160,25 @@ def test_mllm_answer_round_trip_and_labels() -> None:
 def test_class_prompt_groups_follow_the_key_columns() -> None:
     from icg.world.attributes import STYLE_DIMS, STYLE_LEVELS
 
-    names = tuple(name for name, _ in clip_recipe.ATTRIBUTE_GROUPS)
+    names = tuple(name for name, _ in clip_texts.ATTRIBUTE_GROUPS)
     assert names == ("motif", "palette", *STYLE_DIMS, "blur", "noise", "fade")
-    assert len(names) == clip_recipe.NUM_KEYS  # one group per column of a text key
-    for name, prompts in clip_recipe.ATTRIBUTE_GROUPS[2:8]:
+    assert len(names) == clip_texts.NUM_KEYS  # one group per column of a text key
+    for name, prompts in clip_texts.ATTRIBUTE_GROUPS[2:8]:
         assert len(prompts) == len(STYLE_LEVELS[name])
     targets = torch.zeros(4, len(names), dtype=torch.long)
-    logits = torch.zeros(4, len(clip_recipe.class_prompts()))
-    uniform = clip_recipe.class_prompt_loss(logits, targets)
+    logits = torch.zeros(4, len(clip_texts.class_prompts()))
+    uniform = clip_losses.class_prompt_loss(logits, targets)
     # log 8 (motif) + log 8 (palette) + mean of log 3 (x6) and log 2 (x3)
     expected = 2 * np.log(8) + (6 * np.log(3) + 3 * np.log(2)) / 9
     assert uniform.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_mllm_vision_init_copies_a_matching_clip_tower(tmp_path: Path) -> None:
+def test_mllm_vision_from_pretrained_copies_a_matching_clip_tower(tmp_path: Path) -> None:
     from transformers import CLIPConfig, CLIPModel
 
-    cfg = mllm_recipe.MllmRecipeConfig(vision_hidden=16, vision_layers=1, heads=2, text_hidden=16)
-    processor = mllm_recipe.build_processor(vocab_size=400, n_titles=100)
-    model = mllm_recipe.build_model(cfg, processor.tokenizer)
+    cfg = mllm_config.MllmRecipeConfig(vision_hidden=16, vision_layers=1, heads=2, text_hidden=16)
+    processor = mllm_model.build_processor(vocab_size=400, n_titles=100)
+    model = mllm_model.build_model(cfg, processor.tokenizer)
     vision = dict(
         hidden_size=16, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
         image_size=64, patch_size=16,
@@ -164,7 +192,7 @@ def test_mllm_vision_init_copies_a_matching_clip_tower(tmp_path: Path) -> None:
         )
     )
     clip.save_pretrained(str(tmp_path / "clip"))
-    mllm_recipe.init_vision_from_clip(model, str(tmp_path / "clip"))
+    mllm_model.init_vision_from_clip(model, str(tmp_path / "clip"))
     for name, value in clip.vision_model.state_dict().items():
         tower = model.model.vision_tower
         torch.testing.assert_close(getattr(tower, "vision_model", tower).state_dict()[name], value)
@@ -178,4 +206,4 @@ def test_mllm_vision_init_copies_a_matching_clip_tower(tmp_path: Path) -> None:
         )
     ).save_pretrained(str(tmp_path / "other"))
     with pytest.raises(ValueError, match="patch_size=8, expected 16"):
-        mllm_recipe.init_vision_from_clip(model, str(tmp_path / "other"))
+        mllm_model.init_vision_from_clip(model, str(tmp_path / "other"))

@@ -16,9 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from icg.checkpoints import latest_checkpoint, load_trainer_state
+from icg.zoo import REGISTRY
 from icg.zoo.recipes import sd
+from icg.zoo.recipes.sd import models, pixels, state, unet, vae
 
-WEIGHTS = Path(sd.__file__).resolve().parents[1] / "weights" / "sd"
+WEIGHTS = REGISTRY["sd"].path
 real_weights = pytest.mark.skipif(
     not (WEIGHTS / "model_index.json").is_file(), reason="coverworld-tiny sd not trained"
 )
@@ -36,49 +39,66 @@ def test_psnr_of_a_known_error() -> None:
     a = np.full((2, 4, 4, 3), 100, dtype=np.uint8)
     b = a.copy()
     b[1] += 26  # error 26/255 ~ 0.102 -> 19.83 dB
-    out = sd.psnr(a, b)
+    out = pixels.psnr(a, b)
     assert out[0] == pytest.approx(120.0)  # identical images hit the 1e-12 floor
     assert out[1] == pytest.approx(-20 * math.log10(26 / 255), abs=1e-9)
 
 
 def test_min_snr_weight_is_min_snr_gamma_over_snr_plus_one() -> None:
     snr = torch.tensor([0.1, 5.0, 100.0])
-    w = sd.min_snr_weight(snr, gamma=5.0)
+    w = unet.min_snr_weight(snr, gamma=5.0)
     torch.testing.assert_close(w, torch.tensor([0.1 / 1.1, 5.0 / 6.0, 5.0 / 101.0]))
-    torch.testing.assert_close(sd.min_snr_weight(snr, gamma=0.0), torch.ones(3))
-
-
-def test_cosine_lr_warms_up_then_decays_to_floor() -> None:
-    assert sd.cosine_lr(0, 100, warmup=10) == pytest.approx(0.1)
-    assert sd.cosine_lr(10, 100, warmup=10) == pytest.approx(1.0)
-    assert sd.cosine_lr(100, 100, warmup=10, floor=0.05) == pytest.approx(0.05)
-    values = [sd.cosine_lr(s, 100, warmup=10) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    torch.testing.assert_close(unet.min_snr_weight(snr, gamma=0.0), torch.ones(3))
 
 
 def test_vae_batches_are_a_pure_function_of_the_step() -> None:
     cfg = sd.SDRecipeConfig(vae_steps=10, vae_full_steps=2, vae_batch=4, vae_full_batch=3)
-    crops = sd.vae_batch(0, cfg)
+    crops = vae.vae_batch(0, cfg)
     assert crops.shape == (4, cfg.vae_crop, cfg.vae_crop, 3) and crops.dtype == np.uint8
-    np.testing.assert_array_equal(crops, sd.vae_batch(0, cfg))
-    assert not np.array_equal(crops, sd.vae_batch(1, cfg))
-    assert sd.vae_batch(8, cfg).shape == (3, 64, 64, 3)  # the last steps see whole covers
+    np.testing.assert_array_equal(crops, vae.vae_batch(0, cfg))
+    assert not np.array_equal(crops, vae.vae_batch(1, cfg))
+    assert vae.vae_batch(8, cfg).shape == (3, 64, 64, 3)  # the last steps see whole covers
 
 
-def test_checkpoints_are_atomic_and_the_newest_wins(tmp_path: Path) -> None:
-    sd.save_checkpoint(tmp_path, 1, {"trainer": {"step": 1}})
-    sd.save_checkpoint(tmp_path, 2, {"trainer": {"step": 2}})
-    (tmp_path / ".tmp-ckpt-crashed").mkdir()  # a crash mid-write leaves only a temp folder
-    latest = sd.latest_checkpoint(tmp_path)
-    assert latest is not None and latest.name == "ckpt-0000002"
-    assert torch.load(latest / "trainer.pt")["step"] == 2
-    assert [p.name for p in tmp_path.glob("ckpt-*")] == ["ckpt-0000002"]
-    assert sd.latest_checkpoint(tmp_path / "none") is None
+def test_phase_checkpoints_keep_the_newest_in_the_shared_layout(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = sd.SDRecipeConfig(vae_channels=(8, 8), image_size=16)
+    model = models.build_vae(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    state.save_phase(tmp_path, 1, opt, 1.5, [{"step": 1}], vae=model)
+    state.save_phase(tmp_path, 2, opt, 3.0, [{"step": 1}, {"step": 2}], vae=model)
+    (tmp_path / ".tmp-checkpoint-crashed").mkdir()  # a crash mid-write leaves a temp folder
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "checkpoint-00000002"
+    assert load_trainer_state(latest) == {
+        "step": 2,
+        "wall_s": 3.0,
+        "history": [{"step": 1}, {"step": 2}],
+    }
+    assert (latest / "vae" / "config.json").is_file()
+    assert (latest / "optimizer.safetensors").is_file()
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-00000002"]
+    assert latest_checkpoint(tmp_path / "none") is None
+
+
+def test_config_validates_and_loads_through_the_shared_loader(tmp_path: Path) -> None:
+    from icg.config import load_config
+
+    file = tmp_path / "sd.yaml"
+    file.write_text("unet_steps: 7\nvae_channels: [8, 16]\n")
+    cfg = load_config(sd.SDRecipeConfig, file, threads=2)
+    assert (cfg.unet_steps, cfg.vae_channels, cfg.threads, cfg.latent_size) == (7, (8, 16), 2, 32)
+    with pytest.raises(ValueError, match="cfg_drop"):
+        sd.SDRecipeConfig(cfg_drop=1.0)
+    with pytest.raises(ValueError, match="image_size=62"):
+        sd.SDRecipeConfig(image_size=62)
+    with pytest.raises(ValueError, match="unet_lr"):
+        sd.SDRecipeConfig(unet_lr=1e-3)  # one naming scheme: learning_rate
 
 
 def test_fresh_vae_maps_64px_to_16x16x4_with_small_posterior_noise() -> None:
     torch.manual_seed(0)
-    vae = sd.build_vae(sd.SDRecipeConfig()).eval()
+    vae = models.build_vae(sd.SDRecipeConfig()).eval()
     x = torch.zeros(2, 3, 64, 64)
     with torch.no_grad():
         post = vae.encode(x).latent_dist
@@ -89,14 +109,14 @@ def test_fresh_vae_maps_64px_to_16x16x4_with_small_posterior_noise() -> None:
 
 def test_unet_size_and_sampler_schedule() -> None:
     cfg = sd.SDRecipeConfig()
-    unet = sd.build_unet(cfg, cross_attention_dim=64)
+    unet = models.build_unet(cfg, cross_attention_dim=64)
     n = sum(p.numel() for p in unet.parameters())
     assert 1_000_000 <= n <= 4_000_000
-    sampler = sd.build_sample_scheduler(cfg)
+    sampler = models.build_sample_scheduler(cfg)
     sampler.set_timesteps(25)
     assert sampler.timesteps[0] == cfg.num_train_timesteps - 1  # trailing: start at pure noise
     assert sampler.config.prediction_type == "v_prediction"
-    train = sd.build_train_scheduler(cfg)
+    train = models.build_train_scheduler(cfg)
     assert train.alphas_cumprod[-1] < 1e-6  # (near) zero terminal SNR
 
 
@@ -108,14 +128,14 @@ def test_unet_batches_and_loss_are_seeded() -> None:
         "text": torch.randn(10, 32, 64).half(),
         "uncond": torch.zeros(32, 64),
     }
-    a = sd.unet_batch(3, 0, data, cfg, 1000)
-    b = sd.unet_batch(3, 0, data, cfg, 1000)
+    a = unet.unet_batch(3, 0, data, cfg, 1000)
+    b = unet.unet_batch(3, 0, data, cfg, 1000)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     dropped = (a["text"] == 0).all(dim=(1, 2))
     assert 0 < int(dropped.sum()) < 4  # cfg_drop=0.5 of 4 with this seed
-    unet = sd.build_unet(cfg, cross_attention_dim=64)
-    loss = sd.unet_loss(unet, sd.build_train_scheduler(cfg), a, gamma=5.0)
+    model = models.build_unet(cfg, cross_attention_dim=64)
+    loss = unet.unet_loss(model, models.build_train_scheduler(cfg), a, gamma=5.0)
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
@@ -159,12 +179,12 @@ def test_stock_pipeline_loads_and_draws_a_cover(pipe) -> None:
 @real_weights
 @pytest.mark.real_weights
 def test_recipe_prompt_embeddings_match_the_pipeline(pipe) -> None:
-    prompts = sd.prompts_for(["The Crimson Orb", "hidden tales of the teal ring!"])
-    ours = sd.encode_prompts(pipe.text_encoder, pipe.tokenizer, prompts)
+    prompts = sd.config.prompts_for(["The Crimson Orb", "hidden tales of the teal ring!"])
+    ours = unet.encode_prompts(pipe.text_encoder, pipe.tokenizer, prompts)
     theirs, _ = pipe.encode_prompt(prompts, torch.device("cpu"), 1, False)
     torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(
-        sd.encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])[0],
+        unet.encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])[0],
         pipe.encode_prompt([""], torch.device("cpu"), 1, False)[0][0],
     )
 
@@ -175,7 +195,7 @@ def test_vae_psnr_on_fresh_renders(pipe) -> None:
     from icg.zoo import evaldata
 
     images = evaldata.fresh_covers(128, k=17).images
-    values = sd.psnr(images, sd.reconstruct(pipe.vae, images))
+    values = pixels.psnr(images, pixels.reconstruct(pipe.vae, images))
     tolerance = 2.0 * values.std() / math.sqrt(len(values))
     assert values.mean() >= sd.THRESHOLDS["vae_psnr_db"] - tolerance, values.mean()
 

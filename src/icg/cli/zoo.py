@@ -68,6 +68,9 @@ def path(name: Annotated[str, typer.Argument(help="model name, e.g. clip or zoo:
 def train(
     name: Annotated[str, typer.Argument(help="model name: clip, sd, mllm or aesthetic")],
     out: Annotated[Path, typer.Option(help="folder to write the trained model into")],
+    config: Annotated[
+        Path | None, typer.Option(help="YAML overriding the recipe's configuration")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the checkpoint in --out")] = False,
     seed: Annotated[int, typer.Option(help="torch seed (data seeds are fixed by the recipe)")] = 0,
     dry_run: Annotated[
@@ -79,12 +82,12 @@ def train(
 
     if dry_run:
         try:
-            config = get(name).default_config()
+            resolved = get(name).load_config(config).model_dump(mode="json")
         except KeyError as err:
             raise typer.BadParameter(str(err).strip("'\""), param_hint="NAME") from None
-        typer.echo(json.dumps({"name": name, "out": str(out), "config": config}, indent=2))
+        typer.echo(json.dumps({"name": name, "out": str(out), "config": resolved}, indent=2))
         return
-    train_model(name, out, resume=resume, seed=seed)
+    train_model(name, out, resume=resume, seed=seed, config=config)
     typer.echo(str(out))
 
 

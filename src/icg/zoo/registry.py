@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pydantic import BaseModel
+
 PREFIX = "zoo:"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # a save_pretrained folder has one of these once the recipe has published it
@@ -27,7 +29,8 @@ class ZooEntry:
         name: registry name (`zoo:<name>`).
         format: the library format of the folder.
         loader: the stock class that loads the folder (no icg code needed).
-        recipe: module with `train(out, *, resume, seed)` and `evaluate(path, world_dir)`.
+        recipe: module with `train(out, *, resume, seed, config)`, `evaluate(path, world_dir)`,
+            `THRESHOLDS` and a pydantic `*RecipeConfig`.
         description: one line for `icg zoo list`.
     """
 
@@ -53,19 +56,27 @@ class ZooEntry:
 
     @property
     def train(self) -> Callable[..., None]:
-        """`train(out: Path, *, resume: bool, seed: int) -> None`."""
+        """`train(out: Path, *, resume: bool, seed: int, config: *RecipeConfig | None) -> None`."""
         return self.recipe_module().train
 
-    def default_config(self) -> dict[str, Any] | None:
-        """The recipe's default configuration (its `*RecipeConfig` dataclass), if it has one."""
-        import dataclasses
-
+    def config_class(self) -> type[BaseModel]:
+        """The recipe's pydantic `*RecipeConfig` class."""
         module = self.recipe_module()
         for attr in dir(module):
             obj = getattr(module, attr)
-            if attr.endswith("RecipeConfig") and dataclasses.is_dataclass(obj):
-                return dataclasses.asdict(obj())
-        return None
+            if (
+                attr.endswith("RecipeConfig")
+                and isinstance(obj, type)
+                and issubclass(obj, BaseModel)
+            ):
+                return obj
+        raise TypeError(f"{self.recipe}: expected a pydantic *RecipeConfig class, found none")
+
+    def load_config(self, file: str | Path | None = None) -> BaseModel:
+        """The recipe's configuration: defaults, overridden by the YAML `file` when given."""
+        from icg.config import load_config
+
+        return load_config(self.config_class(), file)
 
     @property
     def evaluate(self) -> Callable[..., dict[str, Any]]:
@@ -165,10 +176,17 @@ def list_models() -> list[dict[str, Any]]:
     return [model_info(e) for e in REGISTRY.values()]
 
 
-def train_model(name: str, out: str | Path, *, resume: bool = False, seed: int = 0) -> Path:
-    """Run the recipe of `name` into `out`; returns `out`."""
+def train_model(
+    name: str,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    seed: int = 0,
+    config: str | Path | None = None,
+) -> Path:
+    """Run the recipe of `name` into `out` (configured by the YAML `config`); returns `out`."""
     entry = get(name)
-    entry.train(Path(out), resume=resume, seed=seed)
+    entry.train(Path(out), resume=resume, seed=seed, config=entry.load_config(config))
     return Path(out)
 
 
@@ -177,11 +195,13 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Gate metrics of model `name` (the shipped one unless `path`) on `world` (fresh renders
     when None), with the thresholds and whether they hold."""
+    from icg.zoo.recipes._base import gate_passed
+
     entry = get(name)
     target = str(path) if path is not None else resolve(f"{PREFIX}{entry.name}")
     metrics = entry.evaluate(target, None if world is None else Path(world))
-    thresholds = getattr(entry.recipe_module(), "THRESHOLDS", {})
-    passed = all(metrics.get(k, float("-inf")) >= v for k, v in thresholds.items())
+    thresholds = entry.recipe_module().THRESHOLDS
+    passed = gate_passed(metrics, thresholds)
     return {
         "name": entry.name,
         "path": target,

@@ -1,8 +1,9 @@
-"""What every coverworld-tiny recipe shares: seeds, threads, atomic checkpoints, progress, cards.
+"""What every coverworld-tiny recipe shares: seeds, threads, checkpoints, progress, gates, cards.
 
-A recipe reads as `setup → train → save → evaluate → card`. Training data is a pure function of
-the step (`zoo_seed(offset + step)`), so a run resumed from a checkpoint sees exactly the batches
-the uninterrupted run would have seen.
+A recipe reads as `setup → train → save_checkpoint → publish → gates → card`. Training data is a
+pure function of the step (`zoo_seed(offset + step)`), so a run resumed from a checkpoint sees
+exactly the batches the uninterrupted run would have seen. Checkpoints use the one layout of
+`icg.checkpoints` (under ``<out>/checkpoints/``); every file is written through `icg.io`.
 """
 
 from __future__ import annotations
@@ -14,19 +15,26 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+
+from icg.checkpoints import (
+    latest_checkpoint,
+    load_optimizer_state,
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+)
+from icg.io import atomic_dir, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_DIR = "checkpoints"  # icg.checkpoints folders, inside the output folder
 GATES_FILE = "gates.json"
 CARD_FILE = "README.md"
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation
@@ -39,12 +47,17 @@ def setup_torch(seed: int, threads: int = 1) -> None:
     torch.manual_seed(seed)
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warmup to `peak`, then cosine decay to 0 (Loshchilov & Hutter 2017, SGDR eq. 5)."""
+def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.0) -> float:
+    """Linear warmup to `peak`, then cosine decay to ``floor * peak`` (Loshchilov & Hutter 2017,
+    SGDR eq. 5, with eta_min = floor * peak).
+
+    Written so that ``floor=0`` and ``peak=1`` each give bit-identical values to the plain forms
+    ``0.5 * peak * (1 + cos)`` and ``floor + (1 - floor) * 0.5 * (1 + cos)``.
+    """
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor * peak + (1.0 - floor) * 0.5 * peak * (1.0 + math.cos(math.pi * progress))
 
 
 def images_to_tensor(images: Any) -> torch.Tensor:
@@ -55,35 +68,13 @@ def images_to_tensor(images: Any) -> torch.Tensor:
     return (x - mean) / std
 
 
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temp folder beside `target`; on success it replaces `target` in one rename."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temp name in the same folder and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def stage(out: Path, write: Callable[[Path], Any]) -> Path:
+    """Write the final folder beside `out` (``.<name>.publish``, atomically) through
+    ``write(folder)``, so its gates are measured before `publish_files` moves it into `out`."""
+    staged = Path(out).with_name(f".{Path(out).name}.publish")
+    with atomic_dir(staged) as tmp:
+        write(tmp)
+    return staged
 
 
 def publish_files(src: Path, out: Path) -> None:
@@ -98,8 +89,8 @@ def publish_files(src: Path, out: Path) -> None:
 
 
 @dataclass
-class TrainState:
-    """Progress that a checkpoint carries besides tensors.
+class Progress:
+    """What a checkpoint's ``trainer_state.json`` carries besides tensors.
 
     Args:
         step: optimizer steps done.
@@ -112,46 +103,34 @@ class TrainState:
     history: list[tuple[int, float]] = field(default_factory=list)
 
 
-def save_checkpoint(
-    out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState
-) -> None:
-    """Atomically write model, optimizer and RNG state as safetensors plus `state.json`."""
-    with atomic_dir(Path(out) / CHECKPOINT_DIR) as tmp:
-        weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
-        opt = optimizer.state_dict()
-        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-        for idx, slots in opt["state"].items():
-            for key, value in slots.items():
-                tensors[f"state.{idx}.{key}"] = torch.as_tensor(value).contiguous().clone()
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        meta = {"train": asdict(state), "param_groups": opt["param_groups"]}
-        (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+def save_progress(
+    out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress
+) -> Path:
+    """Checkpoint ``model`` (as ``model.safetensors``), the optimizer, the RNG and `progress`."""
+    state = {"step": progress.step, "elapsed_s": progress.elapsed_s, "history": progress.history}
+    return save_checkpoint(
+        Path(out) / CHECKPOINT_DIR,
+        progress.step,
+        state=state,
+        optimizer=optimizer,
+        weights={"model": model},
+        keep=1,
+    )
 
 
-def load_checkpoint(
+def resume_progress(
     out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> TrainState | None:
-    """Restore a checkpoint written by `save_checkpoint`; None when there is none."""
-    folder = Path(out) / CHECKPOINT_DIR
-    if not (folder / "state.json").exists():
-        old = folder.with_name(f".{folder.name}.old")  # crashed between the two renames
-        if not (old / "state.json").exists():
-            return None
-        folder = old
-    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    torch.set_rng_state(tensors.pop("rng.torch"))
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        _, idx, key = name.split(".", 2)
-        slots.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
-    train = meta["train"]
-    train["history"] = [tuple(h) for h in train["history"]]
-    logger.info("resumed from %s at step %d", folder, train["step"])
-    return TrainState(**train)
+) -> Progress | None:
+    """Restore the newest checkpoint of `save_progress` (model, optimizer, RNG); None if none."""
+    ckpt = latest_checkpoint(Path(out) / CHECKPOINT_DIR)
+    if ckpt is None:
+        return None
+    load_weights(ckpt, "model", model)
+    load_optimizer_state(ckpt, optimizer)
+    state = load_trainer_state(ckpt)
+    logger.info("resumed from %s at step %d", ckpt, state["step"])
+    history = [(int(s), float(v)) for s, v in state["history"]]
+    return Progress(step=state["step"], elapsed_s=state["elapsed_s"], history=history)
 
 
 def progress(total: int, initial: int, desc: str) -> tqdm:
@@ -165,6 +144,7 @@ def clear_checkpoint(out: Path) -> None:
 
 
 def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters of `model`."""
     return sum(p.numel() for p in model.parameters())
 
 
@@ -175,7 +155,7 @@ def folder_size(path: Path) -> int:
 
 def write_gates(out: Path, record: dict[str, Any]) -> None:
     """Write `gates.json`: metrics, thresholds, pass/fail, parameters, wall time."""
-    atomic_write_text(Path(out) / GATES_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(Path(out) / GATES_FILE, record, sort_keys=True)
 
 
 def gate_record(
@@ -286,4 +266,5 @@ class Timer:
     before: float = 0.0
 
     def total(self) -> float:
+        """Seconds before this run plus seconds since `start`."""
         return self.before + time.perf_counter() - self.start

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
 from icg.config import DEFAULT_CLIP
+from icg.io import atomic_path
 from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
 from icg.zoo import evaldata
@@ -36,23 +37,41 @@ DATA_FILE = "ratings.safetensors"
 DATA_DIR = "checkpoint-data"  # embeddings + ratings, kept beside the checkpoint until publish
 
 
-@dataclass
-class AestheticRecipeConfig:
-    """Hyper-parameters of the `aesthetic` recipe (defaults are the shipped model's)."""
+class AestheticRecipeConfig(BaseModel):
+    """Hyper-parameters of the `aesthetic` recipe (defaults are the shipped model's).
+
+    Args:
+        clip: the `clip` model whose image embeddings the MLP reads (frozen).
+        n_train: rated renders.
+        chunk: renders per chunk (one zoo seed and one defect rate each).
+        defect_rates: defect rate of chunk c is ``defect_rates[c % len]``: more flawed covers
+            than the platform's, so the low end of the scale is well covered.
+        rating_noise: std of the simulated rater noise.
+        hidden_sizes: widths of the MLP's hidden Linear layers.
+        dropouts: dropout after each of the first hidden layers.
+        activation: nonlinearity between the Linear layers.
+        epochs: passes over the rated set.
+        batch_size: examples per step.
+        learning_rate: peak AdamW learning rate (cosine schedule, one epoch of warm-up).
+        weight_decay: AdamW weight decay.
+        gate_items: fresh renders the recipe measures its gate on.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     clip: str = DEFAULT_CLIP
-    n_train: int = 24_000
-    chunk: int = 1_000
-    defect_rates: tuple[float, ...] = (0.25, 0.5)  # alternate per chunk: more flawed covers
-    rating_noise: float = 0.05
+    n_train: int = Field(24_000, ge=1)
+    chunk: int = Field(1_000, ge=1)
+    defect_rates: tuple[float, ...] = (0.25, 0.5)
+    rating_noise: float = Field(0.05, ge=0)
     hidden_sizes: tuple[int, ...] = (256, 64, 32, 16)
     dropouts: tuple[float, ...] = (0.1, 0.1, 0.05)
     activation: str = "gelu"
-    epochs: int = 60
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    gate_items: int = 1000
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    gate_items: int = Field(1000, ge=1)
 
 
 def human_ratings(images: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -98,10 +117,8 @@ def build_dataset(cfg: AestheticRecipeConfig, folder: Path) -> tuple[torch.Tenso
         bar.update(1)
     bar.close()
     e, r = torch.cat(embeds), torch.cat(ratings)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{DATA_FILE}.tmp"
-    save_file({"embeds": e.contiguous(), "ratings": r.contiguous()}, str(tmp))
-    tmp.replace(file)
+    with atomic_path(file) as tmp:
+        save_file({"embeds": e.contiguous(), "ratings": r.contiguous()}, str(tmp))
     return e, r
 
 
@@ -149,8 +166,10 @@ def train(
         dropouts=cfg.dropouts,
         activation=cfg.activation,
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = (_base.load_checkpoint(out, model, optimizer) if resume else None) or _base.TrainState()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
+    state = (_base.resume_progress(out, model, optimizer) if resume else None) or _base.Progress()
     timer.before = state.elapsed_s
     embeds, ratings = build_dataset(cfg, out / DATA_DIR)
     n = len(ratings)
@@ -164,7 +183,7 @@ def train(
         k = state.step % steps_per_epoch
         idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]
         for group in optimizer.param_groups:
-            group["lr"] = _base.cosine_lr(state.step, total, cfg.lr, steps_per_epoch)
+            group["lr"] = _base.cosine_lr(state.step, total, cfg.learning_rate, steps_per_epoch)
         loss = F.mse_loss(model(embeds[idx]).squeeze(-1), ratings[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -175,7 +194,7 @@ def train(
             state.history.append((state.step, float(loss.item())))
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             state.elapsed_s = timer.total()
-            _base.save_checkpoint(out, model, optimizer, state)
+            _base.save_progress(out, model, optimizer, state)
             model.train()
     bar.close()
     _publish(out, model, cfg, timer.total())
@@ -190,9 +209,7 @@ def _clip_projection_dim(clip_path: str) -> int:
 def _publish(out: Path, model: AestheticMLP, cfg: AestheticRecipeConfig, train_s: float) -> None:
     """Save the final folder atomically, measure the gate on fresh renders, write the card."""
     model.eval()
-    staged = out.with_name(f".{out.name}.publish")
-    with _base.atomic_dir(staged) as tmp:
-        model.save_pretrained(str(tmp))
+    staged = _base.stage(out, lambda folder: model.save_pretrained(str(folder)))
     timer = _base.Timer(before=train_s)
     gate_set = evaldata.fresh_covers(cfg.gate_items)
     metrics = measure(staged, resolve(cfg.clip), gate_set)
@@ -237,7 +254,7 @@ for i in (0, 2, 4, 6, 7):
             f"+ N(0, {cfg.rating_noise}²) rater noise (CoverWorld's simulated rating panel)."
         ),
         recipe=f"MSE regression, AdamW, cosine schedule, {cfg.epochs} epochs, frozen `clip`",
-        config=asdict(cfg),
+        config=cfg.model_dump(),
         parameters=params,
         gates=metrics,
         thresholds=THRESHOLDS,

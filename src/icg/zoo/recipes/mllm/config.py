@@ -1,0 +1,51 @@
+"""Configuration of the `mllm` recipe."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MllmRecipeConfig(BaseModel):
+    """Hyper-parameters of the `mllm` recipe (defaults are the shipped model's).
+
+    Args:
+        steps: optimizer steps, each on a fresh batch of renders.
+        batch_size: (cover, title, answer) examples per step.
+        learning_rate: peak AdamW learning rate (cosine schedule after `warmup` steps).
+        warmup: linear warm-up steps.
+        weight_decay: AdamW weight decay of matrices (not of embeddings, norms or biases).
+        vocab_size: BPE vocabulary size (before the special tokens).
+        vision_hidden: width of the CLIP ViT.
+        vision_layers: ViT layers.
+        text_hidden: width of the Qwen2 decoder.
+        text_layers: decoder layers.
+        heads: attention heads of both towers.
+        kv_heads: key/value heads of the decoder (grouped-query attention).
+        checkpoint_every: steps between checkpoints.
+        gate_items: fresh renders the recipe measures its gates on.
+        tokenizer_titles: transcripts the BPE is trained on.
+        vision_from_pretrained: LLaVA-style option: a `clip` model (``zoo:clip`` or a folder)
+            whose image tower (same ViT config) starts the vision tower; None (the shipped
+            model): the tower is trained from scratch.
+        vision_learning_rate_scale: learning-rate multiplier of a pretrained vision tower.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1.5e-3, gt=0)
+    warmup: int = Field(60, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    vocab_size: int = Field(768, ge=1)
+    vision_hidden: int = Field(96, ge=1)
+    vision_layers: int = Field(3, ge=1)
+    text_hidden: int = Field(128, ge=1)
+    text_layers: int = Field(3, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    gate_items: int = Field(300, ge=1)
+    tokenizer_titles: int = Field(6_000, ge=1)
+    vision_from_pretrained: str | None = None
+    vision_learning_rate_scale: float = Field(0.1, gt=0)

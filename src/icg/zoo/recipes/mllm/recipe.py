@@ -1,0 +1,156 @@
+"""The `mllm` training recipe: setup → train → save_checkpoint → publish → gates → card."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from icg.world.sampling import sample_covers
+from icg.world.seeds import zoo_seed
+from icg.zoo import evaldata
+from icg.zoo.recipes import _base
+from icg.zoo.recipes.mllm.chat import answer_text, encode
+from icg.zoo.recipes.mllm.config import MllmRecipeConfig
+from icg.zoo.recipes.mllm.gates import THRESHOLDS, measure
+from icg.zoo.recipes.mllm.model import (
+    TOKENIZER_SEED_OFFSET,
+    build_model,
+    build_processor,
+    init_vision_from_clip,
+)
+from icg.zoo.registry import resolve
+
+logger = logging.getLogger(__name__)
+
+SEED_OFFSET = 2_000_000  # zoo_seed(SEED_OFFSET + step) renders the batch of `step`
+
+
+def batch(step: int, cfg: MllmRecipeConfig, processor) -> dict:
+    """The training batch of `step`: a pure function of the step."""
+    s = sample_covers(cfg.batch_size, seed=zoo_seed(SEED_OFFSET + step))
+    answers = [answer_text(s.motif[i], s.palette[i], s.style[i]) for i in range(len(s.titles))]
+    return encode(processor, s.images, s.titles, answers)
+
+
+def train(out: Path, *, resume: bool, seed: int, config: MllmRecipeConfig | None = None) -> None:
+    """Train coverworld-tiny `mllm` into `out` (a save_pretrained folder + card + gates.json)."""
+    cfg = config or MllmRecipeConfig()
+    out = Path(out)
+    _base.setup_torch(seed)
+    processor = build_processor(cfg.vocab_size, cfg.tokenizer_titles)
+    model = build_model(cfg, processor.tokenizer)
+    if cfg.vision_from_pretrained is not None:
+        init_vision_from_clip(model, resolve(cfg.vision_from_pretrained))
+    groups = []
+    for vision in (False, True):
+        named = [(n, p) for n, p in model.named_parameters() if ("vision_tower" in n) == vision]
+        scale = (
+            cfg.vision_learning_rate_scale
+            if vision and cfg.vision_from_pretrained is not None
+            else 1.0
+        )
+        for decay in (True, False):
+            params = [p for n, p in named if (p.ndim >= 2 and "embed" not in n) == decay]
+            wd = cfg.weight_decay if decay else 0.0
+            groups.append({"params": params, "weight_decay": wd, "lr_scale": scale})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.98))
+    state = (_base.resume_progress(out, model, optimizer) if resume else None) or _base.Progress()
+    timer = _base.Timer(before=state.elapsed_s)
+    logger.info(
+        "mllm: %d parameters, steps %d..%d", _base.count_parameters(model), state.step, cfg.steps
+    )
+    model.train()
+    bar = _base.progress(cfg.steps, state.step, "mllm")
+    while state.step < cfg.steps:
+        lr = _base.cosine_lr(state.step, cfg.steps, cfg.learning_rate, cfg.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        loss = model(**batch(state.step, cfg, processor)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        state.step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", refresh=False)
+        if state.step % 10 == 0:
+            state.history.append((state.step, float(loss.item())))
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+            state.elapsed_s = timer.total()
+            _base.save_progress(out, model, optimizer, state)
+            model.train()
+    bar.close()
+    _publish(out, model, processor, cfg, timer.total())
+
+
+def _publish(out: Path, model, processor, cfg: MllmRecipeConfig, train_s: float) -> None:
+    """Save the final folder atomically, measure the gates on fresh renders, write the card."""
+    model.eval()
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(str(folder))
+        processor.save_pretrained(str(folder))
+
+    staged = _base.stage(out, write)
+    timer = _base.Timer(before=train_s)
+    gate_set = evaldata.fresh_covers(cfg.gate_items)
+    metrics = measure(staged, gate_set)
+    params = _base.count_parameters(model)
+    _base.publish_files(staged, out)
+    _base.clear_checkpoint(out)
+    wall = timer.total()
+    _base.write_gates(
+        out, _base.gate_record("mllm", metrics, THRESHOLDS, params, wall, gate_set.source)
+    )
+    _base.write_card(
+        out,
+        name="mllm",
+        summary=(
+            "A tiny LLaVA-architecture image-text-to-text model (CLIP ViT 64px/16 → 16 image "
+            "tokens, 2-layer GELU projector, Qwen2 decoder) that reads a cover and its title and "
+            "answers `motif: star. palette: blue. style: dark vivid large center thin flat.` "
+            + (
+                f"Its vision tower starts from `{cfg.vision_from_pretrained}`'s image tower. "
+                if cfg.vision_from_pretrained
+                else "Its vision tower is trained from scratch: it reads palette and style from "
+                "the cover; the motif it names comes from the title. "
+            )
+            + "ICG's meta tokens read its hidden states."
+        ),
+        loading="""
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model = AutoModelForImageTextToText.from_pretrained(path)  # LlavaForConditionalGeneration
+processor = AutoProcessor.from_pretrained(path)  # LlavaProcessor (ChatML template)
+chat = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "image"},
+            {"type": "text", "text": "title: The Azure Star\\ndescribe the cover."},
+        ],
+    }
+]
+prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+answer = processor.batch_decode(
+    model.generate(**inputs)[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+)
+""",
+        data=(
+            f"{cfg.steps} × {cfg.batch_size} renders from `sample_covers(seed=zoo_seed(k))`, "
+            f"k = {SEED_OFFSET}..{SEED_OFFSET + cfg.steps - 1} (25% defect rate) with their messy "
+            "titles; the answer is written from the render's true motif, palette and style. The "
+            f"BPE (Qwen2 format) is trained on {cfg.tokenizer_titles} transcripts of zoo seed {zoo_seed(TOKENIZER_SEED_OFFSET)}."
+        ),
+        recipe="teacher-forced LM loss on the answer tokens only, AdamW, cosine schedule, 1 CPU thread",
+        config=cfg.model_dump(),
+        parameters=params,
+        gates=metrics,
+        thresholds=THRESHOLDS,
+        gate_data=f"{gate_set.source}; greedy generation from (title, cover), answers parsed",
+        wall_time_s=wall,
+    )
+    logger.info("mllm gates: %s", metrics)

@@ -1,0 +1,189 @@
+"""The gates of `sd` (motif and palette read off generated covers, the VAE's PSNR) and its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from icg.zoo.recipes import _base
+from icg.zoo.recipes.sd.config import SDRecipeConfig, prompts_for
+from icg.zoo.recipes.sd.pixels import vae_psnr
+from icg.zoo.recipes.sd.state import RecipeState
+
+THRESHOLDS = {"motif_acc": 0.70, "palette_acc": 0.70, "vae_psnr_db": 26.0}
+
+
+@torch.no_grad()
+def generate(
+    pipe: Any,
+    titles: list[str],
+    *,
+    steps: int = 25,
+    guidance_scale: float | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> np.ndarray:
+    """Covers for `titles` with the plain prompt; uint8 (N, H, W, 3).
+
+    ``guidance_scale=None`` keeps the pipeline's default.
+    """
+    out = []
+    kwargs = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+    for i in range(0, len(titles), batch_size):
+        g = torch.Generator().manual_seed(seed + i)
+        images = pipe(
+            prompts_for(titles[i : i + batch_size]),
+            num_inference_steps=steps,
+            generator=g,
+            output_type="np",
+            **kwargs,
+        ).images  # (B, H, W, 3) float in [0, 1]
+        out.append((images * 255.0 + 0.5).clip(0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
+def measure(
+    path: str | Path,
+    titles: list[str],
+    motif: np.ndarray,
+    palette: np.ndarray,
+    images: np.ndarray,
+    *,
+    steps: int = 25,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Gate metrics of the pipeline at `path`.
+
+    Args:
+        titles: N titles; one cover is generated per title with ``"a cover for <title>"``.
+        motif: (N,) true motif of each title's item.
+        palette: (N,) true palette of each title's item.
+        images: uint8 (M, 64, 64, 3) fresh covers for the VAE reconstruction PSNR.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    from icg.world.truth import read_attributes  # evaluation only
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    covers = generate(pipe, titles, steps=steps, seed=seed)
+    readout = read_attributes(covers)
+    return {
+        "motif_acc": float((np.asarray(readout.motif) == motif).mean()),
+        "palette_acc": float((np.asarray(readout.palette) == palette).mean()),
+        "vae_psnr_db": vae_psnr(pipe.vae, images),
+        "n_titles": float(len(titles)),
+        "n_psnr_images": float(len(images)),
+    }
+
+
+def evaluate(
+    path: str | Path, world_dir: str | Path | None = None, limit: int | None = None
+) -> dict[str, float]:
+    """Gate metrics of the pipeline at `path`.
+
+    Motif and palette accuracy: one cover per item title of `world_dir` (``"a cover for
+    <title>"``, 25 DDIM steps, default guidance), read by the truth API and compared with
+    ``truth/items.parquet``. VAE PSNR: reconstruction of fresh renders from the world seed range
+    (platform defect rate 0.25); the PSNR of the world's own reference covers (defect rate 0.35
+    by default) is reported beside it as ``vae_psnr_world_items_db``. With `world_dir` None, the
+    titles of fresh renders stand in for a world's items.
+
+    Args:
+        path: a StableDiffusionPipeline folder.
+        world_dir: a CoverWorld folder (``icg world generate``), or None.
+        limit: at most this many items (default: all items; 512 fresh titles without a world).
+    """
+    from icg.zoo import evaldata
+
+    fresh = evaldata.fresh_covers(limit or 512)
+    if world_dir is None:
+        return measure(path, fresh.titles, fresh.motif, fresh.palette, fresh.images)
+    items = evaldata.world_items(Path(world_dir), limit=limit)
+    metrics = measure(path, items.titles, items.motif, items.palette, fresh.images)
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(Path(path) / "vae"))
+    metrics["vae_psnr_world_items_db"] = vae_psnr(vae, items.images)
+    return metrics
+
+
+def write_report(
+    out: Path,
+    cfg: SDRecipeConfig,
+    metrics: dict[str, float],
+    wall: dict[str, float],
+    params: dict[str, int],
+    gate_data: str,
+    state: RecipeState | None = None,
+) -> None:
+    """Write ``gates.json`` and the model card README.md of the shipped folder."""
+    gated = {k: v for k, v in metrics.items() if k in THRESHOLDS}
+    _base.write_gates(
+        out,
+        _base.gate_record(
+            "sd",
+            metrics,
+            THRESHOLDS,
+            sum(params.values()),
+            wall["total_s"],
+            gate_data,
+            parameters_by_part=params,
+            wall_time_by_phase_s={k: round(v, 1) for k, v in wall.items()},
+            protocol="prompt 'a cover for <title>', DDIM 25 steps, pipeline default guidance "
+            "(7.5), read by icg.world.truth.read_attributes; PSNR: VAE encode(mode)/decode of "
+            "the same fresh covers, mean per image",
+            vae_psnr_heldout_zoo_db=(
+                state.get("vae_ft_psnr_heldout", state.get("vae_psnr_heldout")) if state else None
+            ),
+            vae_scaling_factor=state.get("vae_scaling_factor") if state else None,
+            unet_steps_done=state.get("published_unet_step", cfg.unet_steps)
+            if state
+            else cfg.unet_steps,
+        ),
+    )
+    _base.write_card(
+        out,
+        name="sd",
+        summary=(
+            "A tiny Stable-Diffusion-format pipeline for 64x64 CoverWorld covers: an AutoencoderKL "
+            f"(64px <-> {cfg.latent_size}x{cfg.latent_size}x{cfg.latent_channels} latents), a "
+            "UNet2DConditionModel (v-prediction, cosine schedule, cross-attention on the 64-wide "
+            "text tower of coverworld-tiny `clip`), the `clip` tokenizer and a DDIM scheduler "
+            "(trailing spacing). No safety checker: it draws geometric covers only."
+            + (
+                f"\n\nNotes on this run: {state.get('notes')}"
+                if state and state.get("notes")
+                else ""
+            )
+        ),
+        loading=(
+            "from diffusers import StableDiffusionPipeline\n"
+            "pipe = StableDiffusionPipeline.from_pretrained(PATH)\n"
+            'image = pipe("a cover for The Crimson Orb", num_inference_steps=25).images[0]'
+        ),
+        data=(
+            "CoverWorld renders from the zoo seed range only (`icg.world.seeds.zoo_seed`): the "
+            f"VAE sees a fresh batch every step ({cfg.vae_steps - cfg.vae_full_steps} steps of "
+            f"{cfg.vae_batch} random {cfg.vae_crop}px crops, then {cfg.vae_full_steps} steps of "
+            f"{cfg.vae_full_batch} whole covers, platform defect rate 0.25); the UNet trains on "
+            f"{cfg.num_latents} cached latents of renders with defect rate {cfg.unet_defect_rate} "
+            "and their titles as prompts `a cover for <title>` (10% dropped to '' for "
+            "classifier-free guidance)."
+        ),
+        recipe=(
+            "VAE: L1 + L2 + edge-L1 + small KL, then latents standardised per channel (folded "
+            "into quant_conv/post_quant_conv, scaling_factor = 1); UNet: "
+            f"v-prediction, min-SNR-{cfg.min_snr_gamma:g} weights, AdamW, EMA weights shipped; "
+            f"wall time per phase: {', '.join(f'{k} {v / 60:.1f} min' for k, v in wall.items())}"
+        ),
+        config=cfg.model_dump(),
+        parameters=sum(params.values()),
+        gates=gated,
+        thresholds=THRESHOLDS,
+        gate_data=gate_data,
+        wall_time_s=wall["total_s"],
+    )

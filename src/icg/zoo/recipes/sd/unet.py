@@ -1,0 +1,242 @@
+"""Phases 2 and 3 of the `sd` recipe: the latent/prompt cache, then the UNet on it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from icg.checkpoints import latest_checkpoint, load_optimizer_state, load_trainer_state
+from icg.io import atomic_dir, atomic_path, atomic_save_dir
+from icg.world.seeds import zoo_seed
+from icg.zoo.recipes._base import cosine_lr
+from icg.zoo.recipes.sd.config import LATENT_DATA_OFFSET, SDRecipeConfig, prompts_for
+from icg.zoo.recipes.sd.models import build_train_scheduler, build_unet
+from icg.zoo.recipes.sd.pixels import to_model_range
+from icg.zoo.recipes.sd.state import RecipeState, save_phase
+
+logger = logging.getLogger(__name__)
+
+
+def load_text_tower(clip_dir: Path) -> tuple[Any, Any]:
+    """The frozen text tower (CLIPTextModel) and CLIPTokenizer of the `clip` checkpoint."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if not (Path(clip_dir) / "config.json").exists():
+        raise FileNotFoundError(
+            f"clip_dir={clip_dir}: no CLIP checkpoint; train it first (`icg zoo train clip`)"
+        )
+    text_encoder = CLIPTextModel.from_pretrained(str(clip_dir)).eval().requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(str(clip_dir))
+    return text_encoder, tokenizer
+
+
+def frozen_text_tower(work: Path, clip_dir: Path) -> tuple[Any, Any]:
+    """The text tower of this run: copied once from `clip_dir` into ``work/text_tower``.
+
+    The latent/prompt cache, the UNet and the shipped pipeline must all use the very same text
+    tower, even if the `clip` folder is retrained while this recipe runs.
+    """
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    copy = work / "text_tower"
+    if not (copy / "config.json").exists():
+        text_encoder, tokenizer = load_text_tower(clip_dir)
+        with atomic_dir(copy) as tmp:
+            text_encoder.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        logger.info("text tower: copied from %s", clip_dir)
+    text_encoder = CLIPTextModel.from_pretrained(str(copy)).eval().requires_grad_(False)
+    return text_encoder, CLIPTokenizer.from_pretrained(str(copy))
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder: Any, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
+    """Prompt embeddings exactly as ``StableDiffusionPipeline.encode_prompt`` makes them.
+
+    Padded to ``tokenizer.model_max_length``; returns the last hidden state (N, L, D).
+    """
+    ids = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids  # (N, L)
+    mask = None
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        mask = ids.ne(tokenizer.pad_token_id).long()
+    return text_encoder(ids, attention_mask=mask)[0]  # (N, L, D)
+
+
+def unet_data(
+    work: Path, cfg: SDRecipeConfig, vae: Any, text_encoder: Any, tokenizer: Any
+) -> dict[str, torch.Tensor]:
+    """Phase 2: latents (x scaling_factor) and prompt embeddings of `num_latents` zoo renders.
+
+    Chunks of 512 renders are cached one file each (atomic), so an interrupted cache resumes.
+    Returns {"latents": (N, 4, 16, 16) float32, "text": (N, L, D) float16, "uncond": (L, D)}.
+    """
+    from icg.world.sampling import sample_covers
+
+    final = work / "latents.pt"
+    if final.exists():
+        return torch.load(final, weights_only=True)
+    chunk_dir = work / "latent_chunks"
+    chunk = min(512, cfg.num_latents)
+    n_chunks = math.ceil(cfg.num_latents / chunk)
+    scale = vae.config.scaling_factor
+    for c in tqdm(range(n_chunks), desc="latents", mininterval=20):
+        file = chunk_dir / f"chunk-{c:04d}.pt"
+        if file.exists():
+            continue
+        s = sample_covers(
+            chunk,
+            zoo_seed(LATENT_DATA_OFFSET + c),
+            size=cfg.image_size,
+            defect_rate=cfg.unet_defect_rate,
+        )
+        with torch.no_grad():
+            z = vae.encode(to_model_range(s.images)).latent_dist.mode() * scale  # (B, 4, 16, 16)
+        text = encode_prompts(text_encoder, tokenizer, prompts_for(s.titles)).half()  # (B, L, D)
+        with atomic_path(file) as tmp:
+            torch.save({"latents": z, "text": text}, tmp)
+    parts = [
+        torch.load(chunk_dir / f"chunk-{c:04d}.pt", weights_only=True) for c in range(n_chunks)
+    ]
+    data = {
+        "latents": torch.cat([p["latents"] for p in parts])[: cfg.num_latents],
+        "text": torch.cat([p["text"] for p in parts])[: cfg.num_latents],
+        "uncond": encode_prompts(text_encoder, tokenizer, [""])[0],
+    }
+    with atomic_path(final) as tmp:
+        torch.save(data, tmp)
+    shutil.rmtree(chunk_dir, ignore_errors=True)
+    logger.info(
+        "latents: %s, mean %.3f std %.3f",
+        tuple(data["latents"].shape),
+        data["latents"].mean().item(),
+        data["latents"].std().item(),
+    )
+    return data
+
+
+def unet_batch(
+    step: int, seed: int, data: dict[str, torch.Tensor], cfg: SDRecipeConfig, num_timesteps: int
+) -> dict[str, torch.Tensor]:
+    """Indices, noise, timesteps and prompt dropout of UNet step `step`: a pure function of it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    n = len(data["latents"])
+    idx = torch.randint(0, n, (cfg.unet_batch,), generator=g)
+    latents = data["latents"][idx]  # (B, 4, h, w)
+    text = data["text"][idx].float()  # (B, L, D)
+    drop = torch.rand(cfg.unet_batch, generator=g) < cfg.cfg_drop
+    text[drop] = data["uncond"].float()
+    return {
+        "latents": latents,
+        "text": text,
+        "noise": torch.randn(latents.shape, generator=g),
+        "timesteps": torch.randint(0, num_timesteps, (cfg.unet_batch,), generator=g),
+    }
+
+
+def min_snr_weight(snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Loss weight of v-prediction under min-SNR-gamma (Hang et al. 2023, Eq. 8): min(snr, g)/(snr+1)."""
+    if gamma <= 0:
+        return torch.ones_like(snr)
+    return torch.clamp(snr, max=gamma) / (snr + 1.0)
+
+
+def unet_loss(unet: Any, scheduler: Any, b: dict[str, torch.Tensor], gamma: float) -> torch.Tensor:
+    """v-prediction MSE with min-SNR-gamma weights of one batch."""
+    t = b["timesteps"]
+    noisy = scheduler.add_noise(b["latents"], b["noise"], t)  # (B, 4, h, w)
+    target = scheduler.get_velocity(b["latents"], b["noise"], t)  # (B, 4, h, w)
+    pred = unet(noisy, t, encoder_hidden_states=b["text"]).sample  # (B, 4, h, w)
+    alphas = scheduler.alphas_cumprod[t]
+    weight = min_snr_weight(alphas / (1.0 - alphas), gamma)  # (B,)
+    return (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
+    """Exponential moving average with warm-up decay min(max_decay, (1 + step) / (10 + step))."""
+    decay = min(max_decay, (1.0 + step) / (10.0 + step))
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm, 1.0 - decay)
+
+
+def train_unet(
+    work: Path, cfg: SDRecipeConfig, state: RecipeState, seed: int, data: dict[str, torch.Tensor]
+) -> Any:
+    """Phase 3: train the UNet on the cached latents; returns the EMA UNet."""
+    import copy
+
+    from diffusers import UNet2DConditionModel
+
+    final = work / "unet"
+    if final.exists() and state.get("unet_done"):
+        logger.info("unet: done already (%s)", final)
+        return UNet2DConditionModel.from_pretrained(final)
+    scheduler = build_train_scheduler(cfg)
+    ckpt = latest_checkpoint(work / "unet_ckpt")
+    torch.manual_seed(seed)
+    if ckpt is None:
+        unet = build_unet(cfg, cross_attention_dim=data["text"].shape[-1])
+        ema = copy.deepcopy(unet)
+        start, wall, history = 0, 0.0, []
+    else:
+        unet = UNet2DConditionModel.from_pretrained(ckpt / "unet")
+        ema = UNet2DConditionModel.from_pretrained(ckpt / "ema")
+        progress = load_trainer_state(ckpt)
+        start, wall, history = progress["step"], progress["wall_s"], progress["history"]
+        logger.info("unet: resuming from %s (step %d)", ckpt, start)
+    unet.train()
+    ema.eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_learning_rate, weight_decay=1e-2)
+    if ckpt is not None:
+        load_optimizer_state(ckpt, opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: cosine_lr(s, cfg.unet_steps, 1.0, 100, floor=0.1)
+    )
+    for _ in range(start):
+        sched.step()
+    n_params = sum(p.numel() for p in unet.parameters())
+    logger.info("unet: %.2fM params, steps %d..%d", n_params / 1e6, start, cfg.unet_steps)
+    t0 = time.time() - wall
+    bar = tqdm(
+        range(start, cfg.unet_steps),
+        desc="unet",
+        mininterval=20,
+        initial=start,
+        total=cfg.unet_steps,
+    )
+    running = None
+    for step in bar:
+        b = unet_batch(step, seed, data, cfg, scheduler.config.num_train_timesteps)
+        loss = unet_loss(unet, scheduler, b, cfg.min_snr_gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema_update(ema, unet, step, cfg.ema_decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}")
+        done = step + 1
+        if done % 50 == 0:
+            history.append((done, running))
+            logger.info("unet step %d: loss %.4f", done, running)
+        if done % cfg.checkpoint_every == 0 or done == cfg.unet_steps:
+            save_phase(work / "unet_ckpt", done, opt, time.time() - t0, history, unet=unet, ema=ema)
+    wall = time.time() - t0
+    atomic_save_dir(final, ema.save_pretrained)
+    state.update(unet_done=True, unet_wall_s=wall, unet_params=n_params, unet_history=history)
+    logger.info("unet: done in %.0f s", wall)
+    return ema
