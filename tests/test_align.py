@@ -10,13 +10,8 @@ from model_fixtures import get_dummy_components, perturb_, tiny_qwen2vl
 from icg.checkpoints import list_checkpoints
 from icg.config import load_config
 from icg.data.testing import write_tiny_dataset
-from icg.training.align import (
-    AlignConfig,
-    AlignRecipe,
-    NonFiniteLossError,
-    batch_indices,
-    run_align,
-)
+from icg.training.align import AlignConfig, AlignRecipe, run_align
+from icg.training.common import NonFiniteLossError, batch_indices
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,8 @@ import pytest
 import torch
 
 from icg.models.preference import PreferenceModel, ips_loss, log1mexp, pbm_log_likelihood
-from icg.training.preference import (
-    ClickLog,
-    PreferenceConfig,
-    PreferenceData,
-    auc,
-    fit_preference,
-    time_split,
-)
+from icg.training.click_log import ClickLog, PreferenceData, time_split
+from icg.training.preference import PreferenceConfig, auc, fit_preference
 
 
 def synthetic_clicks(seed: int = 0, n_users: int = 60, n_items: int = 120, pages: int = 6000):
@@ -84,7 +78,9 @@ def taste_spearman(model: PreferenceModel, data: PreferenceData, match: np.ndarr
     return float(np.nanmean(_spearman_rows(scores, match)))
 
 
-QUICK = dict(epochs=10, batch_size=2048, lr=2e-2, rank=16, hidden_dim=32, val_fraction=0.2)
+QUICK = dict(
+    epochs=10, batch_size=2048, learning_rate=2e-2, rank=16, hidden_dim=32, val_fraction=0.2
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icg.evaluation.preference_eval import bayes_auc, evaluate_preference_run, has_truth
+from icg.evaluation.preference_eval import (
+    bayes_auc,
+    compare_with_naive,
+    evaluate_preference_run,
+    has_truth,
+)
 from icg.rewards.clip import ClipTowers
-from icg.training.preference import PreferenceConfig, fit_preference, load_preference_data
+from icg.training.click_log import load_preference_data
+from icg.training.preference import PreferenceConfig, fit_preference
 
 
 def _zoo_clip() -> ClipTowers:
@@ -42,15 +48,16 @@ def test_debiased_beats_naive_on_coverworld(world):
     data = load_preference_data(
         world, cfg, towers=towers, cache_file=world.parent / "cache.safetensors"
     )
-    report = {}
-    for mode in ("none", "pbm"):
-        fit = fit_preference(data, cfg.model_copy(update={"debias": mode}))
-        report[mode] = evaluate_preference_run(world, fit, data)
+    fit = fit_preference(data, cfg.model_copy(update={"debias": "pbm"}))
+    fit.data = data
+    report = {"pbm": evaluate_preference_run(world, fit, data)}
+    report["none"] = compare_with_naive(world, fit, cfg)
+    assert compare_with_naive(world, fit, cfg.model_copy(update={"debias": "none"})) == {}
     print(f"\nCoverWorld taste ranking: naive={report['none']}\n  pbm={report['pbm']}")
     assert report["pbm"]["taste_spearman"] > report["none"]["taste_spearman"] + 0.02
     assert report["pbm"]["val_auc"] > report["none"]["val_auc"]
     # 30k impressions here (the 0.01 aim is for the 1M benchmark): the debiased model must recover
-    # most of the Bayes-optimal AUC's lift over chance (measured: 0.729 vs Bayes 0.787, 80%).
+    # most of the Bayes-optimal AUC's lift over chance.
     lift = (report["pbm"]["val_auc"] - 0.5) / (report["pbm"]["bayes_auc"] - 0.5)
     assert lift > 0.7, report["pbm"]
 
@@ -108,7 +115,7 @@ def test_training_code_never_reads_truth():
     import icg
 
     root = Path(icg.__file__).parent
-    for rel in ("training/reward.py", "training/preference.py", "models/preference.py", "rewards"):
+    for rel in ("training", "models/preference.py", "rewards"):
         files = [root / rel] if rel.endswith(".py") else sorted((root / rel).glob("*.py"))
         for file in files:
             tree = ast.parse(file.read_text())

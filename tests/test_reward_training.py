@@ -15,17 +15,10 @@ from icg.data.testing import write_tiny_dataset
 from icg.models.preference import PreferenceModel
 from icg.rewards import AestheticReward, MultiReward, PreferenceReward, RelevanceReward
 from icg.rewards.testing import tiny_clip
-from icg.training.align import NonFiniteLossError
+from icg.training.common import NonFiniteLossError
 from icg.training.curves import CURVES_FILE as CURVES
-from icg.training.reward import (
-    RewardConfig,
-    RewardRecipe,
-    run_reward,
-    sample_truncation,
-    start_step,
-    token_drift,
-    truncated_steps,
-)
+from icg.training.draft import sample_truncation, start_step, token_drift, truncated_steps
+from icg.training.reward import RewardConfig, RewardRecipe, run_reward
 
 USER_DIM = 4
 

@@ -90,13 +90,15 @@ def preference(
 ) -> None:
     """Fit the position-debiased preference model on click logs; print AUC beside the Bayes AUC."""
     from icg.config import load_config
-    from icg.evaluation.preference_eval import evaluate_preference_run, has_truth
-    from icg.training.preference import PreferenceConfig, fit_preference, train_preference
+    from icg.evaluation.preference_eval import (
+        compare_with_naive,
+        evaluate_preference_run,
+        has_truth,
+    )
+    from icg.training.preference import PreferenceConfig, train_preference
 
     try:
-        cfg = load_config(PreferenceConfig, config)
-        updates = {"clip": clip, "debias": debias, "epochs": epochs}
-        cfg = PreferenceConfig(**{**cfg.model_dump(), **{k: v for k, v in updates.items() if v}})
+        cfg = load_config(PreferenceConfig, config, clip=clip, debias=debias, epochs=epochs)
     except (ValidationError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err
     if dry_run:
@@ -118,13 +120,13 @@ def preference(
             f"  taste ranking ({cfg.debias}): Spearman {report['taste_spearman']:.4f}, "
             f"within-item pairwise acc {report['taste_pairwise_acc']:.4f}"
         )
-        if compare_naive and cfg.debias != "none":
-            naive = fit_preference(result.data, cfg.model_copy(update={"debias": "none"}), cfg.clip)
-            nrep = evaluate_preference_run(data, naive, result.data)
-            typer.echo(
-                f"  taste ranking (naive):  Spearman {nrep['taste_spearman']:.4f}, "
-                f"within-item pairwise acc {nrep['taste_pairwise_acc']:.4f}, val AUC {nrep['val_auc']:.4f}"
-            )
+    naive = compare_with_naive(data, result, cfg) if compare_naive else {}
+    if naive:
+        typer.echo(
+            f"  taste ranking (naive):  Spearman {naive['taste_spearman']:.4f}, "
+            f"within-item pairwise acc {naive['taste_pairwise_acc']:.4f}, "
+            f"val AUC {naive['val_auc']:.4f}"
+        )
 
 
 def reward(

@@ -2,8 +2,8 @@
 
 This is the one place where preference-model code meets ``<world>/truth/``: the Bayes-optimal
 AUC of the logged clicks and how well the model's attractiveness ranks covers by each user's true
-taste match. Training code never imports this module; the CLI calls it after training, only when
-``<world>/truth/`` exists.
+taste match, also for a naive fit beside the debiased one. Training code never imports this
+module; the CLI calls it after training, only when ``<world>/truth/`` exists.
 """
 
 from __future__ import annotations
@@ -146,6 +146,24 @@ def evaluate_preference_run(
             )
         )
     return out
+
+
+def compare_with_naive(world_dir: str | Path, result, cfg) -> dict[str, float]:
+    """The truth-side report of a naive fit (no position debiasing) on the same data and
+    hyper-parameters as ``result``: how much the debiasing buys. ``{}`` when ``result`` was
+    already naive or the folder has no truth.
+
+    Args:
+        world_dir: the CoverWorld folder.
+        result: a `FitResult` of `icg.training.preference.train_preference` (``result.data`` set).
+        cfg: the `PreferenceConfig` of that fit.
+    """
+    from icg.training.preference import fit_preference
+
+    if cfg.debias == "none" or not has_truth(world_dir):
+        return {}
+    naive = fit_preference(result.data, cfg.model_copy(update={"debias": "none"}), cfg.clip)
+    return evaluate_preference_run(world_dir, naive, result.data)
 
 
 class TruthProbe:

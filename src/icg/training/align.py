@@ -13,15 +13,12 @@ continues exactly where an interrupted run stopped.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from icg.checkpoints import (
@@ -33,7 +30,18 @@ from icg.checkpoints import (
 )
 from icg.config import DEFAULT_BASE, DEFAULT_MLLM
 from icg.io import atomic_save_dir
-from icg.models.attention import ICG_TOKENS_KWARG
+from icg.training.common import (
+    batch_indices,
+    check_finite_grad_norm,
+    check_finite_loss,
+    clicked_examples,
+    denoising_loss,
+    encode_images,
+    encode_prompt,
+    load_frozen_base,
+    step_generator,
+    vae_scale_factor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,90 +80,6 @@ class AlignConfig(BaseModel):
         if not self.data.is_dir():
             raise ValueError(f"data: expected an existing data folder, got {str(self.data)!r}")
         return self
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradients became NaN/inf; training stopped before saving anything."""
-
-
-# ---- small pure functions ----------------------------------------------------------------
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The RNG of one optimizer step: a function of ``(seed, step)`` only (exact resume)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """Example indices of ``step``: epoch-wise permutations seeded by ``(seed, epoch)``."""
-    start = step * batch_size
-    out = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), num_examples)
-        perm = torch.randperm(
-            num_examples, generator=torch.Generator().manual_seed(seed + 7919 * epoch)
-        )
-        take = min(batch_size - len(out), num_examples - offset)
-        out.extend(perm[offset : offset + take].tolist())
-    return out
-
-
-@torch.no_grad()
-def encode_prompt(tokenizer, text_encoder, text: str) -> torch.Tensor:
-    """The base model's text states ``(L, C_text)`` of one prompt, padded as SD pipelines do."""
-    ids = tokenizer(
-        [text],
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(text_encoder.device)
-    return text_encoder(ids)[0][0]  # (L, C_text)
-
-
-@torch.no_grad()
-def encode_images(vae, images: Sequence, size: int) -> torch.Tensor:
-    """Scaled VAE latents ``(N, C, h, w)`` of images (paths through the safe loader, or PIL),
-    resized to ``size``; each distinct entry is encoded once."""
-    from PIL import Image
-
-    from icg.data.images import load_image
-
-    keys = [id(im) if isinstance(im, Image.Image) else im for im in images]  # PIL is unhashable
-    latents = {}
-    for key, im in zip(keys, images, strict=True):
-        if key in latents:
-            continue
-        if isinstance(im, Image.Image):
-            image = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        else:
-            image = load_image(im, size=size)
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
-        x = x.permute(2, 0, 1)[None].to(vae.device, vae.dtype)  # (1, 3, H, W)
-        latents[key] = vae.encode(x).latent_dist.mode()[0] * vae.config.scaling_factor
-    return torch.stack([latents[k] for k in keys])  # (N, C, h, w)
-
-
-def diffusion_target(
-    scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
-) -> torch.Tensor:
-    """Regression target of the base scheduler: ε (Ho et al. 2020) or v (Salimans & Ho 2022, Sec. 4)."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, t)
-    raise ValueError(
-        f"scheduler.prediction_type: expected 'epsilon' or 'v_prediction', got {kind!r}"
-    )
-
-
-def clicked_examples(impressions, items, users) -> tuple[list[str], list[str], list[str]]:
-    """``(item_ids, user_ids, covers)`` of the clicked impressions whose item and user are known."""
-    clicks = impressions[impressions["clicked"].astype(bool)]
-    clicks = clicks[
-        clicks["item_id"].isin(items["item_id"]) & clicks["user_id"].isin(users["user_id"])
-    ]
-    clicks = clicks.sort_values(["timestamp", "event_id"], kind="stable")
-    return clicks["item_id"].tolist(), clicks["user_id"].tolist(), clicks["cover"].tolist()
 
 
 # ---- the recipe --------------------------------------------------------------------------
@@ -199,27 +123,20 @@ class AlignRecipe:
     def setup(self, resume: bool = False) -> None:
         """Load data and models, build or restore the ICG model and the optimizer."""
         from accelerate import Accelerator
-        from diffusers import DDPMScheduler, DiffusionPipeline
+        from diffusers import DDPMScheduler
 
         from icg.data import load_dataset
         from icg.models.icg_model import ICGModel
-        from icg.models.mllm import load_mllm
-        from icg.models.paths import resolve_model_path
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
         device = self.accelerator.device
-        if self._base is None:
-            self._base = DiffusionPipeline.from_pretrained(resolve_model_path(cfg.base))
-        if self._mllm is None:
-            self._mllm, self._processor = load_mllm(resolve_model_path(cfg.mllm))
+        self._base, self._mllm, self._processor = load_frozen_base(
+            device, self._base, self._mllm, self._processor,
+            base_name=cfg.base, mllm_name=cfg.mllm, source="config",
+        )  # fmt: skip
         base = self._base
-        if getattr(base, "text_encoder_2", None) is not None:
-            raise ValueError("base: stage A supports SD1.x/2.x-style pipelines (one text encoder)")
-        for module in (base.unet, base.vae, base.text_encoder):
-            module.requires_grad_(False).eval().to(device)
-        self._mllm.requires_grad_(False).eval().to(device)
         self.unet, self.vae, self.text_encoder, self.tokenizer = (
             base.unet,
             base.vae,
@@ -283,9 +200,7 @@ class AlignRecipe:
         item_ids, user_ids, covers = clicked_examples(data.impressions, data.items, data.users)
         if not item_ids:
             raise ValueError(f"{self.config.data}: no clicked impressions to train on")
-        size = self.config.resolution or self.unet.config.sample_size * (
-            2 ** (len(self.vae.config.block_out_channels) - 1)
-        )
+        size = self.config.resolution or self.unet.config.sample_size * vae_scale_factor(self.vae)
         latents = encode_images(self.vae, covers, size)
         items = data.items.set_index("item_id")
         needed = sorted(set(item_ids))
@@ -340,12 +255,9 @@ class AlignRecipe:
                 for d, i in zip(drop.tolist(), items, strict=True)
             ]
         ).to(device)  # (B, L, C_text)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        pred = self.unet(
-            noisy, t, text, cross_attention_kwargs={ICG_TOKENS_KWARG: tokens.to(self.unet.dtype)}
-        ).sample
-        target = diffusion_target(self.noise_scheduler, latents, noise, t)
-        return F.mse_loss(pred.float(), target.float())
+        return denoising_loss(
+            self.unet, self.noise_scheduler, latents, noise, t, text, tokens.to(self.unet.dtype)
+        )
 
     # -- train -----------------------------------------------------------------------------
     def train(self) -> list[float]:
@@ -357,18 +269,11 @@ class AlignRecipe:
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="align", disable=None)
         while self.step < cfg.max_steps:
             loss = self.compute_loss(self.step)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss.item()} at step {self.step + 1}; stopped before saving. "
-                    "Lower learning_rate or check the data; resume from the last checkpoint."
-                )
+            check_finite_loss(loss, self.step, hint="check the data")
             self.optimizer.zero_grad(set_to_none=True)
             self.accelerator.backward(loss)
             norm = self.accelerator.clip_grad_norm_(self.icg.trainable_parameters(), cfg.grad_clip)
-            if norm is not None and not math.isfinite(float(norm)):
-                raise NonFiniteLossError(
-                    f"gradient norm is {float(norm)} at step {self.step + 1}; stopped before saving"
-                )
+            check_finite_grad_norm(norm, self.step)
             self.optimizer.step()
             self.step += 1
             self.losses.append(float(loss.item()))

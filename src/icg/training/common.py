@@ -1,0 +1,207 @@
+"""What stage A (`icg.training.align`) and stage B (`icg.training.reward`) share.
+
+Click examples, seeded batching, the base model's prompt and image encoders, the diffusion
+regression target and loss, loading the frozen base pipeline and MLLM, and the optimizer step's
+guards (non-finite loss or gradients) and gradient averaging over processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from icg.models.attention import ICG_TOKENS_KWARG
+
+
+# ---- the optimizer step ----------------------------------------------------------------------
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradients became NaN/inf; training stopped before saving anything."""
+
+
+def check_finite_loss(loss: torch.Tensor, step: int, hint: str) -> None:
+    """Raise `NonFiniteLossError` before ``step + 1`` is taken when the loss is NaN/inf."""
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss is {loss.item()} at step {step + 1}; stopped before saving. "
+            f"Lower learning_rate or {hint}; resume from the last checkpoint."
+        )
+
+
+def check_finite_grad_norm(norm: torch.Tensor | float | None, step: int) -> None:
+    """Raise `NonFiniteLossError` when the (pre-clipping) gradient norm is NaN/inf."""
+    if norm is not None and not math.isfinite(float(norm)):
+        raise NonFiniteLossError(
+            f"gradient norm is {float(norm)} at step {step + 1}; stopped before saving"
+        )
+
+
+def average_gradients(accelerator, params: list[torch.nn.Parameter]) -> None:
+    """Mean of the gradients over processes, in one all-reduce (for any parameter, used inside
+    or outside a wrapped module's forward: the MLLM's meta tokens are used outside it)."""
+    if accelerator.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.flatten() for p in params])  # (P,)
+    flat = accelerator.reduce(flat, reduction="mean")
+    for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        p.grad.copy_(g.view_as(p))
+
+
+# ---- seeded draws ----------------------------------------------------------------------------
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The RNG of one optimizer step: a function of ``(seed, step)`` only (exact resume)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Example indices of ``step``: epoch-wise permutations seeded by ``(seed, epoch)``."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), num_examples)
+        perm = torch.randperm(
+            num_examples, generator=torch.Generator().manual_seed(seed + 7919 * epoch)
+        )
+        take = min(batch_size - len(out), num_examples - offset)
+        out.extend(perm[offset : offset + take].tolist())
+    return out
+
+
+# ---- data ------------------------------------------------------------------------------------
+def clicked_examples(impressions, items, users) -> tuple[list[str], list[str], list[str]]:
+    """``(item_ids, user_ids, covers)`` of the clicked impressions whose item and user are known."""
+    clicks = impressions[impressions["clicked"].astype(bool)]
+    clicks = clicks[
+        clicks["item_id"].isin(items["item_id"]) & clicks["user_id"].isin(users["user_id"])
+    ]
+    clicks = clicks.sort_values(["timestamp", "event_id"], kind="stable")
+    return clicks["item_id"].tolist(), clicks["user_id"].tolist(), clicks["cover"].tolist()
+
+
+@torch.no_grad()
+def encode_prompt(tokenizer, text_encoder, text: str) -> torch.Tensor:
+    """The base model's text states ``(L, C_text)`` of one prompt, padded as SD pipelines do."""
+    ids = tokenizer(
+        [text],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(text_encoder.device)
+    return text_encoder(ids)[0][0]  # (L, C_text)
+
+
+@torch.no_grad()
+def encode_images(vae, images: Sequence, size: int) -> torch.Tensor:
+    """Scaled VAE latents ``(N, C, h, w)`` of images (paths through the safe loader, or PIL),
+    resized to ``size``; each distinct entry is encoded once."""
+    from PIL import Image
+
+    from icg.data.images import load_image
+
+    keys = [id(im) if isinstance(im, Image.Image) else im for im in images]  # PIL is unhashable
+    latents = {}
+    for key, im in zip(keys, images, strict=True):
+        if key in latents:
+            continue
+        if isinstance(im, Image.Image):
+            image = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        else:
+            image = load_image(im, size=size)
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+        x = x.permute(2, 0, 1)[None].to(vae.device, vae.dtype)  # (1, 3, H, W)
+        latents[key] = vae.encode(x).latent_dist.mode()[0] * vae.config.scaling_factor
+    return torch.stack([latents[k] for k in keys])  # (N, C, h, w)
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent pixel of a diffusers VAE (8 for SD's)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+# ---- the denoising loss ----------------------------------------------------------------------
+def diffusion_target(
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """Regression target of the base scheduler: ε (Ho et al. 2020) or v (Salimans & Ho 2022,
+    Sec. 4)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    raise ValueError(
+        f"scheduler.prediction_type: expected 'epsilon' or 'v_prediction', got {kind!r}"
+    )
+
+
+def denoising_loss(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    text_states: torch.Tensor,
+    tokens: torch.Tensor,
+) -> torch.Tensor:
+    """The noise-prediction loss (Ho et al. 2020, Eq. 14) of the UNet with ICG tokens.
+
+    Args:
+        unet: the base UNet, the ICG adapter installed.
+        scheduler: a training scheduler (``add_noise``, ``prediction_type``).
+        latents: clean latents ``(B, C, h, w)``; ``noise`` has the same shape.
+        t: timesteps ``(B,)``.
+        text_states: ``(B, L, C_text)``.
+        tokens: ICG tokens ``(B, K', T)``.
+    """
+    noisy = scheduler.add_noise(latents, noise, t)
+    pred = unet(noisy, t, text_states, cross_attention_kwargs={ICG_TOKENS_KWARG: tokens}).sample
+    return F.mse_loss(pred.float(), diffusion_target(scheduler, latents, noise, t).float())
+
+
+# ---- the frozen base -------------------------------------------------------------------------
+def load_frozen_base(
+    device: torch.device,
+    base=None,
+    mllm=None,
+    processor=None,
+    *,
+    base_name: str | None,
+    mllm_name: str | None,
+    source: str,
+) -> tuple:
+    """The base SD pipeline and the MLLM, frozen (no grad, eval) and on ``device``.
+
+    Args:
+        device: where the models go.
+        base, mllm, processor: already loaded parts (loaded from the names when ``None``).
+        base_name, mllm_name: model references (``zoo:NAME``, a path or a hub id).
+        source: where the names come from, for the error when one is missing.
+
+    Returns:
+        ``(base, mllm, processor)``.
+    """
+    from diffusers import DiffusionPipeline
+
+    from icg.models.mllm import load_mllm
+    from icg.models.paths import resolve_model_path
+
+    if base is None:
+        if not base_name:
+            raise ValueError(f"{source}: records no base model; set base")
+        base = DiffusionPipeline.from_pretrained(resolve_model_path(base_name))
+    if mllm is None:
+        if not mllm_name:
+            raise ValueError(f"{source}: records no MLLM; set mllm")
+        mllm, processor = load_mllm(resolve_model_path(mllm_name))
+    if getattr(base, "text_encoder_2", None) is not None:
+        raise ValueError("base: ICG training supports SD1.x/2.x-style pipelines (one text encoder)")
+    for module in (base.unet, base.vae, base.text_encoder, mllm):
+        module.requires_grad_(False).eval().to(device)
+    return base, mllm, processor

@@ -1,0 +1,51 @@
+"""An optional LoRA on the base UNet's attention projections (stage B): add, save, load.
+
+The weights are the peft state dict of the UNet, stored in ``unet_lora.safetensors``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from icg.io import atomic_path
+
+LORA_FILE = "unet_lora.safetensors"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def add_unet_lora(unet: torch.nn.Module, rank: int) -> list[torch.nn.Parameter]:
+    """Add a rank-``rank`` LoRA (alpha = rank, gaussian init) to the UNet's attention
+    projections; returns its parameters."""
+    from peft import LoraConfig
+
+    unet.add_adapter(
+        LoraConfig(
+            r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
+        )
+    )
+    return [p for n, p in unet.named_parameters() if "lora_" in n]
+
+
+def save_unet_lora(unet: torch.nn.Module, path: str | Path) -> None:
+    """Write the UNet's LoRA weights (peft state dict) to a safetensors file atomically."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    state = get_peft_model_state_dict(unet)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
+
+
+def load_unet_lora(unet: torch.nn.Module, path: str | Path) -> None:
+    """Load LoRA weights written by `save_unet_lora` into a UNet that `add_unet_lora` prepared."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(unet, load_file(str(path)))
+
+
+def remove_unet_lora(unet: torch.nn.Module) -> None:
+    """Delete the UNet's active LoRA adapters (the base weights were never changed)."""
+    unet.delete_adapters(unet.active_adapters())
