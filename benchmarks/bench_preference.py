@@ -45,7 +45,8 @@ def measure(args: argparse.Namespace) -> list[Row]:
     from icg.evaluation.preference_eval import evaluate_preference_run
     from icg.rewards.clip import ClipTowers
     from icg.rewards.testing import tiny_clip
-    from icg.training.preference import PreferenceConfig, fit_preference, load_preference_data
+    from icg.training.click_log import load_preference_data
+    from icg.training.preference import PreferenceConfig, fit_preference
     from icg.world.config import WorldConfig
     from icg.world.generate import generate_world
 
