@@ -6,77 +6,15 @@ import json
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
-from model_fixtures import get_dummy_components, perturb_, tiny_icg, tiny_qwen2vl
+from stage_b_fixtures import stage_b_config as _config
+from stage_b_fixtures import stage_b_parts as _parts
 
 from icg.checkpoints import list_checkpoints
 from icg.config import load_config
-from icg.data.testing import write_tiny_dataset
-from icg.models.preference import PreferenceModel
-from icg.rewards import AestheticReward, MultiReward, PreferenceReward, RelevanceReward
-from icg.rewards.testing import tiny_clip
 from icg.training.common import NonFiniteLossError
 from icg.training.curves import CURVES_FILE as CURVES
 from icg.training.draft import sample_truncation, start_step, token_drift, truncated_steps
 from icg.training.reward import RewardConfig, RewardRecipe, run_reward
-
-USER_DIM = 4
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A tiny data folder and a 'stage A' adapter (perturbed so every branch carries gradient)."""
-    root = tmp_path_factory.mktemp("stageb")
-    data = write_tiny_dataset(root / "data", n_items=3, n_users=3, n_impressions=12, dim=USER_DIM)
-    _, model = tiny_icg(user_dim=USER_DIM, num_meta_tokens=2)
-    perturb_(model)
-    model.save_pretrained(root / "align" / "adapter")
-    return data, root / "align"
-
-
-def _rewards() -> MultiReward:
-    from icg.zoo.aesthetic import AestheticMLP
-
-    clip = tiny_clip(image_size=32, projection_dim=16)
-    torch.manual_seed(0)
-    aesthetic = AestheticMLP(input_size=16, hidden_sizes=(8,), dropouts=(), activation="gelu")
-    pm = PreferenceModel(image_dim=16, user_dim=USER_DIM, rank=4, hidden_dim=8)
-    with torch.no_grad():
-        pm.user_proj.weight.normal_()
-    return MultiReward(
-        {
-            "aesthetic": AestheticReward(clip, aesthetic),
-            "relevance": RelevanceReward(clip),
-            "preference": PreferenceReward(pm, clip),
-        }
-    )
-
-
-def _parts() -> dict:
-    base = StableDiffusionPipeline(**get_dummy_components())
-    base.set_progress_bar_config(disable=True)
-    mllm, processor = tiny_qwen2vl()
-    return {"base": base, "mllm": mllm, "processor": processor, "rewards": _rewards()}
-
-
-def _config(world, out, **kw) -> RewardConfig:
-    data, init = world
-    values = dict(
-        data=data,
-        init=init,
-        out=out,
-        preference=out / "unused-preference",
-        max_steps=4,
-        batch_size=2,
-        num_inference_steps=3,
-        truncation_k=1,
-        learning_rate=1e-2,
-        checkpoint_every=2,
-        resolution=32,
-        cold_start_fraction=0.5,
-    )
-    values.update(kw)
-    return RewardConfig(**values)
 
 
 # ---- pure functions ------------------------------------------------------------------------
@@ -109,9 +47,9 @@ def test_token_drift_is_zero_at_the_reference_and_pulls_back():
 
 # ---- the recipe ----------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [1, 2])
-def test_only_the_last_k_steps_carry_gradients_and_coverage(world, tmp_path, k):
+def test_only_the_last_k_steps_carry_gradients_and_coverage(stage_b_world, tmp_path, k):
     parts = _parts()
-    recipe = RewardRecipe(_config(world, tmp_path, truncation_k=k), **parts)
+    recipe = RewardRecipe(_config(stage_b_world, tmp_path, truncation_k=k), **parts)
     recipe.setup()
     d = recipe.draw(0)
     d["users"] = ["u0", None]  # one personalized, one cold-start pair
@@ -147,10 +85,10 @@ def _fixed_eval(recipe: RewardRecipe, n: int = 3) -> list[dict]:
     return out
 
 
-def test_combined_reward_rises_over_50_steps(world, tmp_path):
+def test_combined_reward_rises_over_50_steps(stage_b_world, tmp_path):
     torch.set_num_threads(1)
     cfg = _config(
-        world, tmp_path, max_steps=50, num_inference_steps=2, checkpoint_every=50,
+        stage_b_world, tmp_path, max_steps=50, num_inference_steps=2, checkpoint_every=50,
         learning_rate=3e-2, drift_token_weight=0.0,
     )  # fmt: skip
     recipe = RewardRecipe(cfg, **_parts())
@@ -184,12 +122,12 @@ def test_combined_reward_rises_over_50_steps(world, tmp_path):
     recipe.cleanup()
 
 
-def test_exact_resume_and_atomic_checkpoints(world, tmp_path):
-    full = run_reward(_config(world, tmp_path / "full"), **_parts())
+def test_exact_resume_and_atomic_checkpoints(stage_b_world, tmp_path):
+    full = run_reward(_config(stage_b_world, tmp_path / "full"), **_parts())
     assert len(full.rewards) == 4
     out = tmp_path / "split"
-    first = run_reward(_config(world, out, max_steps=2), **_parts())
-    resumed = run_reward(_config(world, out, max_steps=4), resume=True, **_parts())
+    first = run_reward(_config(stage_b_world, out, max_steps=2), **_parts())
+    resumed = run_reward(_config(stage_b_world, out, max_steps=4), resume=True, **_parts())
     assert resumed.rewards[:2] == first.rewards
     torch.testing.assert_close(
         torch.tensor(resumed.rewards), torch.tensor(full.rewards), atol=1e-5, rtol=0
@@ -205,8 +143,8 @@ def test_exact_resume_and_atomic_checkpoints(world, tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
-def test_nan_guard_stops_before_saving(world, tmp_path):
-    recipe = RewardRecipe(_config(world, tmp_path, checkpoint_every=1), **_parts())
+def test_nan_guard_stops_before_saving(stage_b_world, tmp_path):
+    recipe = RewardRecipe(_config(stage_b_world, tmp_path, checkpoint_every=1), **_parts())
     recipe.setup()
     with torch.no_grad():
         recipe.icg.encoder.meta_tokens.fill_(float("nan"))
@@ -216,7 +154,7 @@ def test_nan_guard_stops_before_saving(world, tmp_path):
     recipe.cleanup()
 
 
-def test_probe_callback_is_logged_not_learned(world, tmp_path):
+def test_probe_callback_is_logged_not_learned(stage_b_world, tmp_path):
     seen = []
 
     def probe(recipe, step):
@@ -226,7 +164,7 @@ def test_probe_callback_is_logged_not_learned(world, tmp_path):
         return {"mean_pixel": float(images.mean())}
 
     cfg = _config(
-        world, tmp_path, max_steps=2, probe_every=1, drift_denoise_weight=0.5, lora_rank=2
+        stage_b_world, tmp_path, max_steps=2, probe_every=1, drift_denoise_weight=0.5, lora_rank=2
     )
     result = run_reward(cfg, callbacks=[probe], **_parts())
     assert seen == [0, 1, 2] and result.steps == 2
@@ -236,8 +174,8 @@ def test_probe_callback_is_logged_not_learned(world, tmp_path):
     assert (tmp_path / "unet_lora.safetensors").is_file()
 
 
-def test_config_validation(world, tmp_path):
-    data, init = world
+def test_config_validation(stage_b_world, tmp_path):
+    data, init = stage_b_world
     with pytest.raises(ValueError, match="needs --preference"):
         RewardConfig(data=data, init=init, out=tmp_path)
     with pytest.raises(ValueError, match="truncation_k"):
@@ -255,11 +193,12 @@ def test_config_validation(world, tmp_path):
     assert cfg.max_steps == 7 and cfg.truncation_k == 2 and cfg.rewards == {"relevance": 1.0}
 
 
-def test_reference_guided_sampling_starts_part_way_from_the_reference(world, tmp_path):
+def test_reference_guided_sampling_starts_part_way_from_the_reference(stage_b_world, tmp_path):
     assert [start_step(10, s) for s in (1.0, 0.5, 0.25, 0.01)] == [0, 5, 8, 10]
     parts = _parts()
     recipe = RewardRecipe(
-        _config(world, tmp_path, num_inference_steps=4, strength=0.5, truncation_k=2), **parts
+        _config(stage_b_world, tmp_path, num_inference_steps=4, strength=0.5, truncation_k=2),
+        **parts,
     )
     recipe.setup()
     d = recipe.draw(0)

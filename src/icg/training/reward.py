@@ -21,10 +21,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from icg.checkpoints import (
     latest_checkpoint,
@@ -33,7 +32,6 @@ from icg.checkpoints import (
     save_checkpoint,
     write_run_config,
 )
-from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
 from icg.io import atomic_save_dir
 from icg.models.paths import resolve_adapter_dir
 from icg.rewards.factory import STATS_FILE, RewardSources, build_rewards
@@ -44,7 +42,7 @@ from icg.training.common import (
     load_frozen_base,
 )
 from icg.training.curves import CURVES_FILE, append_curve, truncate_curves
-from icg.training.draft import start_step, token_drift
+from icg.training.draft import token_drift
 from icg.training.lora import (
     LORA_FILE,
     add_unet_lora,
@@ -52,86 +50,10 @@ from icg.training.lora import (
     remove_unet_lora,
     save_unet_lora,
 )
+from icg.training.reward_config import RewardConfig
 from icg.training.rollout import Rollout
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_REWARDS = {"aesthetic": 1.0, "relevance": 1.0, "preference": 1.0}
-
-
-class RewardConfig(BaseModel):
-    """Stage-B configuration (validated before any model is loaded)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Path
-    init: Path
-    out: Path
-    preference: Path | None = None
-    base: str | None = Field(
-        None, description="default: the base model the stage-A adapter records"
-    )
-    mllm: str | None = Field(None, description="default: the MLLM the stage-A adapter records")
-    rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARDS))
-    clip: str = DEFAULT_CLIP
-    aesthetic_predictor: str = DEFAULT_AESTHETIC
-    relevance_scale: Literal["cosine", "clipscore"] = "cosine"
-    seed: int = 0
-    max_steps: int = Field(200, ge=1)
-    batch_size: int = Field(4, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    num_inference_steps: int = Field(10, ge=1)
-    guidance_scale: float = Field(1.0, ge=1.0, description="CFG in sampling (1 = off)")
-    strength: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description="1: from pure noise; < 1: start from the item's reference cover noised to "
-        "this fraction of the schedule (reference-guided, as diffusers' img2img)",
-    )
-    truncation_k: int = Field(1, ge=1, description="DRaFT-K: gradients through the last K steps")
-    truncation_k_max: int | None = Field(
-        None, ge=1, description="draw K uniformly in [truncation_k, this] once per trajectory"
-    )
-    gradient_checkpointing: bool = True
-    cold_start_fraction: float = Field(0.2, ge=0, le=1)
-    drift_token_weight: float = Field(
-        0.1, ge=0, description="penalty on ||tokens - stage-A tokens||²"
-    )
-    drift_denoise_weight: float = Field(0.0, ge=0, description="stage-A denoising loss weight")
-    drift_denoise_batch: int = Field(2, ge=1)
-    lora_rank: int = Field(0, ge=0, description="UNet LoRA rank (0: no LoRA)")
-    resolution: int | None = Field(None, ge=8)
-    checkpoint_every: int = Field(50, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(1, ge=1)
-    probe_every: int = Field(25, ge=1)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-
-    @model_validator(mode="after")
-    def _check(self) -> RewardConfig:
-        if not self.data.is_dir():
-            raise ValueError(f"data: expected an existing data folder, got {str(self.data)!r}")
-        if not self.rewards:
-            raise ValueError("rewards: expected at least one NAME=WEIGHT")
-        if self.rewards.get("preference", 0.0) and self.preference is None:
-            raise ValueError("preference: the preference reward needs --preference RUN/preference")
-        if self.truncation_k > self.num_inference_steps:
-            raise ValueError(
-                f"truncation_k: expected <= num_inference_steps={self.num_inference_steps}, "
-                f"got {self.truncation_k}"
-            )
-        run = start_step(self.num_inference_steps, self.strength)
-        if self.truncation_k > self.num_inference_steps - run:
-            raise ValueError(
-                f"truncation_k: expected <= the {self.num_inference_steps - run} steps that "
-                f"strength={self.strength} runs, got {self.truncation_k}"
-            )
-        if self.truncation_k_max is not None and self.truncation_k_max < self.truncation_k:
-            raise ValueError(f"truncation_k_max: expected >= truncation_k={self.truncation_k}")
-        return self
 
 
 # ---- the recipe --------------------------------------------------------------------------
@@ -280,24 +202,41 @@ class RewardRecipe(Rollout):
         cfg = self.config
         d = self.draw(step)
         tokens, emb = self.tokens(d["items"], d["users"])
-        images, used = self.sample(d["items"], tokens, d["noise"], d["k"])
+        without = None
+        if cfg.user_guidance != 1:
+            without, _ = self.tokens(d["items"], [None] * len(d["items"]))
+        images, used = self.sample(d["items"], tokens, d["noise"], d["k"], without)
         titles = [self.titles[i] for i in d["items"]]
         reward, info = self.rewards(images, titles, emb, user_ids=d["users"])
-        loss = -reward.mean()
         logs = {f"reward/{k}": float(v.float().mean()) for k, v in info.items()}
         logs.update(k=d["k"], grad_steps=len(used), cold=sum(u is None for u in d["users"]))
+        loss = -reward.mean() + self.drift(tokens, d["items"], d["users"], step, logs)
+        logs["loss"] = float(loss.detach())
+        return loss, logs
+
+    def drift(
+        self,
+        tokens: torch.Tensor,
+        items: Sequence[str],
+        users: Sequence[str | None],
+        step: int,
+        logs: dict[str, float],
+    ) -> torch.Tensor:
+        """The anchor against collapse: token drift from stage A and the stage-A denoising loss
+        on clicked covers, as configured (0 when both are off); their values go to ``logs``."""
+        cfg = self.config
+        total = tokens.new_zeros(())
         if cfg.drift_token_weight > 0:
             with torch.no_grad():
-                ref, _ = self.tokens(d["items"], d["users"], params=self.reference)
+                ref, _ = self.tokens(items, users, params=self.reference)
             drift = token_drift(tokens, ref)
-            loss = loss + cfg.drift_token_weight * drift
+            total = total + cfg.drift_token_weight * drift
             logs["drift/tokens"] = float(drift.detach())
         if cfg.drift_denoise_weight > 0:
             denoise = self._denoise_loss(step)
-            loss = loss + cfg.drift_denoise_weight * denoise
+            total = total + cfg.drift_denoise_weight * denoise
             logs["drift/denoise"] = float(denoise.detach())
-        logs["loss"] = float(loss.detach())
-        return loss, logs
+        return total
 
     # -- train -----------------------------------------------------------------------------
     def train(self) -> list[float]:
@@ -386,8 +325,11 @@ def run_reward(
     callbacks: Sequence[Callback] = (),
     **parts: Any,
 ) -> RewardResult:
-    """Stage B end to end: ``setup → train → save → cleanup``."""
-    recipe = RewardRecipe(config, callbacks=callbacks, **parts)
+    """Stage B end to end: ``setup → train → save → cleanup``, with the configured trainer."""
+    from icg.training.ranked import RankedRecipe  # it subclasses RewardRecipe
+
+    recipe_class = RankedRecipe if config.trainer == "ranked" else RewardRecipe
+    recipe = recipe_class(config, callbacks=callbacks, **parts)
     try:
         recipe.setup(resume=resume)
         if recipe.accelerator.is_main_process:

@@ -24,7 +24,7 @@ from icg.training.common import (
     step_generator,
     vae_scale_factor,
 )
-from icg.training.draft import sample_trajectory, sample_truncation, start_step, truncated_steps
+from icg.training.draft import decode, denoise, sample_truncation, start_step, truncated_steps
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +134,18 @@ class Rollout:
         rest = {k: v for k, v in params.items() if not k.startswith("encoder.")}
         return functional_call(self.icg, rest, (feats, emb), strict=False), emb
 
-    def sample(self, items: Sequence[str], tokens: torch.Tensor, noise: torch.Tensor, k: int):
-        """Covers ``(B, 3, H, W)`` with gradients through the last ``k`` steps (0: none)."""
+    def sample_latents(
+        self,
+        items: Sequence[str],
+        tokens: torch.Tensor,
+        noise: torch.Tensor,
+        k: int = 0,
+        tokens_without_user: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Final latents ``(B, C, h, w)`` with gradients through the last ``k`` steps (0: none).
+
+        With ``tokens_without_user`` (the same items' tokens without a user), sampling applies
+        the configured user guidance."""
         cfg = self.config
         device = self.accelerator.device
         self.scheduler.set_timesteps(cfg.num_inference_steps, device=device)
@@ -150,10 +160,28 @@ class Rollout:
         text = torch.stack([self._text[self.titles[i]] for i in items])  # (B, L, C_text)
         uncond = self._text[""].expand_as(text) if cfg.guidance_scale > 1 else None
         steps = truncated_steps(cfg.num_inference_steps, k) if k > 0 else range(0)
-        return sample_trajectory(
-            self.unet, self.vae, self.scheduler, latents, text, tokens, steps,
-            cfg.guidance_scale, uncond, cfg.gradient_checkpointing, start,
+        guidance = {}
+        if tokens_without_user is not None and cfg.user_guidance != 1:
+            guidance = {
+                "user_guidance": cfg.user_guidance,
+                "tokens_without_user": tokens_without_user,
+            }
+        return denoise(
+            self.unet, self.scheduler, latents, text, tokens, steps,
+            cfg.guidance_scale, uncond, cfg.gradient_checkpointing, start, **guidance,
         )  # fmt: skip
+
+    def sample(
+        self,
+        items: Sequence[str],
+        tokens: torch.Tensor,
+        noise: torch.Tensor,
+        k: int,
+        tokens_without_user: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Covers ``(B, 3, H, W)`` in [0, 1] (see `sample_latents`) and the steps with grad."""
+        latents, used = self.sample_latents(items, tokens, noise, k, tokens_without_user)
+        return decode(self.vae, latents, self.config.gradient_checkpointing), used
 
     def _denoise_loss(self, step: int) -> torch.Tensor:
         """The stage-A denoising loss on clicked covers (the drift regulariser) of ``step``."""
@@ -180,5 +208,8 @@ class Rollout:
         h = self.size // self.vae_scale
         noise = torch.randn(len(items), self.unet.config.in_channels, h, h, generator=gen)
         tokens, _ = self.tokens(items, users)
-        images, _ = self.sample(items, tokens, noise, 0)
+        without = None
+        if self.config.user_guidance != 1 and any(u is not None for u in users):
+            without, _ = self.tokens(items, [None] * len(items))
+        images, _ = self.sample(items, tokens, noise, 0, without)
         return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)

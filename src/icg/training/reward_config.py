@@ -1,0 +1,113 @@
+"""Stage B's configuration, shared by both trainers (`icg.training.reward`, `icg.training.ranked`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
+from icg.training.draft import start_step
+
+DEFAULT_REWARDS = {"aesthetic": 1.0, "relevance": 1.0, "preference": 1.0}
+
+
+class RewardConfig(BaseModel):
+    """Stage-B configuration (validated before any model is loaded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    init: Path
+    out: Path
+    preference: Path | None = None
+    base: str | None = Field(
+        None, description="default: the base model the stage-A adapter records"
+    )
+    mllm: str | None = Field(None, description="default: the MLLM the stage-A adapter records")
+    rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARDS))
+    clip: str = DEFAULT_CLIP
+    aesthetic_predictor: str = DEFAULT_AESTHETIC
+    relevance_scale: Literal["cosine", "clipscore"] = "cosine"
+    trainer: Literal["ranked", "draft"] = Field(
+        "draft",
+        description="ranked: train the denoiser on its own best draws (RAFT / advantage-weighted); "
+        "draft: back-propagate the reward through the last sampling steps (DRaFT-K)",
+    )
+    seed: int = 0
+    max_steps: int = Field(200, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    num_inference_steps: int = Field(10, ge=1)
+    guidance_scale: float = Field(1.0, ge=1.0, description="CFG in sampling (1 = off)")
+    strength: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="1: from pure noise; < 1: start from the item's reference cover noised to "
+        "this fraction of the schedule (reference-guided, as diffusers' img2img)",
+    )
+    user_guidance: float = Field(1.0, ge=0, description="user guidance w_u while sampling")
+    # ranked trainer
+    candidates: int = Field(8, ge=2, description="ranked: draws per (user, item) pair")
+    pairs_per_round: int = Field(16, ge=1, description="ranked: pairs drawn per round")
+    steps_per_round: int = Field(8, ge=1, description="ranked: optimizer steps per round")
+    selection: Literal["best", "advantage"] = Field(
+        "best",
+        description="ranked: train on each pair's best draw (RAFT) or weight draws by their "
+        "clipped per-pair advantage",
+    )
+    advantage_clip: float = Field(2.0, gt=0)
+    relevance_floor: float | None = Field(
+        0.9,
+        gt=0,
+        description="ranked: a draw is eligible only if its relevance reward r satisfies "
+        "r >= r_ref - (1 - floor) * |r_ref|, r_ref the item's reference cover's (a hard "
+        "constraint; None: off)",
+    )
+    generation_batch: int = Field(64, ge=1)
+    # draft trainer
+    truncation_k: int = Field(1, ge=1, description="DRaFT-K: gradients through the last K steps")
+    truncation_k_max: int | None = Field(
+        None, ge=1, description="draw K uniformly in [truncation_k, this] once per trajectory"
+    )
+    gradient_checkpointing: bool = True
+    cold_start_fraction: float = Field(0.2, ge=0, le=1)
+    drift_token_weight: float = Field(
+        0.1, ge=0, description="penalty on ||tokens - stage-A tokens||²"
+    )
+    drift_denoise_weight: float = Field(0.0, ge=0, description="stage-A denoising loss weight")
+    drift_denoise_batch: int = Field(2, ge=1)
+    lora_rank: int = Field(0, ge=0, description="UNet LoRA rank (0: no LoRA)")
+    resolution: int | None = Field(None, ge=8)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+    probe_every: int = Field(25, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @model_validator(mode="after")
+    def _check(self) -> RewardConfig:
+        if not self.data.is_dir():
+            raise ValueError(f"data: expected an existing data folder, got {str(self.data)!r}")
+        if not self.rewards:
+            raise ValueError("rewards: expected at least one NAME=WEIGHT")
+        if self.rewards.get("preference", 0.0) and self.preference is None:
+            raise ValueError("preference: the preference reward needs --preference RUN/preference")
+        if self.truncation_k > self.num_inference_steps:
+            raise ValueError(
+                f"truncation_k: expected <= num_inference_steps={self.num_inference_steps}, "
+                f"got {self.truncation_k}"
+            )
+        run = start_step(self.num_inference_steps, self.strength)
+        if self.truncation_k > self.num_inference_steps - run:
+            raise ValueError(
+                f"truncation_k: expected <= the {self.num_inference_steps - run} steps that "
+                f"strength={self.strength} runs, got {self.truncation_k}"
+            )
+        if self.truncation_k_max is not None and self.truncation_k_max < self.truncation_k:
+            raise ValueError(f"truncation_k_max: expected >= truncation_k={self.truncation_k}")
+        return self
