@@ -26,6 +26,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("", "generate", "icg.cli.run", "generate"),
     ("", "evaluate", "icg.cli.run", "evaluate"),
     ("", "demo", "icg.cli.run", "demo"),
+    ("", "serve", "icg.cli.serve", "serve"),
 ]
 
 GROUP_HELP = {

@@ -1,0 +1,215 @@
+"""Bounded load test of `icg serve` on loopback: throughput, latency percentiles, 429 share and
+server memory at 1x, 2x and 4x capacity, and a soak mode that prints memory over time.
+
+    python benchmarks/bench_serve.py --run RUN/icg --data WORLD [--requests 80] [--soak 300]
+
+It starts `icg serve` on 127.0.0.1 (a free port, a random key), measures capacity with a closed
+loop, then offers open-loop load at multiples of it. Every phase has a fixed request count and a
+time limit, and the server is stopped with SIGTERM at the end. Not a test; prints markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import psutil
+
+from icg.serve.server import free_port
+
+print = functools.partial(print, flush=True)  # progress shows while it runs
+
+
+@dataclass
+class Phase:
+    """What one load phase measured."""
+
+    name: str
+    offered_rps: float
+    wall_s: float = 0.0
+    latencies: dict[int, list[float]] = field(default_factory=dict)  # status → seconds
+    rss_mb: float = 0.0
+
+    def count(self, status: int) -> int:
+        return len(self.latencies.get(status, []))
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.latencies.values())
+
+    def row(self) -> str:
+        ok = np.array(self.latencies.get(200, [float("nan")]))
+        p50, p95, p99 = (np.percentile(ok, q) for q in (50, 95, 99))
+        rejected = self.latencies.get(429, [])
+        p99_429 = f"{np.percentile(rejected, 99) * 1000:.0f} ms" if rejected else "-"
+        others = self.total - self.count(200) - self.count(429)
+        return (
+            f"| {self.name} | {self.offered_rps:.2f} | {self.count(200) / self.wall_s:.2f} | "
+            f"{p50:.2f} | {p95:.2f} | {p99:.2f} | {self.count(429) / max(self.total, 1):.0%} | "
+            f"{p99_429} | {others} | {self.rss_mb:.0f} |"
+        )
+
+
+HEADER = (
+    "| load | offered req/s | 200s/s | p50 s | p95 s | p99 s | 429 share | 429 p99 | "
+    "other errors | server RSS MB |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+class Load:
+    """Requests against a running server: random known (user, item) pairs, fresh seeds."""
+
+    def __init__(self, url: str, key: str, data: Path, timeout_s: float) -> None:
+        self.client = httpx.AsyncClient(
+            base_url=url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=timeout_s,
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+        )
+        self.users = pd.read_parquet(data / "users.parquet", columns=["user_id"])["user_id"]
+        self.items = pd.read_parquet(data / "items.parquet", columns=["item_id"])["item_id"]
+        self.rng = np.random.default_rng(0)
+        self.seed = 0
+
+    async def one(self, phase: Phase) -> None:
+        self.seed += 1
+        body = {
+            "user_id": str(self.rng.choice(self.users)),
+            "item_id": str(self.rng.choice(self.items)),
+            "seed": self.seed,  # fresh: measure generation, not the result cache
+        }
+        start = time.perf_counter()
+        try:
+            status = (await self.client.post("/v1/covers", json=body)).status_code
+        except httpx.TransportError:
+            status = 0
+        phase.latencies.setdefault(status, []).append(time.perf_counter() - start)
+
+    async def closed(self, phase: Phase, n: int, concurrency: int, limit_s: float) -> None:
+        """``n`` requests by ``concurrency`` workers back to back (capacity)."""
+        left = iter(range(n))
+
+        async def worker() -> None:
+            for _ in left:
+                await self.one(phase)
+
+        start = time.perf_counter()
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        _, pending = await asyncio.wait(workers, timeout=limit_s)
+        for task in pending:  # the time limit ends the phase; unfinished requests are dropped
+            task.cancel()
+        phase.wall_s = time.perf_counter() - start
+
+    async def open(self, phase: Phase, n: int, limit_s: float) -> None:
+        """``n`` requests at ``phase.offered_rps`` (Poisson arrivals), whatever the answers."""
+        start = time.perf_counter()
+        tasks, at = [], 0.0
+        for _ in range(n):
+            at += self.rng.exponential(1 / phase.offered_rps)
+            await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            tasks.append(asyncio.create_task(self.one(phase)))
+        remaining = max(1.0, limit_s - (time.perf_counter() - start))
+        done, pending = await asyncio.wait(tasks, timeout=remaining)
+        for task in pending:
+            task.cancel()
+        phase.wall_s = time.perf_counter() - start
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, in MB."""
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def start_server(args, key: str, port: int) -> tuple[subprocess.Popen, float]:
+    """`icg serve` in a subprocess; returns it and the seconds until ``/readyz`` said ready."""
+    cmd = [
+        sys.executable, "-m", "icg", "serve", "--run", str(args.run), "--data", str(args.data),
+        "--port", str(port), "--max-batch", str(args.max_batch), "--queue-size",
+        str(args.queue_size), "--deadline", str(args.deadline), "--max-candidates", "1",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, "ICG_API_KEY": key})
+    while time.perf_counter() - start < args.ready_timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"icg serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc, time.perf_counter() - start
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit(f"not ready within {args.ready_timeout} s")
+
+
+async def bench(args, url: str, key: str, pid: int) -> None:
+    load = Load(url, key, Path(args.data), timeout_s=args.deadline + 10)
+    capacity = Phase("capacity (closed loop)", 0.0)
+    await load.closed(capacity, args.requests // 2, args.max_batch, args.limit)
+    rate = capacity.count(200) / capacity.wall_s
+    capacity.offered_rps, capacity.rss_mb = rate, rss_mb(pid)
+    phases = [capacity]
+    for multiple in args.levels:
+        phase = Phase(f"{multiple}x capacity", multiple * rate)
+        await load.open(phase, args.requests, args.limit)
+        phase.rss_mb = rss_mb(pid)
+        phases.append(phase)
+    print(HEADER)
+    for phase in phases:
+        print(phase.row())
+    if args.soak:
+        await soak(load, rate, args.soak, pid)
+    await load.client.aclose()
+
+
+async def soak(load: Load, rate: float, seconds: float, pid: int) -> None:
+    """Load at capacity for ``seconds``; print memory every tenth of the time."""
+    print(f"\nsoak: {seconds:.0f} s at {rate:.2f} req/s (1x capacity)\n")
+    print("| t s | server RSS MB | 200s | 429s | other |\n|---|---|---|---|---|")
+    phase, step, rss = Phase("soak", rate), seconds / 10, []
+    for k in range(10):
+        await load.open(phase, max(1, int(rate * step)), step + 5)
+        rss.append(rss_mb(pid))
+        other = phase.total - phase.count(200) - phase.count(429)
+        print(f"| {(k + 1) * step:.0f} | {rss[-1]:.0f} | {phase.count(200)} | {phase.count(429)} | {other} |")  # fmt: skip
+    print(f"\nRSS drift over the soak (last - first sample): {rss[-1] - rss[0]:+.1f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="stage-B run folder (RUN/icg)")
+    parser.add_argument("--data", type=Path, required=True, help="platform data folder")
+    parser.add_argument("--requests", type=int, default=80, help="requests per load level")
+    parser.add_argument("--levels", type=float, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--limit", type=float, default=120, help="seconds per level at most")
+    parser.add_argument("--soak", type=float, default=0, help="soak seconds (0: none)")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--queue-size", type=int, default=16)
+    parser.add_argument("--deadline", type=float, default=30)
+    parser.add_argument("--ready-timeout", type=float, default=120)
+    args = parser.parse_args()
+    key, port = secrets.token_urlsafe(16), free_port()
+    proc, ready_s = start_server(args, key, port)
+    print(f"server ready in {ready_s:.1f} s (pid {proc.pid}, 127.0.0.1:{port})\n")
+    try:
+        asyncio.run(bench(args, f"http://127.0.0.1:{port}", key, proc.pid))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()

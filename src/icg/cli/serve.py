@@ -1,0 +1,64 @@
+"""`icg serve`: personalized covers over HTTP (see `icg.serve`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve(
+    run: Annotated[Path, typer.Option("--run", help="Stage-B run folder (RUN/icg).")],
+    data: Annotated[Path, typer.Option("--data", help="Platform data folder (users, items).")],
+    host: Annotated[
+        str, typer.Option("--host", help="Bind address; beyond loopback needs an API key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option("--api-key-file", help="File holding the bearer token (else ICG_API_KEY)."),
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option("--max-batch", help="Rows per UNet call.")
+    ] = None,
+    batch_wait_ms: Annotated[
+        float | None, typer.Option("--batch-wait-ms", help="Longest wait to fill a batch.")
+    ] = None,
+    queue_size: Annotated[
+        int | None, typer.Option("--queue-size", help="Waiting requests before 429.")
+    ] = None,
+    deadline: Annotated[
+        float | None, typer.Option("--deadline", help="Per-request deadline in seconds.")
+    ] = None,
+    max_candidates: Annotated[int | None, typer.Option("--max-candidates")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Default denoising steps.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file with ServeConfig fields.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
+    ] = False,
+) -> None:
+    """Serve personalized covers over HTTP: POST /v1/covers, /healthz, /readyz, /metrics, /docs."""
+    from icg.config import load_config
+    from icg.serve import ServeConfig, run_server
+    from icg.serve.auth import load_api_key
+
+    try:
+        cfg = load_config(
+            ServeConfig, config, run=run, data=data, host=host, port=port,
+            api_key=load_api_key(api_key_file), max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+            queue_size=queue_size, deadline_s=deadline, max_candidates=max_candidates,
+            max_steps=max_steps, default_steps=steps,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:  # pydantic's ValidationError is a ValueError
+        raise typer.BadParameter(str(err)) from err
+    if dry_run:
+        typer.echo(cfg.model_dump_json(indent=2))
+        return
+    try:
+        run_server(cfg)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err

@@ -1,0 +1,206 @@
+"""An async micro-batcher: concurrent requests with the same settings share one pipeline call.
+
+A request waits at most ``max_wait_s`` (from its arrival) for others to join; a call holds at
+most ``max_batch`` rows. The waiting line is bounded: past ``queue_size`` a request is refused
+at once (`QueueFull`, the app's 429) instead of queueing without end. Calls run one at a time in
+a dedicated worker thread, so the event loop keeps answering (health, 429s) while the UNet runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+class QueueFull(Exception):
+    """The waiting line is full; ``retry_after`` is a guess in whole seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"queue full; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Exception):
+    """The batcher no longer takes requests."""
+
+
+class DeadlineExceeded(Exception):
+    """A request's deadline passed before its result was ready."""
+
+
+@dataclass
+class _Pending(Generic[J, R]):
+    job: J
+    future: asyncio.Future[R]
+    arrived: float
+    key: Hashable = field(default=None)
+
+
+class MicroBatcher(Generic[J, R]):
+    """Groups jobs with equal ``key(job)`` into calls of ``run_batch`` (a blocking function).
+
+    Args:
+        run_batch: jobs → one result per job, in order; runs in the worker thread.
+        key: jobs with equal keys may share a call (e.g. the sampling settings).
+        rows: the rows a job takes in a call (e.g. its candidates).
+        max_batch: rows per call.
+        max_wait_s: the longest a job waits for others to join its call.
+        queue_size: jobs waiting at most; more are refused with `QueueFull`.
+        on_batch: called with (jobs, rows) of every call, for metrics.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[J]], list[R]],
+        *,
+        key: Callable[[J], Hashable] = lambda job: None,
+        rows: Callable[[J], int] = lambda job: 1,
+        max_batch: int = 8,
+        max_wait_s: float = 0.01,
+        queue_size: int = 32,
+        on_batch: Callable[[int, int], Any] | None = None,
+    ) -> None:
+        self.run_batch, self.key, self.rows = run_batch, key, rows
+        self.max_batch, self.max_wait_s, self.queue_size = max_batch, max_wait_s, queue_size
+        self.on_batch = on_batch
+        self.batch_seconds = 1.0  # running mean of a call's duration, for Retry-After
+        self.in_flight = 0  # jobs in the running call
+        self._waiting: deque[_Pending[J, R]] = deque()
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icg-batch")
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting for a call."""
+        return len(self._waiting)
+
+    def start(self) -> None:
+        """Start the worker task on the running loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    def retry_after(self) -> int:
+        """Seconds until the line has likely moved by one full call (at least 1)."""
+        calls = self.queue_depth / self.max_batch + 1
+        return max(1, math.ceil(self.batch_seconds * calls))
+
+    async def submit(self, job: J, timeout_s: float) -> R:
+        """Queue ``job`` and wait for its result.
+
+        Raises:
+            QueueFull: the line is full (immediately).
+            ShuttingDown: the batcher is closing.
+            DeadlineExceeded: no result within ``timeout_s``.
+        """
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        self._prune()
+        if len(self._waiting) >= self.queue_size:
+            raise QueueFull(self.retry_after())
+        loop = asyncio.get_running_loop()
+        pending = _Pending(job, loop.create_future(), loop.time(), self.key(job))
+        self._waiting.append(pending)
+        self._arrived.set()
+        try:
+            return await asyncio.wait_for(pending.future, timeout_s)
+        except TimeoutError as err:
+            raise DeadlineExceeded(f"no cover within the {timeout_s:g} s deadline") from err
+
+    async def close(self, grace_s: float) -> None:
+        """Refuse new jobs, let queued and running ones finish for up to ``grace_s``, then fail
+        the rest with `ShuttingDown`."""
+        self._closing = True
+        self._arrived.set()
+        if self._worker is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), grace_s)
+            except TimeoutError:
+                logger.warning("shutdown: %d jobs unfinished after %g s", self.queue_depth, grace_s)
+                self._worker.cancel()
+        for pending in self._waiting:
+            if not pending.future.done():
+                pending.future.set_exception(ShuttingDown("the server shut down"))
+        self._waiting.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _prune(self) -> None:
+        """Drop jobs whose caller stopped waiting (deadline passed, client gone)."""
+        if any(p.future.done() for p in self._waiting):
+            self._waiting = deque(p for p in self._waiting if not p.future.done())
+
+    def _compatible_rows(self, key: Hashable) -> int:
+        return sum(self.rows(p.job) for p in self._waiting if p.key == key)
+
+    def _take(self, key: Hashable) -> list[_Pending[J, R]]:
+        """The oldest jobs with ``key`` that fit in one call, removed from the line."""
+        taken, kept, rows = [], deque(), 0
+        for p in self._waiting:
+            size = self.rows(p.job)
+            if p.key == key and rows + size <= self.max_batch:
+                taken.append(p)
+                rows += size
+            else:
+                kept.append(p)
+        self._waiting = kept
+        return taken
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._prune()
+            if not self._waiting:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            first = self._waiting[0]
+            while self._compatible_rows(first.key) < self.max_batch and not self._closing:
+                remaining = first.arrived + self.max_wait_s - loop.time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = [p for p in self._take(first.key) if not p.future.done()]
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[_Pending[J, R]]) -> None:
+        loop = asyncio.get_running_loop()
+        jobs = [p.job for p in batch]
+        self.in_flight = len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(jobs), sum(self.rows(j) for j in jobs))
+        start = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self.run_batch, jobs)
+        except Exception as err:  # every caller of the call gets the error
+            logger.exception("a pipeline call of %d jobs failed", len(jobs))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(err)
+            return
+        finally:
+            self.in_flight = 0
+            elapsed = time.perf_counter() - start
+            self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * elapsed
+        for p, result in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(result)

@@ -1,0 +1,67 @@
+"""Running the app under uvicorn, with a graceful shutdown that finishes in-flight requests."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+
+from icg.serve.app import create_app
+from icg.serve.auth import is_loopback
+from icg.serve.backend import CoverBackend, PipelineBackend
+from icg.serve.config import ServeConfig
+
+logger = logging.getLogger(__name__)
+
+
+def pipeline_backend(config: ServeConfig) -> PipelineBackend:
+    """The real backend of a config (its run and data folders).
+
+    Raises:
+        ValueError: ``run`` or ``data`` is missing or not a folder.
+    """
+    for name in ("run", "data"):
+        value = getattr(config, name)
+        if value is None or not value.is_dir():
+            raise ValueError(f"{name}={value}: expected an existing folder")
+    return PipelineBackend(config.run, config.data, config.feature_cache_size)
+
+
+def uvicorn_server(
+    config: ServeConfig, backend: CoverBackend | None = None, log_level: str = "info"
+) -> uvicorn.Server:
+    """A uvicorn server of the app; SIGINT/SIGTERM stop accepting, finish what is in flight
+    (up to ``shutdown_grace_s``), then stop.
+
+    Raises:
+        ValueError: a non-loopback host without an API key (checked again here, whatever built
+            the config).
+    """
+    if not is_loopback(config.host) and config.api_key is None:
+        raise ValueError(f"host={config.host!r}: refusing to listen beyond loopback without a key")
+    app = create_app(config, backend if backend is not None else pipeline_backend(config))
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=log_level,
+            timeout_graceful_shutdown=config.shutdown_grace_s,
+            access_log=False,
+        )
+    )
+
+
+def run_server(config: ServeConfig, backend: CoverBackend | None = None) -> None:
+    """Serve until interrupted (blocking)."""
+    server = uvicorn_server(config, backend)
+    logger.info("icg serve on http://%s:%d (docs at /docs)", config.host, config.port)
+    server.run()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (for tests and benchmarks)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

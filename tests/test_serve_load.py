@@ -1,0 +1,162 @@
+"""`icg serve` under concurrency, with a counting fake backend: batching, 429, deadline,
+graceful shutdown (in-process ASGI, and a real uvicorn on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from icg.serve import ServeConfig, create_app, uvicorn_server
+from icg.serve.batcher import MicroBatcher, ShuttingDown
+from icg.serve.server import free_port
+from icg.serve.testing import FakeBackend
+
+AUTH = {"Authorization": "Bearer k"}
+
+
+def with_app(
+    backend: FakeBackend, test: Callable[[httpx.AsyncClient], Awaitable[None]], **overrides
+) -> None:
+    """Run ``test`` against a started app (lifespan entered, backend loaded) in-process."""
+
+    async def main() -> None:
+        app = create_app(ServeConfig(api_key=SecretStr("k"), **overrides), backend)
+        async with app.router.lifespan_context(app):
+            while not app.state.service.ready:
+                await asyncio.sleep(0.005)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                await asyncio.wait_for(test(client), timeout=20)
+
+    asyncio.run(main())
+
+
+def cover(client: httpx.AsyncClient, **body) -> Awaitable[httpx.Response]:
+    return client.post("/v1/covers", json={"item_id": "i0", **body}, headers=AUTH)
+
+
+def test_concurrent_requests_share_one_pipeline_call():
+    backend = FakeBackend()
+
+    async def test(client):
+        rs = await asyncio.gather(*(cover(client, user_id=f"u{k % 3}", seed=k) for k in range(6)))
+        assert all(r.status_code == 200 for r in rs)
+
+    with_app(backend, test, max_batch=8, batch_wait_ms=200)
+    assert [len(call) for call in backend.calls] == [6]
+
+
+def test_batches_hold_at_most_max_batch_rows_and_only_equal_settings():
+    backend = FakeBackend()
+
+    async def test(client):
+        reqs = [cover(client, seed=k, candidates=2) for k in range(5)]  # 10 rows
+        reqs += [cover(client, seed=k, user_guidance=2.0) for k in range(2)]
+        rs = await asyncio.gather(*reqs)
+        assert all(r.status_code == 200 for r in rs)
+
+    with_app(backend, test, max_batch=4, max_candidates=4, batch_wait_ms=200)
+    rows = [sum(job.rows for job in call) for call in backend.calls]
+    assert max(rows) <= 4 and sum(rows) == 12
+    for call in backend.calls:
+        assert len({job.settings for job in call}) == 1
+
+
+def test_a_full_queue_answers_429_with_retry_after_at_once():
+    backend = FakeBackend(delay_s=5)
+
+    async def test(client):
+        busy = [asyncio.create_task(cover(client, seed=k)) for k in range(3)]  # 1 runs, 2 wait
+        while backend.calls == [] or client._transport.app.state.service.batcher.queue_depth < 2:
+            await asyncio.sleep(0.005)
+        start = time.perf_counter()
+        r = await cover(client, seed=99)
+        assert time.perf_counter() - start < 0.5
+        assert r.status_code == 429 and r.json()["error"] == "queue_full"
+        assert int(r.headers["retry-after"]) >= 1
+        backend.release.set()
+        assert [b.status_code for b in await asyncio.gather(*busy)] == [200, 200, 200]
+
+    with_app(backend, test, max_batch=1, max_candidates=1, queue_size=2, batch_wait_ms=0)
+
+
+def test_the_deadline_answers_504_and_the_work_is_dropped():
+    backend = FakeBackend(delay_s=5)
+
+    async def test(client):
+        first = asyncio.create_task(cover(client, seed=1))  # occupies the pipeline
+        while not backend.calls:
+            await asyncio.sleep(0.005)
+        start = time.perf_counter()
+        r = await cover(client, seed=2)  # waits behind it past its deadline
+        assert r.status_code == 504 and r.json()["error"] == "deadline_exceeded"
+        assert time.perf_counter() - start < 1.0
+        backend.release.set()
+        await first
+
+    with_app(backend, test, max_batch=1, max_candidates=1, deadline_s=0.3, batch_wait_ms=0)
+    assert backend.completed == 1, "a request past its deadline never reaches the pipeline"
+
+
+def test_shutdown_finishes_queued_work_then_refuses():
+    calls: list[list[int]] = []
+
+    def run(jobs: list[int]) -> list[int]:
+        calls.append(jobs)
+        time.sleep(0.05)
+        return [j * 10 for j in jobs]
+
+    async def main() -> None:
+        batcher = MicroBatcher(run, max_batch=2, max_wait_s=0.0, queue_size=8)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(k, timeout_s=5)) for k in range(5)]
+        await asyncio.sleep(0.01)
+        await batcher.close(grace_s=5)
+        assert [t.result() for t in tasks] == [0, 10, 20, 30, 40]
+        with pytest.raises(ShuttingDown):
+            await batcher.submit(9, timeout_s=1)
+
+    asyncio.run(main())
+
+
+def test_uvicorn_graceful_shutdown_finishes_in_flight_requests():
+    backend = FakeBackend(delay_s=0.5)
+    port = free_port()
+    config = ServeConfig(
+        api_key=SecretStr("k"), port=port, max_batch=1, max_candidates=1, shutdown_grace_s=5
+    )
+    server = uvicorn_server(config, backend, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.02)
+    results: list[httpx.Response] = []
+    body = {"item_id": "i0", "seed": 1}
+    request = threading.Thread(
+        target=lambda: results.append(
+            httpx.post(f"{url}/v1/covers", json=body, headers=AUTH, timeout=10)
+        )
+    )
+    request.start()
+    while not backend.calls:
+        time.sleep(0.01)
+    server.should_exit = True  # what SIGTERM does
+    request.join(timeout=10)
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert results and results[0].status_code == 200
+    assert backend.completed == 1
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/healthz", timeout=1)
