@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from icg.cli import build_app
-from icg.evaluation.evaluate import METHODS
+from icg.evaluation.methods import METHODS
 from icg.generation import is_marked_generated
 
 KEYS = (

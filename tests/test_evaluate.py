@@ -1,4 +1,5 @@
-"""`evaluate_methods` on a tiny world: every column present, lift anchored, files written."""
+"""`evaluate_methods` on a tiny world: every column present, lift anchored, files written; the
+evaluation config, method selection and pair selection."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import pytest
 import torch
 
 from icg.data import load_dataset
-from icg.evaluation.evaluate import choose_pairs, evaluate_methods, load_covers
+from icg.evaluation.baselines import load_covers
+from icg.evaluation.methods import METHODS, select_methods
+from icg.evaluation.pairs import choose_pairs, read_pairs
+from icg.evaluation.run import EvalConfig, evaluate_methods, sampling_note
 from icg.world.config import WorldConfig
 from icg.world.generate import generate_world
 from icg.world.truth import Truth
@@ -97,3 +101,71 @@ def test_choose_pairs_uses_no_truth(world: Path, tmp_path: Path):
     cold_truth = set(Truth(world).users.query("cold_start").index)
     assert len(set(a["user_id"]) & cold_truth) == 1
     assert np.all(a.groupby("user_id").size() == 2)
+
+
+def test_read_pairs_names_missing_columns(tmp_path: Path):
+    import pandas as pd
+
+    pd.DataFrame({"user_id": [1, 2], "item_id": ["a", "b"], "x": [0, 0]}).to_parquet(
+        tmp_path / "p.parquet"
+    )
+    pairs = read_pairs(tmp_path / "p.parquet")
+    assert list(pairs.columns) == ["user_id", "item_id"] and pairs["user_id"].tolist() == ["1", "2"]
+    pd.DataFrame({"user_id": ["u"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"missing columns \['item_id'\]"):
+        read_pairs(tmp_path / "bad.parquet")
+
+
+def test_eval_config_defaults_and_validation():
+    cfg = EvalConfig()
+    assert (cfg.n_users, cfg.n_items, cfg.num_inference_steps, cfg.candidates) == (8, 16, 10, 1)
+    assert (cfg.guidance_scale, cfg.strength, cfg.prompt_guidance_scale) == (1.0, 1.0, 7.5)
+    assert (cfg.clip, cfg.aesthetic, cfg.base, cfg.mllm) == (
+        "zoo:clip",
+        "zoo:aesthetic",
+        None,
+        None,
+    )
+    with pytest.raises(ValueError, match=r"methods: unknown \['best'\]"):
+        EvalConfig(methods=["icg", "best"])
+    for bad in ({"candidates": 0}, {"strength": 0.0}, {"strength": 1.5}, {"n_users": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            EvalConfig(**bad)
+    with pytest.raises(ValueError, match="extra"):
+        EvalConfig(guidance=3.0)
+
+
+def test_sampling_note_says_how_icg_methods_draw():
+    assert sampling_note(EvalConfig()) == (
+        "ICG methods draw from pure noise with 10 steps and guidance 1.0; one draw per pair."
+    )
+    note = sampling_note(EvalConfig(strength=0.5, candidates=4, guidance_scale=3.0))
+    assert note.startswith("ICG methods draw from the reference cover at strength 0.5 with 10")
+    assert "best of 4 draws per pair under its own run's reward" in note
+
+
+def _adapter(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    (folder / "icg_config.json").write_text("{}")
+
+
+def test_select_methods_finds_adapters_and_names_missing_inputs(tmp_path: Path):
+    run = tmp_path / "run"
+    wanted, adapters = select_methods(run, None, truth=True, base=None)
+    assert wanted == ["reference", "oracle"] and adapters == {}
+    _adapter(run / "icg" / "adapter")
+    _adapter(run / "icg-aesthetic")  # an adapter saved straight into the run folder
+    wanted, adapters = select_methods(run, None, truth=False, base=None)
+    assert wanted == [
+        "reference", "prompt", "mllm-prompt", "icg-nouser", "icg-aesthetic", "icg-single", "icg",
+    ]  # fmt: skip
+    assert adapters["icg-nouser"] == run / "icg" / "adapter"
+    assert adapters["icg-aesthetic"] == run / "icg-aesthetic"
+    # asked-for methods come in METHODS order, whatever the order asked
+    wanted, _ = select_methods(run, ["icg", "reference"], truth=False, base=None)
+    assert wanted == ["reference", "icg"] and set(wanted) <= set(METHODS)
+    with pytest.raises(FileNotFoundError, match=r"\['icg-preference', 'oracle'\]"):
+        select_methods(run, ["oracle", "icg-preference"], truth=False, base=None)
+    # the prompt baselines need a base model: an adapter's record or --base
+    wanted, _ = select_methods(tmp_path / "none", ["prompt"], truth=False, base="zoo:sd")
+    assert wanted == ["prompt"]

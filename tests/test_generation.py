@@ -11,7 +11,14 @@ from model_fixtures import perturb_, tiny_icg
 from PIL import Image
 
 from icg.data import load_dataset
-from icg.generation import generate_covers, is_marked_generated, pair_seed, segment_users
+from icg.generation import (
+    generate_covers,
+    generation_scorer,
+    is_marked_generated,
+    pair_seed,
+    reward_scorer,
+    segment_users,
+)
 from icg.pipeline import ICGPipeline
 from icg.world.config import WorldConfig
 from icg.world.generate import generate_world
@@ -143,3 +150,31 @@ def test_segment_users_is_seeded():
     b, cb = segment_users(emb, 4, seed=1)
     np.testing.assert_array_equal(a, b)
     assert ca.shape == (4, 5)
+
+
+def test_reward_scorer_passes_titles_and_users_and_marks_no_user(setup):
+    root, data, pipe = setup
+    calls = []
+
+    def reward(images, titles, users, user_ids):  # (B, 3, H, W) in [0, 1], (B, E)
+        calls.append((images.shape, titles, users, user_ids))
+        values = images.mean((1, 2, 3))
+        return values, {"double": 2 * values}
+
+    user, item = data.users["user_id"][0], data.items["item_id"][0]
+    images = np.full((2, 8, 8, 3), 255, dtype=np.uint8)
+    scores = reward_scorer(reward, data)([user, ""], [item, item], images)
+    np.testing.assert_allclose(scores, [1.0, 1.0])
+    shape, titles, users, user_ids = calls[0]
+    assert shape == (2, 3, 8, 8) and user_ids == [user, None]
+    assert titles == [data.items.set_index("item_id").at[item, "title"]] * 2
+    assert not users[0].isnan().any() and users[1].isnan().all()
+    doubled = reward_scorer(reward, data, "double")([user], [item], images[:1])
+    np.testing.assert_allclose(doubled, [2.0])
+
+
+def test_generation_scorer_policy(tmp_path: Path, setup):
+    root, data, pipe = setup
+    assert generation_scorer(tmp_path, data) is None  # one draw: nothing to pick
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        generation_scorer(tmp_path, data, candidates=2)  # not a stage-B run folder

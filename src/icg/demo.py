@@ -4,8 +4,9 @@
           → generate (best-of-K under each run's reward) + evaluate every method
           → DIR/eval/report.html
 
-Every stage writes into ``DIR`` and is skipped when its output is already there, so an
-interrupted demo continues where it stopped (training stages resume from their checkpoints).
+Every stage writes into ``DIR``; the world and the training stages are skipped when their output
+is already there, so an interrupted demo continues where it stopped (training stages resume from
+their checkpoints). The evaluation always reruns, so the report reflects the current code.
 """
 
 from __future__ import annotations
@@ -34,17 +35,16 @@ class DemoPlan:
     reward_batch: int = 4
     reward_lr: float = 1e-3
     drift_token_weight: float = 0.1
-    # ICG draws from pure noise with CFG 3 and keeps the best of 8 draws under each run's own
-    # reward (seed-3 world, 96 pairs: one draw true CTR 0.193, best of 8 0.307, the reference
-    # covers 0.268). Reference-guided drawing (strength 0.5, CFG 1, one draw) reached 0.185 on
-    # 128 pairs; CFG 1 from noise about 0.11.
+    # ICG draws from pure noise with CFG and keeps the best of K draws under each run's own
+    # reward: at this training budget most of the gain over one draw comes from that
+    # selection (README, "Results of the full demo")
     num_inference_steps: int = 10
     guidance_scale: float = 3.0
     strength: float = 1.0
     candidates: int = 8
     probe_pairs: int = 48
-    # relevance and preference weigh double in `icg`: with equal weights the probe's fidelity
-    # drifted down while aesthetic rose
+    # relevance and preference weigh double in `icg`: at equal weights aesthetic dominates and
+    # pulls covers away from their item (the probe's fidelity falls)
     rewards: dict[str, dict[str, float]] = field(
         default_factory=lambda: {
             "icg": {"aesthetic": 1.0, "relevance": 2.0, "preference": 2.0},
@@ -55,8 +55,8 @@ class DemoPlan:
     )
 
 
-# Many impressions are cheap to simulate and are what the preference model learns taste from
-# (300k: taste Spearman 0.64, val AUC 0.795 vs Bayes 0.811; 40k: 0.24).
+# Many impressions are cheap to simulate and are what the preference model learns each user's
+# taste from; the full demo simulates enough for the taste ranking to matter.
 FULL = DemoPlan(
     n_items=300, n_users=150, n_impressions=300_000, align_steps=250, reward_steps=60,
     eval_users=8, eval_items=12,
@@ -72,8 +72,8 @@ def run_demo(
 ) -> Path:
     """Run every stage into ``out`` (`QUICK` or `FULL`, or ``plan``); returns the report path."""
     from icg.data import load_dataset
-    from icg.evaluation.evaluate import evaluate_run
     from icg.evaluation.preference_eval import TruthProbe
+    from icg.evaluation.run import EvalConfig, evaluate_run
     from icg.training.align import AlignConfig, run_align
     from icg.training.preference import PreferenceConfig, train_preference
     from icg.training.reward import RewardConfig, run_reward
@@ -141,14 +141,11 @@ def run_demo(
             ),
         )
     evaluation = out / "eval"
-    stage(
-        "evaluate",
-        False,
-        lambda: evaluate_run(
-            world, run, evaluation, n_users=plan.eval_users, n_items=plan.eval_items,
-            num_inference_steps=plan.num_inference_steps, guidance_scale=plan.guidance_scale,
-            strength=plan.strength, candidates=plan.candidates, seed=seed,
-        ),
+    eval_cfg = EvalConfig(
+        n_users=plan.eval_users, n_items=plan.eval_items,
+        num_inference_steps=plan.num_inference_steps, guidance_scale=plan.guidance_scale,
+        strength=plan.strength, candidates=plan.candidates, seed=seed,
     )  # fmt: skip
+    stage("evaluate", False, lambda: evaluate_run(world, run, evaluation, eval_cfg))
     logger.info("demo plan %s, stage seconds %s", asdict(plan), timings)
     return evaluation / "report.html"

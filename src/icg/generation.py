@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +22,8 @@ import pandas as pd
 import torch
 from PIL import Image, PngImagePlugin
 from rich.progress import Progress
+
+from icg.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,8 @@ def save_generated_png(image: Image.Image, path: Path, **text: str) -> None:
     info.add_itxt("XML:com.adobe.xmp", XMP_TEMPLATE.format(source=DIGITAL_SOURCE_TYPE))
     for key, value in text.items():
         info.add_text(key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
-    os.close(fd)
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
 
 
 def is_marked_generated(path: Path | str) -> bool:
@@ -263,7 +260,72 @@ def write_manifest(manifest: pd.DataFrame, path: Path) -> None:
             manifest.set_index(["user_id", "item_id", "method"]).index
         )
         manifest = pd.concat([old[keep], manifest], ignore_index=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".parquet")
-    os.close(fd)
-    manifest.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        manifest.to_parquet(tmp, index=False)
+
+
+def reward_scorer(reward, data, output: str | None = None) -> Scorer:
+    """A `Scorer` from a `Reward` or `MultiReward`: ``(user_ids, item_ids, images uint8) -> (N,)``
+    (user id ``""`` or unknown: no user). ``output`` takes that entry of the reward's info
+    instead of its value (e.g. ``"preference_probability"``)."""
+    titles = data.items.set_index("item_id")["title"]
+    users = data.users.set_index("user_id")["embedding"]
+    dim = len(users.iloc[0])
+
+    def vector(user_id: str) -> np.ndarray:
+        if user_id in users.index:
+            return np.asarray(users.at[user_id], dtype=np.float32)
+        return np.full(dim, np.nan, dtype=np.float32)
+
+    @torch.no_grad()
+    def score(user_ids: Sequence[str], item_ids: Sequence[str], images: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(user_ids), 128):
+            u, i = list(user_ids[start : start + 128]), list(item_ids[start : start + 128])
+            x = torch.from_numpy(images[start : start + 128]).permute(0, 3, 1, 2).float() / 255.0
+            emb = torch.from_numpy(np.stack([vector(v) for v in u]))  # (B, E); NaN: no user
+            values, info = reward(
+                x,
+                titles.loc[i].tolist(),
+                emb,
+                user_ids=[v if v in users.index else None for v in u],
+            )
+            out.append((values if output is None else info[output]).float().numpy())
+        return np.concatenate(out)
+
+    return score
+
+
+def generation_scorer(
+    run: Path | str,
+    data,
+    *,
+    preference: Path | str | None = None,
+    candidates: int = 1,
+) -> Scorer | None:
+    """What `icg generate` picks among draws with (candidates, or segments' covers).
+
+    A preference model, when given, scores every pick. Otherwise best-of-K (``candidates > 1``)
+    scores with the reward the stage-B run optimised (`load_run_reward`), so generation keeps
+    the draws its training aimed at. One draw per pair needs no scorer.
+
+    Args:
+        run: the stage-B run folder (``RUN/icg``) that holds ``config.yaml`` and the reward
+            statistics next to its adapter.
+        data: the `PlatformData` (titles and user embeddings the scorer reads).
+        preference: a trained preference model folder (``RUN/preference``), or ``None``.
+        candidates: draws per pair.
+
+    Raises:
+        FileNotFoundError: ``candidates > 1`` without a preference model and ``run`` is not a
+            finished stage-B run folder.
+    """
+    if preference is not None:
+        from icg.rewards import PreferenceReward
+
+        return reward_scorer(PreferenceReward(str(preference)), data)
+    if candidates > 1:
+        from icg.rewards.factory import load_run_reward
+
+        return reward_scorer(load_run_reward(run), data)
+    return None

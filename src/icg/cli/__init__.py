@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 
 import typer
 
@@ -37,19 +38,27 @@ GROUP_HELP = {
 }
 
 
+def resolve_command(module_name: str, attr: str) -> Callable[..., None]:
+    """The command function ``module_name.attr`` of a `COMMANDS` entry.
+
+    Raises:
+        ImportError: the module fails to import (a broken command is an error, never a command
+            silently missing from ``icg --help``).
+        AttributeError: the module has no such function.
+    """
+    module = importlib.import_module(module_name)
+    func = getattr(module, attr, None)
+    if not callable(func):
+        raise AttributeError(f"COMMANDS: {module_name} has no command function {attr!r}")
+    return func
+
+
 def build_app() -> typer.Typer:
+    """The Typer app of every `COMMANDS` entry, grouped as ``icg GROUP NAME``."""
     app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
     groups: dict[str, typer.Typer] = {}
     for group, name, module_name, attr in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:  # a command whose module is not written yet
-            if err.name != module_name:
-                raise
-            continue
-        if not hasattr(module, attr):
-            continue
-        func = getattr(module, attr)
+        func = resolve_command(module_name, attr)
         if not group:
             app.command(name)(func)
             continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional  # noqa: UP035 - Typer reads Optional annotations
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -31,7 +31,7 @@ def validate(
         Path, typer.Argument(help="The data folder (items.*, users.*, impressions.*).")
     ],
     rejects_dir: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(help="Where to write rejected rows; default <path>/rejects."),
     ] = None,
     max_reject_fraction: Annotated[

@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
-
 
 def generate(
     adapter: Annotated[
@@ -48,37 +46,25 @@ def generate(
     method: Annotated[str, typer.Option("--method", help="Name recorded in the manifest.")] = "icg",
 ) -> None:
     """Generate personalized covers for (user, item) pairs with a trained ICG adapter."""
-    import pandas as pd
-
     from icg.data import load_dataset
-    from icg.evaluation.baselines import reward_scorer
-    from icg.evaluation.evaluate import choose_pairs
-    from icg.generation import generate_covers
+    from icg.evaluation.pairs import choose_pairs, read_pairs
+    from icg.generation import generate_covers, generation_scorer
+    from icg.models.paths import resolve_adapter_dir
     from icg.pipeline import ICGPipeline
-    from icg.training.reward import RewardRecipe
 
     dataset = load_dataset(data, rejects_dir=out / "rejects")
     if pairs is not None:
-        frame = pd.read_parquet(pairs)
-        missing = {"user_id", "item_id"} - set(frame.columns)
-        if missing:
-            raise typer.BadParameter(f"{pairs}: missing columns {sorted(missing)}")
-        frame = frame[["user_id", "item_id"]].astype(str)
+        try:
+            frame = read_pairs(pairs)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from err
     else:
         frame = choose_pairs(dataset, n_users=users, n_items=items, seed=seed)
-    scorer = None
-    if preference is not None:
-        from icg.rewards import PreferenceReward
-
-        scorer = reward_scorer(PreferenceReward(str(preference)), dataset)
-    elif candidates > 1:
-        from icg.rewards.factory import load_run_reward
-
-        try:
-            scorer = reward_scorer(load_run_reward(adapter), dataset)
-        except FileNotFoundError as err:
-            raise typer.BadParameter(f"--candidates needs --adapter RUN/icg: {err}") from err
-    pipe = ICGPipeline.from_pretrained(RewardRecipe.adapter_dir(adapter))
+    try:
+        scorer = generation_scorer(adapter, dataset, preference=preference, candidates=candidates)
+    except FileNotFoundError as err:
+        raise typer.BadParameter(f"--candidates needs --adapter RUN/icg: {err}") from err
+    pipe = ICGPipeline.from_pretrained(resolve_adapter_dir(adapter))
     manifest = generate_covers(
         pipe, dataset, frame, out, method=method, seed=seed, num_inference_steps=steps,
         guidance_scale=guidance, batch_size=batch_size, segments=segments, scorer=scorer,
@@ -94,31 +80,54 @@ def evaluate(
     methods: Annotated[
         str | None, typer.Option("--methods", help="Comma-separated subset (default: all found).")
     ] = None,
-    users: Annotated[int, typer.Option("--users", help="Evaluation users.")] = 8,
-    items: Annotated[int, typer.Option("--items", help="Evaluation items.")] = 16,
-    steps: Annotated[int, typer.Option("--steps", help="Denoising steps of ICG methods.")] = 10,
-    guidance: Annotated[float, typer.Option("--guidance", help="CFG of ICG methods.")] = 1.0,
+    users: Annotated[int | None, typer.Option("--users", help="Evaluation users.")] = None,
+    items: Annotated[int | None, typer.Option("--items", help="Evaluation items.")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Denoising steps of ICG methods.")
+    ] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help="CFG of ICG methods.")
+    ] = None,
     strength: Annotated[
-        float, typer.Option("--strength", help="ICG methods: < 1 starts from the reference.")
-    ] = 1.0,
+        float | None, typer.Option("--strength", help="ICG methods: < 1 starts from the reference.")
+    ] = None,
     candidates: Annotated[
-        int,
+        int | None,
         typer.Option("--candidates", help="ICG methods: best-of-K under each run's own reward."),
-    ] = 1,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    clip: Annotated[str, typer.Option("--clip")] = DEFAULT_CLIP,
-    aesthetic: Annotated[str, typer.Option("--aesthetic")] = DEFAULT_AESTHETIC,
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    clip: Annotated[str | None, typer.Option("--clip", help="Default zoo:clip.")] = None,
+    aesthetic: Annotated[
+        str | None, typer.Option("--aesthetic", help="Default zoo:aesthetic.")
+    ] = None,
     base: Annotated[str | None, typer.Option("--base", help="Override the base model.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file with EvalConfig fields.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
+    ] = False,
 ) -> None:
-    """Score every method's covers on the same pairs: metrics.json and report.html."""
-    from icg.evaluation.evaluate import evaluate_run
+    """Score every method's covers on the same pairs: metrics.json and report.html.
+
+    Options left out take their value from --config, else the `EvalConfig` default.
+    """
+    from icg.config import load_config
+    from icg.evaluation.run import EvalConfig, evaluate_run
 
     try:
-        metrics = evaluate_run(
-            data, run, out, methods=methods.split(",") if methods else None, n_users=users,
+        cfg = load_config(
+            EvalConfig, config, methods=methods.split(",") if methods else None, n_users=users,
             n_items=items, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
             strength=strength, candidates=candidates, clip=clip, aesthetic=aesthetic, base=base,
         )  # fmt: skip
+    except ValueError as err:  # pydantic's ValidationError is a ValueError
+        raise typer.BadParameter(str(err)) from err
+    if dry_run:
+        typer.echo(cfg.model_dump_json(indent=2))
+        return
+    try:
+        metrics = evaluate_run(data, run, out, cfg)
     except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from err
     print_metrics(metrics)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-
-logger = logging.getLogger(__name__)
 
 
 def generate(
@@ -37,6 +34,7 @@ def generate(
 
 
 def print_summary(summary: dict, title: str) -> None:
+    """A quantity/value table on the terminal (floats to 4 decimals)."""
     table = Table(title=title)
     table.add_column("quantity")
     table.add_column("value", justify="right")

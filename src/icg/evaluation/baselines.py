@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from icg.generation import Scorer, generate_covers
+from icg.generation import generate_covers
 
 CoverSource = Callable[[pd.DataFrame], np.ndarray]
 PROMPT_TEMPLATE = "a cover for {title}"
@@ -41,7 +41,8 @@ def load_covers(paths: Sequence[str | Path], size: int) -> np.ndarray:
 
 
 class PromptDrawer:
-    """The base pipeline alone, called like `ICGPipeline` (users and reference images ignored).
+    """The base pipeline alone, called like `ICGPipeline` (users, item keys and, without a
+    writer, reference images ignored).
 
     Args:
         base: a diffusers text-to-image pipeline.
@@ -54,7 +55,6 @@ class PromptDrawer:
         self.base = base
         self.template = template
         self.writer = writer
-        self.prompts: dict[str, str] = {}  # item key -> the prompt it was drawn with
 
     def __call__(
         self,
@@ -66,8 +66,6 @@ class PromptDrawer:
     ) -> SimpleNamespace:
         texts = list(titles) if self.writer is None else self.writer(titles, images)
         prompts = [self.template.replace("{title}", t) for t in texts]
-        for key, prompt in zip(item_keys or titles, prompts, strict=True):
-            self.prompts[str(key)] = prompt
         self.base.set_progress_bar_config(disable=True)
         return self.base(prompt=prompts, **kwargs)
 
@@ -153,35 +151,3 @@ def reference_source(data, size: int) -> CoverSource:
 def oracle_source(truth) -> CoverSource:
     """The truth's CTR-optimal cover (CoverWorld only)."""
     return lambda pairs: truth.oracle_covers(pairs["user_id"], pairs["item_id"])
-
-
-def reward_scorer(reward, data, output: str | None = None) -> Scorer:
-    """A `Scorer` from a `Reward` or `MultiReward`: ``(user_ids, item_ids, images uint8) -> (N,)``
-    (user id ``""`` or unknown: no user). ``output`` takes that entry of the reward's info
-    instead of its value (e.g. ``"preference_probability"``)."""
-    titles = data.items.set_index("item_id")["title"]
-    users = data.users.set_index("user_id")["embedding"]
-    dim = len(users.iloc[0])
-
-    def vector(user_id: str) -> np.ndarray:
-        if user_id in users.index:
-            return np.asarray(users.at[user_id], dtype=np.float32)
-        return np.full(dim, np.nan, dtype=np.float32)
-
-    @torch.no_grad()
-    def score(user_ids: Sequence[str], item_ids: Sequence[str], images: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(user_ids), 128):
-            u, i = list(user_ids[start : start + 128]), list(item_ids[start : start + 128])
-            x = torch.from_numpy(images[start : start + 128]).permute(0, 3, 1, 2).float() / 255.0
-            emb = torch.from_numpy(np.stack([vector(v) for v in u]))
-            values, info = reward(
-                x,
-                titles.loc[i].tolist(),
-                emb,
-                user_ids=[v if v in users.index else None for v in u],
-            )
-            out.append((values if output is None else info[output]).float().numpy())
-        return np.concatenate(out)
-
-    return score

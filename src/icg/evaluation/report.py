@@ -6,12 +6,13 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from icg.io import atomic_write_text
 
 # Metrics where lower is better; every other column marks its maximum.
 LOWER_IS_BETTER = {"seconds"}
@@ -135,10 +136,9 @@ def write_report(
     grid: list[dict],
     curves: dict[str, list[dict]],
     configs: dict[str, dict],
-    notes: list[str] = (),
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write a self-contained report.html (every image embedded as a data URI), atomically."""
-    path = Path(path)
     figure = curves_figure(curves)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>icg evaluation</title>",
@@ -159,9 +159,4 @@ def write_report(
         LOAD_CHECK,
         "</body></html>",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("".join(parts))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "".join(parts))

@@ -1,0 +1,215 @@
+"""The method table of `icg evaluate`: which methods exist, what each needs and how it draws.
+
+    reference, oracle          no model (oracle: CoverWorld's truth only)
+    prompt, mllm-prompt        the base model alone (mllm-prompt: the MLLM writes the prompt)
+    icg, icg-*                 an ICG adapter of the run folder (`ICG_METHODS`)
+
+A method is evaluated when its inputs exist in the run folder (or when it is asked for, and then
+a missing input is an error). Every method becomes a `CoverSource` ``pairs -> uint8 (N, H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from icg.evaluation import baselines
+from icg.evaluation.baselines import CoverSource
+from icg.generation import Scorer, reward_scorer
+
+if TYPE_CHECKING:
+    from icg.evaluation.run import EvalConfig
+
+METHODS = (
+    "reference",
+    "prompt",
+    "mllm-prompt",
+    "icg-nouser",
+    "icg-aesthetic",
+    "icg-relevance",
+    "icg-preference",
+    "icg-single",
+    "icg",
+    "oracle",
+)
+PROMPT_METHODS = ("prompt", "mllm-prompt")
+
+
+class IcgMethod(NamedTuple):
+    """An ICG method: the run subfolder with its adapter, whether it sees the user, and whether
+    it keeps the best of K draws under that run's own reward."""
+
+    run: str
+    personalize: bool
+    best_of_k: bool
+
+
+ICG_METHODS = {
+    "icg": IcgMethod("icg", True, True),
+    "icg-single": IcgMethod("icg", True, False),
+    "icg-nouser": IcgMethod("icg", False, True),
+    "icg-aesthetic": IcgMethod("icg-aesthetic", True, True),
+    "icg-relevance": IcgMethod("icg-relevance", True, True),
+    "icg-preference": IcgMethod("icg-preference", True, True),
+}
+
+
+def adapter_folder(run: Path, name: str) -> Path | None:
+    """``RUN/<name>/adapter`` (or ``RUN/<name>``) when it holds an ICG adapter."""
+    for folder in (run / name / "adapter", run / name):
+        if (folder / "icg_config.json").is_file():
+            return folder
+    return None
+
+
+def main_adapter(adapters: dict[str, Path]) -> Path | None:
+    """The adapter whose recorded base model and MLLM every generated method shares: ``icg``'s,
+    else the first found."""
+    return adapters.get("icg") or next(iter(adapters.values()), None)
+
+
+def select_methods(
+    run: Path, requested: list[str] | None, *, truth: bool, base: str | None
+) -> tuple[list[str], dict[str, Path]]:
+    """The methods to evaluate (in `METHODS` order) and the adapter folder of every ICG method
+    found (wanted or not: `main_adapter` looks at all of them).
+
+    Args:
+        run: the run folder (``icg/``, ``icg-aesthetic/``, ...).
+        requested: methods asked for; ``None`` (or empty): every method whose inputs exist.
+        truth: whether the data has CoverWorld's truth (``oracle``).
+        base: a base model given explicitly (the prompt baselines need no adapter then).
+
+    Raises:
+        FileNotFoundError: a requested method's inputs are missing.
+    """
+    adapters = {m: f for m, spec in ICG_METHODS.items() if (f := adapter_folder(run, spec.run))}
+    available = {"reference"} | ({"oracle"} if truth else set()) | set(adapters)
+    if main_adapter(adapters) is not None or base:
+        available |= set(PROMPT_METHODS)
+    wanted = [m for m in METHODS if m in (requested or available)]
+    missing = sorted(set(wanted) - available)
+    if missing:
+        raise FileNotFoundError(
+            f"run={run}: no inputs for methods {missing} (expected adapters under "
+            f"{run}/<icg|icg-aesthetic|...>/adapter, and truth/ for oracle)"
+        )
+    return wanted, adapters
+
+
+class RunScorers:
+    """Each run's own reward as a `Scorer`, loaded on first use and once per run folder (``icg``
+    and ``icg-nouser`` share one); ``clips`` shares CLIP towers with the evaluation."""
+
+    def __init__(self, run: Path, data, clips: dict) -> None:
+        self.run, self.data, self.clips = run, data, clips
+        self._scorers: dict[str, Scorer] = {}
+
+    def __call__(self, sub: str) -> Scorer:
+        from icg.rewards.factory import load_run_reward
+
+        if sub not in self._scorers:
+            reward = load_run_reward(self.run / sub, self.clips)
+            self._scorers[sub] = reward_scorer(reward, self.data)
+        return self._scorers[sub]
+
+
+@dataclass
+class Drawers:
+    """What the methods draw with, loaded once per evaluation and shared by every method.
+
+    Args:
+        data: the `PlatformData`.
+        covers: folder of the generated PNGs and their ``manifest.parquet``.
+        size: cover side in pixels (the base model's output size, else 64).
+        base: the diffusers base pipeline (``None`` when no method generates).
+        mllm, processor: the MLLM of the ICG encoder and the ``mllm-prompt`` writer.
+        truth: CoverWorld's `Truth` (``oracle``), or ``None``.
+        adapters: ICG method → adapter folder.
+        run_scorers: each run's own reward (best-of-K).
+    """
+
+    data: Any
+    covers: Path
+    size: int
+    base: Any = None
+    mllm: Any = None
+    processor: Any = None
+    truth: Any = None
+    adapters: dict[str, Path] = field(default_factory=dict)
+    run_scorers: RunScorers | None = None
+
+
+def load_generators(
+    wanted: list[str], base: str | None, mllm: str | None
+) -> tuple[Any, Any, Any, int]:
+    """The base pipeline and the MLLM (with its processor), each only when a wanted method
+    draws with it, and the cover size: ``(base_pipe, mllm, processor, size)``."""
+    from diffusers import DiffusionPipeline
+
+    from icg.models.mllm import load_mllm
+    from icg.models.paths import resolve_model_path
+
+    needs_base = any(m in ICG_METHODS or m in PROMPT_METHODS for m in wanted)
+    pipe = DiffusionPipeline.from_pretrained(resolve_model_path(base)) if needs_base else None
+    needs_mllm = any(m in ICG_METHODS or m == "mllm-prompt" for m in wanted)
+    model, processor = load_mllm(resolve_model_path(mllm)) if needs_mllm else (None, None)
+    size = int(pipe.unet.config.sample_size * pipe.vae_scale_factor) if pipe else 64
+    return pipe, model, processor, size
+
+
+@dataclass
+class IcgSource:
+    """An ICG method's covers: its adapter installed on the shared base for the call, best-of-K
+    under its run's own reward (``icg-single``: one draw). Every ICG method draws per pair on
+    the pair's seeds (``share=False``), so ``icg`` and ``icg-nouser`` differ only by the user."""
+
+    method: str
+    drawers: Drawers
+    config: EvalConfig
+
+    def __call__(self, pairs: pd.DataFrame) -> np.ndarray:
+        from icg.models.icg_model import ICGModel
+        from icg.pipeline import ICGPipeline
+
+        d, cfg, spec = self.drawers, self.config, ICG_METHODS[self.method]
+        model = ICGModel.from_pretrained(d.adapters[self.method], d.mllm, d.processor)
+        pipe = ICGPipeline(d.base, model)
+        try:
+            k = cfg.candidates if spec.best_of_k else 1
+            draw = baselines.generated_source(
+                pipe, d.data, d.covers, self.method, personalize=spec.personalize, size=d.size,
+                guidance_scale=cfg.guidance_scale, strength=cfg.strength, candidates=k,
+                scorer=d.run_scorers(spec.run) if k > 1 else None, share=False,
+                num_inference_steps=cfg.num_inference_steps, seed=cfg.seed,
+            )  # fmt: skip
+            return draw(pairs)
+        finally:
+            pipe.remove_adapter()
+
+
+def prompt_source(method: str, drawers: Drawers, config: EvalConfig) -> CoverSource:
+    """``prompt`` (the title in a template) or ``mllm-prompt`` (the MLLM's text in it): the base
+    model alone, one cover per item, at the base pipeline's own guidance."""
+    d = drawers
+    writer = baselines.MllmPromptWriter(d.mllm, d.processor) if method == "mllm-prompt" else None
+    return baselines.generated_source(
+        baselines.PromptDrawer(d.base, writer=writer), d.data, d.covers, method,
+        personalize=False, size=d.size, guidance_scale=config.prompt_guidance_scale,
+        num_inference_steps=config.num_inference_steps, seed=config.seed,
+    )  # fmt: skip
+
+
+def method_source(method: str, drawers: Drawers, config: EvalConfig) -> CoverSource:
+    """The `CoverSource` of one method of `METHODS`."""
+    if method == "reference":
+        return baselines.reference_source(drawers.data, drawers.size)
+    if method == "oracle":
+        return baselines.oracle_source(drawers.truth)
+    if method in PROMPT_METHODS:
+        return prompt_source(method, drawers, config)
+    return IcgSource(method, drawers, config)

@@ -1,0 +1,360 @@
+"""`icg evaluate`: score every method's covers on the same (user, item) pairs.
+
+    evaluate_run(data, run, out, EvalConfig(...))
+        select_methods → load the shared models → a CoverSource per method (`methods`)
+        → choose_pairs (`pairs`) → evaluate_methods → OUT/metrics.json + OUT/report.html
+
+Model-side metrics (CLIP embeddings, diversity, downstream recommendation on logged clicks) work
+on any data; truth metrics appear only when the data folder has CoverWorld's `truth/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, read_yaml_mapping
+from icg.evaluation.baselines import CoverSource
+from icg.evaluation.downstream import (
+    downstream_metrics,
+    downstream_note,
+    embed_images,
+    train_downstream,
+)
+from icg.evaluation.methods import (
+    ICG_METHODS,
+    METHODS,
+    Drawers,
+    RunScorers,
+    load_generators,
+    main_adapter,
+    method_source,
+    select_methods,
+)
+from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
+from icg.evaluation.pairs import choose_pairs
+from icg.evaluation.recsys import RecModel
+from icg.evaluation.report import write_report
+from icg.generation import Scorer, reward_scorer
+from icg.io import atomic_write_json
+from icg.training.curves import CURVES_FILE, read_curves
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EvalConfig", "evaluate_methods", "evaluate_run"]
+
+
+class EvalConfig(BaseModel):
+    """How `evaluate_run` samples and scores (validated before any model is loaded).
+
+    Args:
+        methods: subset of `METHODS` (default: every method whose inputs exist).
+        n_users, n_items: evaluation pairs (`choose_pairs`: users spread over embedding
+            clusters, one cold-start user) unless pairs are given.
+        num_inference_steps, guidance_scale, strength: sampling of the ICG methods (use what
+            stage B trained with); ``strength`` below 1 starts from the reference cover.
+        candidates: best-of-K sampling of the ICG methods (``icg-single`` excepted): K draws
+            per pair, the one the run's own reward rates best is kept (`load_run_reward`).
+        prompt_guidance_scale: guidance of the text-only baselines (the base pipeline default).
+        seed: pair selection, per-pair noise seeds and the downstream model.
+        clip, aesthetic: the CLIP and aesthetic predictor of the model-side metrics.
+        base, mllm: override the base model / MLLM the `icg` adapter records.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    methods: list[str] | None = None
+    n_users: int = Field(8, ge=1)
+    n_items: int = Field(16, ge=1)
+    num_inference_steps: int = Field(10, ge=1)
+    guidance_scale: float = Field(1.0, ge=0)
+    strength: float = Field(1.0, gt=0, le=1)
+    candidates: int = Field(1, ge=1)
+    prompt_guidance_scale: float = Field(7.5, ge=0)
+    seed: int = 0
+    clip: str = DEFAULT_CLIP
+    aesthetic: str = DEFAULT_AESTHETIC
+    base: str | None = None
+    mllm: str | None = None
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(methods or []) - set(METHODS))
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
+        return methods
+
+
+# ---- scoring the covers of given sources ----------------------------------------------------
+def cold_start(data, pairs: pd.DataFrame) -> np.ndarray:
+    """(N,) bool: the pair's user has no logged impression."""
+    seen = set(data.impressions["user_id"]) if data.impressions is not None else set()
+    return ~pairs["user_id"].isin(seen).to_numpy()
+
+
+def draw_covers(name: str, source: CoverSource, pairs: pd.DataFrame) -> tuple[np.ndarray, float]:
+    """A method's covers uint8 (N, H, W, 3) for ``pairs`` and the seconds they took."""
+    start = time.perf_counter()
+    images = source(pairs)
+    seconds = time.perf_counter() - start
+    if images.shape[0] != len(pairs):
+        raise ValueError(f"method {name}: {images.shape[0]} covers for {len(pairs)} pairs")
+    return images, round(seconds, 2)
+
+
+def score_covers(
+    images: np.ndarray,
+    pairs: pd.DataFrame,
+    data,
+    *,
+    cold: np.ndarray,
+    truth=None,
+    clip=None,
+    rec: RecModel | None = None,
+    scorers: dict[str, Scorer] | None = None,
+) -> dict[str, float]:
+    """One method's metrics: truth columns, CLIP diversity and CLIPScore, downstream ranking
+    (needs the truth's CTR as labels) and the mean of every model-side scorer."""
+    m: dict[str, float] = {}
+    scores = None
+    if truth is not None:
+        scores = truth.score(images, pairs["user_id"], pairs["item_id"])
+        m |= truth_metrics(scores, cold)
+    if clip is not None:
+        emb = embed_images(clip, images)
+        m["diversity"] = diversity(emb, pairs["item_id"].to_numpy())
+        if clip.tokenizer is not None:
+            titles = data.items.set_index("item_id").loc[pairs["item_id"], "title"].tolist()
+            text = clip.text_embeds(titles).numpy()
+            m["clipscore"] = float(np.mean(100.0 * np.maximum((emb * text).sum(1), 0.0)))
+        if rec is not None and scores is not None:
+            m |= downstream_metrics(rec, data, pairs, emb, scores["ctr"])
+    for metric, scorer in (scorers or {}).items():
+        values = scorer(pairs["user_id"].tolist(), pairs["item_id"].tolist(), images)
+        m[metric] = float(np.mean(values))
+    return m
+
+
+def add_lift_fraction(results: dict[str, dict]) -> None:
+    """Every method's `lift_fraction` between ``reference`` (0) and ``oracle`` (1), in place."""
+    ref, orc = results["reference"]["true_ctr"], results["oracle"]["true_ctr"]
+    for m in results.values():
+        m["lift_fraction"] = lift_fraction(m["true_ctr"], ref, orc)
+
+
+def evaluate_methods(
+    data,
+    pairs: pd.DataFrame,
+    sources: dict[str, CoverSource],
+    out: Path | str,
+    *,
+    clip=None,
+    truth=None,
+    scorers: dict[str, Scorer] | None = None,
+    image_size: int = 64,
+    configs: dict | None = None,
+    curves: dict | None = None,
+    seed: int = 0,
+    notes: Sequence[str] = (),
+) -> dict:
+    """Draw every method's covers for `pairs`, score them, write metrics.json and report.html.
+
+    Args:
+        data: `PlatformData`.
+        pairs: user_id, item_id rows.
+        sources: method name -> cover source.
+        clip: a `ClipTowers` (model-side metrics and the downstream model), or None.
+        truth: a `icg.world.truth.Truth`, or None (no truth metrics).
+        scorers: metric name -> model-side scorer (e.g. ``aesthetic_reward``,
+            ``preference_score``); each method's value is the mean over its covers.
+        image_size: cover side the downstream model reads the logged covers at.
+        configs: report sections; ``configs["world"]`` is also written to metrics.json.
+        curves: training curves for the report (`report_curves`).
+        seed: the downstream model's seed.
+        notes: paragraphs for the report (how the methods were drawn).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cold = cold_start(data, pairs)
+    notes = list(notes)
+    rec: RecModel | None = None
+    if clip is not None and data.impressions is not None:
+        rec, logged_auc = train_downstream(data, clip, image_size, seed=seed)
+        notes.append(downstream_note(logged_auc))
+    results: dict[str, dict] = {}
+    covers: dict[str, np.ndarray] = {}
+    for name, source in sources.items():
+        covers[name], seconds = draw_covers(name, source, pairs)
+        m: dict[str, float] = {"n_pairs": len(pairs), "seconds": seconds}
+        m |= score_covers(
+            covers[name], pairs, data, cold=cold, truth=truth, clip=clip, rec=rec, scorers=scorers
+        )
+        results[name] = m
+        rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+        logger.info("%s: %s", name, rounded)
+    if truth is not None and "reference" in results and "oracle" in results:
+        add_lift_fraction(results)
+    metrics = {"world": (configs or {}).get("world", {}), "methods": results}
+    atomic_write_json(out / "metrics.json", metrics)
+    write_report(
+        out / "report.html",
+        metrics=metrics,
+        grid=cover_grid_rows(pairs, covers, cold, data),
+        curves=curves or {},
+        configs=configs or {},
+        notes=notes,
+    )
+    return metrics
+
+
+def cover_grid_rows(pairs, covers, cold, data, n_rows: int = 12) -> list[dict]:
+    """Up to ``n_rows`` pairs for the report's cover grid, every method's cover side by side."""
+    titles = data.items.set_index("item_id")["title"]
+    rows = []
+    for k in range(min(n_rows, len(pairs))):
+        # spread rows over users: take pairs in user-major order with a stride
+        idx = (k * max(1, len(pairs) // n_rows)) % len(pairs)
+        u, i = pairs["user_id"].iloc[idx], pairs["item_id"].iloc[idx]
+        label = f"{u}{' (cold start)' if cold[idx] else ''} / {i}"
+        rows.append(
+            {"label": label, "title": titles[i], "covers": {m: c[idx] for m, c in covers.items()}}
+        )
+    return rows
+
+
+# ---- `icg evaluate`: every method of a run folder ------------------------------------------
+def report_curves(run: Path) -> dict[str, list[dict]]:
+    """Stage-B curves of every run under ``run``: rewards per step and the truth probe (flat)."""
+    curves = {}
+    for file in sorted(run.glob(f"*/{CURVES_FILE}")):
+        rows = []
+        for row in read_curves(file):
+            flat = {"step": row["step"]} | dict(row.get("probe", {}))
+            flat |= {
+                k: v
+                for k, v in row.items()
+                if k.startswith("reward/") and not k.endswith(("_normalised", "_cosine"))
+            }
+            rows.append(flat)
+        curves[file.parent.name] = rows
+    return curves
+
+
+def run_configs(data_dir: Path, run: Path) -> dict[str, dict]:
+    """The world's and every stage's config for the report (``config.yaml`` wins over
+    ``train_config.yaml`` where a stage has both)."""
+    world = data_dir / "world.yaml"
+    configs = {"world": read_yaml_mapping(world) if world.is_file() else {}}
+    for sub in ("preference", "align", *dict.fromkeys(spec.run for spec in ICG_METHODS.values())):
+        for name in ("train_config.yaml", "config.yaml"):
+            if (run / sub / name).is_file():
+                configs[sub] = read_yaml_mapping(run / sub / name)
+    return configs
+
+
+def sampling_note(cfg: EvalConfig) -> str:
+    """The report paragraph that says how the ICG methods drew their covers."""
+    draw = (
+        "from pure noise"
+        if cfg.strength >= 1.0
+        else f"from the reference cover at strength {cfg.strength}"
+    )
+    how = (
+        f"each keeps the best of {cfg.candidates} draws per pair under its own run's reward "
+        "(icg-nouser: no user embedding and icg's reward without the user, on the same noise "
+        "seeds as icg, so the two differ only by the user; icg-single: icg's first draw)."
+        if cfg.candidates > 1
+        else "one draw per pair."
+    )
+    return (
+        f"ICG methods draw {draw} with {cfg.num_inference_steps} steps and guidance "
+        f"{cfg.guidance_scale}; {how}"
+    )
+
+
+def model_scorers(run: Path, data, towers, aesthetic: str) -> dict[str, Scorer]:
+    """The model-side scorers: the aesthetic predictor, and the run's preference model when it
+    has one (its click probability)."""
+    from icg.rewards import AestheticReward, PreferenceReward
+
+    scorers = {"aesthetic_reward": reward_scorer(AestheticReward(towers, aesthetic), data)}
+    if (run / "preference" / "config.json").is_file():
+        preference = PreferenceReward(str(run / "preference"), towers)
+        scorers["preference_score"] = reward_scorer(preference, data, "preference_probability")
+    return scorers
+
+
+def load_truth(data_dir: Path):
+    """CoverWorld's hidden truth of ``data_dir`` (evaluation only), or ``None`` on other data."""
+    from icg.evaluation.preference_eval import has_truth
+
+    if not has_truth(data_dir):
+        return None
+    from icg.world.truth import Truth
+
+    return Truth(data_dir)
+
+
+def evaluate_run(
+    data_dir: Path | str,
+    run: Path | str,
+    out: Path | str,
+    config: EvalConfig | None = None,
+    *,
+    pairs: pd.DataFrame | None = None,
+) -> dict:
+    """Score every method of a run folder on the same (user, item) pairs (`icg evaluate`).
+
+    Args:
+        data_dir: platform data folder (with `truth/` on CoverWorld: truth metrics and `oracle`).
+        run: run folder: ``preference/``, ``icg/``, ``icg-aesthetic/``, ... as `icg demo` writes.
+        out: evaluation folder: ``metrics.json``, ``report.html``, ``covers/<method>/*.png``.
+        config: sampling and scoring (`EvalConfig`; default: its defaults).
+        pairs: user_id, item_id rows (default: `choose_pairs` with the config's sizes).
+    """
+    from icg.data import load_dataset
+    from icg.models.icg_model import ICGModel
+    from icg.rewards import ClipTowers
+
+    cfg = config or EvalConfig()
+    data_dir, run, out = Path(data_dir), Path(run), Path(out)
+    data = load_dataset(data_dir, rejects_dir=out / "rejects")
+    truth = load_truth(data_dir)
+    wanted, adapters = select_methods(run, cfg.methods, truth=truth is not None, base=cfg.base)
+    main = main_adapter(adapters)
+    record = ICGModel.read_config(main) if main is not None else {}
+    base_name = cfg.base or record.get("base_model")
+    mllm_name = cfg.mllm or record.get("mllm")
+    base, mllm, processor, size = load_generators(wanted, base_name, mllm_name)
+
+    clips: dict = {}  # CLIP towers shared by the evaluation and every run's reward
+    drawers = Drawers(
+        data=data, covers=out / "covers", size=size, base=base, mllm=mllm,
+        processor=processor, truth=truth, adapters=adapters,
+        run_scorers=RunScorers(run, data, clips),
+    )  # fmt: skip
+    sources = {m: method_source(m, drawers, cfg) for m in wanted}
+    towers = clips[cfg.clip] = ClipTowers.from_pretrained(cfg.clip)
+    scorers = model_scorers(run, data, towers, cfg.aesthetic)
+    if pairs is None:
+        pairs = choose_pairs(data, n_users=cfg.n_users, n_items=cfg.n_items, seed=cfg.seed)
+    configs = run_configs(data_dir, run)
+    configs["evaluation"] = {
+        "data": str(data_dir), "run": str(run), "methods": wanted, "pairs": len(pairs),
+        "guidance_scale": cfg.guidance_scale, "strength": cfg.strength,
+        "candidates": cfg.candidates, "prompt_guidance_scale": cfg.prompt_guidance_scale,
+        "base": base_name, "mllm": mllm_name, "clip": cfg.clip, "aesthetic": cfg.aesthetic,
+        "num_inference_steps": cfg.num_inference_steps, "seed": cfg.seed,
+    }  # fmt: skip
+    return evaluate_methods(
+        data, pairs, sources, out, clip=towers, truth=truth, scorers=scorers,
+        image_size=size, configs=configs, curves=report_curves(run), seed=cfg.seed,
+        notes=[sampling_note(cfg)],
+    )  # fmt: skip
