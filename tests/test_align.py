@@ -53,6 +53,8 @@ def test_pinned_losses_and_exact_resume(data_dir, tmp_path):
     torch.testing.assert_close(
         torch.tensor(full.losses[:2]), torch.tensor([1.11880, 1.19891]), atol=1e-4, rtol=0
     )
+    # the user path: the losses hardly see it yet, the user effect on the tokens does
+    assert full.user_effect == pytest.approx(0.10150, rel=1e-3)
     assert (full.adapter_dir / "icg_config.json").is_file()
 
     out = tmp_path / "split"
@@ -67,6 +69,19 @@ def test_pinned_losses_and_exact_resume(data_dir, tmp_path):
         "checkpoint-00000004",
     ]
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_pinned_losses_without_user_dropout_and_refiner_lr(data_dir, tmp_path):
+    """The recipe before user dropout and the refiner's own learning rate is still reachable."""
+    old = _config(data_dir, tmp_path, user_dropout=0.0, refiner_learning_rate=1e-2)
+    result = run_align(old, **_parts())
+    torch.testing.assert_close(
+        torch.tensor(result.losses),
+        torch.tensor([1.118797, 1.198909, 1.129704, 1.181418]),
+        atol=1e-4,
+        rtol=0,
+    )
+    assert result.user_effect == pytest.approx(0.010814, rel=1e-3)
 
 
 def test_gradient_coverage(data_dir, tmp_path):
@@ -123,3 +138,16 @@ def test_cli_dry_run(tmp_path, data_dir):
     )
     assert result.exit_code == 0, result.output
     assert '"base": "zoo:sd"' in result.output and '"max_steps": 1000' in result.output
+    options = ["--user-dropout", "0.3", "--click-weighting", "ips"]
+    args = ["train", "align", "--data", str(data_dir), "--out", str(tmp_path), "--dry-run"]
+    result = CliRunner().invoke(build_app(), [*args, *options])
+    assert result.exit_code != 0 and "needs a trained preference model" in _unboxed(result.output)
+    result = CliRunner().invoke(build_app(), [*args, *options, "--preference", str(data_dir)])
+    assert result.exit_code != 0 and "a preference model folder" in _unboxed(result.output)
+    result = CliRunner().invoke(build_app(), [*args, "--user-dropout", "0.3"])
+    assert result.exit_code == 0 and '"user_dropout": 0.3' in result.output
+
+
+def _unboxed(output: str) -> str:
+    """CLI error text without rich's box characters and line wrapping."""
+    return " ".join(output.replace("│", " ").split())

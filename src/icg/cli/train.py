@@ -30,6 +30,21 @@ def align(
         int | None, typer.Option("--max-steps", help="Override max_steps.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override seed.")] = None,
+    preference: Annotated[
+        Path | None,
+        typer.Option("--preference", help="Trained preference model (RUN/preference)."),
+    ] = None,
+    click_weighting: Annotated[
+        str | None,
+        typer.Option(
+            "--click-weighting",
+            help="Weight of each clicked cover: uniform, ips or advantage (need --preference).",
+        ),
+    ] = None,
+    user_dropout: Annotated[
+        float | None,
+        typer.Option("--user-dropout", help="Fraction of each batch trained without its user."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
     ] = False,
@@ -51,6 +66,9 @@ def align(
             mllm=mllm,
             max_steps=max_steps,
             seed=seed,
+            preference=preference,
+            click_weighting=click_weighting,
+            user_dropout=user_dropout,
         )
     except (ValidationError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err

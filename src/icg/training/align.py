@@ -5,6 +5,12 @@ frozen base UNet learns nothing; the trainable ICG parts (meta tokens, refiner, 
 LoRA) are trained with the standard diffusion noise-prediction loss (Ho et al. 2020, Eq. 14)
 on x, conditioned on the title, the item's reference image and the clicking user's embedding.
 
+For the user path to learn: user dropout trains a fraction of each batch without its user (a
+NaN row), so one model also learns the no-user branch that user guidance (`icg.models.guidance`)
+contrasts with; clicks are position-debiased (`icg.training.click_weights`); the refiner has its
+own, larger learning rate, because its FiLM output is zero-initialised (adaLN-Zero): at first only
+its gate gets gradient, and Adam moves that by about one learning rate per step.
+
 The recipe reads ``setup → train → save_checkpoint → cleanup``. It is seeded and deterministic:
 the batch order and the noise of step ``s`` depend only on ``(seed, s)``, so ``--resume``
 continues exactly where an interrupted run stopped.
@@ -30,17 +36,22 @@ from icg.checkpoints import (
 )
 from icg.config import DEFAULT_BASE, DEFAULT_MLLM
 from icg.io import atomic_save_dir
+from icg.training.click_weights import check_preference_source, load_click_weights, weight_summary
 from icg.training.common import (
     batch_indices,
     check_finite_grad_norm,
     check_finite_loss,
-    clicked_examples,
+    clicked_impressions,
     denoising_loss,
+    dropped_rows,
     encode_images,
     encode_prompt,
+    icg_parameter_groups,
     load_frozen_base,
     step_generator,
+    user_token_effect,
     vae_scale_factor,
+    without_users,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,6 +70,9 @@ class AlignConfig(BaseModel):
     max_steps: int = Field(1000, ge=1)
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
+    refiner_learning_rate: float | None = Field(
+        None, gt=0, description="the user refiner's learning rate; None: 10 × learning_rate"
+    )
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     num_meta_tokens: int = Field(8, ge=1)
@@ -67,6 +81,21 @@ class AlignConfig(BaseModel):
     lora_rank: int = Field(0, ge=0)
     resolution: int | None = Field(None, ge=8)
     text_dropout: float = Field(0.1, ge=0, le=1)
+    user_dropout: float = Field(
+        0.2, ge=0, le=1, description="fraction of each batch trained without its user"
+    )
+    click_weighting: Literal["uniform", "ips", "advantage"] = Field(
+        "uniform",
+        description="weight of each clicked cover: uniform, ips (1 / examination of its "
+        "position) or advantage (its attractiveness for the clicker over the item's mean "
+        "variant); ips and advantage read the preference model",
+    )
+    preference: Path | None = Field(
+        None, description="a trained preference model folder (RUN/preference)"
+    )
+    click_weight_max: float = Field(
+        10.0, ge=1, description="click weights are clipped here before normalising to mean 1"
+    )
     base_prompt: str = Field(
         "a cover for {title}", description="the base model's text prompt; {title} is replaced"
     )
@@ -79,7 +108,13 @@ class AlignConfig(BaseModel):
     def _check_paths(self) -> AlignConfig:
         if not self.data.is_dir():
             raise ValueError(f"data: expected an existing data folder, got {str(self.data)!r}")
+        check_preference_source(self.click_weighting, self.preference)
         return self
+
+    @property
+    def refiner_lr(self) -> float:
+        """The refiner's learning rate (``refiner_learning_rate`` or 10 × ``learning_rate``)."""
+        return self.refiner_learning_rate or 10.0 * self.learning_rate
 
 
 # ---- the recipe --------------------------------------------------------------------------
@@ -90,6 +125,7 @@ class AlignResult:
     losses: list[float]
     adapter_dir: Path
     steps: int
+    user_effect: float | None = None  # see `icg.training.common.user_token_effect`
 
 
 @dataclass
@@ -100,6 +136,7 @@ class _Data:
     titles: dict[str, str]
     images: dict[str, object]
     user_vectors: dict[str, torch.Tensor]
+    weights: torch.Tensor | None = None  # (N,) click weights, mean 1; None: uniform
     text_states: dict[str, torch.Tensor] = field(default_factory=dict)  # title → (L, C_text)
 
 
@@ -118,6 +155,7 @@ class AlignRecipe:
         self._base, self._mllm, self._processor = base, mllm, processor
         self.step = 0
         self.losses: list[float] = []
+        self.user_effect: float | None = None
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
@@ -177,7 +215,8 @@ class AlignRecipe:
         model.to(device)
         model.adapter.install(self.unet)
         optimizer = torch.optim.AdamW(
-            model.trainable_parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+            icg_parameter_groups(model, cfg.learning_rate, cfg.refiner_lr),
+            weight_decay=cfg.weight_decay,
         )
         if checkpoint is not None:
             load_optimizer_state(checkpoint, optimizer)
@@ -197,7 +236,9 @@ class AlignRecipe:
 
         if data.impressions is None or data.users is None or data.items is None:
             raise ValueError(f"{self.config.data}: stage A needs items, users and impressions")
-        item_ids, user_ids, covers = clicked_examples(data.impressions, data.items, data.users)
+        clicks = clicked_impressions(data.impressions, data.items, data.users)
+        item_ids, user_ids = clicks["item_id"].tolist(), clicks["user_id"].tolist()
+        covers = clicks["cover"].tolist()
         if not item_ids:
             raise ValueError(f"{self.config.data}: no clicked impressions to train on")
         size = self.config.resolution or self.unet.config.sample_size * vae_scale_factor(self.vae)
@@ -212,6 +253,8 @@ class AlignRecipe:
             for u in sorted(set(user_ids))
         }
         prepared = _Data(item_ids, user_ids, latents, titles, images, user_vectors)
+        if self.config.click_weighting != "uniform":
+            prepared.weights = self._click_weights(clicks, data)
         for title in titles.values():
             prepared.text_states[title] = encode_prompt(
                 self.tokenizer, self.text_encoder, self.config.base_prompt.replace("{title}", title)
@@ -227,6 +270,15 @@ class AlignRecipe:
         )
         return prepared
 
+    def _click_weights(self, clicks, data) -> torch.Tensor:
+        cfg = self.config
+        weights = load_click_weights(
+            cfg.click_weighting, cfg.preference, clicks, data.impressions, data.users,
+            cfg.click_weight_max,
+        )  # fmt: skip
+        logger.info("stage A: %s click weights, %s", cfg.click_weighting, weight_summary(weights))
+        return weights
+
     # -- one step --------------------------------------------------------------------------
     def compute_loss(self, step: int) -> torch.Tensor:
         """The denoising loss of ``step`` (batch, noise and timesteps from ``(seed, step)``)."""
@@ -240,24 +292,27 @@ class AlignRecipe:
         feats = feats[
             torch.tensor([unique.index(i) for i in items], device=feats.device)
         ]  # (B, K, D)
-        users = torch.stack([data.user_vectors[data.user_ids[i]] for i in idx]).to(device)  # (B, U)
-        tokens = self.model(feats, users)  # (B, K', T)
-
         latents = data.latents[idx].to(device)  # (B, C, h, w)
         noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
         t = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen
         ).to(device)
         drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
+        no_user = dropped_rows(gen, len(idx), cfg.user_dropout)  # drawn last: old streams stay
+        users = torch.stack([data.user_vectors[data.user_ids[i]] for i in idx])  # (B, U)
+        tokens = self.model(feats, without_users(users, no_user).to(device))  # (B, K', T)
+
         text = torch.stack(
             [
                 data.text_states["" if d else data.titles[i]]
                 for d, i in zip(drop.tolist(), items, strict=True)
             ]
         ).to(device)  # (B, L, C_text)
+        weights = None if data.weights is None else data.weights[idx].to(device)  # (B,)
         return denoising_loss(
-            self.unet, self.noise_scheduler, latents, noise, t, text, tokens.to(self.unet.dtype)
-        )
+            self.unet, self.noise_scheduler, latents, noise, t, text,
+            tokens.to(self.unet.dtype), weights,
+        )  # fmt: skip
 
     # -- train -----------------------------------------------------------------------------
     def train(self) -> list[float]:
@@ -284,7 +339,22 @@ class AlignRecipe:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
+        self.user_effect = self.measure_user_effect()
+        if self.user_effect is not None:
+            logger.info("stage A: user effect on the tokens %.5f", self.user_effect)
         return self.losses
+
+    @torch.no_grad()
+    def measure_user_effect(self, max_items: int = 8, max_users: int = 8) -> float | None:
+        """`user_token_effect` on the first ``max_items`` items and ``max_users`` users (sorted
+        ids); ``None`` without a refiner."""
+        if self.icg.refiner is None:
+            return None
+        data = self.data
+        items = sorted(data.titles)[:max_items]
+        users = torch.stack([data.user_vectors[u] for u in sorted(data.user_vectors)[:max_users]])
+        feats = self.icg.encoder([data.titles[i] for i in items], [data.images[i] for i in items])
+        return user_token_effect(self.icg, feats, users)  # feats: (I, K, D)
 
     def save_checkpoint(self) -> Path:
         """Atomically save model, optimizer and trainer state; prune older checkpoints."""
@@ -327,4 +397,4 @@ def run_align(
         adapter_dir = recipe.save_adapter()
     finally:
         recipe.cleanup()
-    return AlignResult(losses=losses, adapter_dir=adapter_dir, steps=recipe.step)
+    return AlignResult(losses, adapter_dir, recipe.step, recipe.user_effect)

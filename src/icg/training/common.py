@@ -1,8 +1,9 @@
 """What stage A (`icg.training.align`) and stage B (`icg.training.reward`) share.
 
-Click examples, seeded batching, the base model's prompt and image encoders, the diffusion
-regression target and loss, loading the frozen base pipeline and MLLM, and the optimizer step's
-guards (non-finite loss or gradients) and gradient averaging over processes.
+Click examples, seeded batching and row dropout, the base model's prompt and image encoders, the
+diffusion regression target and (optionally weighted) loss, the user-effect diagnostic, loading
+the frozen base pipeline and MLLM, and the optimizer step's guards (non-finite loss or gradients)
+and gradient averaging over processes.
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ def average_gradients(accelerator, params: list[torch.nn.Parameter]) -> None:
         p.grad.copy_(g.view_as(p))
 
 
+def icg_parameter_groups(model, learning_rate: float, refiner_lr: float) -> list[dict]:
+    """Optimizer groups of an `ICGModel`: the user refiner at ``refiner_lr``, every other
+    trainable part at ``learning_rate`` (order of ``model.trainable_parameters()`` kept)."""
+    refiner = list(model.refiner.parameters()) if model.refiner is not None else []
+    ids = {id(p) for p in refiner}
+    rest = [p for p in model.trainable_parameters() if id(p) not in ids]
+    groups = [{"params": rest, "lr": learning_rate}]
+    if refiner:
+        groups.append({"params": refiner, "lr": refiner_lr})
+    return groups
+
+
 # ---- seeded draws ----------------------------------------------------------------------------
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The RNG of one optimizer step: a function of ``(seed, step)`` only (exact resume)."""
@@ -74,14 +87,34 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> l
 
 
 # ---- data ------------------------------------------------------------------------------------
-def clicked_examples(impressions, items, users) -> tuple[list[str], list[str], list[str]]:
-    """``(item_ids, user_ids, covers)`` of the clicked impressions whose item and user are known."""
+def clicked_impressions(impressions, items, users):
+    """The clicked impressions whose item and user are known, in time order (a DataFrame)."""
     clicks = impressions[impressions["clicked"].astype(bool)]
     clicks = clicks[
         clicks["item_id"].isin(items["item_id"]) & clicks["user_id"].isin(users["user_id"])
     ]
-    clicks = clicks.sort_values(["timestamp", "event_id"], kind="stable")
+    return clicks.sort_values(["timestamp", "event_id"], kind="stable")
+
+
+def clicked_examples(impressions, items, users) -> tuple[list[str], list[str], list[str]]:
+    """``(item_ids, user_ids, covers)`` of the clicked impressions whose item and user are known."""
+    clicks = clicked_impressions(impressions, items, users)
     return clicks["item_id"].tolist(), clicks["user_id"].tolist(), clicks["cover"].tolist()
+
+
+def dropped_rows(generator: torch.Generator, n: int, fraction: float) -> torch.Tensor:
+    """``(n,)`` bool, each row ``True`` with probability ``fraction`` (one Bernoulli draw per row
+    from ``generator``; nothing is drawn when ``fraction`` is 0, so earlier draws keep their
+    stream)."""
+    if fraction <= 0:
+        return torch.zeros(n, dtype=torch.bool)
+    return torch.rand(n, generator=generator) < fraction
+
+
+def without_users(users: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """``users (B, U)`` with the rows where ``drop (B,)`` is set replaced by NaN (no user: the
+    refiner is the identity there, see `icg.models.user_refiner`)."""
+    return torch.where(drop.to(users.device)[:, None], float("nan"), users)
 
 
 @torch.no_grad()
@@ -149,6 +182,7 @@ def denoising_loss(
     t: torch.Tensor,
     text_states: torch.Tensor,
     tokens: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The noise-prediction loss (Ho et al. 2020, Eq. 14) of the UNet with ICG tokens.
 
@@ -159,10 +193,37 @@ def denoising_loss(
         t: timesteps ``(B,)``.
         text_states: ``(B, L, C_text)``.
         tokens: ICG tokens ``(B, K', T)``.
+        weights: per-example weights ``(B,)``: the loss is the mean of per-example losses times
+            weights (``None``: the plain mean over all elements).
     """
     noisy = scheduler.add_noise(latents, noise, t)
     pred = unet(noisy, t, text_states, cross_attention_kwargs={ICG_TOKENS_KWARG: tokens}).sample
-    return F.mse_loss(pred.float(), diffusion_target(scheduler, latents, noise, t).float())
+    target = diffusion_target(scheduler, latents, noise, t)
+    if weights is None:
+        return F.mse_loss(pred.float(), target.float())
+    per_example = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return (per_example * weights.to(per_example)).mean()  # (B,) → ()
+
+
+@torch.no_grad()
+def user_token_effect(model, features: torch.Tensor, users: torch.Tensor) -> float:
+    """How much a user changes the ICG tokens: the mean over items and users of
+    ``||tokens(item, user) - tokens(item, no user)|| / ||tokens(item, no user)||``.
+
+    0 for an untrained (zero-gate) refiner; a diagnostic of whether the user path learned.
+
+    Args:
+        model: an `icg.models.icg_model.ICGModel` (or a wrapper with the same ``forward``).
+        features: item features ``(I, K, D)`` from the meta-token encoder.
+        users: platform user embeddings ``(U, user_dim)``.
+    """
+    n_items, n_users = features.shape[0], users.shape[0]
+    feats = features.repeat_interleave(n_users, 0)  # (I*U, K, D), item-major
+    rows = users.to(features.device).repeat(n_items, 1)  # (I*U, user_dim)
+    with_user = model(feats, rows).flatten(1).float()  # (I*U, K'*T)
+    without = model(feats, torch.full_like(rows, float("nan"))).flatten(1).float()
+    ratio = (with_user - without).norm(dim=1) / without.norm(dim=1).clamp_min(1e-12)  # (I*U,)
+    return float(ratio.mean())
 
 
 # ---- the frozen base -------------------------------------------------------------------------

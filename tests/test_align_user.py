@@ -1,0 +1,179 @@
+"""Stage A learns the user: user dropout, position-debiased click weights, a refiner that trains."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from model_fixtures import get_dummy_components, tiny_qwen2vl
+
+from icg.data.testing import write_tiny_dataset
+from icg.models.preference import PreferenceModel
+from icg.training.align import AlignConfig, AlignRecipe
+from icg.training.click_weights import (
+    advantage_weights,
+    click_advantages,
+    ips_weights,
+    item_variants,
+    normalised_weights,
+)
+from icg.training.common import dropped_rows, step_generator
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_tiny_dataset(
+        tmp_path_factory.mktemp("data"), n_items=3, n_users=3, n_impressions=12, dim=4
+    )
+
+
+def _parts():
+    base = StableDiffusionPipeline(**get_dummy_components())
+    mllm, processor = tiny_qwen2vl()
+    return {"base": base, "mllm": mllm, "processor": processor}
+
+
+def _config(data_dir, out, **kw) -> AlignConfig:
+    values = dict(
+        data=data_dir, out=out, base="tiny-sd", mllm="tiny-qwen2vl", max_steps=4, batch_size=3,
+        num_meta_tokens=2, num_tokens=2, refiner_hidden_dim=8, checkpoint_every=100,
+        learning_rate=1e-2, log_every=1, resolution=32,
+    )  # fmt: skip
+    values.update(kw)
+    return AlignConfig(**values)
+
+
+def _users_seen_by_refiner(recipe: AlignRecipe, step: int) -> torch.Tensor:
+    """The user rows ``(B, U)`` the refiner receives in ``compute_loss(step)``."""
+    seen = []
+    hook = recipe.icg.refiner.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
+    with torch.no_grad():
+        recipe.compute_loss(step)
+    hook.remove()
+    return seen[0]
+
+
+# ---- user dropout ----------------------------------------------------------------------------
+def test_dropped_rows_follow_the_fraction():
+    n = 20_000
+    for fraction in (0.0, 0.2, 1.0):
+        drop = dropped_rows(step_generator(0, 5), n, fraction)
+        bound = 4 * (fraction * (1 - fraction) / n) ** 0.5  # 4 binomial standard deviations
+        assert abs(drop.float().mean().item() - fraction) <= bound
+
+
+def test_user_dropout_is_a_function_of_seed_and_step(data_dir, tmp_path):
+    parts = _parts()
+    recipe = AlignRecipe(_config(data_dir, tmp_path, user_dropout=0.5), **parts)
+    recipe.setup()
+    masks = {s: torch.isnan(_users_seen_by_refiner(recipe, s)).all(-1) for s in range(8)}
+    assert torch.equal(torch.isnan(_users_seen_by_refiner(recipe, 7)).all(-1), masks[7])
+    fraction = torch.stack(list(masks.values())).float().mean().item()
+    assert abs(fraction - 0.5) <= 4 * (0.25 / (8 * 3)) ** 0.5, fraction  # 4 binomial sd
+    # a NaN row is a whole row: no partially dropped users
+    rows = _users_seen_by_refiner(recipe, 3)
+    assert torch.equal(torch.isnan(rows).any(-1), torch.isnan(rows).all(-1))
+    recipe.cleanup()
+
+    other = AlignRecipe(_config(data_dir, tmp_path / "b", user_dropout=0.5, seed=1), **parts)
+    other.setup()
+    other_masks = [torch.isnan(_users_seen_by_refiner(other, s)).all(-1) for s in range(8)]
+    assert any(not torch.equal(a, b) for a, b in zip(masks.values(), other_masks, strict=True))
+    other.cleanup()
+
+
+# ---- click weights ---------------------------------------------------------------------------
+def test_ips_weights_make_deep_clicks_weigh_more():
+    log_exam = torch.log(torch.tensor([1.0, 0.5, 0.25]))  # positions 0, 1, 2
+    torch.testing.assert_close(ips_weights(log_exam, 10.0), torch.tensor([1.0, 2.0, 4.0]) / (7 / 3))
+    # clipped at the max weight before normalising to mean 1
+    torch.testing.assert_close(ips_weights(log_exam, 2.0), torch.tensor([0.6, 1.2, 1.2]))
+    assert normalised_weights(torch.tensor([3.0, 5.0]), 10.0).mean() == 1.0
+
+
+def _hand_made_preference() -> PreferenceModel:
+    """Cover taste = gelu(embedding), no global appeal, user taste = the platform embedding."""
+    model = PreferenceModel(image_dim=2, user_dim=2, rank=2, hidden_dim=2, num_positions=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.image_in.weight.copy_(torch.eye(2))
+        model.image_taste.weight.copy_(torch.eye(2))
+        model.user_proj.weight.copy_(torch.eye(2))
+    return model.eval()
+
+
+def test_advantage_weights_favour_the_variant_the_clicker_likes():
+    model = _hand_made_preference()
+    red, blue = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    embeddings = {"red.png": red, "blue.png": blue}
+    impressions = pd.DataFrame(
+        {"item_id": ["i0", "i0", "i0"], "cover": ["red.png", "blue.png", "red.png"]}
+    )
+    variants = item_variants(impressions)
+    assert variants == {"i0": ["blue.png", "red.png"]}
+    clicks = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "b"],
+            "item_id": ["i0"] * 3,
+            "cover": ["red.png", "blue.png"] * 1 + ["red.png"],
+        }
+    )
+    users = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # a likes red, b likes blue
+    adv = click_advantages(model, clicks, variants, embeddings, users)
+    half = F.gelu(torch.tensor(1.0)) / 2  # a(liked) = gelu(1), a(other) = 0, mean = gelu(1) / 2
+    torch.testing.assert_close(adv, torch.stack([half, -half, -half]))
+    w = advantage_weights(adv, torch.zeros(3), 10.0)
+    assert w[0] > w[1] and w[0] > w[2]
+    torch.testing.assert_close(w, normalised_weights(torch.exp(adv), 10.0))
+
+
+def test_ips_weighting_reaches_the_recipe(data_dir, tmp_path):
+    model = PreferenceModel(image_dim=2, num_positions=5)
+    with torch.no_grad():
+        model.position_theta.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    model.save_pretrained(tmp_path / "preference")
+    with pytest.raises(ValueError, match="needs a trained preference model"):
+        _config(data_dir, tmp_path / "x", click_weighting="ips")
+    parts = _parts()
+    recipe = AlignRecipe(
+        _config(data_dir, tmp_path, click_weighting="ips", preference=tmp_path / "preference"),
+        **parts,
+    )
+    recipe.setup()
+    clicks = pd.read_parquet(data_dir / "impressions.parquet").query("clicked")
+    clicks = clicks.sort_values(["timestamp", "event_id"])
+    expected = ips_weights(model.log_examination(torch.tensor(clicks["position"].to_numpy())), 10)
+    torch.testing.assert_close(recipe.data.weights, expected.detach())
+    weighted = recipe.compute_loss(0).item()
+    recipe.data.weights = None
+    assert recipe.compute_loss(0).item() != pytest.approx(weighted, abs=1e-6)
+    recipe.cleanup()
+
+
+# ---- the refiner trains ----------------------------------------------------------------------
+def test_training_signal_reaches_the_refiner_from_zero_init(data_dir, tmp_path):
+    """Two zero inits in a row: the adapter's ``to_v_icg`` (so at step 0 nothing upstream of it
+    gets gradient) and the refiner's FiLM output (so next only its gate does, then the rest)."""
+    recipe = AlignRecipe(_config(data_dir, tmp_path, user_dropout=0.0, max_steps=1), **_parts())
+    recipe.setup()
+    refiner = recipe.icg.refiner
+    film = refiner.film[1]
+    assert film.weight.abs().sum() == 0  # adaLN-Zero: the refiner starts as the identity
+    recipe.train()  # one step: only the adapter's to_v_icg moves
+    recipe.optimizer.zero_grad(set_to_none=True)
+    recipe.compute_loss(1).backward()
+    d = film.weight.shape[0] // 3
+    shift_scale, gate = film.weight.grad[: 2 * d], film.weight.grad[2 * d :]  # (3D, H) rows
+    assert gate.abs().sum() > 0
+    assert shift_scale.abs().sum() == 0 and refiner.user_proj.weight.grad.abs().sum() == 0
+    recipe.optimizer.zero_grad(set_to_none=True)
+    user_proj = refiner.user_proj.weight.detach().clone()
+    recipe.config.max_steps = 3
+    recipe.train()
+    assert film.weight[2 * d :].abs().sum() > 0 and film.weight[: 2 * d].abs().sum() > 0
+    assert not torch.equal(refiner.user_proj.weight, user_proj)  # reached through the gate
+    assert recipe.user_effect is not None and recipe.user_effect > 0
+    recipe.cleanup()
