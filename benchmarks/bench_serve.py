@@ -113,11 +113,14 @@ class Load:
         phase.wall_s = time.perf_counter() - start
 
     async def open(self, phase: Phase, n: int, limit_s: float) -> None:
-        """``n`` requests at ``phase.offered_rps`` (Poisson arrivals), whatever the answers."""
+        """Up to ``n`` requests at ``phase.offered_rps`` (Poisson arrivals), whatever the answers,
+        all within ``limit_s``."""
         start = time.perf_counter()
         tasks, at = [], 0.0
         for _ in range(n):
             at += self.rng.exponential(1 / phase.offered_rps)
+            if at > limit_s:  # the time limit also ends the arrivals
+                break
             await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
             tasks.append(asyncio.create_task(self.one(phase)))
         remaining = max(1.0, limit_s - (time.perf_counter() - start))
