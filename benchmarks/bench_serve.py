@@ -163,6 +163,8 @@ async def bench(args, url: str, key: str, pid: int) -> None:
     capacity = Phase("capacity (closed loop)", 0.0)
     await load.closed(capacity, args.requests // 2, args.max_batch, args.limit)
     rate = capacity.count(200) / capacity.wall_s
+    if rate == 0:
+        raise SystemExit(f"no cover within {args.limit} s at capacity; raise --limit")
     capacity.offered_rps, capacity.rss_mb = rate, rss_mb(pid)
     phases = [capacity]
     for multiple in args.levels:

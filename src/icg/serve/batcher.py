@@ -129,7 +129,10 @@ class MicroBatcher(Generic[J, R]):
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), grace_s)
             except TimeoutError:
-                logger.warning("shutdown: %d jobs unfinished after %g s", self.queue_depth, grace_s)
+                logger.warning(
+                    "shutdown: %d running and %d waiting jobs unfinished after %g s",
+                    self.in_flight, self.queue_depth, grace_s,
+                )  # fmt: skip
                 self._worker.cancel()
         for pending in self._waiting:
             if not pending.future.done():
