@@ -160,3 +160,18 @@ def test_uvicorn_graceful_shutdown_finishes_in_flight_requests():
     assert backend.completed == 1
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/healthz", timeout=1)
+
+
+def test_a_burst_past_the_measured_capacity_gets_fast_429s_not_504s():
+    backend = FakeBackend(delay_s=0.4)
+
+    async def test(client):
+        assert (await cover(client, seed=0)).status_code == 200  # measures one call (0.4 s)
+        start = time.perf_counter()
+        rs = await asyncio.gather(*[cover(client, seed=k) for k in range(1, 9)])
+        codes = [r.status_code for r in rs]
+        assert set(codes) == {200, 429}, codes  # nothing but 200s and fast 429s
+        assert codes.count(200) >= 1 and codes.count(429) >= 1
+        assert time.perf_counter() - start < 5
+
+    with_app(backend, test, max_batch=1, max_candidates=1, deadline_s=1.5, batch_wait_ms=0)

@@ -2,7 +2,9 @@
 
 A request waits at most ``max_wait_s`` (from its arrival) for others to join; a call holds at
 most ``max_batch`` rows. The waiting line is bounded: past ``queue_size`` a request is refused
-at once (`QueueFull`, the app's 429) instead of queueing without end. Calls run one at a time in
+at once (`QueueFull`, the app's 429) instead of queueing without end, and so is a request that
+would, at the measured call duration, finish only after its own deadline (load shedding: under
+overload a client gets a fast 429 it can retry, not a slow 504). Calls run one at a time in
 a dedicated worker thread, so the event loop keeps answering (health, 429s) while the UNet runs.
 """
 
@@ -76,6 +78,7 @@ class MicroBatcher(Generic[J, R]):
         self.max_batch, self.max_wait_s, self.queue_size = max_batch, max_wait_s, queue_size
         self.on_batch = on_batch
         self.batch_seconds = 1.0  # running mean of a call's duration, for Retry-After
+        self.calls_done = 0  # finished calls: the duration estimate means something after one
         self.in_flight = 0  # jobs in the running call
         self._waiting: deque[_Pending[J, R]] = deque()
         self._arrived = asyncio.Event()
@@ -98,11 +101,18 @@ class MicroBatcher(Generic[J, R]):
         calls = self.queue_depth / self.max_batch + 1
         return max(1, math.ceil(self.batch_seconds * calls))
 
+    def estimated_wait(self) -> float:
+        """Seconds until a job queued now would likely have its result: the running call, the
+        calls ahead of it in the line and its own, at the measured call duration."""
+        ahead = math.ceil(self.queue_depth / self.max_batch) + (1 if self.in_flight else 0)
+        return self.batch_seconds * (ahead + 1)
+
     async def submit(self, job: J, timeout_s: float) -> R:
         """Queue ``job`` and wait for its result.
 
         Raises:
-            QueueFull: the line is full (immediately).
+            QueueFull: the line is full, or the measured wait exceeds ``timeout_s``
+                (immediately).
             ShuttingDown: the batcher is closing.
             DeadlineExceeded: no result within ``timeout_s``.
         """
@@ -110,6 +120,8 @@ class MicroBatcher(Generic[J, R]):
             raise ShuttingDown("the server is shutting down")
         self._prune()
         if len(self._waiting) >= self.queue_size:
+            raise QueueFull(self.retry_after())
+        if self.calls_done and self.estimated_wait() > timeout_s:
             raise QueueFull(self.retry_after())
         loop = asyncio.get_running_loop()
         pending = _Pending(job, loop.create_future(), loop.time(), self.key(job))
@@ -203,7 +215,9 @@ class MicroBatcher(Generic[J, R]):
         finally:
             self.in_flight = 0
             elapsed = time.perf_counter() - start
-            self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * elapsed
+            first = self.calls_done == 0
+            self.batch_seconds = elapsed if first else 0.8 * self.batch_seconds + 0.2 * elapsed
+            self.calls_done += 1
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(result)
