@@ -96,3 +96,26 @@ def test_ranked_rounds_resume_exactly(stage_b_world, tmp_path):
     rows = [json.loads(x) for x in (out / CURVES_FILE).read_text().splitlines()]
     assert [r["step"] for r in rows if "round/reward" in r] == [0, 2]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_guided_denoising_loss_trains_the_conditional_branch_only():
+    from diffusers import DDPMScheduler
+    from model_fixtures import perturb_, tiny_icg
+
+    from icg.training.common import denoising_loss
+
+    base, model = tiny_icg()
+    perturb_(model)
+    model.adapter.install(base.unet)
+    sched = DDPMScheduler(num_train_timesteps=100)
+    latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t, text, uncond = torch.tensor([10, 50]), torch.randn(2, 5, 32), torch.zeros(2, 5, 32)
+    tokens = model(torch.randn(2, 3, model.encoder.config.hidden_size)).detach()
+    args = (base.unet, sched, latents, noise, t, text, tokens)
+    plain = denoising_loss(*args)
+    assert torch.equal(denoising_loss(*args, guidance_scale=1.0, uncond_states=uncond), plain)
+    guided = denoising_loss(*args, guidance_scale=3.0, uncond_states=uncond)
+    assert not torch.isclose(guided, plain)
+    tokens.requires_grad_(True)
+    denoising_loss(*args, guidance_scale=3.0, uncond_states=uncond).backward()
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0

@@ -183,8 +183,16 @@ def denoising_loss(
     text_states: torch.Tensor,
     tokens: torch.Tensor,
     weights: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    uncond_states: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The noise-prediction loss (Ho et al. 2020, Eq. 14) of the UNet with ICG tokens.
+
+    With ``guidance_scale > 1`` the loss is on the classifier-free-guided prediction
+    ``u + g (c - u)`` (Ho & Salimans 2022, Eq. 6), the unconditional branch ``u`` (empty prompt,
+    zero ICG tokens: the frozen base model) computed without gradient. Targets that were drawn
+    with CFG are then learned so that CFG sampling reproduces them, instead of the conditional
+    branch learning the guided output and guidance being applied twice at inference.
 
     Args:
         unet: the base UNet, the ICG adapter installed.
@@ -195,9 +203,18 @@ def denoising_loss(
         tokens: ICG tokens ``(B, K', T)``.
         weights: per-example weights ``(B,)``: the loss is the mean of per-example losses times
             weights (``None``: the plain mean over all elements).
+        guidance_scale: CFG weight of the prediction the loss is on (1: the plain prediction).
+        uncond_states: ``(B, L, C_text)`` empty-prompt states (required when guidance > 1).
     """
     noisy = scheduler.add_noise(latents, noise, t)
     pred = unet(noisy, t, text_states, cross_attention_kwargs={ICG_TOKENS_KWARG: tokens}).sample
+    if guidance_scale > 1:
+        if uncond_states is None:
+            raise ValueError("uncond_states: required when guidance_scale > 1")
+        with torch.no_grad():
+            zeros = {ICG_TOKENS_KWARG: torch.zeros_like(tokens)}
+            uncond = unet(noisy, t, uncond_states, cross_attention_kwargs=zeros).sample
+        pred = uncond + guidance_scale * (pred - uncond)
     target = diffusion_target(scheduler, latents, noise, t)
     if weights is None:
         return F.mse_loss(pred.float(), target.float())

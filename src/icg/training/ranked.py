@@ -14,7 +14,10 @@ eligible draws, conditioned on the pair that drew them:
   (advantage-weighted regression, Peng et al. 2019, Eq. 11; reward-weighted diffusion training as
   in DiffusionNFT's positive branch).
 
-The anchor against collapse is the stage-B drift of `RewardRecipe.drift` (token drift from stage
+The draws were made with classifier-free guidance, so the loss is on the guided prediction
+(`icg.training.common.denoising_loss`): the conditional branch learns what makes guided sampling
+reproduce the selected draws, rather than the guided output itself (which guidance at inference
+would then amplify a second time). The anchor against collapse is the stage-B drift of `RewardRecipe.drift` (token drift from stage
 A, optionally the stage-A denoising loss on real clicked covers). Everything a round draws derives
 from ``(seed, round)`` and checkpoints are taken at round ends, so ``--resume`` is exact.
 """
@@ -194,7 +197,11 @@ class RankedRecipe(RewardRecipe):
         ).to(device)
         tokens, _ = self.tokens(items, users)
         text = torch.stack([self._text[self.titles[i]] for i in items])  # (B, L, C_text)
-        loss = denoising_loss(self.unet, self.train_scheduler, latents, noise, t, text, tokens)
+        uncond = self._text[""].expand_as(text) if cfg.guidance_scale > 1 else None
+        loss = denoising_loss(
+            self.unet, self.train_scheduler, latents, noise, t, text, tokens,
+            guidance_scale=cfg.guidance_scale, uncond_states=uncond,
+        )  # fmt: skip
         logs = {"loss/denoise": float(loss.detach())}
         loss = loss + self.drift(tokens, items, users, step, logs)
         logs["loss"] = float(loss.detach())
