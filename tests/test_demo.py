@@ -15,7 +15,8 @@ from icg.evaluation.methods import METHODS
 from icg.generation import is_marked_generated
 
 KEYS = (
-    "fidelity_motif", "fidelity_palette", "true_aesthetic", "true_ctr", "lift_fraction",
+    "fidelity_motif", "fidelity_palette", "true_aesthetic", "true_taste_match", "true_ctr",
+    "lift_fraction",
     "true_ctr_coldstart", "aesthetic_reward", "clipscore", "preference_score", "diversity",
     "rec_auc", "rec_ndcg10", "n_pairs", "seconds",
 )  # fmt: skip
@@ -40,22 +41,29 @@ def test_quick_demo_writes_every_method_and_stage(demo: Path):
         assert m["n_pairs"] == 24
     assert metrics["methods"]["reference"]["lift_fraction"] == 0.0
     assert metrics["methods"]["oracle"]["lift_fraction"] == 1.0
+    gain = metrics["personal_gain"]  # 3 warm users × 6 items
+    assert gain["n"] == 18 and gain["ci_low"] <= gain["mean"] <= gain["ci_high"]
     html = (demo / "eval" / "report.html").read_text()
     assert all(m in html for m in METHODS) and "data:image/png;base64" in html
+    assert "Personal gain" in html
     for stage in ("align", "icg", "icg-aesthetic", "icg-relevance", "icg-preference"):
         assert (demo / "run" / stage / "config.yaml").is_file(), stage
     rows = [json.loads(line) for line in (demo / "run" / "icg" / "curves.jsonl").open()]
     assert any("probe" in r for r in rows) and any("reward/preference" in r for r in rows)
     manifest = pd.read_parquet(demo / "eval" / "covers" / "manifest.parquet")
-    generated = set(METHODS) - {"reference", "oracle"}
+    # the swap control's covers: icg-single's draws with another user (its own are reused)
+    generated = set(METHODS) - {"reference", "oracle", "variant-select"} | {"icg-swap"}
     assert set(manifest["method"]) == generated
     assert all(is_marked_generated(p) for p in manifest["path"])
-    # best-of-2 under each run's own reward, except icg-single (one draw)
+    # best-of-2 under each run's own reward, except the single draws
     picked = manifest.groupby("method")["candidate"].max()
-    assert (
-        picked["icg-single"] == 0
-        and picked.drop(["icg-single", "prompt", "mllm-prompt"]).le(1).all()
-    )
+    single = ["icg-single", "icg-nouser-single", "icg-swap"]
+    assert picked[single].eq(0).all()
+    assert picked.drop([*single, "prompt", "mllm-prompt"]).le(1).all()
+    seeds = manifest.set_index(["method", "user_id", "item_id"])["seed"]
+    assert seeds["icg-nouser-single"].equals(seeds["icg-single"])
+    swap = seeds["icg-swap"]
+    assert swap.equals(seeds["icg-single"].loc[swap.index])
     assert manifest.loc[manifest["method"] == "icg", "score"].notna().all()
 
 
@@ -85,6 +93,7 @@ def test_generate_best_of_k_with_the_runs_reward(demo: Path, tmp_path: Path):
     args = [
         "generate", "--adapter", str(run / "icg"), "--data", str(world), "--out", str(tmp_path),
         "--users", "2", "--items", "2", "--candidates", "3", "--steps", "4",
+        "--user-guidance", "1.5",
     ]  # fmt: skip
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
@@ -108,3 +117,7 @@ def test_evaluate_rejects_unknown_methods_and_missing_runs(demo: Path, tmp_path:
     )
     assert result.exit_code != 0 and "icg" in result.output
     assert not (tmp_path / "metrics.json").exists()
+    result = CliRunner().invoke(
+        build_app(), [*base, "--run", str(demo / "run"), "--user-guidance", "0.5", "--dry-run"]
+    )
+    assert result.exit_code == 0 and json.loads(result.output)["user_guidance"] == 0.5

@@ -66,14 +66,19 @@ def test_evaluate_methods_writes_metrics_and_report(world: Path, tmp_path: Path)
         "reference": lambda p: load_covers(items.loc[p["item_id"], "image"], 64),
         "oracle": lambda p: truth.oracle_covers(p["user_id"], p["item_id"]),
     }
+    from icg.evaluation.personal import SwapControl
+
+    # a swap "draw" that ignores the user: every pair's cover is the item's reference
+    swap = SwapControl(truth, data, lambda p, partners: sources["reference"](p))
     metrics = evaluate_methods(
-        data, pairs, sources, tmp_path / "eval", clip=tiny_clip(), truth=truth
+        data, pairs, sources, tmp_path / "eval", clip=tiny_clip(), truth=truth, swap=swap
     )
     ref, orc = metrics["methods"]["reference"], metrics["methods"]["oracle"]
     for key in (
         "fidelity_motif",
         "fidelity_palette",
         "true_aesthetic",
+        "true_taste_match",
         "true_ctr",
         "lift_fraction",
         "true_ctr_coldstart",
@@ -89,8 +94,11 @@ def test_evaluate_methods_writes_metrics_and_report(world: Path, tmp_path: Path)
     assert ref["diversity"] == pytest.approx(0.0, abs=1e-6)  # same cover for every user
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["methods"]["oracle"]["n_pairs"] == 12
+    # 3 warm users × 3 items; covers that ignore the user gain nothing
+    assert saved["personal_gain"] == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 9}
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "cold start" in html and "Downstream model" in html
+    assert "Personal gain" in html and "true_taste_match" in html
 
 
 def test_choose_pairs_uses_no_truth(world: Path, tmp_path: Path):
@@ -120,6 +128,7 @@ def test_eval_config_defaults_and_validation():
     cfg = EvalConfig()
     assert (cfg.n_users, cfg.n_items, cfg.num_inference_steps, cfg.candidates) == (8, 16, 10, 1)
     assert (cfg.guidance_scale, cfg.strength, cfg.prompt_guidance_scale) == (1.0, 1.0, 7.5)
+    assert cfg.user_guidance == 1.0
     assert (cfg.clip, cfg.aesthetic, cfg.base, cfg.mllm) == (
         "zoo:clip",
         "zoo:aesthetic",
@@ -128,7 +137,10 @@ def test_eval_config_defaults_and_validation():
     )
     with pytest.raises(ValueError, match=r"methods: unknown \['best'\]"):
         EvalConfig(methods=["icg", "best"])
-    for bad in ({"candidates": 0}, {"strength": 0.0}, {"strength": 1.5}, {"n_users": 0}):
+    for bad in (
+        {"candidates": 0}, {"strength": 0.0}, {"strength": 1.5}, {"n_users": 0},
+        {"user_guidance": -1.0},
+    ):  # fmt: skip
         with pytest.raises(ValueError, match=next(iter(bad))):
             EvalConfig(**bad)
     with pytest.raises(ValueError, match="extra"):
@@ -137,11 +149,16 @@ def test_eval_config_defaults_and_validation():
 
 def test_sampling_note_says_how_icg_methods_draw():
     assert sampling_note(EvalConfig()) == (
-        "ICG methods draw from pure noise with 10 steps and guidance 1.0; one draw per pair."
+        "ICG methods draw from pure noise with 10 steps, guidance 1.0 and user guidance 1.0; "
+        "one draw per pair."
     )
-    note = sampling_note(EvalConfig(strength=0.5, candidates=4, guidance_scale=3.0))
+    note = sampling_note(
+        EvalConfig(strength=0.5, candidates=4, guidance_scale=3.0, user_guidance=2.0)
+    )
     assert note.startswith("ICG methods draw from the reference cover at strength 0.5 with 10")
+    assert "guidance 3.0 and user guidance 2.0" in note
     assert "best of 4 draws per pair under its own run's reward" in note
+    assert "icg-nouser-single: the first draw of icg and of icg-nouser" in note
 
 
 def _adapter(folder: Path) -> None:
@@ -157,8 +174,10 @@ def test_select_methods_finds_adapters_and_names_missing_inputs(tmp_path: Path):
     _adapter(run / "icg-aesthetic")  # an adapter saved straight into the run folder
     wanted, adapters = select_methods(run, None, truth=False, base=None)
     assert wanted == [
-        "reference", "prompt", "mllm-prompt", "icg-nouser", "icg-aesthetic", "icg-single", "icg",
+        "reference", "prompt", "mllm-prompt", "icg-nouser", "icg-nouser-single", "icg-aesthetic",
+        "icg-single", "icg",
     ]  # fmt: skip
+    assert adapters["icg-nouser-single"] == adapters["icg-single"] == run / "icg" / "adapter"
     assert adapters["icg-nouser"] == run / "icg" / "adapter"
     assert adapters["icg-aesthetic"] == run / "icg-aesthetic"
     # asked-for methods come in METHODS order, whatever the order asked
@@ -169,3 +188,12 @@ def test_select_methods_finds_adapters_and_names_missing_inputs(tmp_path: Path):
     # the prompt baselines need a base model: an adapter's record or --base
     wanted, _ = select_methods(tmp_path / "none", ["prompt"], truth=False, base="zoo:sd")
     assert wanted == ["prompt"]
+    # variant-select: the run's preference model and a click log
+    with pytest.raises(FileNotFoundError, match="variant-select"):
+        select_methods(run, ["variant-select"], truth=False, base=None)
+    (run / "preference").mkdir()
+    (run / "preference" / "config.json").write_text("{}")
+    wanted, _ = select_methods(run, None, truth=False, base=None)
+    assert wanted[:2] == ["reference", "variant-select"]
+    wanted, _ = select_methods(run, None, truth=False, base=None, variants=False)
+    assert "variant-select" not in wanted

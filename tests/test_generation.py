@@ -178,3 +178,45 @@ def test_generation_scorer_policy(tmp_path: Path, setup):
     assert generation_scorer(tmp_path, data) is None  # one draw: nothing to pick
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         generation_scorer(tmp_path, data, candidates=2)  # not a stage-B run folder
+
+
+class RecordingPipe:
+    """Stands in for `ICGPipeline`: records every call's keyword arguments, draws flat covers."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.base = type("Base", (), {"unet": type("U", (), {"device": torch.device("cpu")})()})()
+        self.calls: list[dict] = []
+
+    def __call__(self, titles, images, **kwargs):
+        from types import SimpleNamespace
+
+        self.calls.append(kwargs)
+        return SimpleNamespace(images=[Image.new("RGB", (8, 8), (9, 9, 9)) for _ in titles])
+
+
+def test_user_guidance_reaches_the_pipeline_call(setup, tmp_path: Path):
+    root, data, _ = setup
+    pipe = RecordingPipe()
+    pairs = _pairs(data, n_users=2, n_items=1)
+    generate_covers(pipe, data, pairs, tmp_path / "w", user_guidance=2.5, num_inference_steps=2)
+    generate_covers(pipe, data, pairs, tmp_path / "d", num_inference_steps=2)
+    assert [c["user_guidance"] for c in pipe.calls] == [2.5, 1.0]
+
+
+def test_embedding_users_swap_only_the_user_embedding(setup, tmp_path: Path):
+    root, data, _ = setup
+    pipe = RecordingPipe()
+    a, b = data.users["user_id"][0], data.users["user_id"][1]
+    item = data.items["item_id"][0]
+    pairs = pd.DataFrame({"user_id": [a], "item_id": [item]})
+    m = generate_covers(pipe, data, pairs, tmp_path / "s", embedding_users={a: b})
+    emb = pipe.calls[0]["user_embeddings"][0].numpy()
+    np.testing.assert_allclose(emb, data.users.set_index("user_id").at[b, "embedding"])
+    assert pipe.calls[0]["generator"][0].initial_seed() == pair_seed(0, a, item)
+    assert m["user_id"].tolist() == [a] and m["seed"].tolist() == [pair_seed(0, a, item)]
+    with pytest.raises(ValueError, match="per-user generation"):
+        generate_covers(pipe, data, pairs, tmp_path / "x", embedding_users={a: b}, segments=2)
+    with pytest.raises(KeyError, match="nobody"):
+        generate_covers(pipe, data, pairs, tmp_path / "y", embedding_users={a: "nobody"})

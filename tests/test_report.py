@@ -102,3 +102,19 @@ def test_every_image_loads_in_headless_chromium(tmp_path: Path):
         timeout=120,
     )
     assert shot.is_file() and shot.stat().st_size > 1000
+
+
+def test_personal_gain_line_in_the_report(tmp_path: Path):
+    from icg.evaluation.report import personal_gain_line
+
+    assert personal_gain_line(None) == ""
+    gain = {"mean": 0.0412, "ci_low": 0.0101, "ci_high": 0.0723, "n": 84}
+    line = personal_gain_line(gain)
+    assert "+0.0412" in line and "[+0.0101, +0.0723]" in line and "84 pairs" in line
+    metrics = {
+        "methods": {"variant-select": {"true_taste_match": 0.7}, "icg": {"true_taste_match": 0.8}},
+        "personal_gain": gain,
+    }
+    path = write_report(tmp_path / "r.html", metrics=metrics, grid=[], curves={}, configs={})
+    html = path.read_text()
+    assert line in html and "variant-select" in html and "true_taste_match" in html

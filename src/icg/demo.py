@@ -40,6 +40,8 @@ class DemoPlan:
     # selection (README, "Results of the full demo")
     num_inference_steps: int = 10
     guidance_scale: float = 3.0
+    # user guidance w_u of every draw (stage-B sampling and evaluation): 1 is the plain draw
+    user_guidance: float = 1.0
     strength: float = 1.0
     candidates: int = 8
     probe_pairs: int = 48
@@ -131,7 +133,7 @@ def run_demo(
             batch_size=plan.reward_batch, num_inference_steps=plan.num_inference_steps,
             guidance_scale=plan.guidance_scale, learning_rate=plan.reward_lr,
             drift_token_weight=plan.drift_token_weight, strength=plan.strength,
-            probe_every=max(1, plan.reward_steps // 4),
+            user_guidance=plan.user_guidance, probe_every=max(1, plan.reward_steps // 4),
         )  # fmt: skip
         stage(
             f"reward {name}",
@@ -145,6 +147,7 @@ def run_demo(
         n_users=plan.eval_users, n_items=plan.eval_items,
         num_inference_steps=plan.num_inference_steps, guidance_scale=plan.guidance_scale,
         strength=plan.strength, candidates=plan.candidates, seed=seed,
+        user_guidance=plan.user_guidance,
     )  # fmt: skip
     stage("evaluate", False, lambda: evaluate_run(world, run, evaluation, eval_cfg))
     logger.info("demo plan %s, stage seconds %s", asdict(plan), timings)

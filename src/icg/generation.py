@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,16 @@ def segment_users(
 
 
 def _generate(
-    pipe, titles, images, item_ids, user_emb, seeds, steps, guidance, strength=1.0
+    pipe,
+    titles,
+    images,
+    item_ids,
+    user_emb,
+    seeds,
+    steps,
+    guidance,
+    strength=1.0,
+    user_guidance=1.0,
 ) -> list[Image.Image]:
     generators = [torch.Generator(device=pipe.base.unet.device).manual_seed(s) for s in seeds]
     extra = {"strength": strength} if strength < 1.0 else {}
@@ -91,6 +100,7 @@ def _generate(
         generator=generators,
         num_inference_steps=steps,
         guidance_scale=guidance,
+        user_guidance=user_guidance,
         **extra,
     ).images
 
@@ -112,6 +122,8 @@ def generate_covers(
     strength: float = 1.0,
     candidates: int = 1,
     share: bool = True,
+    user_guidance: float = 1.0,
+    embedding_users: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Generate a cover per (user_id, item_id) pair and write OUT/manifest.parquet.
 
@@ -134,6 +146,11 @@ def generate_covers(
         strength: below 1, start from the item's reference cover (see `ICGPipeline`).
         candidates: best-of-K sampling: draw K covers per pair (per item without users, per
             segment and item with segments) and keep the one the scorer rates best.
+        user_guidance: ``w_u`` of `ICGPipeline` (1: the plain personalized draw, 0: the draw
+            without the user bit for bit, above 1: further towards the user).
+        embedding_users: pair user -> the user whose embedding draws that user's covers (a
+            user-swap control: the noise seed, file name and manifest row stay the pair user's,
+            so only the user embedding differs). Per-user generation only.
     """
     if candidates < 1:
         raise ValueError(f"candidates: expected >= 1, got {candidates}")
@@ -148,6 +165,13 @@ def generate_covers(
     unknown_users = set(pairs["user_id"]) - set(users.index)
     if personalize and unknown_users:
         raise KeyError(f"pairs: unknown user_id {sorted(unknown_users)[:3]}")
+    swap = dict(embedding_users or {})
+    if swap and (segments or not personalize):
+        raise ValueError("embedding_users: only with per-user generation (no segments, a user)")
+    if set(swap.values()) - set(users.index):
+        raise KeyError(
+            f"embedding_users: unknown user_id {sorted(set(swap.values()) - set(users.index))[:3]}"
+        )
 
     # jobs: (key user, item) -> embedding or None; each job draws `candidates` images
     if not personalize and share:
@@ -165,7 +189,7 @@ def generate_covers(
         }
     else:
         jobs = {
-            (u, i): np.asarray(users.at[u, "embedding"])
+            (u, i): np.asarray(users.at[swap.get(u, u), "embedding"])
             for u, i in zip(pairs["user_id"], pairs["item_id"], strict=True)
         }
     draws = [(u, i, k) for u, i in jobs for k in range(candidates)]
@@ -189,6 +213,7 @@ def generate_covers(
                 num_inference_steps,
                 guidance_scale,
                 strength,
+                user_guidance,
             )
             for (u, i, k), image, s in zip(chunk, images, seeds, strict=True):
                 suffix = f"_c{k}" if candidates > 1 else ""

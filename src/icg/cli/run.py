@@ -41,6 +41,14 @@ def generate(
     strength: Annotated[
         float, typer.Option("--strength", help="< 1: start from the reference cover (img2img).")
     ] = 1.0,
+    user_guidance: Annotated[
+        float,
+        typer.Option(
+            "--user-guidance",
+            min=0.0,
+            help="User guidance w_u: 1 plain personalized draw, 0 no user, > 1 more personal.",
+        ),
+    ] = 1.0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     method: Annotated[str, typer.Option("--method", help="Name recorded in the manifest.")] = "icg",
@@ -68,7 +76,7 @@ def generate(
     manifest = generate_covers(
         pipe, dataset, frame, out, method=method, seed=seed, num_inference_steps=steps,
         guidance_scale=guidance, batch_size=batch_size, segments=segments, scorer=scorer,
-        strength=strength, candidates=candidates,
+        strength=strength, candidates=candidates, user_guidance=user_guidance,
     )  # fmt: skip
     typer.echo(f"{len(manifest)} covers: {out / 'manifest.parquet'}")
 
@@ -95,6 +103,10 @@ def evaluate(
         int | None,
         typer.Option("--candidates", help="ICG methods: best-of-K under each run's own reward."),
     ] = None,
+    user_guidance: Annotated[
+        float | None,
+        typer.Option("--user-guidance", help="ICG methods: user guidance w_u (1: plain draw)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     clip: Annotated[str | None, typer.Option("--clip", help="Default zoo:clip.")] = None,
     aesthetic: Annotated[
@@ -120,6 +132,7 @@ def evaluate(
             EvalConfig, config, methods=methods.split(",") if methods else None, n_users=users,
             n_items=items, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
             strength=strength, candidates=candidates, clip=clip, aesthetic=aesthetic, base=base,
+            user_guidance=user_guidance,
         )  # fmt: skip
     except ValueError as err:  # pydantic's ValidationError is a ValueError
         raise typer.BadParameter(str(err)) from err
@@ -156,7 +169,7 @@ def demo(
 # metrics.json key -> terminal header
 COLUMNS = {
     "fidelity_motif": "motif", "fidelity_palette": "palette", "true_aesthetic": "aesthetic",
-    "true_ctr": "CTR", "lift_fraction": "lift", "true_ctr_coldstart": "CTR cold",
+    "true_taste_match": "taste", "true_ctr": "CTR", "lift_fraction": "lift", "true_ctr_coldstart": "CTR cold",
     "aesthetic_reward": "aes. rew.", "clipscore": "CLIPScore", "preference_score": "pref.",
     "rec_auc": "rec AUC", "rec_ndcg10": "NDCG@10",
 }  # fmt: skip
@@ -175,4 +188,11 @@ def print_metrics(metrics: dict) -> None:
         table.add_column(COLUMNS[c], justify="right", no_wrap=True)
     for name, m in methods.items():
         table.add_row(name, *(f"{m[c]:.3f}" if c in m else "" for c in cols))
-    Console(width=max(160, Console().width)).print(table)
+    console = Console(width=max(160, Console().width))
+    console.print(table)
+    gain = metrics.get("personal_gain")
+    if gain:
+        console.print(
+            f"personal gain (user swap, true CTR): {gain['mean']:+.4f} "
+            f"[95% CI {gain['ci_low']:+.4f}, {gain['ci_high']:+.4f}], n={gain['n']}"
+        )

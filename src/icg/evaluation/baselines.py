@@ -4,7 +4,9 @@
     prompt       the base model alone, prompted with a handcrafted template ("a cover for <title>")
     mllm-prompt  the MLLM writes a text prompt from (title, reference image), the base model draws
                  it: the disjoint two-stage pipeline ICG replaces
-    icg-nouser   an ICG adapter without the user (one cover per item)
+    variant-select  the item's existing cover variant the run's preference model rates best for
+                 the user (artwork personalization as platforms do it today)
+    icg-nouser   an ICG adapter without the user
     icg, icg-*   ICG adapters, personalized per (user, item)
     oracle       the truth's best cover for (user, item) (CoverWorld only)
 
@@ -41,8 +43,8 @@ def load_covers(paths: Sequence[str | Path], size: int) -> np.ndarray:
 
 
 class PromptDrawer:
-    """The base pipeline alone, called like `ICGPipeline` (users, item keys and, without a
-    writer, reference images ignored).
+    """The base pipeline alone, called like `ICGPipeline` (users, item keys, user guidance and,
+    without a writer, reference images ignored).
 
     Args:
         base: a diffusers text-to-image pipeline.
@@ -62,6 +64,7 @@ class PromptDrawer:
         images=None,
         user_embeddings=None,
         item_keys: Sequence[str] | None = None,
+        user_guidance: float = 1.0,
         **kwargs,
     ) -> SimpleNamespace:
         texts = list(titles) if self.writer is None else self.writer(titles, images)
@@ -151,3 +154,42 @@ def reference_source(data, size: int) -> CoverSource:
 def oracle_source(truth) -> CoverSource:
     """The truth's CTR-optimal cover (CoverWorld only)."""
     return lambda pairs: truth.oracle_covers(pairs["user_id"], pairs["item_id"])
+
+
+def item_variants(data) -> dict[str, list[str]]:
+    """Item id -> the distinct cover paths the platform has shown for it (sorted; items never
+    shown: their reference cover)."""
+    shown: dict[str, list[str]] = {}
+    if data.impressions is not None:
+        for item, covers in data.impressions.groupby("item_id")["cover"]:
+            shown[str(item)] = sorted({str(c) for c in covers})
+    return {
+        str(i): shown.get(str(i)) or [str(image)]
+        for i, image in zip(data.items["item_id"], data.items["image"], strict=True)
+    }
+
+
+def variant_select_source(data, scorer, size: int) -> CoverSource:
+    """``variant-select``: per (user, item), the item's existing cover variant (`item_variants`)
+    that ``scorer`` (the run's preference model) rates best for the user; ties go to the first
+    variant in path order. Each item's variants are loaded once and scored for all its users."""
+    variants = item_variants(data)
+
+    def source(pairs: pd.DataFrame) -> np.ndarray:
+        users = pairs["user_id"].astype(str).to_numpy()
+        items = pairs["item_id"].astype(str).to_numpy()
+        out = np.zeros((len(pairs), size, size, 3), dtype=np.uint8)
+        for item in dict.fromkeys(items):
+            rows = np.flatnonzero(items == item)
+            images = load_covers(variants[item], size)  # (V, H, W, 3)
+            v = len(images)
+            scores = scorer(
+                np.repeat(users[rows], v).tolist(),
+                [item] * (len(rows) * v),
+                np.tile(images, (len(rows), 1, 1, 1)),
+            )
+            best = np.nanargmax(np.asarray(scores, dtype=np.float64).reshape(len(rows), v), axis=1)
+            out[rows] = images[best]
+        return out
+
+    return source

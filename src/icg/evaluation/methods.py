@@ -1,6 +1,7 @@
 """The method table of `icg evaluate`: which methods exist, what each needs and how it draws.
 
     reference, oracle          no model (oracle: CoverWorld's truth only)
+    variant-select             the run's preference model picks among the item's shown covers
     prompt, mllm-prompt        the base model alone (mllm-prompt: the MLLM writes the prompt)
     icg, icg-*                 an ICG adapter of the run folder (`ICG_METHODS`)
 
@@ -26,9 +27,11 @@ if TYPE_CHECKING:
 
 METHODS = (
     "reference",
+    "variant-select",
     "prompt",
     "mllm-prompt",
     "icg-nouser",
+    "icg-nouser-single",
     "icg-aesthetic",
     "icg-relevance",
     "icg-preference",
@@ -52,6 +55,7 @@ ICG_METHODS = {
     "icg": IcgMethod("icg", True, True),
     "icg-single": IcgMethod("icg", True, False),
     "icg-nouser": IcgMethod("icg", False, True),
+    "icg-nouser-single": IcgMethod("icg", False, False),
     "icg-aesthetic": IcgMethod("icg-aesthetic", True, True),
     "icg-relevance": IcgMethod("icg-relevance", True, True),
     "icg-preference": IcgMethod("icg-preference", True, True),
@@ -73,7 +77,12 @@ def main_adapter(adapters: dict[str, Path]) -> Path | None:
 
 
 def select_methods(
-    run: Path, requested: list[str] | None, *, truth: bool, base: str | None
+    run: Path,
+    requested: list[str] | None,
+    *,
+    truth: bool,
+    base: str | None,
+    variants: bool = True,
 ) -> tuple[list[str], dict[str, Path]]:
     """The methods to evaluate (in `METHODS` order) and the adapter folder of every ICG method
     found (wanted or not: `main_adapter` looks at all of them).
@@ -83,6 +92,8 @@ def select_methods(
         requested: methods asked for; ``None`` (or empty): every method whose inputs exist.
         truth: whether the data has CoverWorld's truth (``oracle``).
         base: a base model given explicitly (the prompt baselines need no adapter then).
+        variants: whether the data has a click log (``variant-select`` picks among the covers
+            it shows, with the run's ``preference/`` model).
 
     Raises:
         FileNotFoundError: a requested method's inputs are missing.
@@ -91,12 +102,15 @@ def select_methods(
     available = {"reference"} | ({"oracle"} if truth else set()) | set(adapters)
     if main_adapter(adapters) is not None or base:
         available |= set(PROMPT_METHODS)
+    if variants and (run / "preference" / "config.json").is_file():
+        available.add("variant-select")
     wanted = [m for m in METHODS if m in (requested or available)]
     missing = sorted(set(wanted) - available)
     if missing:
         raise FileNotFoundError(
             f"run={run}: no inputs for methods {missing} (expected adapters under "
-            f"{run}/<icg|icg-aesthetic|...>/adapter, and truth/ for oracle)"
+            f"{run}/<icg|icg-aesthetic|...>/adapter, truth/ for oracle, {run}/preference and "
+            "a click log for variant-select)"
         )
     return wanted, adapters
 
@@ -108,6 +122,7 @@ class RunScorers:
     def __init__(self, run: Path, data, clips: dict) -> None:
         self.run, self.data, self.clips = run, data, clips
         self._scorers: dict[str, Scorer] = {}
+        self._preference: Scorer | None = None
 
     def __call__(self, sub: str) -> Scorer:
         from icg.rewards.factory import load_run_reward
@@ -116,6 +131,21 @@ class RunScorers:
             reward = load_run_reward(self.run / sub, self.clips)
             self._scorers[sub] = reward_scorer(reward, self.data)
         return self._scorers[sub]
+
+    def preference(self) -> Scorer:
+        """The run's preference model (``RUN/preference``) on the CLIP it records: each cover's
+        P(click | examined) for its user (users without history: no learned user vector)."""
+        if self._preference is None:
+            from icg.models.preference import PreferenceModel
+            from icg.rewards import ClipTowers, PreferenceReward
+
+            model = PreferenceModel.from_pretrained(str(self.run / "preference"))
+            name = model.config.clip_name_or_path
+            if name is not None and name not in self.clips:
+                self.clips[name] = ClipTowers.from_pretrained(name)
+            reward = PreferenceReward(model, self.clips.get(name))  # no CLIP recorded: raises
+            self._preference = reward_scorer(reward, self.data, "preference_probability")
+        return self._preference
 
 
 @dataclass
@@ -165,12 +195,18 @@ def load_generators(
 @dataclass
 class IcgSource:
     """An ICG method's covers: its adapter installed on the shared base for the call, best-of-K
-    under its run's own reward (``icg-single``: one draw). Every ICG method draws per pair on
-    the pair's seeds (``share=False``), so ``icg`` and ``icg-nouser`` differ only by the user."""
+    under its run's own reward (``*-single``: one draw). Every ICG method draws per pair on the
+    pair's seeds (``share=False``), so ``icg`` and ``icg-nouser`` differ only by the user, and a
+    ``*-single`` method is its best-of-K method's first draw.
+
+    ``folder`` renames the covers' folder and manifest method; ``embedding_users`` draws a pair
+    user's covers with another user's embedding on the pair user's seeds (`SwapControl`)."""
 
     method: str
     drawers: Drawers
     config: EvalConfig
+    folder: str | None = None
+    embedding_users: dict[str, str] | None = None
 
     def __call__(self, pairs: pd.DataFrame) -> np.ndarray:
         from icg.models.icg_model import ICGModel
@@ -182,14 +218,26 @@ class IcgSource:
         try:
             k = cfg.candidates if spec.best_of_k else 1
             draw = baselines.generated_source(
-                pipe, d.data, d.covers, self.method, personalize=spec.personalize, size=d.size,
-                guidance_scale=cfg.guidance_scale, strength=cfg.strength, candidates=k,
-                scorer=d.run_scorers(spec.run) if k > 1 else None, share=False,
+                pipe, d.data, d.covers, self.folder or self.method, personalize=spec.personalize,
+                size=d.size, guidance_scale=cfg.guidance_scale, strength=cfg.strength,
+                candidates=k, scorer=d.run_scorers(spec.run) if k > 1 else None, share=False,
                 num_inference_steps=cfg.num_inference_steps, seed=cfg.seed,
+                user_guidance=cfg.user_guidance, embedding_users=self.embedding_users,
             )  # fmt: skip
             return draw(pairs)
         finally:
             pipe.remove_adapter()
+
+
+def swap_draw(drawers: Drawers, config: EvalConfig):
+    """`icg-single`'s draw as a `SwapDraw` for `SwapControl`: ``(pairs, partners) -> covers``,
+    into ``covers/icg-swap`` (``covers/icg-swap-own`` with no partners)."""
+
+    def draw(pairs: pd.DataFrame, partners: dict[str, str]) -> np.ndarray:
+        folder = "icg-swap" if partners else "icg-swap-own"
+        return IcgSource("icg-single", drawers, config, folder, partners or None)(pairs)
+
+    return draw
 
 
 def prompt_source(method: str, drawers: Drawers, config: EvalConfig) -> CoverSource:
@@ -212,4 +260,9 @@ def method_source(method: str, drawers: Drawers, config: EvalConfig) -> CoverSou
         return baselines.oracle_source(drawers.truth)
     if method in PROMPT_METHODS:
         return prompt_source(method, drawers, config)
+    if method == "variant-select":
+        if drawers.data.impressions is None or drawers.run_scorers is None:
+            raise ValueError("variant-select: needs a click log and the run's preference model")
+        scorer = drawers.run_scorers.preference()
+        return baselines.variant_select_source(drawers.data, scorer, drawers.size)
     return IcgSource(method, drawers, config)

@@ -94,6 +94,18 @@ def metrics_table(methods: dict[str, dict[str, float]]) -> str:
     return f"<table class='metrics'><tr><th>method</th>{head}</tr>{''.join(body)}</table>"
 
 
+def personal_gain_line(gain: dict | None) -> str:
+    """The report's "personal gain" paragraph (`icg.evaluation.personal`), or "" without one."""
+    if not gain:
+        return ""
+    return (
+        "<p class='gain'><b>Personal gain</b> (user-swap control): icg's single-draw cover made "
+        "for user A minus the one made for a user of another taste segment on the same noise "
+        f"seed, both in true CTR for A: <b>{gain['mean']:+.4f}</b>, 95% CI "
+        f"[{gain['ci_low']:+.4f}, {gain['ci_high']:+.4f}] over {gain['n']} pairs.</p>"
+    )
+
+
 def cover_grid(grid: list[dict]) -> str:
     """Rows of {"label": str, "title": str, "covers": {method: uint8 image}}."""
     if not grid:
@@ -146,6 +158,7 @@ def write_report(
         "<h1>icg evaluation report</h1>",
         "<h2>Metrics</h2>",
         metrics_table(metrics["methods"]),
+        personal_gain_line(metrics.get("personal_gain")),
         "".join(f"<p>{html.escape(n)}</p>" for n in notes),
         "<h2>Covers: users × items, every method side by side</h2>",
         cover_grid(grid),

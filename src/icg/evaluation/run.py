@@ -3,6 +3,7 @@
     evaluate_run(data, run, out, EvalConfig(...))
         select_methods → load the shared models → a CoverSource per method (`methods`)
         → choose_pairs (`pairs`) → evaluate_methods → OUT/metrics.json + OUT/report.html
+                                                       (+ personal_gain: `personal`)
 
 Model-side metrics (CLIP embeddings, diversity, downstream recommendation on logged clicks) work
 on any data; truth metrics appear only when the data folder has CoverWorld's `truth/`.
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, read_yaml_mapping
+from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
 from icg.evaluation.baselines import CoverSource
 from icg.evaluation.downstream import (
     downstream_metrics,
@@ -27,8 +28,8 @@ from icg.evaluation.downstream import (
     embed_images,
     train_downstream,
 )
+from icg.evaluation.inputs import load_truth, model_scorers, report_curves, run_configs
 from icg.evaluation.methods import (
-    ICG_METHODS,
     METHODS,
     Drawers,
     RunScorers,
@@ -36,14 +37,15 @@ from icg.evaluation.methods import (
     main_adapter,
     method_source,
     select_methods,
+    swap_draw,
 )
 from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
 from icg.evaluation.pairs import choose_pairs
+from icg.evaluation.personal import SwapControl
 from icg.evaluation.recsys import RecModel
 from icg.evaluation.report import write_report
-from icg.generation import Scorer, reward_scorer
+from icg.generation import Scorer
 from icg.io import atomic_write_json
-from icg.training.curves import CURVES_FILE, read_curves
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +61,10 @@ class EvalConfig(BaseModel):
             clusters, one cold-start user) unless pairs are given.
         num_inference_steps, guidance_scale, strength: sampling of the ICG methods (use what
             stage B trained with); ``strength`` below 1 starts from the reference cover.
-        candidates: best-of-K sampling of the ICG methods (``icg-single`` excepted): K draws
+        candidates: best-of-K sampling of the ICG methods (``*-single`` excepted): K draws
             per pair, the one the run's own reward rates best is kept (`load_run_reward`).
+        user_guidance: ``w_u`` of every ICG draw (`ICGPipeline`): 1 the plain personalized
+            draw, 0 the draw without the user; the no-user methods are unaffected.
         prompt_guidance_scale: guidance of the text-only baselines (the base pipeline default).
         seed: pair selection, per-pair noise seeds and the downstream model.
         clip, aesthetic: the CLIP and aesthetic predictor of the model-side metrics.
@@ -76,6 +80,7 @@ class EvalConfig(BaseModel):
     guidance_scale: float = Field(1.0, ge=0)
     strength: float = Field(1.0, gt=0, le=1)
     candidates: int = Field(1, ge=1)
+    user_guidance: float = Field(1.0, ge=0)
     prompt_guidance_scale: float = Field(7.5, ge=0)
     seed: int = 0
     clip: str = DEFAULT_CLIP
@@ -163,6 +168,7 @@ def evaluate_methods(
     curves: dict | None = None,
     seed: int = 0,
     notes: Sequence[str] = (),
+    swap: SwapControl | None = None,
 ) -> dict:
     """Draw every method's covers for `pairs`, score them, write metrics.json and report.html.
 
@@ -179,6 +185,8 @@ def evaluate_methods(
         curves: training curves for the report (`report_curves`).
         seed: the downstream model's seed.
         notes: paragraphs for the report (how the methods were drawn).
+        swap: the user-swap control (`SwapControl`): the top-level ``personal_gain`` of
+            ``icg``'s single draw (reusing ``icg-single``'s covers when it is a method), or None.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,6 +210,10 @@ def evaluate_methods(
     if truth is not None and "reference" in results and "oracle" in results:
         add_lift_fraction(results)
     metrics = {"world": (configs or {}).get("world", {}), "methods": results}
+    gain = swap(pairs, cold, covers.get("icg-single")) if swap is not None else None
+    if gain is not None:
+        metrics["personal_gain"] = gain
+        logger.info("personal_gain: %s", gain)
     atomic_write_json(out / "metrics.json", metrics)
     write_report(
         out / "report.html",
@@ -230,35 +242,6 @@ def cover_grid_rows(pairs, covers, cold, data, n_rows: int = 12) -> list[dict]:
 
 
 # ---- `icg evaluate`: every method of a run folder ------------------------------------------
-def report_curves(run: Path) -> dict[str, list[dict]]:
-    """Stage-B curves of every run under ``run``: rewards per step and the truth probe (flat)."""
-    curves = {}
-    for file in sorted(run.glob(f"*/{CURVES_FILE}")):
-        rows = []
-        for row in read_curves(file):
-            flat = {"step": row["step"]} | dict(row.get("probe", {}))
-            flat |= {
-                k: v
-                for k, v in row.items()
-                if k.startswith("reward/") and not k.endswith(("_normalised", "_cosine"))
-            }
-            rows.append(flat)
-        curves[file.parent.name] = rows
-    return curves
-
-
-def run_configs(data_dir: Path, run: Path) -> dict[str, dict]:
-    """The world's and every stage's config for the report (``config.yaml`` wins over
-    ``train_config.yaml`` where a stage has both)."""
-    world = data_dir / "world.yaml"
-    configs = {"world": read_yaml_mapping(world) if world.is_file() else {}}
-    for sub in ("preference", "align", *dict.fromkeys(spec.run for spec in ICG_METHODS.values())):
-        for name in ("train_config.yaml", "config.yaml"):
-            if (run / sub / name).is_file():
-                configs[sub] = read_yaml_mapping(run / sub / name)
-    return configs
-
-
 def sampling_note(cfg: EvalConfig) -> str:
     """The report paragraph that says how the ICG methods drew their covers."""
     draw = (
@@ -269,37 +252,23 @@ def sampling_note(cfg: EvalConfig) -> str:
     how = (
         f"each keeps the best of {cfg.candidates} draws per pair under its own run's reward "
         "(icg-nouser: no user embedding and icg's reward without the user, on the same noise "
-        "seeds as icg, so the two differ only by the user; icg-single: icg's first draw)."
+        "seeds as icg, so the two differ only by the user; icg-single and icg-nouser-single: "
+        "the first draw of icg and of icg-nouser, on the same seeds)."
         if cfg.candidates > 1
         else "one draw per pair."
     )
     return (
-        f"ICG methods draw {draw} with {cfg.num_inference_steps} steps and guidance "
-        f"{cfg.guidance_scale}; {how}"
+        f"ICG methods draw {draw} with {cfg.num_inference_steps} steps, guidance "
+        f"{cfg.guidance_scale} and user guidance {cfg.user_guidance}; {how}"
     )
 
 
-def model_scorers(run: Path, data, towers, aesthetic: str) -> dict[str, Scorer]:
-    """The model-side scorers: the aesthetic predictor, and the run's preference model when it
-    has one (its click probability)."""
-    from icg.rewards import AestheticReward, PreferenceReward
-
-    scorers = {"aesthetic_reward": reward_scorer(AestheticReward(towers, aesthetic), data)}
-    if (run / "preference" / "config.json").is_file():
-        preference = PreferenceReward(str(run / "preference"), towers)
-        scorers["preference_score"] = reward_scorer(preference, data, "preference_probability")
-    return scorers
-
-
-def load_truth(data_dir: Path):
-    """CoverWorld's hidden truth of ``data_dir`` (evaluation only), or ``None`` on other data."""
-    from icg.evaluation.preference_eval import has_truth
-
-    if not has_truth(data_dir):
-        return None
-    from icg.world.truth import Truth
-
-    return Truth(data_dir)
+VARIANT_NOTE = (
+    "variant-select: for each pair, the run's preference model (on the CLIP it records) picks "
+    "the best of the item's existing cover variants (the covers the platform has shown for it), "
+    "as artwork personalization does today; users without history are scored from their "
+    "platform embedding without a learned user vector."
+)
 
 
 def evaluate_run(
@@ -327,7 +296,10 @@ def evaluate_run(
     data_dir, run, out = Path(data_dir), Path(run), Path(out)
     data = load_dataset(data_dir, rejects_dir=out / "rejects")
     truth = load_truth(data_dir)
-    wanted, adapters = select_methods(run, cfg.methods, truth=truth is not None, base=cfg.base)
+    wanted, adapters = select_methods(
+        run, cfg.methods, truth=truth is not None, base=cfg.base,
+        variants=data.impressions is not None,
+    )  # fmt: skip
     main = main_adapter(adapters)
     record = ICGModel.read_config(main) if main is not None else {}
     base_name = cfg.base or record.get("base_model")
@@ -340,8 +312,11 @@ def evaluate_run(
         processor=processor, truth=truth, adapters=adapters,
         run_scorers=RunScorers(run, data, clips),
     )  # fmt: skip
-    sources = {m: method_source(m, drawers, cfg) for m in wanted}
     towers = clips[cfg.clip] = ClipTowers.from_pretrained(cfg.clip)
+    sources = {m: method_source(m, drawers, cfg) for m in wanted}
+    swap = None  # personal gain: icg's single draw for its user against one for another user
+    if truth is not None and {"icg", "icg-single"} & set(wanted):
+        swap = SwapControl(truth, data, swap_draw(drawers, cfg))
     scorers = model_scorers(run, data, towers, cfg.aesthetic)
     if pairs is None:
         pairs = choose_pairs(data, n_users=cfg.n_users, n_items=cfg.n_items, seed=cfg.seed)
@@ -350,11 +325,13 @@ def evaluate_run(
         "data": str(data_dir), "run": str(run), "methods": wanted, "pairs": len(pairs),
         "guidance_scale": cfg.guidance_scale, "strength": cfg.strength,
         "candidates": cfg.candidates, "prompt_guidance_scale": cfg.prompt_guidance_scale,
+        "user_guidance": cfg.user_guidance,
         "base": base_name, "mllm": mllm_name, "clip": cfg.clip, "aesthetic": cfg.aesthetic,
         "num_inference_steps": cfg.num_inference_steps, "seed": cfg.seed,
     }  # fmt: skip
     return evaluate_methods(
         data, pairs, sources, out, clip=towers, truth=truth, scorers=scorers,
         image_size=size, configs=configs, curves=report_curves(run), seed=cfg.seed,
-        notes=[sampling_note(cfg)],
+        notes=[sampling_note(cfg)] + ([VARIANT_NOTE] if "variant-select" in wanted else []),
+        swap=swap,
     )  # fmt: skip
