@@ -166,6 +166,13 @@ def reward(
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Override max_steps.")
     ] = None,
+    trainer: Annotated[
+        str | None,
+        typer.Option("--trainer", help="ranked (own best draws) or draft (DRaFT-K)."),
+    ] = None,
+    user_guidance: Annotated[
+        float | None, typer.Option("--user-guidance", help="User guidance while sampling.")
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
     ] = False,
@@ -173,7 +180,7 @@ def reward(
         bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
     ] = False,
 ) -> None:
-    """Stage B: multi-reward alignment (DRaFT-K) of meta tokens, refiner and adapter."""
+    """Stage B: multi-reward alignment of meta tokens, refiner and adapter."""
     from icg.config import load_config
     from icg.evaluation.preference_eval import TruthProbe, has_truth
     from icg.rewards import parse_weights
@@ -184,6 +191,7 @@ def reward(
             RewardConfig,
             config, data=data, init=init, out=out, preference=preference,
             rewards=parse_weights(rewards) if rewards else None, max_steps=max_steps,
+            trainer=trainer, user_guidance=user_guidance,
         )  # fmt: skip
     except (ValidationError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err
