@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from test_reward_training import _config, _parts, world  # noqa: F401 - the module fixture
+from stage_b_fixtures import stage_b_config as _config
+from stage_b_fixtures import stage_b_parts as _parts
 
 from icg.training.reward import RewardRecipe
 
@@ -51,10 +52,10 @@ def _names(recipe) -> list[str]:
 
 
 @pytest.mark.slow  # two forked processes (a few seconds; deselect with -m "not slow")
-def test_two_cpu_processes_train_in_sync(world, tmp_path):  # noqa: F811 - pytest fixture
+def test_two_cpu_processes_train_in_sync(stage_b_world, tmp_path):
     from accelerate.launchers import debug_launcher
 
-    debug_launcher(_worker, args=(world, tmp_path), num_processes=2)
+    debug_launcher(_worker, args=(stage_b_world, tmp_path), num_processes=2)
     rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["processes"] for r in rows] == [2, 2]
     assert rows[0]["draw"] != rows[1]["draw"], "each process draws its own pairs"

@@ -31,9 +31,6 @@ import numpy as np
 import torch
 
 from icg.training.common import (
-    average_gradients,
-    check_finite_grad_norm,
-    check_finite_loss,
     denoising_loss,
 )
 from icg.training.curves import CURVES_FILE, append_curve
@@ -231,20 +228,10 @@ class RankedRecipe(RewardRecipe):
             end = min(cfg.max_steps, (round_index + 1) * cfg.steps_per_round)
             while self.step < end and len(buffer.items):
                 loss, logs = self.ranked_loss(buffer, self.step)
-                check_finite_loss(loss, self.step, hint="check the rewards")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                average_gradients(self.accelerator, params)
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                check_finite_grad_norm(norm, self.step)
-                self.optimizer.step()
-                self.step += 1
+                logs["grad_norm"] = self.optimizer_step(loss, params)
                 bar.update(1)
                 if main and self.step % cfg.log_every == 0:
-                    append_curve(
-                        self.config.out / CURVES_FILE,
-                        {"step": self.step, **logs, "grad_norm": float(norm)},
-                    )
+                    append_curve(self.config.out / CURVES_FILE, {"step": self.step, **logs})
                     bar.set_postfix(loss=f"{logs['loss']:.4f}")
                 if main and self.step % cfg.probe_every == 0:
                     self._run_callbacks(self.step)

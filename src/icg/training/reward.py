@@ -252,16 +252,8 @@ class RewardRecipe(Rollout):
             self._run_callbacks(0)
         while self.step < cfg.max_steps:
             loss, logs = self.compute_loss(self.step)
-            check_finite_loss(loss, self.step, hint="check the rewards")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(self.accelerator, params)
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            check_finite_grad_norm(norm, self.step)
-            self.optimizer.step()
-            self.step += 1
+            logs["grad_norm"] = self.optimizer_step(loss, params)
             self.history.append(logs["reward/reward"])
-            logs["grad_norm"] = float(norm)
             bar.update(1)
             if main and self.step % cfg.log_every == 0:
                 append_curve(self.config.out / CURVES_FILE, {"step": self.step, **logs})
@@ -273,6 +265,19 @@ class RewardRecipe(Rollout):
         bar.close()
         self.rewards.eval()
         return self.history
+
+    def optimizer_step(self, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
+        """One guarded update: finite loss, backward, cross-process mean, clip, step; returns the
+        gradient norm and advances ``self.step``."""
+        check_finite_loss(loss, self.step, hint="check the rewards")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(self.accelerator, params)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        check_finite_grad_norm(norm, self.step)
+        self.optimizer.step()
+        self.step += 1
+        return float(norm)
 
     def _run_callbacks(self, step: int) -> None:
         for callback in self.callbacks:
