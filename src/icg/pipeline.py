@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 
 import torch
@@ -99,6 +99,12 @@ class ICGPipeline:
     def remove_adapter(self) -> None:
         """Restore the base UNet's original attention processors."""
         self.model.adapter.remove(self.base.unet)
+
+    def set_feature_cache(self, cache: MutableMapping[tuple[str, str, str], torch.Tensor]) -> None:
+        """Keep item features in ``cache`` from now on (a server passes a bounded LRU mapping;
+        the default is a dict that grows with the catalogue)."""
+        cache.update(self._cache)
+        self._cache = cache
 
     def clear_cache(self) -> None:
         """Forget cached item features."""

@@ -102,10 +102,10 @@ class PipelineBackend:
     def attach(self, pipe, catalog: Catalog, reward=None) -> None:
         """Serve with a loaded `ICGPipeline`, catalogue and reward (``None``: no best-of-K).
 
-        ICGPipeline keeps item features in a plain mapping; the bounded LRU put in its place
-        keeps a long-running server's memory flat however many items it sees.
+        The pipeline keeps item features in the bounded LRU, so a long-running server's memory
+        stays flat however many items it sees.
         """
-        pipe._cache = self.features
+        pipe.set_feature_cache(self.features)
         pipe.base.set_progress_bar_config(disable=True)
         self.reward, self.can_score, self.catalog = reward, reward is not None, catalog
         self.pipe = pipe
