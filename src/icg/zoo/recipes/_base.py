@@ -268,3 +268,39 @@ class Timer:
     def total(self) -> float:
         """Seconds before this run plus seconds since `start`."""
         return self.before + time.perf_counter() - self.start
+
+
+@dataclass
+class Published:
+    """What `publish_with_gates` measured, for the model card."""
+
+    metrics: dict[str, float]
+    parameters: int
+    wall_time_s: float
+    gate_source: str
+
+
+def publish_with_gates(
+    out: Path,
+    name: str,
+    model: torch.nn.Module,
+    write: Callable[[Path], Any],
+    measure: Callable[[Path, Any], dict[str, float]],
+    gate_items: int,
+    thresholds: dict[str, float],
+    train_s: float,
+) -> Published:
+    """The end of every recipe: stage the final folder, measure its gates on fresh renders,
+    publish it, drop the checkpoints and write ``gates.json``."""
+    from icg.zoo import evaldata
+
+    staged = stage(out, write)
+    timer = Timer(before=train_s)
+    gate_set = evaldata.fresh_covers(gate_items)
+    metrics = measure(staged, gate_set)
+    params = count_parameters(model)
+    publish_files(staged, out)
+    clear_checkpoint(out)
+    wall = timer.total()
+    write_gates(out, gate_record(name, metrics, thresholds, params, wall, gate_set.source))
+    return Published(metrics, params, wall, gate_set.source)

@@ -209,18 +209,18 @@ def _clip_projection_dim(clip_path: str) -> int:
 def _publish(out: Path, model: AestheticMLP, cfg: AestheticRecipeConfig, train_s: float) -> None:
     """Save the final folder atomically, measure the gate on fresh renders, write the card."""
     model.eval()
-    staged = _base.stage(out, lambda folder: model.save_pretrained(str(folder)))
-    timer = _base.Timer(before=train_s)
-    gate_set = evaldata.fresh_covers(cfg.gate_items)
-    metrics = measure(staged, resolve(cfg.clip), gate_set)
-    params = _base.count_parameters(model)
-    _base.publish_files(staged, out)
-    _base.clear_checkpoint(out)
-    shutil.rmtree(out / DATA_DIR, ignore_errors=True)
-    wall = timer.total()
-    _base.write_gates(
-        out, _base.gate_record("aesthetic", metrics, THRESHOLDS, params, wall, gate_set.source)
+    done = _base.publish_with_gates(
+        out,
+        "aesthetic",
+        model,
+        lambda folder: model.save_pretrained(str(folder)),
+        lambda folder, covers: measure(folder, resolve(cfg.clip), covers),
+        cfg.gate_items,
+        THRESHOLDS,
+        train_s,
     )
+    shutil.rmtree(out / DATA_DIR, ignore_errors=True)
+    metrics, params, wall = done.metrics, done.parameters, done.wall_time_s
     _base.write_card(
         out,
         name="aesthetic",
@@ -258,7 +258,7 @@ for i in (0, 2, 4, 6, 7):
         parameters=params,
         gates=metrics,
         thresholds=THRESHOLDS,
-        gate_data=f"{gate_set.source}; Spearman of scores vs `icg.world.truth.true_aesthetic`",
+        gate_data=f"{done.gate_source}; Spearman of scores vs `icg.world.truth.true_aesthetic`",
         wall_time_s=wall,
     )
     logger.info("aesthetic gates: %s", metrics)

@@ -10,7 +10,6 @@ import torch
 
 from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
-from icg.zoo import evaldata
 from icg.zoo.recipes import _base
 from icg.zoo.recipes.clip.config import ClipRecipeConfig
 from icg.zoo.recipes.clip.gates import THRESHOLDS, measure
@@ -131,17 +130,17 @@ def _publish(
         processor.save_pretrained(str(folder))
         write_vocab_merges(folder, vocab, merges)
 
-    staged = _base.stage(out, write)
-    timer = _base.Timer(before=train_s)
-    gate_set = evaldata.fresh_covers(cfg.gate_items)
-    metrics = measure(staged, gate_set)
-    params = _base.count_parameters(model)
-    _base.publish_files(staged, out)
-    _base.clear_checkpoint(out)
-    wall = timer.total()
-    _base.write_gates(
-        out, _base.gate_record("clip", metrics, THRESHOLDS, params, wall, gate_set.source)
+    done = _base.publish_with_gates(
+        out,
+        "clip",
+        model,
+        write,
+        measure,
+        cfg.gate_items,
+        THRESHOLDS,
+        train_s,
     )
+    metrics, params, wall = done.metrics, done.parameters, done.wall_time_s
     _base.write_card(
         out,
         name="clip",
@@ -176,7 +175,7 @@ processor = CLIPProcessor.from_pretrained(path)  # 64x64 covers, OpenAI CLIP nor
         parameters=params,
         gates=metrics,
         thresholds=THRESHOLDS,
-        gate_data=f"{gate_set.source}; prompts '{MOTIF_PROMPT}' and '{PALETTE_PROMPT}'",
+        gate_data=f"{done.gate_source}; prompts '{MOTIF_PROMPT}' and '{PALETTE_PROMPT}'",
         wall_time_s=wall,
     )
     logger.info("clip gates: %s", metrics)

@@ -9,7 +9,6 @@ import torch
 
 from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
-from icg.zoo import evaldata
 from icg.zoo.recipes import _base
 from icg.zoo.recipes.mllm.chat import answer_text, encode
 from icg.zoo.recipes.mllm.config import MllmRecipeConfig
@@ -93,17 +92,17 @@ def _publish(out: Path, model, processor, cfg: MllmRecipeConfig, train_s: float)
         model.save_pretrained(str(folder))
         processor.save_pretrained(str(folder))
 
-    staged = _base.stage(out, write)
-    timer = _base.Timer(before=train_s)
-    gate_set = evaldata.fresh_covers(cfg.gate_items)
-    metrics = measure(staged, gate_set)
-    params = _base.count_parameters(model)
-    _base.publish_files(staged, out)
-    _base.clear_checkpoint(out)
-    wall = timer.total()
-    _base.write_gates(
-        out, _base.gate_record("mllm", metrics, THRESHOLDS, params, wall, gate_set.source)
+    done = _base.publish_with_gates(
+        out,
+        "mllm",
+        model,
+        write,
+        measure,
+        cfg.gate_items,
+        THRESHOLDS,
+        train_s,
     )
+    metrics, params, wall = done.metrics, done.parameters, done.wall_time_s
     _base.write_card(
         out,
         name="mllm",
@@ -150,7 +149,7 @@ answer = processor.batch_decode(
         parameters=params,
         gates=metrics,
         thresholds=THRESHOLDS,
-        gate_data=f"{gate_set.source}; greedy generation from (title, cover), answers parsed",
+        gate_data=f"{done.gate_source}; greedy generation from (title, cover), answers parsed",
         wall_time_s=wall,
     )
     logger.info("mllm gates: %s", metrics)
