@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
-from model_fixtures import get_dummy_components, perturb_, tiny_qwen2vl
+from align_fixtures import align_config, align_parts
+from model_fixtures import perturb_
 
 from icg.checkpoints import list_checkpoints
 from icg.config import load_config
@@ -21,30 +21,8 @@ def data_dir(tmp_path_factory):
     )
 
 
-def _parts():
-    base = StableDiffusionPipeline(**get_dummy_components())
-    mllm, processor = tiny_qwen2vl()
-    return {"base": base, "mllm": mllm, "processor": processor}
-
-
-def _config(data_dir, out, **kw) -> AlignConfig:
-    values = dict(
-        data=data_dir,
-        out=out,
-        base="tiny-sd",
-        mllm="tiny-qwen2vl",
-        max_steps=4,
-        batch_size=3,
-        num_meta_tokens=2,
-        num_tokens=2,
-        refiner_hidden_dim=8,
-        checkpoint_every=2,
-        learning_rate=1e-2,
-        log_every=1,
-        resolution=32,
-    )
-    values.update(kw)
-    return AlignConfig(**values)
+_parts = align_parts
+_config = align_config
 
 
 def test_pinned_losses_and_exact_resume(data_dir, tmp_path):

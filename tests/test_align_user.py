@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
-from model_fixtures import get_dummy_components, tiny_qwen2vl
+from align_fixtures import align_config, align_parts
 
 from icg.data.testing import write_tiny_dataset
 from icg.models.preference import PreferenceModel
@@ -29,20 +28,11 @@ def data_dir(tmp_path_factory):
     )
 
 
-def _parts():
-    base = StableDiffusionPipeline(**get_dummy_components())
-    mllm, processor = tiny_qwen2vl()
-    return {"base": base, "mllm": mllm, "processor": processor}
+_parts = align_parts
 
 
 def _config(data_dir, out, **kw) -> AlignConfig:
-    values = dict(
-        data=data_dir, out=out, base="tiny-sd", mllm="tiny-qwen2vl", max_steps=4, batch_size=3,
-        num_meta_tokens=2, num_tokens=2, refiner_hidden_dim=8, checkpoint_every=100,
-        learning_rate=1e-2, log_every=1, resolution=32,
-    )  # fmt: skip
-    values.update(kw)
-    return AlignConfig(**values)
+    return align_config(data_dir, out, **{"checkpoint_every": 100, **kw})
 
 
 def _users_seen_by_refiner(recipe: AlignRecipe, step: int) -> torch.Tensor:
