@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# CPU torch first, so no dependency can pull a multi-GB CUDA build.
 	@test -n "$(TORCH_WHEEL)" || { echo "no CPU wheel torch-2.13.0+cpu in /opt/wheels; set TORCH_WHEEL=path"; exit 1; }
 	$(BIN)/pip install -q "$(TORCH_WHEEL)"
-	$(BIN)/pip install -q -e ".[test,serve]"
+	$(BIN)/pip install -q -e ".[test,serve,ray]"
 	touch $(STAMP)
 
 demo: install
