@@ -17,6 +17,7 @@ from icg.training.click_weights import (
     ips_weights,
     item_variants,
     normalised_weights,
+    preferred_variants,
 )
 from icg.training.common import dropped_rows, step_generator
 
@@ -83,15 +84,16 @@ def test_ips_weights_make_deep_clicks_weigh_more():
     assert normalised_weights(torch.tensor([3.0, 5.0]), 10.0).mean() == 1.0
 
 
-def _hand_made_preference() -> PreferenceModel:
-    """Cover taste = gelu(embedding), no global appeal, user taste = the platform embedding."""
-    model = PreferenceModel(image_dim=2, user_dim=2, rank=2, hidden_dim=2, num_positions=3)
+def _hand_made_preference(user_dim: int = 2) -> PreferenceModel:
+    """Cover taste = gelu(embedding), no global appeal, user taste = the platform embedding's
+    first two entries."""
+    model = PreferenceModel(image_dim=2, user_dim=user_dim, rank=2, hidden_dim=2, num_positions=3)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
         model.image_in.weight.copy_(torch.eye(2))
         model.image_taste.weight.copy_(torch.eye(2))
-        model.user_proj.weight.copy_(torch.eye(2))
+        model.user_proj.weight.copy_(torch.eye(2, user_dim))
     return model.eval()
 
 
@@ -140,6 +142,50 @@ def test_ips_weighting_reaches_the_recipe(data_dir, tmp_path):
     weighted = recipe.compute_loss(0).item()
     recipe.data.weights = None
     assert recipe.compute_loss(0).item() != pytest.approx(weighted, abs=1e-6)
+    recipe.cleanup()
+
+
+def test_preferred_variants_pick_each_users_favourite_cover():
+    model = _hand_made_preference()
+    embeddings = {"red.png": torch.tensor([1.0, 0.0]), "blue.png": torch.tensor([0.0, 1.0])}
+    variants = {"i0": ["blue.png", "red.png"], "i1": ["red.png"]}
+    pairs = pd.DataFrame({"user_id": ["a", "b", "b"], "item_id": ["i0", "i0", "i1"]})
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # a likes red, b likes blue
+    chosen = preferred_variants(model, pairs, variants, embeddings, users)
+    assert chosen == ["red.png", "blue.png", "red.png"]  # i1 has one variant only
+
+
+def test_preferred_targets_reach_the_recipe(data_dir, tmp_path, monkeypatch):
+    """``targets="preferred"``: one example per shown (user, item) pair, each with the latent of
+    the variant the preference model prefers for that user; no truth is read."""
+    import icg.training.click_weights as cw
+    from icg.training.align_data import shown_pairs
+
+    from icg.data import load_dataset
+
+    data = load_dataset(data_dir)
+    impressions, items, users = data.impressions, data.items, data.users
+    covers = sorted(set(impressions["cover"]))
+    # the hand-made model's cover taste is the embedding: users differ in which half they like
+    fake = {c: torch.tensor([float(k % 2), float(1 - k % 2)]) for k, c in enumerate(covers)}
+    monkeypatch.setattr(cw, "_cover_embeddings", lambda model, pref, paths, towers: fake)
+    _hand_made_preference(user_dim=4).save_pretrained(tmp_path / "preference")
+    with pytest.raises(ValueError, match="targets='preferred' needs a trained preference"):
+        _config(data_dir, tmp_path / "x", targets="preferred")
+    cfg = _config(data_dir, tmp_path, targets="preferred", preference=tmp_path / "preference")
+    recipe = AlignRecipe(cfg, **_parts())
+    recipe.setup()
+    pairs = shown_pairs(impressions, items, users)
+    assert recipe.data.user_ids == pairs["user_id"].tolist()
+    assert recipe.data.item_ids == pairs["item_id"].tolist()
+    assert recipe.data.weights is None
+    chosen = cw.preferred_covers(tmp_path / "preference", pairs, impressions, users)
+    assert len(set(chosen)) > 1 and set(chosen) <= set(covers)
+    from icg.training.common import encode_images
+
+    size = recipe.data.latents.shape[-1] * 2 ** (len(recipe.vae.config.block_out_channels) - 1)
+    torch.testing.assert_close(recipe.data.latents, encode_images(recipe.vae, chosen, size))
+    assert torch.isfinite(recipe.compute_loss(0))
     recipe.cleanup()
 
 

@@ -30,9 +30,20 @@ def align(
         int | None, typer.Option("--max-steps", help="Override max_steps.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override seed.")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", help="Override learning_rate.")
+    ] = None,
     preference: Annotated[
         Path | None,
         typer.Option("--preference", help="Trained preference model (RUN/preference)."),
+    ] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            "--targets",
+            help="clicks (the clicked covers) or preferred (per shown pair, the variant the "
+            "preference model prefers for the user; needs --preference).",
+        ),
     ] = None,
     click_weighting: Annotated[
         str | None,
@@ -66,7 +77,9 @@ def align(
             mllm=mllm,
             max_steps=max_steps,
             seed=seed,
+            learning_rate=learning_rate,
             preference=preference,
+            targets=targets,
             click_weighting=click_weighting,
             user_dropout=user_dropout,
         )

@@ -19,11 +19,10 @@ continues exactly where an interrupted run stopped.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,16 +35,14 @@ from icg.checkpoints import (
 )
 from icg.config import DEFAULT_BASE, DEFAULT_MLLM
 from icg.io import atomic_save_dir
-from icg.training.click_weights import check_preference_source, load_click_weights, weight_summary
+from icg.training.align_data import prepare_align_data
+from icg.training.click_weights import check_preference_source
 from icg.training.common import (
     batch_indices,
     check_finite_grad_norm,
     check_finite_loss,
-    clicked_impressions,
     denoising_loss,
     dropped_rows,
-    encode_images,
-    encode_prompt,
     icg_parameter_groups,
     load_frozen_base,
     step_generator,
@@ -84,6 +81,12 @@ class AlignConfig(BaseModel):
     user_dropout: float = Field(
         0.2, ge=0, le=1, description="fraction of each batch trained without its user"
     )
+    targets: Literal["clicks", "preferred"] = Field(
+        "clicks",
+        description="what the denoising loss fits: the clicked covers, or per shown (user, item) "
+        "the item's variant the preference model prefers for the user (needs preference); see "
+        "icg.training.align_data",
+    )
     click_weighting: Literal["uniform", "ips", "advantage"] = Field(
         "uniform",
         description="weight of each clicked cover: uniform, ips (1 / examination of its "
@@ -109,6 +112,8 @@ class AlignConfig(BaseModel):
         if not self.data.is_dir():
             raise ValueError(f"data: expected an existing data folder, got {str(self.data)!r}")
         check_preference_source(self.click_weighting, self.preference)
+        if self.targets == "preferred":
+            check_preference_source(self.targets, self.preference, setting="targets")
         return self
 
     @property
@@ -126,18 +131,6 @@ class AlignResult:
     adapter_dir: Path
     steps: int
     user_effect: float | None = None  # see `icg.training.common.user_token_effect`
-
-
-@dataclass
-class _Data:
-    item_ids: list[str]
-    user_ids: list[str]
-    latents: torch.Tensor  # (N, C, h, w) VAE latents of the clicked covers
-    titles: dict[str, str]
-    images: dict[str, object]
-    user_vectors: dict[str, torch.Tensor]
-    weights: torch.Tensor | None = None  # (N,) click weights, mean 1; None: uniform
-    text_states: dict[str, torch.Tensor] = field(default_factory=dict)  # title → (L, C_text)
 
 
 class AlignRecipe:
@@ -184,7 +177,8 @@ class AlignRecipe:
         self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
 
         data = load_dataset(cfg.data)
-        self.data = self._prepare_data(data)
+        size = cfg.resolution or self.unet.config.sample_size * vae_scale_factor(self.vae)
+        self.data = prepare_align_data(cfg, data, self.vae, self.tokenizer, self.text_encoder, size)
         user_dim = data.embedding_dim
 
         self.checkpoint_dir = cfg.out / "checkpoints"
@@ -229,55 +223,6 @@ class AlignRecipe:
     def icg(self):
         """The ICG model without accelerate's wrappers."""
         return self.accelerator.unwrap_model(self.model)
-
-    @torch.no_grad()
-    def _prepare_data(self, data) -> _Data:
-        from icg.data.images import load_image
-
-        if data.impressions is None or data.users is None or data.items is None:
-            raise ValueError(f"{self.config.data}: stage A needs items, users and impressions")
-        clicks = clicked_impressions(data.impressions, data.items, data.users)
-        item_ids, user_ids = clicks["item_id"].tolist(), clicks["user_id"].tolist()
-        covers = clicks["cover"].tolist()
-        if not item_ids:
-            raise ValueError(f"{self.config.data}: no clicked impressions to train on")
-        size = self.config.resolution or self.unet.config.sample_size * vae_scale_factor(self.vae)
-        latents = encode_images(self.vae, covers, size)
-        items = data.items.set_index("item_id")
-        needed = sorted(set(item_ids))
-        titles = {i: str(items.at[i, "title"]) for i in needed}
-        images = {i: load_image(items.at[i, "image"]) for i in needed}
-        users = data.users.set_index("user_id")
-        user_vectors = {
-            u: torch.as_tensor(np.asarray(users.at[u, "embedding"], dtype=np.float32))
-            for u in sorted(set(user_ids))
-        }
-        prepared = _Data(item_ids, user_ids, latents, titles, images, user_vectors)
-        if self.config.click_weighting != "uniform":
-            prepared.weights = self._click_weights(clicks, data)
-        for title in titles.values():
-            prepared.text_states[title] = encode_prompt(
-                self.tokenizer, self.text_encoder, self.config.base_prompt.replace("{title}", title)
-            )
-        prepared.text_states[""] = encode_prompt(
-            self.tokenizer, self.text_encoder, ""
-        )  # the unconditional prompt (dropout)
-        logger.info(
-            "stage A: %d clicks on %d items by %d users",
-            len(item_ids),
-            len(needed),
-            len(user_vectors),
-        )
-        return prepared
-
-    def _click_weights(self, clicks, data) -> torch.Tensor:
-        cfg = self.config
-        weights = load_click_weights(
-            cfg.click_weighting, cfg.preference, clicks, data.impressions, data.users,
-            cfg.click_weight_max,
-        )  # fmt: skip
-        logger.info("stage A: %s click weights, %s", cfg.click_weighting, weight_summary(weights))
-        return weights
 
     # -- one step --------------------------------------------------------------------------
     def compute_loss(self, step: int) -> torch.Tensor:

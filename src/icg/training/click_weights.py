@@ -30,13 +30,16 @@ logger = logging.getLogger(__name__)
 WEIGHTINGS = ("uniform", "ips", "advantage")
 
 
-def check_preference_source(kind: str, preference: Path | None) -> None:
-    """Raise when ``kind`` needs a preference model folder and ``preference`` is not one."""
+def check_preference_source(
+    kind: str, preference: Path | None, setting: str = "click_weighting"
+) -> None:
+    """Raise when ``setting=kind`` needs a preference model folder and ``preference`` is not one
+    (``"uniform"`` needs none)."""
     if kind == "uniform":
         return
     if preference is None:
         raise ValueError(
-            f"preference: click_weighting={kind!r} needs a trained preference model folder "
+            f"preference: {setting}={kind!r} needs a trained preference model folder "
             "(RUN/preference)"
         )
     if not (Path(preference) / "config.json").is_file():
@@ -183,3 +186,62 @@ def _cover_embeddings(model, preference: Path, paths: list[str], towers) -> dict
         towers = ClipTowers.from_pretrained(name)
     emb = embed_files(towers, paths, preference / CACHE_FILE)  # (C, E)
     return dict(zip(paths, emb, strict=True))
+
+
+# ---- preferred variants (stage A's ``targets="preferred"``) -----------------------------------
+@torch.no_grad()
+def preferred_variants(
+    model,
+    pairs: pd.DataFrame,
+    variants: dict[str, list[str]],
+    cover_embeddings: dict[str, torch.Tensor],
+    user_embeddings: torch.Tensor | None,
+) -> list[str]:
+    """For each ``(user_id, item_id)`` row of ``pairs``, the item's cover variant the preference
+    model finds most attractive for that user: ``argmax_v a(u, v)``, the variant-select choice
+    (advantage-weighted regression at temperature 0, Peng et al. 2019).
+
+    The user's and the item's biases cancel in the argmax, so only the cover's appeal and its
+    taste match with the user decide; ties go to the first variant in sorted order.
+
+    Args:
+        model: a `icg.models.preference.PreferenceModel`.
+        pairs: ``N`` rows of ``user_id``, ``item_id``.
+        variants: the covers of each item (`item_variants`).
+        cover_embeddings: the model's CLIP embedding ``(E,)`` of every cover named.
+        user_embeddings: the users' platform embeddings ``(N, user_dim)`` (NaN rows: none).
+    """
+    covers = sorted(cover_embeddings)
+    row = {c: k for k, c in enumerate(covers)}
+    taste, appeal = model.image_features(torch.stack([cover_embeddings[c] for c in covers]))
+    z_u, _ = model.user_vector(len(pairs), user_embeddings, model.user_index(pairs["user_id"]))
+    chosen: list[str] = []
+    for k, item in enumerate(pairs["item_id"].astype(str)):
+        rows = torch.tensor([row[c] for c in variants[item]])
+        chosen.append(variants[item][int((appeal[rows] + taste[rows] @ z_u[k]).argmax())])
+    return chosen
+
+
+def preferred_covers(
+    preference: str | Path,
+    pairs: pd.DataFrame,
+    impressions: pd.DataFrame,
+    users: pd.DataFrame,
+    towers=None,
+) -> list[str]:
+    """`preferred_variants` under the preference model saved in ``preference``, with the items'
+    variants read from ``impressions`` and the users' embeddings from ``users``."""
+    from icg.models.preference import PreferenceModel
+
+    model = PreferenceModel.from_pretrained(str(preference)).eval()
+    variants = item_variants(impressions)
+    items = sorted(set(pairs["item_id"].astype(str)))
+    paths = sorted({c for i in items for c in variants[i]})
+    embeddings = _cover_embeddings(model, Path(preference), paths, towers)
+    user_emb = None
+    if model.config.user_dim > 0:
+        vectors = users.set_index("user_id")["embedding"]
+        user_emb = torch.from_numpy(
+            np.stack([np.asarray(vectors[u], dtype=np.float32) for u in pairs["user_id"]])
+        )  # (N, user_dim)
+    return preferred_variants(model, pairs, variants, embeddings, user_emb)
