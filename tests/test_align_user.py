@@ -19,7 +19,7 @@ from icg.training.click_weights import (
     normalised_weights,
     preferred_variants,
 )
-from icg.training.common import dropped_rows, step_generator
+from icg.training.common import dropped_rows, encode_images, step_generator
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +159,8 @@ def test_preferred_targets_reach_the_recipe(data_dir, tmp_path, monkeypatch):
     """``targets="preferred"``: one example per shown (user, item) pair, each with the latent of
     the variant the preference model prefers for that user; no truth is read."""
     import icg.training.click_weights as cw
-    from icg.training.align_data import shown_pairs
-
     from icg.data import load_dataset
+    from icg.training.align_data import shown_pairs
 
     data = load_dataset(data_dir)
     impressions, items, users = data.impressions, data.items, data.users
@@ -181,8 +180,6 @@ def test_preferred_targets_reach_the_recipe(data_dir, tmp_path, monkeypatch):
     assert recipe.data.weights is None
     chosen = cw.preferred_covers(tmp_path / "preference", pairs, impressions, users)
     assert len(set(chosen)) > 1 and set(chosen) <= set(covers)
-    from icg.training.common import encode_images
-
     size = recipe.data.latents.shape[-1] * 2 ** (len(recipe.vae.config.block_out_channels) - 1)
     torch.testing.assert_close(recipe.data.latents, encode_images(recipe.vae, chosen, size))
     assert torch.isfinite(recipe.compute_loss(0))
