@@ -29,6 +29,7 @@ def test_negatives(feedback):
         items=pd.DataFrame({"item_id": ITEMS}),
         users=["u0", "u1"],
         negatives_per_positive=3,
+        rejects_dir=feedback.parent / "rejects",
     )
     assert list(frame.columns) == ["user_id", "item_id", "timestamp", "clicked"]
     pos, neg = frame[frame["clicked"]], frame[~frame["clicked"]]

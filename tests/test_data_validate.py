@@ -85,7 +85,7 @@ def reasons_by_row(frame: pd.DataFrame) -> dict[int, set[str]]:
 
 
 def test_every_reason_reported_and_valid_rows_survive(messy):
-    data = load_dataset(messy)
+    data = load_dataset(messy, rejects_dir=messy / "rejects")
     assert data.items["item_id"].tolist() == ["i0", "i1", "i2"]
     assert data.users["user_id"].tolist() == ["u0", "u1", "u2"]
     assert data.impressions["event_id"].tolist() == [f"e{k}" for k in range(6)]

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from icg.data import DataError, ValidationReport, load_dataset
@@ -32,13 +33,16 @@ def validate(
     ],
     rejects_dir: Annotated[
         Path | None,
-        typer.Option(help="Where to write rejected rows; default <path>/rejects."),
+        typer.Option(
+            help="A dedicated folder for the rejected rows (file, row, field, value, reason); "
+            "none are written without it, and never into the data folder itself."
+        ),
     ] = None,
     max_reject_fraction: Annotated[
         float, typer.Option(help="Fail when a table rejects more than this fraction of rows.")
     ] = 0.5,
     check_images: Annotated[
-        bool, typer.Option(help="Open and verify every referenced image.")
+        bool, typer.Option(help="Open and decode every referenced image once.")
     ] = True,
 ) -> None:
     """Validate a data folder: print rows read, kept and rejected by reason per table.
@@ -49,17 +53,19 @@ def validate(
     try:
         data = load_dataset(path, rejects_dir=rejects_dir, check_images=check_images)
     except DataError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
     report = data.report
     out.print(_summary_table(report))
     for t in report.tables.values():
         if t.rejects_file is not None and t.rows_rejected:
             out.print(f"{t.table}: rejected rows written to {t.rejects_file}", soft_wrap=True)
+    if rejects_dir is None and any(t.rows_rejected for t in report.tables.values()):
+        out.print("rejected rows not written; pass --rejects-dir DIR to write them")
     too_many = report.over_limit(max_reject_fraction)
     if not report.usable or too_many:
         for t in too_many:
-            first = "; ".join(t.problems[:3])
+            first = escape("; ".join(t.problems[:3]))
             err.print(
                 f"[bold red]error:[/] {t.file.name}: {t.rows_rejected} of {t.rows_read} rows "
                 f"rejected ({t.reject_fraction:.0%} > {max_reject_fraction:.0%}); first: {first}",

@@ -2,7 +2,7 @@
 
 ```python
 from icg.data import load_dataset
-data = load_dataset("world/")  # items, users, impressions; bad rows go to world/rejects/
+data = load_dataset("world/", rejects_dir="rejects/")  # bad rows: data.rejects (+ rejects/)
 ```
 """
 

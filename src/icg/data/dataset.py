@@ -13,10 +13,11 @@ import pandas as pd
 from icg.data.errors import DataError
 from icg.data.images import DEFAULT_MAX_PIXELS, ImageChecker
 from icg.data.readers import SUFFIXES, find_table_file, read_raw
+from icg.data.rejects import prepare_rejects_dir, write_rejects
 from icg.data.report import ValidationReport
-from icg.data.schemas import IMPRESSIONS, ITEMS, REJECTS_SCHEMA, USERS, TableSpec
-from icg.data.validate import TRUTH_DIR, Refs, Validated, embedding_matrix, validate_table
-from icg.data.writers import write_parquet
+from icg.data.safety import DEFAULT_CAPS, TRUTH_DIR, Caps
+from icg.data.schemas import IMPRESSIONS, ITEMS, USERS
+from icg.data.validate import Refs, Validated, embedding_matrix, validate_table
 
 logger = logging.getLogger(__name__)
 
@@ -61,26 +62,33 @@ def load_dataset(
     require: Iterable[str] = ("items", "users", "impressions"),
     embedding_dim: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    caps: Caps = DEFAULT_CAPS,
 ) -> PlatformData:
     """Load and validate a data folder holding ``items.*``, ``users.*`` and ``impressions.*``.
 
+    The one validation: `icg data validate` and every training, generation and evaluation
+    command call this with the same checks, so a row validation rejects never reaches them.
     Each table is read from parquet, CSV or JSONL (parquet preferred when several exist). Bad
-    rows are rejected with their reasons and written to ``<rejects_dir>/<table>.parquet``
-    (default ``<path>/rejects``); good rows are kept. Impressions must reference kept users and
-    items. Nothing under ``<path>/truth/`` is ever read.
+    rows are rejected with their reasons (kept in ``PlatformData.rejects`` and, when
+    ``rejects_dir`` is given, written to ``<rejects_dir>/<table>.parquet``); good rows are kept.
+    Impressions must reference kept users and items. Nothing under ``<path>/truth/`` is ever
+    read, and nothing in ``path`` is written unless ``rejects_dir`` names a folder there.
 
     Args:
         path: the data folder.
-        rejects_dir: where to write rejects; default ``<path>/rejects``.
-        check_images: open the header of every distinct image (items.image, impressions.cover)
-            and verify it (format allow-list, pixel limit, PNG CRCs). Paths are checked anyway.
+        rejects_dir: a dedicated folder for rejects (`icg.data.rejects.prepare_rejects_dir`);
+            ``None`` writes none.
+        check_images: open and decode every distinct image (items.image, impressions.cover)
+            once: format allow-list, pixel limit, corruption. Paths are checked anyway.
         require: tables that must exist.
         embedding_dim: the expected user embedding length; default the majority length.
         max_pixels: the largest image (width × height) accepted.
+        caps: length and magnitude limits per value (`icg.data.safety.Caps`).
 
     Raises:
         DataError: a required table or column is missing, a table file is unreadable, a table
-            has no valid row, or embedding lengths disagree with no majority.
+            has no valid row, embedding lengths disagree with no majority, or ``rejects_dir``
+            is not a dedicated folder.
     """
     root = Path(path).resolve()
     if not root.is_dir():
@@ -89,10 +97,7 @@ def load_dataset(
     unknown = sorted(set(require) - set(TABLES))
     if unknown:
         raise ValueError(f"require: unknown table(s) {unknown}, expected a subset of {TABLES}")
-    checker = ImageChecker(max_pixels) if check_images else None
-    report = ValidationReport()
-    results: dict[str, Validated] = {}
-    refs: dict[str, Refs] = {}
+    files: dict[str, Path] = {}
     for spec in (ITEMS, USERS, IMPRESSIONS):
         file = find_table_file(root, spec.name)
         if file is None:
@@ -103,15 +108,32 @@ def load_dataset(
             continue
         if file.resolve().is_relative_to(root / TRUTH_DIR):
             raise DataError(f"{file}: table file links into truth/, which is never read", file=file)
-        result = _load_table(file, spec, root, refs, checker, embedding_dim)
+        files[spec.name] = file
+    rejects_root = None
+    if rejects_dir is not None:
+        rejects_root = prepare_rejects_dir(rejects_dir, root, files.values())
+    checker = ImageChecker(max_pixels) if check_images else None
+    report = ValidationReport()
+    results: dict[str, Validated] = {}
+    refs: dict[str, Refs] = {}
+    for spec in (ITEMS, USERS, IMPRESSIONS):
+        if spec.name not in files:
+            continue
+        raw = read_raw(files[spec.name])
+        result = validate_table(
+            raw, spec, root=root, refs=refs, checker=checker, embedding_dim=embedding_dim,
+            caps=caps,
+        )  # fmt: skip
         results[spec.name] = result
         report.tables[spec.name] = result.report
         if spec.name in ("items", "users"):
             kept = set(result.frame[spec.columns[0].name].tolist())
-            refs[spec.name] = Refs(file, kept, result.rejected_ids - kept)
-    rejects_root = Path(rejects_dir) if rejects_dir is not None else root / "rejects"
+            refs[spec.name] = Refs(files[spec.name], kept, result.rejected_ids - kept)
     for name, result in results.items():
-        result.report.rejects_file = _write_rejects(result, rejects_root / f"{name}.parquet")
+        if rejects_root is not None:
+            result.report.rejects_file = write_rejects(
+                result.rejects, rejects_root, name, result.report.rows_rejected
+            )
     for line in report.summary().splitlines():
         logger.info("%s", line)
     users = results.get("users")
@@ -124,31 +146,3 @@ def load_dataset(
         embedding_dim=int(users.embedding_dim or 0) if users else 0,
         rejects={name: r.rejects for name, r in results.items()},
     )
-
-
-def _load_table(
-    file: Path,
-    spec: TableSpec,
-    root: Path,
-    refs: dict[str, Refs],
-    checker: ImageChecker | None,
-    embedding_dim: int | None,
-) -> Validated:
-    raw = read_raw(file)
-    return validate_table(
-        raw, spec, root=root, refs=refs, checker=checker, embedding_dim=embedding_dim
-    )
-
-
-def _write_rejects(result: Validated, path: Path) -> Path | None:
-    """Write a table's rejects (an empty file when there are none, replacing stale ones)."""
-    try:
-        return write_parquet(result.rejects, path, schema=REJECTS_SCHEMA)
-    except OSError as err:
-        logger.warning(
-            "could not write rejects to %s (%s); %d rejected rows are in PlatformData.rejects",
-            path,
-            err,
-            result.report.rows_rejected,
-        )
-        return None

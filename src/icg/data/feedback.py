@@ -12,9 +12,9 @@ import pandas as pd
 
 from icg.data.errors import DataError
 from icg.data.readers import SUFFIXES, find_table_file, read_raw
-from icg.data.schemas import FEEDBACK, REJECTS_SCHEMA
+from icg.data.rejects import prepare_rejects_dir, write_rejects
+from icg.data.schemas import FEEDBACK
 from icg.data.validate import Refs, validate_table
-from icg.data.writers import write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def read_implicit_feedback(
     Every row is a positive (clicked=True). For each positive, ``negatives_per_positive`` items
     the user never interacted with are drawn uniformly (with replacement) and get the positive's
     timestamp and clicked=False. Rows with unknown users/items, nulls or bad timestamps are
-    rejected to ``<rejects_dir>/feedback.parquet`` (default ``<folder>/rejects``).
+    rejected (to ``<rejects_dir>/feedback.parquet`` when a rejects folder is given).
 
     Args:
         path: a feedback file, or a folder holding ``feedback.*``/``interactions.*``/``ratings.*``.
@@ -108,7 +108,7 @@ def read_implicit_feedback(
         users: known users (frame with ``user_id`` or ids); None accepts any user.
         negatives_per_positive: negatives drawn per positive.
         seed: seed of the negative sampler; the same inputs and seed give the same frame.
-        rejects_dir: where to write rejects.
+        rejects_dir: a dedicated folder for rejects (none written by default).
 
     Returns:
         user_id, item_id, timestamp (int64), clicked (bool); each positive followed by its
@@ -125,14 +125,12 @@ def read_implicit_feedback(
     refs = {"items": Refs(Path("items"), set(catalog))}
     if known_users is not None:
         refs["users"] = Refs(Path("users"), set(known_users))
-    result = validate_table(read_raw(file), FEEDBACK, root=file.parent.resolve(), refs=refs)
-    rejects_root = Path(rejects_dir) if rejects_dir is not None else file.parent / "rejects"
-    try:
-        result.report.rejects_file = write_parquet(
-            result.rejects, rejects_root / "feedback.parquet", schema=REJECTS_SCHEMA
-        )
-    except OSError as err:
-        logger.warning("could not write feedback rejects to %s (%s)", rejects_root, err)
+    root = file.parent.resolve()
+    folder = prepare_rejects_dir(rejects_dir, root, [file]) if rejects_dir is not None else None
+    result = validate_table(read_raw(file), FEEDBACK, root=root, refs=refs)
+    if folder is not None:
+        rows = result.report.rows_rejected
+        result.report.rejects_file = write_rejects(result.rejects, folder, "feedback", rows)
     positives = result.frame[["user_id", "item_id", "timestamp"]].reset_index(drop=True)
     user_codes, _ = pd.factorize(positives["user_id"], sort=True)
     item_code = {item: i for i, item in enumerate(catalog)}

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from icg.data.errors import ImageLoadError
+from icg.data.safety import NotRegularFileError, open_regular
 from icg.data.schemas import Reason
 
 if TYPE_CHECKING:
@@ -70,9 +71,13 @@ def sniff_format(head: bytes) -> str | None:
 def _open_file(path: Path):
     """``open(path, "rb")``, with a missing or unreadable file as an `ImageLoadError`."""
     try:
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        return open_regular(path)  # a FIFO or device is refused before it is opened
     except FileNotFoundError as err:
         raise ImageLoadError(path, Reason.MISSING_IMAGE, "image file not found") from err
+    except NotRegularFileError as err:
+        raise ImageLoadError(path, Reason.NOT_A_FILE, f"image path {err}") from err
+    except ValueError as err:  # e.g. an embedded NUL byte
+        raise ImageLoadError(path, Reason.BAD_PATH, f"invalid image path: {err}") from err
     except OSError as err:
         raise ImageLoadError(path, Reason.MISSING_IMAGE, f"image not readable: {err}") from err
 
@@ -111,16 +116,20 @@ def _open_header(fp, path: Path, max_pixels: int) -> Image.Image:
     return img
 
 
-def check_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
+def check_image(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = False
+) -> tuple[str, int, int]:
     """Cheaply check an image file without decoding its pixels.
 
     Reads the header (format allow-list, size against ``max_pixels``) and runs PIL's
     ``verify()`` (for PNG this checks every chunk's CRC, catching truncation; JPEG truncation is
-    only caught when decoding, by `load_image`).
+    only caught when decoding, by `load_image`, which ``decode=True`` also runs).
 
     Args:
         path: the image file.
         max_pixels: the largest width × height accepted.
+        decode: also decode the pixels as `load_image` does (what validation for training uses,
+            so an image that passes is one training can load).
 
     Returns:
         (format, width, height).
@@ -137,6 +146,8 @@ def check_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
             img.verify()
         except _DECODE_ERRORS as err:
             raise ImageLoadError(path, Reason.CORRUPT_IMAGE, f"corrupt {fmt} data: {err}") from err
+    if decode:  # what training will do with it: a truncated JPEG only fails here
+        load_image(path, max_pixels=max_pixels)
     return fmt, width, height
 
 
@@ -145,17 +156,19 @@ class ImageChecker:
 
     Args:
         max_pixels: the largest width × height accepted.
+        decode: decode the pixels too (default), so every image that passes loads in training.
     """
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> None:
         self.max_pixels = max_pixels
+        self.decode = decode
         self._cache: dict[str, ImageLoadError | None] = {}
 
     def __call__(self, path: str) -> ImageLoadError | None:
         """Return the problem with the image at ``path``, or None when it is fine."""
         if path not in self._cache:
             try:
-                check_image(path, max_pixels=self.max_pixels)
+                check_image(path, max_pixels=self.max_pixels, decode=self.decode)
                 self._cache[path] = None
             except ImageLoadError as err:
                 self._cache[path] = err

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from icg.data.errors import DataError
+from icg.data.safety import TRUTH_DIR, file_kind, has_undecodable, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,16 @@ def find_table_file(folder: Path, name: str) -> Path | None:
         name: the table name (file stem), e.g. "items".
     """
     found = [folder / f"{name}{suffix}" for suffix in SUFFIXES]
-    found = [p for p in found if p.is_file()]
+    found = [p for p in found if p.exists() or p.is_symlink()]
+    for p in found:  # refused before anything opens it: a FIFO would block a reader forever
+        real = Path(os.path.realpath(p))
+        if not real.is_relative_to(folder.resolve()) or real.is_relative_to(
+            folder.resolve() / TRUTH_DIR
+        ):
+            raise DataError(f"{p}: table file links out of the data folder", file=p)
+        if not p.is_file():
+            kind = file_kind(os.stat(p).st_mode) if p.exists() else "dangling symlink"
+            raise DataError(f"{p}: table file is a {kind}, expected a regular file", file=p)
     if not found:
         return None
     if len(found) > 1:
@@ -84,19 +95,25 @@ def read_raw(path: Path) -> RawTable:
             file=path,
         )
     try:
-        with open(path, "rb") as fp:
+        with open_regular(path) as fp:
             data = fp.read()
     except OSError as err:
         raise DataError(f"{path}: cannot read table file: {err}", file=path) from err
     try:
         if fmt == "parquet":
-            return _read_parquet(path, data)
-        text = data.decode("utf-8-sig")
-        return _read_csv(path, text) if fmt == "csv" else _read_jsonl(path, text)
+            table = _read_parquet(path, data)
+        elif fmt == "csv":  # undecodable bytes are kept as surrogates and rejected per row
+            table = _read_csv(path, data.decode("utf-8-sig", errors="surrogateescape"))
+        else:
+            table = _read_jsonl(path, data)
     except DataError:
         raise
-    except (pa.ArrowException, UnicodeDecodeError, csv.Error, OSError, ValueError) as err:
+    except (pa.ArrowException, csv.Error, OSError, ValueError) as err:
         raise DataError(f"{path}: unreadable {fmt} table: {err}", file=path) from err
+    duplicated = sorted({c for c in table.frame.columns if list(table.frame.columns).count(c) > 1})
+    if duplicated:
+        raise DataError(f"{path}: duplicate column(s) {duplicated}", file=path, field=duplicated[0])
+    return table
 
 
 def _read_parquet(path: Path, data: bytes) -> RawTable:
@@ -109,19 +126,34 @@ def _read_parquet(path: Path, data: bytes) -> RawTable:
 
 def _read_csv(path: Path, text: str) -> RawTable:
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as err:
+        raise DataError(f"{path}: unreadable CSV header row: {err}", file=path) from err
     if header is None:
         raise DataError(f"{path}: empty CSV file, expected a header row", file=path)
     header = [h.strip() for h in header]
+    if has_undecodable(header):
+        raise DataError(f"{path}: the CSV header row is not valid UTF-8", file=path)
     rows: list[list[str | None]] = []
     index: list[int] = []
     malformed: list[tuple[int, str, str]] = []
     n = 0
-    for record in reader:
+    while True:  # a record the csv module cannot parse is one malformed row, not the table
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            malformed.append((n, f"<line {reader.line_num}>", f"unparsable CSV record: {err}"))
+            n += 1
+            continue
         if not record or (len(record) == 1 and not record[0].strip()):
             continue  # blank line
         if len(record) != len(header):
             malformed.append((n, ",".join(record), f"{len(record)} fields, expected {len(header)}"))
+        elif has_undecodable(record):
+            malformed.append((n, ",".join(record), "not valid UTF-8 text"))
         else:
             rows.append([v if v != "" else None for v in record])
             index.append(n)
@@ -130,18 +162,27 @@ def _read_csv(path: Path, text: str) -> RawTable:
     return RawTable(path, frame, n, malformed)
 
 
-def _read_jsonl(path: Path, text: str) -> RawTable:
+def _read_jsonl(path: Path, data: bytes) -> RawTable:
     records: list[dict] = []
     index: list[int] = []
     malformed: list[tuple[int, str, str]] = []
     n = 0
-    for line in text.splitlines():
+    # split on b"\n" only: str.splitlines() would also split inside strings at U+2028, \x1c, ...
+    for k, raw in enumerate(data.split(b"\n")):
+        raw = raw.removeprefix(b"\xef\xbb\xbf") if k == 0 else raw
+        line = raw.decode("utf-8", errors="surrogateescape").rstrip("\r")
         if not line.strip():
             continue
         try:
+            if has_undecodable([line]):
+                raise ValueError("not valid UTF-8 text")
             record = json.loads(line)
         except json.JSONDecodeError as err:
             malformed.append((n, line, f"invalid JSON: {err.msg}"))
+        except (ValueError, RecursionError) as err:
+            malformed.append(
+                (n, line, str(err) if isinstance(err, ValueError) else "nested too deep")
+            )
         else:
             if isinstance(record, dict):
                 records.append(record)

@@ -31,6 +31,10 @@ class Reason(StrEnum):
     CORRUPT_IMAGE = "corrupt_image"
     IMAGE_TOO_LARGE = "image_too_large"
     DISALLOWED_FORMAT = "disallowed_format"
+    NOT_A_FILE = "not_a_file"  # a FIFO, device or folder where a file is expected
+    CONTROL_CHARACTER = "control_character"  # NUL, other C0 controls or undecodable bytes
+    TOO_LONG = "too_long"  # over a cap of `icg.data.safety.Caps`
+    EMBEDDING_MAGNITUDE = "embedding_magnitude"  # finite but extreme
 
 
 class Kind(StrEnum):

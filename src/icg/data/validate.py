@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +23,23 @@ from icg.data.report import (
     problem_message,
     rejects_frame,
 )
+from icg.data.safety import (
+    DEFAULT_CAPS,
+    TRUTH_DIR,
+    Caps,
+    embedding_problems,
+    resolve_input,
+    string_issues,
+    string_rule,
+)
 from icg.data.schemas import ColumnSpec, Kind, Reason, TableSpec
 
 logger = logging.getLogger(__name__)
 
-TRUTH_DIR = "truth"
-"""The simulator's hidden ground truth lives in ``<data>/truth``; nothing here reads it."""
+__all__ = ["TRUTH_DIR", "Refs", "Validated", "resolve_path", "validate_table"]
 
 _UNKNOWN = {"users": Reason.UNKNOWN_USER, "items": Reason.UNKNOWN_ITEM}
+_NOTHING = re.compile(r"(?!)")  # extra columns: any character, only the length is capped
 
 
 @dataclass
@@ -71,34 +80,8 @@ class _Collector:
 
 
 def resolve_path(value: str, root: Path) -> tuple[str | None, Reason | None, str]:
-    """Turn a path relative to the data folder into an absolute one, refusing escapes.
-
-    Paths that are absolute, leave the data folder or point into ``truth/`` are refused without
-    touching the file system (except following a symlink to see where it leads).
-
-    Args:
-        value: the path as written in the table.
-        root: the absolute, resolved data folder.
-
-    Returns:
-        (absolute path or None, reason or None, detail).
-    """
-    rel = Path(value)
-    if rel.is_absolute() or rel.drive:
-        return None, Reason.BAD_PATH, "absolute path, expected one relative to the data folder"
-    norm = os.path.normpath(value)
-    parts = Path(norm).parts
-    if not parts or parts[0] in (".", ".."):
-        return None, Reason.BAD_PATH, "path leaves the data folder"
-    if parts[0] == TRUTH_DIR:
-        return None, Reason.FORBIDDEN_PATH, "paths under truth/ are never read"
-    absolute = root / norm
-    inside = [absolute, *(root / Path(*parts[:k]) for k in range(1, len(parts)))]
-    if any(p.is_symlink() for p in inside):
-        real = Path(os.path.realpath(absolute))
-        if real.is_relative_to(root / TRUTH_DIR):
-            return None, Reason.FORBIDDEN_PATH, "symlink into truth/, never read"
-    return str(absolute), None, ""
+    """`icg.data.safety.resolve_input`: a data-folder path made absolute, or why it is refused."""
+    return resolve_input(value, root)
 
 
 def _check_column(
@@ -111,6 +94,7 @@ def _check_column(
     checker: ImageChecker | None,
     embedding_dim: int | None,
     file: Path,
+    caps: Caps = DEFAULT_CAPS,
 ) -> tuple[pd.Series, int | None]:
     """Parse and check one column; returns the parsed values (None where bad) and the
     embedding dimension for an embedding column."""
@@ -123,6 +107,10 @@ def _check_column(
         parsed, wrong, nonfinite = parse_embedding(present)
         issues.add(wrong, col.name, Reason.WRONG_TYPE, "expected a list of floats")
         issues.add(nonfinite, col.name, Reason.EMBEDDING_NON_FINITE, "NaN or infinite values")
+        too_long, extreme = embedding_problems(parsed, caps)
+        issues.add(too_long, col.name, Reason.TOO_LONG, f"over {caps.max_embedding_dim} entries")
+        issues.add(extreme, col.name, Reason.EMBEDDING_MAGNITUDE, _extreme_detail(caps))
+        parsed[too_long | extreme] = None
         dim = _embedding_dim(parsed, embedding_dim, file, col.name)
         lengths = parsed.map(lambda v: -1 if v is None else len(v))
         wrong_len = (lengths != dim) & (lengths >= 0)
@@ -131,6 +119,10 @@ def _check_column(
     else:
         parsed, bad = PARSERS[col.kind](present)
         issues.add(bad, col.name, Reason.WRONG_TYPE, f"expected {col.kind.value}")
+        if col.kind in (Kind.STRING, Kind.PATH):
+            for row, reason, detail in string_issues(parsed, *string_rule(col, caps)):
+                issues.add_one(row, col.name, reason, detail)
+                parsed[row] = None
     values = _place(parsed, raw.index)
     ok = values.notna()
     if col.non_negative:
@@ -154,6 +146,13 @@ def _check_column(
             where = "rejected in" if values[row] in ref.rejected else "not found in"
             issues.add_one(row, col.name, _UNKNOWN[col.references], f"{where} {ref.file.name}")
     return values, dim
+
+
+def _extreme_detail(caps: Caps) -> str:
+    return (
+        f"an entry over {caps.max_embedding_abs:g} in magnitude, or a norm over "
+        f"{caps.max_embedding_norm_ratio:g} x the median norm"
+    )
 
 
 def _place(parsed: pd.Series, index: pd.Index) -> pd.Series:
@@ -223,6 +222,7 @@ def validate_table(
     refs: dict[str, Refs] | None = None,
     checker: ImageChecker | None = None,
     embedding_dim: int | None = None,
+    caps: Caps = DEFAULT_CAPS,
 ) -> Validated:
     """Validate a raw table: every bad row is rejected with its reasons, good rows are kept.
 
@@ -233,6 +233,8 @@ def validate_table(
         refs: ids that reference columns may use, by table ("users", "items").
         checker: checks image files; None skips image checks (paths are still checked).
         embedding_dim: the expected embedding length; None takes the majority length.
+        caps: length and magnitude limits (`icg.data.safety.Caps`); a value over one rejects
+            its row.
 
     Raises:
         DataError: a required column is missing, or no row is valid.
@@ -263,9 +265,14 @@ def validate_table(
             checker=checker,
             embedding_dim=embedding_dim,
             file=file,
+            caps=caps,
         )
         dim = col_dim if col_dim is not None else dim
         out[col.name] = values
+    known = {c.name for c in spec.columns}
+    for name in (c for c in frame.columns if c not in known):  # passed through: size only
+        for row, reason, detail in string_issues(frame[name], caps.max_field_chars, _NOTHING):
+            issues.add_one(row, name, reason, detail)
     bad_rows = {i.row for i in issues.issues}
     kept = out.loc[~out.index.isin(list(bad_rows))]
     kept = _finalise_dtypes(kept, spec)
