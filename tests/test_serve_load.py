@@ -72,8 +72,15 @@ def test_a_full_queue_answers_429_with_retry_after_at_once():
     backend = FakeBackend(delay_s=5)
 
     async def test(client):
-        busy = [asyncio.create_task(cover(client, seed=k)) for k in range(3)]  # 1 runs, 2 wait
-        while backend.calls == [] or client._transport.app.state.service.batcher.queue_depth < 2:
+        batcher = client._transport.app.state.service.batcher
+        # Staged, not fired together: requests that reach the line before the idle worker takes
+        # the first one all count as waiting, so a simultaneous third would itself get the 429.
+        busy = [asyncio.create_task(cover(client, seed=0))]
+        while not backend.calls:  # seed 0 holds the pipeline until released
+            await asyncio.sleep(0.005)
+        busy += [asyncio.create_task(cover(client, seed=k)) for k in (1, 2)]
+        while batcher.queue_depth < 2:  # 1 runs, 2 wait: the line is full
+            assert not any(b.done() for b in busy), [b.result().status_code for b in busy]
             await asyncio.sleep(0.005)
         start = time.perf_counter()
         r = await cover(client, seed=99)
