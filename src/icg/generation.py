@@ -24,6 +24,7 @@ from PIL import Image, PngImagePlugin
 from rich.progress import Progress
 
 from icg.io import atomic_path
+from icg.safety import check_name, file_stems, output_path, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def segment_users(
     return km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float32)
 
 
-def _generate(
+def draw_covers(
     pipe,
     titles,
     images,
@@ -90,6 +91,8 @@ def _generate(
     strength=1.0,
     user_guidance=1.0,
 ) -> list[Image.Image]:
+    """One pipeline call: cover b from noise seed ``seeds[b]`` (its own generator, so a cover
+    does not depend on the batch it is drawn in), user embeddings ``(B, E)`` or ``None``."""
     generators = [torch.Generator(device=pipe.base.unet.device).manual_seed(s) for s in seeds]
     extra = {"strength": strength} if strength < 1.0 else {}
     return pipe(
@@ -157,6 +160,7 @@ def generate_covers(
     if candidates > 1 and scorer is None:
         raise ValueError("candidates > 1 needs a scorer to pick the best draw with")
     out = Path(out)
+    check_name(method, "method")  # a path component: never a separator or ".."
     items = data.items.set_index("item_id")
     users = data.users.set_index("user_id")
     missing = set(pairs["item_id"]) - set(items.index)
@@ -193,6 +197,8 @@ def generate_covers(
             for u, i in zip(pairs["user_id"], pairs["item_id"], strict=True)
         }
     draws = [(u, i, k) for u, i in jobs for k in range(candidates)]
+    # ids become file names only through safe names; the manifest maps ids to paths
+    stems = file_stems((u or "nouser", i, f"c{k}" if candidates > 1 else "") for u, i, k in draws)
     paths: dict[tuple[str, str, int], Path] = {}
     with Progress() as progress:
         task = progress.add_task(f"generating {method}", total=len(draws))
@@ -203,7 +209,7 @@ def generate_covers(
                 None if embs[0] is None else torch.as_tensor(np.stack(embs), dtype=torch.float32)
             )
             seeds = [pair_seed(seed, u, i, k) for u, i, k in chunk]
-            images = _generate(
+            images = draw_covers(
                 pipe,
                 [items.at[i, "title"] for _, i, _ in chunk],
                 [items.at[i, "image"] for _, i, _ in chunk],
@@ -216,9 +222,9 @@ def generate_covers(
                 user_guidance,
             )
             for (u, i, k), image, s in zip(chunk, images, seeds, strict=True):
-                suffix = f"_c{k}" if candidates > 1 else ""
-                path = out / method / f"{u or 'nouser'}_{i}{suffix}.png"
-                save_generated_png(image, path, method=method, seed=str(s), item_id=i)
+                stem = stems[(u or "nouser", i, f"c{k}" if candidates > 1 else "")]
+                path = output_path(out, method, f"{stem}.png")  # refuses symlinks, escapes
+                save_generated_png(image, path, method=method, seed=str(s), item_id=safe_name(i))
                 paths[(u, i, k)] = path
             progress.advance(task, len(chunk))
 
@@ -252,7 +258,7 @@ def generate_covers(
             }
         )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    write_manifest(manifest, out / "manifest.parquet")
+    write_manifest(manifest, output_path(out, "manifest.parquet"))
     return manifest
 
 

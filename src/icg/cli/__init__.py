@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import typer
 
+from icg.cli.errors import clean_errors
+
 # (group or "" for top level, command name, module, function)
 COMMANDS: list[tuple[str, str, str, str]] = [
     ("world", "generate", "icg.cli.world", "generate"),
@@ -28,6 +30,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("", "evaluate", "icg.cli.run", "evaluate"),
     ("", "demo", "icg.cli.run", "demo"),
     ("", "serve", "icg.cli.serve", "serve"),
+    ("", "batch", "icg.cli.batch", "batch"),
 ]
 
 GROUP_HELP = {
@@ -58,7 +61,7 @@ def build_app() -> typer.Typer:
     app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
     groups: dict[str, typer.Typer] = {}
     for group, name, module_name, attr in COMMANDS:
-        func = resolve_command(module_name, attr)
+        func = clean_errors(resolve_command(module_name, attr))
         if not group:
             app.command(name)(func)
             continue

@@ -1,0 +1,167 @@
+"""`CoverWorker`: draws whole partitions of (segment, item) units with one `ICGPipeline`.
+
+The same class runs as a Ray Data actor (``map_batches(CoverWorker, compute=ActorPoolStrategy)``)
+and, in the local engine, as a plain object in this process: one per-batch code path. Draw k of
+(segment, item) always starts from ``pair_seed(seed, segment key, item_id, k)`` with its own
+generator, so a cover depends neither on the batch it is drawn in nor on the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from icg.batch.config import Resolved
+from icg.batch.manifest import part_path, write_part
+from icg.batch.plan import cover_path, load_plan
+from icg.generation import draw_covers, pair_seed, save_generated_png
+
+logger = logging.getLogger(__name__)
+
+METHOD = "icg-batch"
+
+
+def load_candidate_reward(settings: Resolved):
+    """The reward that keeps a segment's best candidate (``None`` for one draw): the run's own
+    (`load_run_reward`) or the preference model's attractiveness logit."""
+    if settings.scorer == "run":
+        from icg.rewards.factory import load_run_reward
+
+        return load_run_reward(settings.scorer_path)
+    if settings.scorer == "preference":
+        from icg.rewards import PreferenceReward
+
+        return PreferenceReward(settings.scorer_path).eval()
+    return None
+
+
+def to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """PIL covers → ``(B, 3, H, W)`` float in [0, 1] (what rewards read)."""
+    x = np.stack([np.asarray(im.convert("RGB")) for im in images])  # (B, H, W, 3) uint8
+    return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
+
+
+class CoverWorker:
+    """Draws, scores and records partitions of a batch plan.
+
+    Args:
+        out: the batch output folder (holds ``plan/``; covers and manifest parts go there).
+        settings: a `Resolved` as a dict (what Ray ships to each actor).
+        pipe: an `ICGPipeline` to use instead of loading ``settings.adapter`` (tests, one
+            process).
+    """
+
+    def __init__(self, out: str | Path, settings: dict, pipe=None) -> None:
+        self.out = Path(out)
+        self.settings = Resolved(**settings)
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        if pipe is None:
+            from icg.pipeline import ICGPipeline
+
+            pipe = ICGPipeline.from_pretrained(self.settings.adapter)
+            pipe.base.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        self.reward = load_candidate_reward(self.settings)
+        segments, units = load_plan(self.out)
+        self.embeddings = torch.from_numpy(segments.embeddings())  # (S, E)
+        self.units = {p: frame for p, frame in units.groupby("partition", sort=False)}
+        self.images_drawn = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Ray Data entry point: run every partition in ``batch["partition"]``."""
+        stats = [self.run_partition(int(p)) for p in batch["partition"]]
+        return {
+            "partition": np.asarray([int(p) for p in batch["partition"]], dtype=np.int64),
+            "units": np.asarray([s[0] for s in stats], dtype=np.int64),
+            "images": np.asarray([s[1] for s in stats], dtype=np.int64),
+            "seconds": np.asarray([s[2] for s in stats], dtype=np.float64),
+        }
+
+    def run_partition(self, partition: int) -> tuple[int, int, float]:
+        """Draw (or read back) every candidate of the partition's units, keep each unit's best,
+        write the manifest part. Returns ``(units, images drawn, seconds)``; a finished
+        partition is skipped (0 images)."""
+        start = time.perf_counter()
+        units = self.units[partition]
+        if part_path(self.out, partition).is_file():
+            return len(units), 0, 0.0
+        k_all = range(self.settings.candidates)
+        draws = [(row, k) for row in units.itertuples(index=False) for k in k_all]
+        images: dict[tuple[int, int], Image.Image] = {}
+        todo = []
+        for row, k in draws:
+            path = self.out / cover_path(row.segment, row.item_id, k)
+            if path.is_file():  # drawn before a kill: written atomically, so whole
+                with Image.open(path) as im:
+                    images[(row.unit, k)] = im.convert("RGB")
+            else:
+                todo.append((row, k))
+        step = self.settings.batch_size
+        for chunk in (todo[i : i + step] for i in range(0, len(todo), step)):
+            seeds = [pair_seed(self.settings.seed, row.key, row.item_id, k) for row, k in chunk]
+            drawn = draw_covers(
+                self.pipe,
+                [row.title for row, _ in chunk],
+                [row.image for row, _ in chunk],
+                [row.item_id for row, _ in chunk],
+                self.embeddings[[row.segment for row, _ in chunk]],  # (B, E)
+                seeds,
+                self.settings.num_inference_steps,
+                self.settings.guidance_scale,
+                user_guidance=self.settings.user_guidance,
+            )
+            for (row, k), image, seed in zip(chunk, drawn, seeds, strict=True):
+                path = self.out / cover_path(row.segment, row.item_id, k)
+                meta = {"seed": str(seed), "item_id": str(row.item_id), "segment": row.key}
+                save_generated_png(image, path, method=METHOD, **meta)
+                images[(row.unit, k)] = image
+        self.images_drawn += len(todo)
+        scores = self._score(units, images)  # (N, K)
+        best = np.zeros(len(units), dtype=np.int64)
+        if self.reward is not None:
+            best = np.nanargmax(scores, axis=1)
+        rows = pd.DataFrame(
+            {
+                "unit": units["unit"].to_numpy(),
+                "segment": units["segment"].to_numpy(),
+                "segment_key": units["key"].to_numpy(),
+                "item_id": units["item_id"].to_numpy(),
+                "path": [
+                    cover_path(s, i, k)
+                    for s, i, k in zip(units["segment"], units["item_id"], best, strict=True)
+                ],
+                "candidate": best,
+                "seed": [
+                    pair_seed(self.settings.seed, key, i, int(k))
+                    for key, i, k in zip(units["key"], units["item_id"], best, strict=True)
+                ],
+                "score": scores[np.arange(len(units)), best],
+                "scores": list(scores),
+            }
+        )
+        write_part(self.out, partition, rows)
+        return len(units), len(todo), time.perf_counter() - start
+
+    @torch.no_grad()
+    def _score(self, units: pd.DataFrame, images: dict) -> np.ndarray:
+        """Every candidate's reward at its segment's embedding: (N, K); NaN without a reward."""
+        n, k = len(units), self.settings.candidates
+        if self.reward is None:
+            return np.full((n, k), np.nan)
+        keys = [(u, c) for u in units["unit"] for c in range(k)]
+        titles = [t for t in units["title"] for _ in range(k)]
+        segs = [s for s in units["segment"] for _ in range(k)]
+        out = []
+        for start in range(0, len(keys), 64):
+            x = to_tensor([images[key] for key in keys[start : start + 64]])  # (B, 3, H, W)
+            users = self.embeddings[segs[start : start + 64]]  # (B, E)
+            values, _ = self.reward(x, titles[start : start + 64], users)
+            out.append(values.float().numpy())
+        return np.concatenate(out).reshape(n, k)
