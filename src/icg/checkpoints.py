@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from icg.artifacts import ArtifactError, check_state, read_json_object, read_safetensors
 from icg.io import atomic_save_dir
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,22 @@ def checkpoint_name(step: int) -> str:
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Complete checkpoints in ``directory``, oldest first (temporary and foreign names ignored)."""
+    """Complete checkpoints in ``directory``, oldest first.
+
+    Temporary and foreign names are ignored, and so are symlinks and folders with the right
+    name but no trainer state (not written by `save_checkpoint`), with a warning.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if p.is_dir() and _NAME.match(p.name)]
+    found = []
+    for p in directory.iterdir():
+        if not _NAME.match(p.name):
+            continue
+        if p.is_symlink() or not p.is_dir() or not (p / STATE_FILE).is_file():
+            logger.warning("%s: not a complete checkpoint, ignored", p)
+            continue
+        found.append(p)
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
@@ -109,32 +120,49 @@ def save_checkpoint(
     return path
 
 
-def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
-    """The trainer state of a checkpoint."""
-    return json.loads((Path(checkpoint) / STATE_FILE).read_text(encoding="utf-8"))
+def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint (`icg.artifacts.ArtifactError` when unreadable)."""
+    state = read_json_object(Path(checkpoint) / STATE_FILE, "the trainer state")
+    if not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise ArtifactError(f"{Path(checkpoint) / STATE_FILE}: 'step' must be an int >= 0")
+    return state
+
+
+load_trainer_state = read_trainer_state
 
 
 def load_weights(checkpoint: str | Path, name: str, module: torch.nn.Module) -> None:
-    """Load ``<name>.safetensors`` of a checkpoint into ``module`` (strict)."""
-    module.load_state_dict(load_file(str(Path(checkpoint) / f"{name}.safetensors")))
+    """Load ``<name>.safetensors`` of a checkpoint into ``module`` (strict; key set, shapes and
+    finite values checked first)."""
+    file = Path(checkpoint) / f"{name}.safetensors"
+    tensors, _ = read_safetensors(file)
+    check_state(tensors, {k: v.shape for k, v in module.state_dict().items()}, file)
+    module.load_state_dict(tensors)
 
 
 def load_optimizer_state(
     checkpoint: str | Path, optimizer: torch.optim.Optimizer, restore_rng: bool = True
 ) -> None:
-    """Restore an optimizer (and, by default, the torch RNG) from a checkpoint."""
+    """Restore an optimizer (and, by default, the torch RNG) from a checkpoint.
+
+    Raises:
+        ArtifactError: the file is truncated, holds NaN/inf, or does not fit ``optimizer``.
+    """
     path = Path(checkpoint) / OPTIMIZER_FILE
-    with safe_open(str(path), framework="pt") as f:
-        groups = json.loads(f.metadata()["param_groups"])
-    tensors = load_file(str(path))
-    rng = tensors.pop(_RNG_KEY)
+    tensors, metadata = read_safetensors(path)
+    try:
+        groups = json.loads(metadata["param_groups"])
+        rng = tensors.pop(_RNG_KEY)
+        slots: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            _, idx, slot = key.split(".", 2)
+            slots.setdefault(int(idx), {})[slot] = value
+        state = {"state": slots, "param_groups": groups}
+        optimizer.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise ArtifactError(f"{path}: does not fit this optimizer ({err})") from err
     if restore_rng:
         torch.set_rng_state(rng)
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        _, idx, slot = key.split(".", 2)
-        slots.setdefault(int(idx), {})[slot] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": groups})
 
 
 def write_run_config(out: str | Path, config: Any) -> Path:

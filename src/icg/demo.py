@@ -149,6 +149,6 @@ def run_demo(
         strength=plan.strength, candidates=plan.candidates, seed=seed,
         user_guidance=plan.user_guidance,
     )  # fmt: skip
-    stage("evaluate", False, lambda: evaluate_run(world, run, evaluation, eval_cfg))
+    stage("evaluate", False, lambda: evaluate_run(world, run, evaluation, eval_cfg, overwrite=True))
     logger.info("demo plan %s, stage seconds %s", asdict(plan), timings)
     return evaluation / "report.html"

@@ -64,6 +64,25 @@ def safe_name(value: object) -> str:
     return f"{slug}-{digest}"
 
 
+def file_stems(keys: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+    """A distinct file stem per key: its non-empty parts through `safe_name`, joined by ``_``.
+
+    Stems that would clash (``("a_b", "c")`` and ``("a", "b_c")``, or ids that differ only in
+    case, which clash on case-insensitive file systems) get a hash of the whole key appended.
+    """
+    keys = list(dict.fromkeys(keys))
+    stems = {key: "_".join(safe_name(part) for part in key if part) for key in keys}
+    groups: dict[str, list[tuple[str, ...]]] = {}
+    for key, stem in stems.items():
+        groups.setdefault(stem.lower(), []).append(key)
+    for group in groups.values():
+        if len(group) > 1:
+            for key in group:
+                digest = hashlib.blake2b(repr(key).encode(), digest_size=6).hexdigest()
+                stems[key] = f"{stems[key][:150]}-{digest}"
+    return stems
+
+
 def check_name(value: str, what: str) -> str:
     """``value`` unchanged when it is a plain path component (see `safe_name`), else ValueError
     naming ``what`` (e.g. ``"--method"``)."""

@@ -52,22 +52,31 @@ def generate(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     method: Annotated[str, typer.Option("--method", help="Name recorded in the manifest.")] = "icg",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the contents of a non-empty --out.")
+    ] = False,
 ) -> None:
     """Generate personalized covers for (user, item) pairs with a trained ICG adapter."""
     from icg.data import load_dataset
-    from icg.evaluation.pairs import choose_pairs, read_pairs
+    from icg.evaluation.pairs import check_pairs, choose_pairs, read_pairs
     from icg.generation import generate_covers, generation_scorer
     from icg.models.paths import resolve_adapter_dir
     from icg.pipeline import ICGPipeline
+    from icg.safety import check_name, prepare_output
 
-    dataset = load_dataset(data, rejects_dir=out / "rejects")
-    if pairs is not None:
-        try:
-            frame = read_pairs(pairs)
-        except ValueError as err:
-            raise typer.BadParameter(str(err)) from err
-    else:
-        frame = choose_pairs(dataset, n_users=users, n_items=items, seed=seed)
+    try:  # everything the user named is checked before any model loads
+        check_name(method, "--method")
+        frame = read_pairs(pairs) if pairs is not None else None
+        prepare_output(
+            out, kind="generate", overwrite=overwrite, inputs=[data],
+            replace=["manifest.parquet"],
+        )  # fmt: skip
+        dataset = load_dataset(data, rejects_dir=out / "rejects")
+        if frame is None:
+            frame = choose_pairs(dataset, n_users=users, n_items=items, seed=seed)
+        check_pairs(frame, dataset)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
     try:
         scorer = generation_scorer(adapter, dataset, preference=preference, candidates=candidates)
     except FileNotFoundError as err:
@@ -119,6 +128,9 @@ def evaluate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the contents of a non-empty --out.")
+    ] = False,
 ) -> None:
     """Score every method's covers on the same pairs: metrics.json and report.html.
 
@@ -140,7 +152,7 @@ def evaluate(
         typer.echo(cfg.model_dump_json(indent=2))
         return
     try:
-        metrics = evaluate_run(data, run, out, cfg)
+        metrics = evaluate_run(data, run, out, cfg, overwrite=overwrite)
     except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from err
     print_metrics(metrics)

@@ -59,6 +59,9 @@ def align(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the previous run in --out.")
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
     ] = False,
@@ -88,7 +91,7 @@ def align(
     if dry_run:
         typer.echo(cfg.model_dump_json(indent=2))
         return
-    result = run_align(cfg, resume=resume)
+    result = run_align(cfg, resume=resume, overwrite=overwrite)
     typer.echo(
         f"adapter: {result.adapter_dir} ({result.steps} steps, last loss {result.losses[-1]:.5f})"
     )
@@ -115,6 +118,9 @@ def preference(
             "--compare-naive", help="Also fit a naive model and report both (truth only)."
         ),
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the previous model in --out.")
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
     ] = False,
@@ -135,7 +141,7 @@ def preference(
     if dry_run:
         typer.echo(cfg.model_dump_json(indent=2))
         return
-    result = train_preference(data, out, cfg)
+    result = train_preference(data, out, cfg, overwrite=overwrite)
     m = result.metrics
     typer.echo(
         f"preference model: {out} ({m['train_events']} train / {m['val_events']} val events)"
@@ -189,6 +195,9 @@ def reward(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the previous run in --out.")
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
     ] = False,
@@ -213,7 +222,7 @@ def reward(
         return
     # monitoring only: the truth probe exists only for a CoverWorld and never reaches the loss
     callbacks = [TruthProbe(data)] if has_truth(data) else []
-    result = run_reward(cfg, resume=resume, callbacks=callbacks)
+    result = run_reward(cfg, resume=resume, callbacks=callbacks, overwrite=overwrite)
     last = result.rewards[-1] if result.rewards else float("nan")
     typer.echo(f"adapter: {result.adapter_dir} ({result.steps} steps, last reward {last:.4f})")
     typer.echo(f"curves: {cfg.out / 'curves.jsonl'}")

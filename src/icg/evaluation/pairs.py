@@ -44,9 +44,40 @@ def choose_pairs(data, n_users: int, n_items: int, seed: int = 0, n_cold: int = 
 
 
 def read_pairs(path: str | Path) -> pd.DataFrame:
-    """Pairs from a parquet file with ``user_id`` and ``item_id`` columns (ids as strings)."""
-    frame = pd.read_parquet(path)
+    """Pairs from a parquet file with ``user_id`` and ``item_id`` columns (ids as strings).
+
+    Raises:
+        ValueError: naming the file: not a regular file, not parquet, or a missing column.
+    """
+    import io
+
+    import pyarrow as pa
+
+    from icg.data.safety import open_regular
+
+    try:
+        with open_regular(path) as fp:  # a FIFO or device is refused before it is opened
+            frame = pd.read_parquet(io.BytesIO(fp.read()))
+    except (OSError, pa.ArrowException) as err:
+        raise ValueError(f"{path}: cannot read pairs ({err}); expected a parquet file") from err
     missing = set(PAIR_COLUMNS) - set(frame.columns)
     if missing:
         raise ValueError(f"{path}: missing columns {sorted(missing)}; expected {PAIR_COLUMNS}")
     return frame[PAIR_COLUMNS].astype(str)
+
+
+def check_pairs(pairs: pd.DataFrame, data, *, users: bool = True) -> pd.DataFrame:
+    """``pairs`` unchanged when every item (and, with ``users``, every user) is a kept row of
+    ``data``; else ValueError naming the unknown ids, before any model is loaded."""
+    for column, table, needed in (("item_id", data.items, True), ("user_id", data.users, users)):
+        if not needed:
+            continue
+        known = set(table[column]) if table is not None else set()
+        unknown = sorted(set(pairs[column]) - known)
+        if unknown:
+            shown = ", ".join(repr(v[:40]) for v in unknown[:3])
+            raise ValueError(
+                f"pairs: {len(unknown)} unknown {column}(s) ({shown}{', ...' if len(unknown) > 3 else ''}); "
+                "ids must be kept rows of the data folder (see icg data validate)"
+            )
+    return pairs

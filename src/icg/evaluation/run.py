@@ -40,12 +40,13 @@ from icg.evaluation.methods import (
     swap_draw,
 )
 from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
-from icg.evaluation.pairs import choose_pairs
+from icg.evaluation.pairs import check_pairs, choose_pairs
 from icg.evaluation.personal import SwapControl
 from icg.evaluation.recsys import RecModel
 from icg.evaluation.report import write_report
 from icg.generation import Scorer
 from icg.io import atomic_write_json
+from icg.safety import prepare_output
 
 logger = logging.getLogger(__name__)
 
@@ -278,6 +279,7 @@ def evaluate_run(
     config: EvalConfig | None = None,
     *,
     pairs: pd.DataFrame | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Score every method of a run folder on the same (user, item) pairs (`icg evaluate`).
 
@@ -287,6 +289,8 @@ def evaluate_run(
         out: evaluation folder: ``metrics.json``, ``report.html``, ``covers/<method>/*.png``.
         config: sampling and scoring (`EvalConfig`; default: its defaults).
         pairs: user_id, item_id rows (default: `choose_pairs` with the config's sizes).
+        overwrite: replace a previous evaluation in ``out`` (`icg.safety.prepare_output`);
+            without it a non-empty ``out`` is refused before anything loads.
     """
     from icg.data import load_dataset
     from icg.models.icg_model import ICGModel
@@ -294,7 +298,10 @@ def evaluate_run(
 
     cfg = config or EvalConfig()
     data_dir, run, out = Path(data_dir), Path(run), Path(out)
+    prepare_output(out, kind="evaluate", overwrite=overwrite, inputs=[data_dir])
     data = load_dataset(data_dir, rejects_dir=out / "rejects")
+    if pairs is not None:
+        check_pairs(pairs, data)
     truth = load_truth(data_dir)
     wanted, adapters = select_methods(
         run, cfg.methods, truth=truth is not None, base=cfg.base,

@@ -17,6 +17,7 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
+from icg.artifacts import CheckedLoadMixin
 from icg.models.attention import ICGAttnProcessor, ICGAttnWeights, PassthroughProcessor
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def cross_attention_layers(unet: nn.Module) -> dict[str, int]:
     return layers
 
 
-class CoverAdapter(ModelMixin, ConfigMixin):
+class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
     """Connector ``(B, K, D) → (B, K', token_dim)`` plus one ``ICGAttnWeights`` per cross-attn layer.
 
     Build it for a UNet with :meth:`from_unet`; inject with :meth:`install` and undo with

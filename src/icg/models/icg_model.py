@@ -15,11 +15,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from icg.artifacts import ArtifactError, check_module_folder, read_json_object
 from icg.models.adapter import CoverAdapter
 from icg.models.meta_tokens import MetaTokenEncoder
 from icg.models.user_refiner import UserRefiner
 
+PART_CLASSES = {"meta_tokens": MetaTokenEncoder, "adapter": CoverAdapter, "refiner": UserRefiner}
+
 ICG_CONFIG_NAME = "icg_config.json"
+REQUIRED_PARTS = ("meta_tokens", "adapter")
+PARTS = (*REQUIRED_PARTS, "refiner")
 FORMAT = "icg-adapter"
 FORMAT_VERSION = 1
 
@@ -132,12 +137,18 @@ class ICGModel(nn.Module):
             raise FileNotFoundError(
                 f"{directory}: not an ICG adapter directory (no {ICG_CONFIG_NAME})"
             )
-        config = json.loads(file.read_text())
+        config = read_json_object(file, "the ICG adapter config")
         if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
-            raise ValueError(
+            raise ArtifactError(
                 f"{file}: expected format {FORMAT!r} version {FORMAT_VERSION}, "
                 f"got {config.get('format')!r} version {config.get('version')}"
             )
+        parts = config.get("parts", [])
+        if not isinstance(parts, list) or not set(REQUIRED_PARTS) <= set(parts) <= set(PARTS):
+            raise ArtifactError(f"{file}: 'parts' must list {REQUIRED_PARTS} (+ 'refiner')")
+        for key in ("base_model", "mllm"):
+            if config.get(key) is not None and not isinstance(config[key], str):
+                raise ArtifactError(f"{file}: {key!r} must be a string, got {config[key]!r}")
         return config
 
     @classmethod
@@ -161,6 +172,8 @@ class ICGModel(nn.Module):
 
         directory = Path(directory)
         config = cls.read_config(directory)
+        for part in config["parts"]:  # every part checked before the MLLM is loaded
+            check_module_folder(PART_CLASSES[part], directory / part)
         if mllm is None or isinstance(mllm, str):
             name = mllm or config["mllm"]
             if name is None:
@@ -170,6 +183,6 @@ class ICGModel(nn.Module):
         encoder = MetaTokenEncoder.load(directory / "meta_tokens", mllm=mllm, processor=processor)
         adapter = CoverAdapter.from_pretrained(directory / "adapter")
         refiner = None
-        if (directory / "refiner").is_dir():
+        if "refiner" in config["parts"]:  # recorded: a missing folder is an error, not "no user"
             refiner = UserRefiner.from_pretrained(directory / "refiner")
         return cls(encoder, adapter, refiner)

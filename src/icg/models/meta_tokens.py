@@ -16,8 +16,10 @@ import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from icg.artifacts import CheckedLoadMixin, read_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def relayout_with_meta(
     return ids, mask, meta_mask, types
 
 
-class MetaTokenEncoder(ModelMixin, ConfigMixin):
+class MetaTokenEncoder(CheckedLoadMixin, ModelMixin, ConfigMixin):
     """K learnable meta tokens read through a frozen image-text-to-text MLLM.
 
     Works with any transformers image-text-to-text model whose processor has a chat template
@@ -166,7 +168,8 @@ class MetaTokenEncoder(ModelMixin, ConfigMixin):
         if encoder.config.lora_rank > 0 and lora_file.is_file():
             from peft import set_peft_model_state_dict
 
-            set_peft_model_state_dict(encoder.mllm, load_file(lora_file))
+            tensors, _ = read_safetensors(lora_file)  # ArtifactError: truncated, NaN
+            set_peft_model_state_dict(encoder.mllm, tensors)
         return encoder
 
     def lora_parameters(self) -> list[nn.Parameter]:

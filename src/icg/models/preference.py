@@ -26,6 +26,8 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
+from icg.artifacts import CheckedLoadMixin
+
 DEBIAS_MODES = ("pbm", "ips", "none")
 
 
@@ -64,7 +66,7 @@ def ips_loss(
     return -(w * F.logsigmoid(attractiveness_logit) + (1 - w) * F.logsigmoid(-attractiveness_logit))
 
 
-class PreferenceModel(ModelMixin, ConfigMixin):
+class PreferenceModel(CheckedLoadMixin, ModelMixin, ConfigMixin):
     """Click model ``exam(position) × sigmoid(attractiveness(user, cover, item))``.
 
     Args:

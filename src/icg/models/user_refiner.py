@@ -16,8 +16,10 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
+from icg.artifacts import CheckedLoadMixin
 
-class UserRefiner(ModelMixin, ConfigMixin):
+
+class UserRefiner(CheckedLoadMixin, ModelMixin, ConfigMixin):
     """FiLM refinement of item features by the platform's user embedding.
 
     Args:

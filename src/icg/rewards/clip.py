@@ -250,13 +250,19 @@ def embed_files(
     fingerprint = towers.fingerprint()
     known: dict[str, torch.Tensor] = {}
     if cache_file is not None and Path(cache_file).is_file():
-        with safe_open(str(cache_file), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("fingerprint") == fingerprint:
-            table = load_file(str(cache_file))["embeddings"]
-            known = dict(zip(json.loads(meta["keys"]), table, strict=True))
-        else:
-            logger.info("%s: computed with another CLIP, recomputing", cache_file)
+        try:  # a cache is never trusted: anything unreadable is recomputed
+            with safe_open(str(cache_file), framework="pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("fingerprint") == fingerprint:
+                table = load_file(str(cache_file))["embeddings"]
+                if not bool(torch.isfinite(table).all()):
+                    raise ValueError("NaN or infinite embeddings")
+                known = dict(zip(json.loads(meta["keys"]), table, strict=True))
+            else:
+                logger.info("%s: computed with another CLIP, recomputing", cache_file)
+        except Exception as err:  # noqa: BLE001 - SafetensorError, KeyError, JSON, lengths
+            logger.warning("%s: unreadable cache (%s), recomputing", cache_file, err)
+            known = {}
     todo = list(dict.fromkeys(k for k in keys if k not in known))
     if todo:
         logger.info("embedding %d covers with CLIP (%d cached)", len(todo), len(keys) - len(todo))

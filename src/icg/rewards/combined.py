@@ -171,6 +171,10 @@ class MultiReward(nn.Module):
             save_file({k: v.contiguous() for k, v in self.stats_state().items()}, str(tmp))
 
     def load_stats(self, path: str | Path) -> None:
-        from safetensors.torch import load_file
+        """Restore statistics saved by :meth:`save_stats`; `icg.artifacts.ArtifactError` names
+        the file when it is truncated, holds NaN/inf, or lacks one of this reward's entries."""
+        from icg.artifacts import check_state, read_safetensors
 
-        self.load_stats_state(load_file(str(path)))
+        tensors, _ = read_safetensors(path)
+        check_state(tensors, {k: v.shape for k, v in self.stats_state().items()}, path)
+        self.load_stats_state(tensors)

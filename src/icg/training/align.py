@@ -35,6 +35,7 @@ from icg.checkpoints import (
 )
 from icg.config import DEFAULT_BASE, DEFAULT_MLLM
 from icg.io import atomic_save_dir
+from icg.runs import start_run
 from icg.training.align_data import prepare_align_data
 from icg.training.click_weights import check_preference_source
 from icg.training.common import (
@@ -330,9 +331,11 @@ class AlignRecipe:
 
 
 def run_align(
-    config: AlignConfig, resume: bool = False, base=None, mllm=None, processor=None
-) -> AlignResult:
+    config: AlignConfig, resume: bool = False, base=None, mllm=None, processor=None,
+    overwrite: bool = False,
+) -> AlignResult:  # fmt: skip
     """Stage A end to end: ``setup → train → save → cleanup``."""
+    start_run(config.out, config, kind="align", resume=resume, overwrite=overwrite)
     recipe = AlignRecipe(config, base=base, mllm=mllm, processor=processor)
     try:
         recipe.setup(resume=resume)

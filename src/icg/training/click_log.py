@@ -117,7 +117,7 @@ def load_preference_data(
     data_dir = Path(data_dir)
     source = detect_source(data_dir) if cfg.source == "auto" else cfg.source
     require = ("items", "users", "impressions") if source == "impressions" else ("items",)
-    data = load_dataset(data_dir, require=require, check_images=False)
+    data = load_dataset(data_dir, require=require)  # the same validation as icg data validate
     items = data.items
     item_ids = items["item_id"].astype(str).tolist()
     user_ids: list[str] = (

@@ -19,12 +19,18 @@ CURVES_FILE = "curves.jsonl"
 
 
 def append_curve(path: str | Path, row: dict[str, Any]) -> None:
-    """Append one row as a single complete line."""
+    """Append one row as a single complete line (after a newline when an interrupted run left
+    a torn last line, so the torn line never swallows the new row)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(row) + "\n"
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line)
+    with path.open("ab") as f:
+        if f.tell() > 0:
+            with path.open("rb") as r:
+                r.seek(-1, 2)
+                if r.read(1) != b"\n":
+                    line = "\n" + line
+        f.write(line.encode("utf-8"))
 
 
 def read_curves(path: str | Path) -> list[dict[str, Any]]:
@@ -33,15 +39,16 @@ def read_curves(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    lines = path.read_bytes().split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             logger.warning("%s:%d: skipped a torn or malformed line", path, number)
             continue
-        if isinstance(row, dict) and "step" in row:
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
             rows.append(row)
         else:
             logger.warning("%s:%d: skipped a row without a step", path, number)

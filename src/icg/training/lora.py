@@ -41,9 +41,11 @@ def save_unet_lora(unet: torch.nn.Module, path: str | Path) -> None:
 def load_unet_lora(unet: torch.nn.Module, path: str | Path) -> None:
     """Load LoRA weights written by `save_unet_lora` into a UNet that `add_unet_lora` prepared."""
     from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    set_peft_model_state_dict(unet, load_file(str(path)))
+    from icg.artifacts import read_safetensors
+
+    tensors, _ = read_safetensors(path)  # ArtifactError: missing, truncated, NaN/inf
+    set_peft_model_state_dict(unet, tensors)
 
 
 def remove_unet_lora(unet: torch.nn.Module) -> None:

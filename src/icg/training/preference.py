@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from icg.config import DEFAULT_CLIP
 from icg.io import atomic_write_json, atomic_write_yaml
 from icg.models.preference import PreferenceModel, ips_loss, pbm_log_likelihood
+from icg.runs import start_run
 from icg.training.click_log import ClickLog, PreferenceData, load_preference_data, time_split
 
 logger = logging.getLogger(__name__)
@@ -357,13 +358,17 @@ def train_preference(
     out: str | Path,
     cfg: PreferenceConfig | None = None,
     towers=None,
+    overwrite: bool = False,
 ) -> FitResult:
     """setup → train → save: fit the preference model on a data folder and save it to ``out``.
 
-    The cover-embedding cache lives in ``<out>/cache/``.
+    The cover-embedding cache lives in ``<out>/cache/``. A folder holding another run is
+    refused unless ``overwrite`` (`icg.runs.start_run`).
     """
     cfg = cfg or PreferenceConfig()
     out = Path(out)
+    start_run(out, cfg, kind="preference", overwrite=overwrite, data=data_dir,
+              inputs={"data": data_dir})  # fmt: skip
     data = load_preference_data(data_dir, cfg, towers=towers, cache_file=out / CACHE_FILE)
     clip_name = cfg.clip if towers is None else (towers.name_or_path or cfg.clip)
     result = fit_preference(data, cfg, clip_name=clip_name)

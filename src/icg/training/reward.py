@@ -35,6 +35,7 @@ from icg.checkpoints import (
 from icg.io import atomic_save_dir
 from icg.models.paths import resolve_adapter_dir
 from icg.rewards.factory import STATS_FILE, RewardSources, build_rewards
+from icg.runs import start_run
 from icg.training.common import (
     average_gradients,
     check_finite_grad_norm,
@@ -328,11 +329,15 @@ def run_reward(
     config: RewardConfig,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
+    overwrite: bool = False,
     **parts: Any,
 ) -> RewardResult:
-    """Stage B end to end: ``setup → train → save → cleanup``, with the configured trainer."""
+    """Stage B end to end: ``setup → train → save → cleanup``, with the configured trainer.
+    The run folder is checked first (`icg.runs.start_run`: ``--resume`` continues only the
+    same config, a fresh run into a used folder needs ``overwrite``)."""
     from icg.training.ranked import RankedRecipe  # it subclasses RewardRecipe
 
+    start_run(config.out, config, kind="reward", resume=resume, overwrite=overwrite)
     recipe_class = RankedRecipe if config.trainer == "ranked" else RewardRecipe
     recipe = recipe_class(config, callbacks=callbacks, **parts)
     try:
