@@ -142,6 +142,11 @@ def test_cli_serve_dry_run_and_the_loopback_rule(tmp_path, monkeypatch):
     assert '"max_batch": 4' in ok.output and '"host": "127.0.0.1"' in ok.output
     public = runner.invoke(build_app(), [*args, "--host", "0.0.0.0"])
     assert public.exit_code != 0 and "loopback" in public.output
+    public_ray = runner.invoke(build_app(), [*args, "--ray", "--host", "0.0.0.0"])
+    assert public_ray.exit_code != 0 and "loopback" in public_ray.output
+    assert runner.invoke(build_app(), [*args, "--ray", "--replicas", "2"]).exit_code == 0
+    lone = runner.invoke(build_app(), [*args, "--replicas", "2"])
+    assert lone.exit_code != 0 and "--ray" in lone.output
     monkeypatch.setenv("ICG_API_KEY", "k")
     keyed = runner.invoke(build_app(), [*args, "--host", "0.0.0.0"])
     assert keyed.exit_code == 0 and '"api_key": "**********"' in keyed.output

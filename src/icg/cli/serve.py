@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from icg.serve import ServeConfig
 
 
 def serve(
@@ -37,6 +40,12 @@ def serve(
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML file with ServeConfig fields.")
     ] = None,
+    use_ray: Annotated[
+        bool, typer.Option("--ray", help="Serve as a Ray Serve deployment (icg[ray]).")
+    ] = False,
+    replicas: Annotated[
+        int, typer.Option("--replicas", min=1, help="With --ray: replicas, one pipeline each.")
+    ] = 1,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
     ] = False,
@@ -55,10 +64,26 @@ def serve(
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:  # pydantic's ValidationError is a ValueError
         raise typer.BadParameter(str(err)) from err
+    if replicas != 1 and not use_ray:
+        raise typer.BadParameter(f"--replicas {replicas}: expected --ray as well")
     if dry_run:
         typer.echo(cfg.model_dump_json(indent=2))
         return
     try:
-        run_server(cfg)
+        if use_ray:
+            _run_on_ray(cfg, replicas)
+        else:
+            run_server(cfg)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
+
+
+def _run_on_ray(cfg: ServeConfig, replicas: int) -> None:
+    """`icg.serve.ray_app.run_ray_server`, with a message where the ray extra is missing."""
+    try:
+        from icg.serve.ray_app import run_ray_server as run
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("ray"):
+            raise
+        raise typer.BadParameter("--ray needs Ray Serve: pip install 'icg[ray]'") from err
+    run(cfg, replicas)

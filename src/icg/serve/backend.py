@@ -28,7 +28,8 @@ class CoverBackend(Protocol):
     """What the app needs from a generator.
 
     ``load`` runs once in a thread after the server starts (``/readyz`` answers 503 until it
-    returns); ``generate`` runs in the batcher's worker thread, one call at a time, with jobs
+    returns), unless ``catalog`` is set already (loaded before, as a Ray Serve replica does);
+    ``generate`` runs in the batcher's worker thread, one call at a time, with jobs
     that share their `Settings`.
     """
 

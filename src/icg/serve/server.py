@@ -28,6 +28,16 @@ def pipeline_backend(config: ServeConfig) -> PipelineBackend:
     return PipelineBackend(config.run, config.data, config.feature_cache_size)
 
 
+def check_bind(config: ServeConfig) -> None:
+    """The loopback rule, checked again where a server starts, whatever built the config.
+
+    Raises:
+        ValueError: a non-loopback host without an API key.
+    """
+    if not is_loopback(config.host) and config.api_key is None:
+        raise ValueError(f"host={config.host!r}: refusing to listen beyond loopback without a key")
+
+
 def uvicorn_server(
     config: ServeConfig, backend: CoverBackend | None = None, log_level: str = "info"
 ) -> uvicorn.Server:
@@ -35,11 +45,9 @@ def uvicorn_server(
     (up to ``shutdown_grace_s``), then stop.
 
     Raises:
-        ValueError: a non-loopback host without an API key (checked again here, whatever built
-            the config).
+        ValueError: a non-loopback host without an API key (see `check_bind`).
     """
-    if not is_loopback(config.host) and config.api_key is None:
-        raise ValueError(f"host={config.host!r}: refusing to listen beyond loopback without a key")
+    check_bind(config)
     app = create_app(config, backend if backend is not None else pipeline_backend(config))
     return uvicorn.Server(
         uvicorn.Config(

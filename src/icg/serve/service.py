@@ -90,8 +90,12 @@ class CoverService:
         return {**self.backend.cache_counts(), "results": (self.results.hits, self.results.misses)}
 
     async def start(self) -> None:
-        """Start the batcher and load the backend in the background."""
+        """Start the batcher and load the backend in the background; ready at once when the
+        backend is loaded already (a Ray Serve replica loads it before it takes requests)."""
         self.batcher.start()
+        if self.backend.catalog is not None:
+            self.ready = True
+            return
         self._loading = asyncio.get_running_loop().create_task(self._load())
 
     async def _load(self) -> None:
