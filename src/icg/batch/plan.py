@@ -115,6 +115,18 @@ def nearest_segments(
     return np.argsort(d, axis=1, kind="stable")[:, :m]
 
 
+def user_choices(segments: Segments, users: pd.DataFrame, m: int | None) -> dict[str, np.ndarray]:
+    """user_id → the segments whose covers the user may get: their own, then the nearest
+    others, ``m`` in all (``None``: every segment). ``users`` holds user_id and embedding."""
+    own = segments.users.set_index("user_id")["segment"]
+    if m == 1:
+        return {u: np.array([s]) for u, s in own.items()}
+    emb = users.set_index("user_id").loc[own.index, "embedding"]
+    emb = np.stack(emb.to_numpy()).astype(np.float32)  # (U, E)
+    near = nearest_segments(emb, segments.embeddings(), own.to_numpy(), m)
+    return dict(zip(own.index, near, strict=True))
+
+
 def work_units(
     pairs: Iterable[tuple[str, str]], choices: dict[str, Iterable[int]]
 ) -> list[tuple[int, str]]:

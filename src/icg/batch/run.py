@@ -32,10 +32,10 @@ from icg.batch.manifest import finished_partitions, read_manifest
 from icg.batch.plan import (
     PLAN_DIR,
     load_plan,
-    nearest_segments,
     save_plan,
     segment,
     unit_table,
+    user_choices,
     work_units,
 )
 from icg.batch.tables import read_catalog
@@ -54,7 +54,8 @@ class BatchResult:
         units: (segment, item) units in the plan.
         partitions: partitions in the plan; ``skipped`` of them were finished before this call.
         images: covers drawn by this call.
-        seconds: wall time of the drawing.
+        seconds: wall time of the drawing (with Ray start-up and model loading).
+        busy_seconds: the workers' time inside partitions, summed over workers.
         manifest: one row per unit (`icg.batch.manifest.MANIFEST_SCHEMA` + partition).
         assignments: one row per (user, item) (`icg.batch.assign.ASSIGNMENT_COLUMNS`).
     """
@@ -66,6 +67,7 @@ class BatchResult:
     skipped: int
     images: int
     seconds: float
+    busy_seconds: float
     manifest: pd.DataFrame
     assignments: pd.DataFrame
 
@@ -97,7 +99,7 @@ def plan_batch(config: BatchConfig, pick: bool) -> None:
     items, users = read_catalog(config.data, config.out / "rejects")
     segments = segment(users, config.segment_by, config.segments, config.seed)
     pairs = _pairs(config, items, segments.users)
-    choices = _choices(config, segments, users, pick)
+    choices = user_choices(segments, users, config.pick_segments if pick else 1)
     units = work_units(zip(pairs["user_id"], pairs["item_id"], strict=True), choices)
     frame = unit_table(units, segments.table, items, config.partition_size, config.seed)
     save_plan(config.out, segments, frame)
@@ -125,21 +127,6 @@ def _pairs(config: BatchConfig, items: pd.DataFrame, users: pd.DataFrame) -> pd.
             "item_id": np.tile(items["item_id"].astype(str).to_numpy(), len(users)),
         }
     )
-
-
-def _choices(config: BatchConfig, segments, users: pd.DataFrame, pick: bool) -> dict:
-    """user_id → the segments whose covers the user may get."""
-    own = segments.users.set_index("user_id")["segment"]
-    if not pick:
-        return {u: np.array([s]) for u, s in own.items()}
-    emb = users.set_index("user_id").loc[own.index, "embedding"]
-    near = nearest_segments(
-        np.stack(emb.to_numpy()).astype(np.float32),
-        segments.embeddings(),
-        own.to_numpy(),
-        config.pick_segments,
-    )
-    return dict(zip(own.index, near, strict=True))
 
 
 def run_batch(config: BatchConfig, pipe=None) -> BatchResult:
@@ -180,8 +167,11 @@ def run_batch(config: BatchConfig, pipe=None) -> BatchResult:
         task = progress.add_task("(segment, item) covers", total=len(units))
         progress.advance(task, int(units["partition"].isin(done).sum()))
 
+        busy = [0.0]
+
         def on_done(n_units: int, images: int, seconds: float) -> None:
             progress.advance(task, n_units)
+            busy[0] += seconds
 
         kwargs = settings.model_dump()
         if config.engine == "local":
@@ -204,13 +194,14 @@ def run_batch(config: BatchConfig, pipe=None) -> BatchResult:
             "candidates": settings.candidates,
             "images_drawn_this_call": images,
             "seconds_this_call": seconds,
+            "busy_seconds_this_call": busy[0],
             "assignments": len(assignments),
             "pick": "preference" if preference is not None else "segment",
         },
     )
     return BatchResult(
         out, len(segments.table), len(units), len(partitions), len(partitions) - len(todo),
-        images, seconds, manifest, assignments,
+        images, seconds, busy[0], manifest, assignments,
     )  # fmt: skip
 
 
@@ -234,7 +225,7 @@ def assign(config, out, segments, manifest, candidates, preference) -> pd.DataFr
         _, users = read_catalog(config.data, out / "rejects", check_images=False)
         users = users.set_index("user_id").loc[own.index].reset_index()
         users["segment"] = own.to_numpy()
-        choices = _choices(config, segments, users, pick=True)
+        choices = user_choices(segments, users, config.pick_segments)
         picker = PreferencePicker(preference, out)
         frame = preference_picks(pairs, users, choices, manifest, candidates, picker)
     write_assignments(frame, out / "assignments.parquet")
