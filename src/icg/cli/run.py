@@ -58,23 +58,25 @@ def generate(
 ) -> None:
     """Generate personalized covers for (user, item) pairs with a trained ICG adapter."""
     from icg.data import load_dataset
+    from icg.data.rejects import save_rejects
     from icg.evaluation.pairs import check_pairs, choose_pairs, read_pairs
     from icg.generation import generate_covers, generation_scorer
     from icg.models.paths import resolve_adapter_dir
     from icg.pipeline import ICGPipeline
     from icg.safety import check_name, prepare_output
 
-    try:  # everything the user named is checked before any model loads
+    try:  # everything the user named is checked before anything is written or loaded
         check_name(method, "--method")
         frame = read_pairs(pairs) if pairs is not None else None
+        dataset = load_dataset(data)
+        if frame is None:
+            frame = choose_pairs(dataset, n_users=users, n_items=items, seed=seed)
+        check_pairs(frame, dataset)
         prepare_output(
             out, kind="generate", overwrite=overwrite, inputs=[data],
             replace=["manifest.parquet"],
         )  # fmt: skip
-        dataset = load_dataset(data, rejects_dir=out / "rejects")
-        if frame is None:
-            frame = choose_pairs(dataset, n_users=users, n_items=items, seed=seed)
-        check_pairs(frame, dataset)
+        save_rejects(dataset, out / "rejects")
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     try:

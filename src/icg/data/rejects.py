@@ -87,3 +87,17 @@ def write_rejects(rejects: pd.DataFrame, folder: Path, table: str, rows: int) ->
             rows,
         )
         return None
+
+
+def save_rejects(data, rejects_dir: str | Path) -> dict[str, Path | None]:
+    """Write the rejects a `load_dataset` call kept in memory (``data.rejects``) to a dedicated
+    folder, once the caller knows it will go on (e.g. after its output folder was prepared)."""
+    inputs = [t.file for t in data.report.tables.values()]
+    folder = prepare_rejects_dir(rejects_dir, data.root, inputs)
+    written = {}
+    for name, rejects in data.rejects.items():
+        table = data.report.tables[name]
+        written[name] = table.rejects_file = write_rejects(
+            rejects, folder, name, table.rows_rejected
+        )
+    return written

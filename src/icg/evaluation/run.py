@@ -293,15 +293,17 @@ def evaluate_run(
             without it a non-empty ``out`` is refused before anything loads.
     """
     from icg.data import load_dataset
+    from icg.data.rejects import save_rejects
     from icg.models.icg_model import ICGModel
     from icg.rewards import ClipTowers
 
     cfg = config or EvalConfig()
     data_dir, run, out = Path(data_dir), Path(run), Path(out)
-    prepare_output(out, kind="evaluate", overwrite=overwrite, inputs=[data_dir])
-    data = load_dataset(data_dir, rejects_dir=out / "rejects")
+    data = load_dataset(data_dir)
     if pairs is not None:
         check_pairs(pairs, data)
+    prepare_output(out, kind="evaluate", overwrite=overwrite, inputs=[data_dir])
+    save_rejects(data, out / "rejects")
     truth = load_truth(data_dir)
     wanted, adapters = select_methods(
         run, cfg.methods, truth=truth is not None, base=cfg.base,
