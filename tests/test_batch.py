@@ -19,7 +19,13 @@ from typer.testing import CliRunner
 from icg.batch import BatchConfig, run_batch
 from icg.batch.assign import PreferencePicker
 from icg.batch.manifest import MANIFEST_SCHEMA, read_manifest
-from icg.batch.plan import cover_path, nearest_segments, unit_table, work_units
+from icg.batch.plan import (
+    auto_partition_size,
+    cover_path,
+    nearest_segments,
+    unit_table,
+    work_units,
+)
 from icg.batch.worker import CoverWorker
 from icg.generation import is_marked_generated, pair_seed
 from icg.models.preference import PreferenceModel
@@ -98,6 +104,7 @@ def test_unit_table_partitions_and_seeds():
     items = pd.DataFrame({"item_id": ["i0", "i1"], "title": ["A", "B"], "image": ["a", "b"]})
     units = unit_table([(0, "i0"), (1, "i0"), (0, "i1")], segments, items, 2, seed=7)
     assert units["partition"].tolist() == [0, 0, 1]
+    assert [auto_partition_size(n) for n in (10, 6_400, 10**8)] == [8, 100, 1024]
     assert units["seed"].tolist() == [
         pair_seed(7, "segment-0", "i0"), pair_seed(7, "segment-1", "i0"),
         pair_seed(7, "segment-0", "i1"),
@@ -216,8 +223,8 @@ def test_resume_after_a_kill_leaves_no_duplicate_and_no_missing_cover(setup, loc
 
     def dies_in_the_second_partition(self, partition):
         calls.append(partition)
-        if len(calls) == 2:  # a kill mid-partition: one cover of it is already on disk
-            real(self, partition)  # its covers are drawn ...
+        if len(calls) == 2:  # killed in the second partition:
+            real(self, partition)  # its covers are on disk ...
             (self.out / "manifest" / f"partition={partition:05d}" / "part.parquet").unlink()
             (self.out / "manifest" / f"partition={partition:05d}" / ".tmp-part").touch()
             raise KeyboardInterrupt  # ... but its part was never written

@@ -32,7 +32,7 @@ class BatchConfig(BaseModel):
             ``pair_seed(seed, segment key, item_id, k)``.
         batch_size: images per pipeline call.
         partition_size: (segment, item) units per partition: the unit of resume and of a
-            manifest part file.
+            manifest part file (``None``: `auto_partition_size` of the unit count).
         engine: ``ray`` (Ray Data, an actor pool) or ``local`` (one process, no Ray).
         workers: actors (pipelines) in the pool; the local engine has one.
         threads: torch threads per worker (default: the CPUs divided among the workers).
@@ -62,7 +62,7 @@ class BatchConfig(BaseModel):
     user_guidance: float | None = Field(None, ge=0)
     seed: int = 0
     batch_size: int = Field(16, ge=1)
-    partition_size: int = Field(64, ge=1)
+    partition_size: int | None = Field(None, ge=1)
     engine: Literal["ray", "local"] = "ray"
     workers: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)

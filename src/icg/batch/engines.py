@@ -16,6 +16,8 @@ from icg.batch.worker import CoverWorker
 
 logger = logging.getLogger(__name__)
 
+MAX_BLOCKS = 4096
+
 # called after each partition with (units, images drawn, seconds)
 OnDone = Callable[[int, int, float], None]
 
@@ -86,8 +88,11 @@ def run_ray(
         settings = {**settings, "threads": per_worker}
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # progress is ours (rich)
+        # one partition per block up to MAX_BLOCKS; an actor then runs a block's partitions
+        # one by one (batch_size=1), each reported when it is done
         ds = ray.data.from_items(
-            [{"partition": p} for p in partitions], override_num_blocks=len(partitions)
+            [{"partition": p} for p in partitions],
+            override_num_blocks=min(len(partitions), MAX_BLOCKS),
         )
         ds = ds.map_batches(
             CoverWorker,

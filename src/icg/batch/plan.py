@@ -136,11 +136,17 @@ def work_units(
     return sorted(units, key=lambda unit: (unit[1], unit[0]))
 
 
+def auto_partition_size(n_units: int) -> int:
+    """About 64 partitions (enough to spread over a pool of workers), each of 8 to 1,024 units
+    (few enough part files for a large catalogue)."""
+    return int(np.clip(n_units // 64, 8, 1024))
+
+
 def unit_table(
     units: list[tuple[int, str]],
     segments: pd.DataFrame,
     items: pd.DataFrame,
-    partition_size: int,
+    partition_size: int | None,
     seed: int,
 ) -> pd.DataFrame:
     """One row per unit: unit, partition, segment, key, item_id, title, image, seed (the seed of
@@ -149,7 +155,8 @@ def unit_table(
     info = items.set_index("item_id")
     frame = pd.DataFrame(units, columns=["segment", "item_id"])
     frame.insert(0, "unit", np.arange(len(frame), dtype=np.int64))
-    frame.insert(1, "partition", frame["unit"] // partition_size)
+    size = partition_size or auto_partition_size(len(frame))
+    frame.insert(1, "partition", frame["unit"] // size)
     frame["key"] = keys.loc[frame["segment"]].to_numpy()
     frame["title"] = info.loc[frame["item_id"], "title"].to_numpy()
     frame["image"] = info.loc[frame["item_id"], "image"].astype(str).to_numpy()

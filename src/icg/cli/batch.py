@@ -54,8 +54,9 @@ def batch(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per UNet call.")] = 16,
     partition_size: Annotated[
-        int, typer.Option("--partition-size", help="(segment, item) units per resumable part.")
-    ] = 64,
+        int | None,
+        typer.Option("--partition-size", help="(segment, item) units per resumable part."),
+    ] = None,
     pick: Annotated[
         str | None,
         typer.Option(
