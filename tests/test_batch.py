@@ -282,6 +282,10 @@ def test_cli_batch_local(setup, tmp_path):
     dry = CliRunner().invoke(build_app(), [*args, "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert '"segments": 2' in dry.output and not (tmp_path / "o").exists()
+    (tmp_path / "b.yaml").write_text("segments: 5\ncandidates: 3\n")
+    both = ["--config", str(tmp_path / "b.yaml"), "--dry-run"]
+    from_file = CliRunner().invoke(build_app(), [*args, *both])  # the command line wins
+    assert '"segments": 2' in from_file.output and '"candidates": 3' in from_file.output
     res = CliRunner().invoke(build_app(), args)
     assert res.exit_code == 0, res.output
     assert len(pd.read_parquet(tmp_path / "o" / "assignments.parquet")) == N_USERS * N_ITEMS

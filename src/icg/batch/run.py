@@ -31,6 +31,7 @@ from icg.batch.engines import run_local, run_ray
 from icg.batch.manifest import finished_partitions, read_manifest
 from icg.batch.plan import (
     PLAN_DIR,
+    Segments,
     load_plan,
     save_plan,
     segment,
@@ -39,7 +40,7 @@ from icg.batch.plan import (
     work_units,
 )
 from icg.batch.tables import read_catalog
-from icg.io import atomic_write_json
+from icg.io import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def plan_batch(config: BatchConfig, pick: bool) -> None:
     frame = unit_table(units, segments.table, items, config.partition_size, config.seed)
     save_plan(config.out, segments, frame)
     if config.pairs is not None:
-        pairs.to_parquet(config.out / PLAN_DIR / "pairs.parquet", index=False)
+        with atomic_path(config.out / PLAN_DIR / "pairs.parquet") as tmp:
+            pairs.to_parquet(tmp, index=False)
 
 
 def _pairs(config: BatchConfig, items: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
@@ -205,8 +207,16 @@ def run_batch(config: BatchConfig, pipe=None) -> BatchResult:
     )  # fmt: skip
 
 
-def assign(config, out, segments, manifest, candidates, preference) -> pd.DataFrame:
-    """Build and write OUT/assignments.parquet (see `icg.batch.assign`)."""
+def assign(
+    config: BatchConfig,
+    out: Path,
+    segments: Segments,
+    manifest: pd.DataFrame,
+    candidates: int,
+    preference: Path | None,
+) -> pd.DataFrame:
+    """Build and write OUT/assignments.parquet (see `icg.batch.assign`): every wanted (user,
+    item) pair, its segment's cover, or the preference model's pick when ``preference``."""
     if config.pairs is not None:
         pairs = pd.read_parquet(out / PLAN_DIR / "pairs.parquet")
     else:

@@ -19,29 +19,36 @@ def batch(
         Path, typer.Option("--out", help="Output: covers/, manifest/, assignments.parquet.")
     ],
     segments: Annotated[
-        int, typer.Option("--segments", min=1, help="User segments (k-means on embeddings).")
-    ] = 16,
+        int | None,
+        typer.Option("--segments", min=1, help="User segments (k-means on embeddings); 16."),
+    ] = None,
     segment_by: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--segment-by", help="kmeans | column (the users' own 'segment') | user (per user)."
+            "--segment-by", help="kmeans (default) | column (the users' 'segment') | user."
         ),
-    ] = "kmeans",
+    ] = None,
     engine: Annotated[
-        str, typer.Option("--engine", help="ray (Ray Data actor pool) | local (one process).")
-    ] = "ray",
+        str | None,
+        typer.Option("--engine", help="ray (default: Ray Data actor pool) | local (one process)."),
+    ] = None,
     address: Annotated[
         str | None, typer.Option("--address", help="Join this Ray cluster (default: local).")
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", min=1, help="Ray actors, one pipeline each.")
-    ] = 1,
+        int | None, typer.Option("--workers", min=1, help="Ray actors, one pipeline each; 1.")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="torch threads per worker (default: CPUs/workers)."),
+    ] = None,
     num_cpus: Annotated[
         int | None, typer.Option("--num-cpus", help="CPUs of the local Ray instance.")
     ] = None,
     candidates: Annotated[
-        int, typer.Option("--candidates", min=1, help="Draws per (segment, item); best kept.")
-    ] = 1,
+        int | None,
+        typer.Option("--candidates", min=1, help="Draws per (segment, item), best kept; 1."),
+    ] = None,
     steps: Annotated[
         int | None, typer.Option("--steps", help="Denoising steps (default: the run's).")
     ] = None,
@@ -51,8 +58,10 @@ def batch(
     user_guidance: Annotated[
         float | None, typer.Option("--user-guidance", help="User guidance w_u (default: run's).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per UNet call.")] = 16,
+    seed: Annotated[int | None, typer.Option("--seed", help="Base seed; 0.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Images per UNet call; 16.")
+    ] = None,
     partition_size: Annotated[
         int | None,
         typer.Option("--partition-size", help="(segment, item) units per resumable part."),
@@ -83,14 +92,17 @@ def batch(
         bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
     ] = False,
 ) -> None:
-    """Draw covers per (user segment, item) and assign one to every (user, item). Resumable."""
+    """Draw covers per (user segment, item) and assign one to every (user, item). Resumable.
+
+    Options left out take their value from --config, else the `BatchConfig` default.
+    """
     from icg.batch import BatchConfig, run_batch
     from icg.config import load_config
 
     try:
         cfg = load_config(
             BatchConfig, config, run=run, data=data, out=out, segments=segments,
-            segment_by=segment_by, engine=engine, address=address, workers=workers,
+            segment_by=segment_by, engine=engine, address=address, workers=workers, threads=threads,
             num_cpus=num_cpus, candidates=candidates, num_inference_steps=steps,
             guidance_scale=guidance, user_guidance=user_guidance, seed=seed,
             batch_size=batch_size, partition_size=partition_size, pick=pick,
