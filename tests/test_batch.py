@@ -7,6 +7,7 @@ import builtins
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,7 @@ def test_batch_code_never_imports_the_truth():
 
 @pytest.fixture(scope="module")
 def local_run(setup, tmp_path_factory):
-    """One local batch, watched for every file it opens."""
+    """One local batch as if Ray were not installed, watched for every file it opens."""
     out = tmp_path_factory.mktemp("local") / "out"
     opened: list[str] = []
     real_open, real_os_open = builtins.open, os.open
@@ -154,6 +155,7 @@ def local_run(setup, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(builtins, "open", spy_open)
         mp.setattr(os, "open", spy_os_open)
+        mp.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
         result = run_batch(config(setup, out))
     return out, result, opened
 
