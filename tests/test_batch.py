@@ -31,6 +31,7 @@ from icg.batch.worker import CoverWorker
 from icg.generation import is_marked_generated, pair_seed
 from icg.models.preference import PreferenceModel
 from icg.rewards.testing import tiny_clip
+from icg.safety import UnsafePathError
 from icg.world.config import WorldConfig
 from icg.world.generate import generate_world
 
@@ -246,10 +247,14 @@ def test_resume_after_a_kill_leaves_no_duplicate_and_no_missing_cover(setup, loc
     assert again.images == 0 and again.skipped == again.partitions
 
 
-def test_other_settings_in_the_same_out_are_refused(setup, local_run):
+def test_other_settings_in_the_same_out_and_an_out_inside_the_data_are_refused(setup, local_run):
     out, _, _ = local_run
     with pytest.raises(ValueError, match="candidates: 2 -> 1"):
         run_batch(config(setup, out, candidates=1))
+    root, world = setup
+    with pytest.raises(UnsafePathError, match="inside the input folder"):
+        run_batch(config(setup, world / "out"))
+    assert not (world / "out").exists()
 
 
 def test_partitioned_users_with_their_own_segment_column(setup, tmp_path):

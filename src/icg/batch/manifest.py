@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from icg.data import write_parquet
+from icg.safety import output_path
 
 MANIFEST_DIR = "manifest"
 MANIFEST_SCHEMA = pa.schema(
@@ -32,7 +33,7 @@ MANIFEST_SCHEMA = pa.schema(
 
 
 def part_path(out: Path, partition: int) -> Path:
-    return Path(out) / MANIFEST_DIR / f"partition={partition:05d}" / "part.parquet"
+    return output_path(out, MANIFEST_DIR, f"partition={partition:05d}", "part.parquet")
 
 
 def finished_partitions(out: Path) -> set[int]:

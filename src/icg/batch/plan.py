@@ -9,8 +9,6 @@ encodes an item's features once for all the segments that follow it.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import pandas as pd
 
 from icg.generation import pair_seed, segment_users
 from icg.io import atomic_path
+from icg.safety import output_path, safe_name
 
 PLAN_DIR = "plan"
 
@@ -165,28 +164,25 @@ def unit_table(
     return frame
 
 
-def _file_part(name: str) -> str:
-    """``name`` if it is a safe file name part, else its safe characters and a short hash."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
-    if safe == name and not name.startswith("."):
-        return name
-    return f"{safe.lstrip('.')}-{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()}"
+def cover_parts(segment: int, item_id: str, candidate: int) -> tuple[str, str, str]:
+    """The path components of candidate k of (segment, item) under OUT (the item id through
+    `icg.safety.safe_name`)."""
+    return "covers", f"s{segment:05d}", f"{safe_name(item_id)}_c{candidate}.png"
 
 
 def cover_path(segment: int, item_id: str, candidate: int) -> str:
     """Where candidate k of (segment, item) lives, relative to OUT."""
-    return f"covers/s{segment:05d}/{_file_part(str(item_id))}_c{candidate}.png"
+    return "/".join(cover_parts(segment, item_id, candidate))
 
 
 def save_plan(out: Path, segments: Segments, units: pd.DataFrame) -> None:
     """Write the plan (segments, users' segments, units) under ``OUT/plan/`` atomically."""
-    root = Path(out) / PLAN_DIR
     for name, frame in (
         ("segments", segments.table),
         ("users", segments.users),
         ("units", units),
     ):
-        with atomic_path(root / f"{name}.parquet") as tmp:
+        with atomic_path(output_path(out, PLAN_DIR, f"{name}.parquet")) as tmp:
             frame.to_parquet(tmp, index=False)
 
 

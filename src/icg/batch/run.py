@@ -41,6 +41,7 @@ from icg.batch.plan import (
 )
 from icg.batch.tables import read_catalog
 from icg.io import atomic_path, atomic_write_json
+from icg.safety import check_not_inside, output_path
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def plan_batch(config: BatchConfig, pick: bool) -> None:
     frame = unit_table(units, segments.table, items, config.partition_size, config.seed)
     save_plan(config.out, segments, frame)
     if config.pairs is not None:
-        with atomic_path(config.out / PLAN_DIR / "pairs.parquet") as tmp:
+        with atomic_path(output_path(config.out, PLAN_DIR, "pairs.parquet")) as tmp:
             pairs.to_parquet(tmp, index=False)
 
 
@@ -140,6 +141,7 @@ def run_batch(config: BatchConfig, pipe=None) -> BatchResult:
     """
     settings, preference = resolve(config)
     out = config.out
+    check_not_inside(out, [config.data, config.run], "--out")
     # everything that changes which covers are drawn or how (not batch size, engine, workers)
     fingerprint = {
         **settings.model_dump(exclude={"batch_size", "threads"}),
@@ -150,7 +152,7 @@ def run_batch(config: BatchConfig, pipe=None) -> BatchResult:
     }
     if not _check_settings(out, fingerprint):
         plan_batch(config, pick=preference is not None)
-        atomic_write_json(out / PLAN_DIR / "settings.json", fingerprint)
+        atomic_write_json(output_path(out, PLAN_DIR, "settings.json"), fingerprint)
     segments, units = load_plan(out)
     partitions = sorted(int(p) for p in units["partition"].unique())
     done = finished_partitions(out)
@@ -189,7 +191,7 @@ def run_batch(config: BatchConfig, pipe=None) -> BatchResult:
         raise RuntimeError(f"manifest: {len(manifest)} rows for {len(units)} units in {out}")
     assignments = assign(config, out, segments, manifest, settings.candidates, preference)
     atomic_write_json(
-        out / "summary.json",
+        output_path(out, "summary.json"),
         {
             "segments": len(segments.table),
             "units": len(units),
@@ -238,5 +240,5 @@ def assign(
         choices = user_choices(segments, users, config.pick_segments)
         picker = PreferencePicker(preference, out)
         frame = preference_picks(pairs, users, choices, manifest, candidates, picker)
-    write_assignments(frame, out / "assignments.parquet")
+    write_assignments(frame, output_path(out, "assignments.parquet"))
     return frame

@@ -39,10 +39,11 @@ def read_partitioned(folder: Path) -> RawTable:
     import pyarrow.dataset as ds
 
     files = sorted(p for p in folder.rglob("*") if p.suffix in (".parquet", ".pq"))
-    for file in files:
-        real = file.resolve()
-        if not real.is_relative_to(folder.resolve()) or TRUTH_DIR in real.parts:
-            raise DataError(f"{file}: links out of the table folder (or into truth/)", file=file)
+    for file in files:  # checked before anything opens them (a FIFO would block a reader)
+        if file.is_symlink() or not file.is_file():
+            raise DataError(f"{file}: a table part must be a regular file", file=file)
+        if TRUTH_DIR in file.relative_to(folder.parent).parts:
+            raise DataError(f"{file}: lies in truth/, which is never read", file=file)
     if not files:
         raise DataError(f"{folder}: a table folder with no parquet files", file=folder)
     dataset = ds.dataset([str(f) for f in files], format="parquet", partitioning="hive")

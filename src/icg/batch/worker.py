@@ -19,8 +19,9 @@ from PIL import Image
 
 from icg.batch.config import Resolved
 from icg.batch.manifest import part_path, write_part
-from icg.batch.plan import cover_path, load_plan
+from icg.batch.plan import cover_parts, cover_path, load_plan
 from icg.generation import draw_covers, pair_seed, save_generated_png
+from icg.safety import output_path, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class CoverWorker:
         images: dict[tuple[int, int], Image.Image] = {}
         todo = []
         for row, k in draws:
-            path = self.out / cover_path(row.segment, row.item_id, k)
+            path = output_path(self.out, *cover_parts(row.segment, row.item_id, k))
             if path.is_file():  # drawn before a kill: written atomically, so whole
                 with Image.open(path) as im:
                     images[(row.unit, k)] = im.convert("RGB")
@@ -118,8 +119,12 @@ class CoverWorker:
                 user_guidance=self.settings.user_guidance,
             )
             for (row, k), image, seed in zip(chunk, drawn, seeds, strict=True):
-                path = self.out / cover_path(row.segment, row.item_id, k)
-                meta = {"seed": str(seed), "item_id": str(row.item_id), "segment": row.key}
+                path = output_path(self.out, *cover_parts(row.segment, row.item_id, k))
+                meta = {
+                    "seed": str(seed),
+                    "item_id": safe_name(row.item_id),
+                    "segment": str(row.segment),
+                }
                 save_generated_png(image, path, method=METHOD, **meta)
                 images[(row.unit, k)] = image
         self.images_drawn += len(todo)
