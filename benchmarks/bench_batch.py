@@ -81,6 +81,7 @@ def cost_against_plain(args) -> dict:
     from diffusers import DiffusionPipeline
 
     from icg.batch.config import resolve
+    from icg.batch.plan import partition_units, plan_partitions
     from icg.batch.run import plan_batch
     from icg.batch.worker import CoverWorker
     from icg.models.icg_model import ICGModel
@@ -95,8 +96,8 @@ def cost_against_plain(args) -> dict:
     plain = DiffusionPipeline.from_pretrained(resolve_model_path(base))
     plain.set_progress_bar_config(disable=True)
     icg_times, plain_times = [], []
-    for r, partition in enumerate(sorted(worker.units)[: args.repeats]):
-        titles = worker.units[partition]["title"].tolist()
+    for r, partition in enumerate(plan_partitions(config.out)[: args.repeats]):
+        titles = partition_units(config.out, partition)["title"].tolist()
         start = time.perf_counter()
         plain(
             prompt=titles,

@@ -21,6 +21,8 @@ from icg.io import atomic_path
 from icg.safety import output_path, safe_name
 
 PLAN_DIR = "plan"
+UNIT_ROW_GROUP = 4096
+"""Rows per parquet row group of the plan's units: a worker reads one partition's row groups."""
 
 KMEANS_FIT_ROWS = 200_000
 """k-means is fitted on a seeded sample of this many users; every user then joins the nearest
@@ -183,13 +185,32 @@ def save_plan(out: Path, segments: Segments, units: pd.DataFrame) -> None:
         ("units", units),
     ):
         with atomic_path(output_path(out, PLAN_DIR, f"{name}.parquet")) as tmp:
-            frame.to_parquet(tmp, index=False)
+            frame.to_parquet(tmp, index=False, row_group_size=UNIT_ROW_GROUP)
 
 
-def load_plan(out: Path) -> tuple[Segments, pd.DataFrame]:
-    """The plan written by `save_plan`: segments and units."""
+def load_segments(out: Path) -> Segments:
+    """The segments of the plan written by `save_plan`."""
     root = Path(out) / PLAN_DIR
     table = pd.read_parquet(root / "segments.parquet")
     table["embedding"] = [np.asarray(e, dtype=np.float32) for e in table["embedding"]]
-    segments = Segments(table, pd.read_parquet(root / "users.parquet"))
-    return segments, pd.read_parquet(root / "units.parquet")
+    return Segments(table, pd.read_parquet(root / "users.parquet"))
+
+
+def load_plan(out: Path) -> tuple[Segments, pd.DataFrame]:
+    """The plan written by `save_plan`: segments and every unit."""
+    return load_segments(out), pd.read_parquet(Path(out) / PLAN_DIR / "units.parquet")
+
+
+def partition_units(out: Path, partition: int) -> pd.DataFrame:
+    """One partition's units, read alone: units are stored in partition order in row groups
+    of `UNIT_ROW_GROUP` rows, so the filter skips the other row groups by their statistics."""
+    path = Path(out) / PLAN_DIR / "units.parquet"
+    return pd.read_parquet(path, filters=[("partition", "=", partition)])
+
+
+def plan_partitions(out: Path) -> list[int]:
+    """Every partition of the plan, in order."""
+    path = Path(out) / PLAN_DIR / "units.parquet"
+    return sorted(
+        int(p) for p in pd.read_parquet(path, columns=["partition"])["partition"].unique()
+    )

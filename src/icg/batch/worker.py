@@ -19,7 +19,7 @@ from PIL import Image
 
 from icg.batch.config import Resolved
 from icg.batch.manifest import part_path, write_part
-from icg.batch.plan import cover_parts, cover_path, load_plan
+from icg.batch.plan import cover_parts, cover_path, load_segments, partition_units
 from icg.generation import draw_covers, pair_seed, save_generated_png
 from icg.safety import output_path, safe_name
 
@@ -70,9 +70,8 @@ class CoverWorker:
             pipe.base.set_progress_bar_config(disable=True)
         self.pipe = pipe
         self.reward = load_candidate_reward(self.settings)
-        segments, units = load_plan(self.out)
-        self.embeddings = torch.from_numpy(segments.embeddings())  # (S, E)
-        self.units = {p: frame for p, frame in units.groupby("partition", sort=False)}
+        # every segment's embedding (S, E); units are read per partition, never all at once
+        self.embeddings = torch.from_numpy(load_segments(self.out).embeddings())
         self.images_drawn = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -90,7 +89,7 @@ class CoverWorker:
         write the manifest part. Returns ``(units, images drawn, seconds)``; a finished
         partition is skipped (0 images)."""
         start = time.perf_counter()
-        units = self.units[partition]
+        units = partition_units(self.out, partition)
         if part_path(self.out, partition).is_file():
             return len(units), 0, 0.0
         k_all = range(self.settings.candidates)
