@@ -92,42 +92,18 @@ class CoverWorker:
         units = partition_units(self.out, partition)
         if part_path(self.out, partition).is_file():
             return len(units), 0, 0.0
-        k_all = range(self.settings.candidates)
-        draws = [(row, k) for row in units.itertuples(index=False) for k in k_all]
-        images: dict[tuple[int, int], Image.Image] = {}
-        todo = []
-        for row, k in draws:
-            path = output_path(self.out, *cover_parts(row.segment, row.item_id, k))
-            if path.is_file():  # drawn before a kill: written atomically, so whole
-                with Image.open(path) as im:
-                    images[(row.unit, k)] = im.convert("RGB")
-            else:
-                todo.append((row, k))
-        step = self.settings.batch_size
-        for chunk in (todo[i : i + step] for i in range(0, len(todo), step)):
-            seeds = [pair_seed(self.settings.seed, row.key, row.item_id, k) for row, k in chunk]
-            drawn = draw_covers(
-                self.pipe,
-                [row.title for row, _ in chunk],
-                [row.image for row, _ in chunk],
-                [row.item_id for row, _ in chunk],
-                self.embeddings[[row.segment for row, _ in chunk]],  # (B, E)
-                seeds,
-                self.settings.num_inference_steps,
-                self.settings.guidance_scale,
-                user_guidance=self.settings.user_guidance,
-            )
-            for (row, k), image, seed in zip(chunk, drawn, seeds, strict=True):
-                path = output_path(self.out, *cover_parts(row.segment, row.item_id, k))
-                meta = {
-                    "seed": str(seed),
-                    "item_id": safe_name(row.item_id),
-                    "segment": str(row.segment),
-                }
-                save_generated_png(image, path, method=METHOD, **meta)
-                images[(row.unit, k)] = image
-        self.images_drawn += len(todo)
-        scores = self._score(units, images)  # (N, K)
+        n_cand = self.settings.candidates
+        draws = [(row, c) for row in units.itertuples(index=False) for c in range(n_cand)]
+        scores = np.full(len(draws), np.nan)  # (N*K,) in unit-major order
+        step, drawn = self.settings.batch_size, 0
+        for begin in range(0, len(draws), step):  # one chunk in memory at a time
+            chunk = draws[begin : begin + step]
+            images = self._draw_or_read(chunk)
+            drawn += sum(image is not None for image, _ in images)
+            if self.reward is not None:
+                scores[begin : begin + len(chunk)] = self._score(chunk, [im for _, im in images])
+        self.images_drawn += drawn
+        scores = scores.reshape(len(units), n_cand)  # (N, K)
         best = np.zeros(len(units), dtype=np.int64)
         if self.reward is not None:
             best = np.nanargmax(scores, axis=1)
@@ -151,21 +127,45 @@ class CoverWorker:
             }
         )
         write_part(self.out, partition, rows)
-        return len(units), len(todo), time.perf_counter() - start
+        return len(units), drawn, time.perf_counter() - start
+
+    def _draw_or_read(self, chunk: list) -> list[tuple[Image.Image | None, Image.Image]]:
+        """Each (unit row, candidate)'s cover: ``(new image or None, image)``; covers already
+        on disk (drawn before a kill, written atomically, so whole) are read back instead."""
+        paths = [output_path(self.out, *cover_parts(r.segment, r.item_id, c)) for r, c in chunk]
+        todo = [n for n, path in enumerate(paths) if not path.is_file()]
+        out: list = [None] * len(chunk)
+        for n in sorted(set(range(len(chunk))) - set(todo)):
+            with Image.open(paths[n]) as im:
+                out[n] = (None, im.convert("RGB"))
+        if todo:
+            rows = [chunk[n] for n in todo]
+            seeds = [pair_seed(self.settings.seed, r.key, r.item_id, c) for r, c in rows]
+            images = draw_covers(
+                self.pipe,
+                [r.title for r, _ in rows],
+                [r.image for r, _ in rows],
+                [r.item_id for r, _ in rows],
+                self.embeddings[[r.segment for r, _ in rows]],  # (B, E)
+                seeds,
+                self.settings.num_inference_steps,
+                self.settings.guidance_scale,
+                user_guidance=self.settings.user_guidance,
+            )
+            for n, (r, _), image, seed in zip(todo, rows, images, seeds, strict=True):
+                meta = {
+                    "seed": str(seed),
+                    "item_id": safe_name(r.item_id),
+                    "segment": str(r.segment),
+                }
+                save_generated_png(image, paths[n], method=METHOD, **meta)
+                out[n] = (image, image)
+        return out
 
     @torch.no_grad()
-    def _score(self, units: pd.DataFrame, images: dict) -> np.ndarray:
-        """Every candidate's reward at its segment's embedding: (N, K); NaN without a reward."""
-        n, k = len(units), self.settings.candidates
-        if self.reward is None:
-            return np.full((n, k), np.nan)
-        keys = [(u, c) for u in units["unit"] for c in range(k)]
-        titles = [t for t in units["title"] for _ in range(k)]
-        segs = [s for s in units["segment"] for _ in range(k)]
-        out = []
-        for start in range(0, len(keys), 64):
-            x = to_tensor([images[key] for key in keys[start : start + 64]])  # (B, 3, H, W)
-            users = self.embeddings[segs[start : start + 64]]  # (B, E)
-            values, _ = self.reward(x, titles[start : start + 64], users)
-            out.append(values.float().numpy())
-        return np.concatenate(out).reshape(n, k)
+    def _score(self, chunk: list, images: list[Image.Image]) -> np.ndarray:
+        """Each (unit row, candidate)'s reward at its segment's embedding: (B,)."""
+        x = to_tensor(images)  # (B, 3, H, W)
+        users = self.embeddings[[r.segment for r, _ in chunk]]  # (B, E)
+        values, _ = self.reward(x, [r.title for r, _ in chunk], users)
+        return values.float().numpy()
