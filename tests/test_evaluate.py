@@ -127,7 +127,7 @@ def test_read_pairs_names_missing_columns(tmp_path: Path):
 def test_eval_config_defaults_and_validation():
     cfg = EvalConfig()
     assert (cfg.n_users, cfg.n_items, cfg.num_inference_steps, cfg.candidates) == (8, 16, 10, 1)
-    assert (cfg.guidance_scale, cfg.strength, cfg.prompt_guidance_scale) == (1.0, 1.0, 7.5)
+    assert (cfg.guidance_scale, cfg.strength, cfg.prompt_guidance_scale) == (3.0, 1.0, 7.5)
     assert cfg.user_guidance == 1.0
     assert (cfg.clip, cfg.aesthetic, cfg.base, cfg.mllm) == (
         "zoo:clip",
@@ -149,7 +149,7 @@ def test_eval_config_defaults_and_validation():
 
 def test_sampling_note_says_how_icg_methods_draw():
     assert sampling_note(EvalConfig()) == (
-        "ICG methods draw from pure noise with 10 steps, guidance 1.0 and user guidance 1.0; "
+        "ICG methods draw from pure noise with 10 steps, guidance 3.0 and user guidance 1.0; "
         "one draw per pair."
     )
     note = sampling_note(
@@ -157,8 +157,9 @@ def test_sampling_note_says_how_icg_methods_draw():
     )
     assert note.startswith("ICG methods draw from the reference cover at strength 0.5 with 10")
     assert "guidance 3.0 and user guidance 2.0" in note
-    assert "best of 4 draws per pair under its own run's reward" in note
-    assert "icg-nouser-single: the first draw of icg and of icg-nouser" in note
+    assert "best of 4 draws per pair under their run's reward" in note
+    assert "(icg-aesthetic, icg-relevance, icg-preference) draw once" in note
+    assert "icg-nouser-single are the first draw of icg and of icg-nouser" in note
 
 
 def _adapter(folder: Path) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,8 +40,8 @@ class DemoPlan:
     # ICG draws from pure noise with CFG and keeps the best of K draws under each run's own
     # reward: at this training budget most of the gain over one draw comes from that
     # selection (README, "Results of the full demo")
-    num_inference_steps: int = 10
-    guidance_scale: float = 3.0
+    num_inference_steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
     # user guidance w_u of every draw (stage-B sampling and evaluation): 1 is the plain draw
     user_guidance: float = 1.0
     strength: float = 1.0

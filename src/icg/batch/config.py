@@ -7,9 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from icg.config import read_yaml_mapping
+from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS, read_yaml_mapping
 
-SAMPLING_DEFAULTS = {"num_inference_steps": 10, "guidance_scale": 3.0, "user_guidance": 1.0}
+SAMPLING_DEFAULTS = {
+    "num_inference_steps": DEFAULT_STEPS,
+    "guidance_scale": DEFAULT_GUIDANCE,
+    "user_guidance": 1.0,
+}
 """Used when neither the command line nor the stage-B run's ``config.yaml`` sets them."""
 
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
 
 def generate(
     adapter: Annotated[
@@ -36,8 +38,10 @@ def generate(
             "(or --preference).",
         ),
     ] = 1,
-    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 10,
-    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance.")] = 1.0,
+    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = DEFAULT_STEPS,
+    guidance: Annotated[
+        float, typer.Option("--guidance", help="Classifier-free guidance.")
+    ] = DEFAULT_GUIDANCE,
     strength: Annotated[
         float, typer.Option("--strength", help="< 1: start from the reference cover (img2img).")
     ] = 1.0,

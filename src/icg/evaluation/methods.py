@@ -44,7 +44,11 @@ PROMPT_METHODS = ("prompt", "mllm-prompt")
 
 class IcgMethod(NamedTuple):
     """An ICG method: the run subfolder with its adapter, whether it sees the user, and whether
-    it keeps the best of K draws under that run's own reward."""
+    it keeps the best of K draws under that run's own reward.
+
+    The single-reward ablations draw once: what they show, the reward hacking that combining the
+    rewards prevents, is what their training taught the generator, and selecting among draws
+    under the same hacked reward would only add to it."""
 
     run: str
     personalize: bool
@@ -56,9 +60,9 @@ ICG_METHODS = {
     "icg-single": IcgMethod("icg", True, False),
     "icg-nouser": IcgMethod("icg", False, True),
     "icg-nouser-single": IcgMethod("icg", False, False),
-    "icg-aesthetic": IcgMethod("icg-aesthetic", True, True),
-    "icg-relevance": IcgMethod("icg-relevance", True, True),
-    "icg-preference": IcgMethod("icg-preference", True, True),
+    "icg-aesthetic": IcgMethod("icg-aesthetic", True, False),
+    "icg-relevance": IcgMethod("icg-relevance", True, False),
+    "icg-preference": IcgMethod("icg-preference", True, False),
 }
 
 

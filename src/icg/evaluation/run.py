@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
+from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.evaluation.baselines import CoverSource
 from icg.evaluation.downstream import (
     downstream_metrics,
@@ -77,8 +77,8 @@ class EvalConfig(BaseModel):
     methods: list[str] | None = None
     n_users: int = Field(8, ge=1)
     n_items: int = Field(16, ge=1)
-    num_inference_steps: int = Field(10, ge=1)
-    guidance_scale: float = Field(1.0, ge=0)
+    num_inference_steps: int = Field(DEFAULT_STEPS, ge=1)
+    guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=0)
     strength: float = Field(1.0, gt=0, le=1)
     candidates: int = Field(1, ge=1)
     user_guidance: float = Field(1.0, ge=0)
@@ -251,10 +251,11 @@ def sampling_note(cfg: EvalConfig) -> str:
         else f"from the reference cover at strength {cfg.strength}"
     )
     how = (
-        f"each keeps the best of {cfg.candidates} draws per pair under its own run's reward "
-        "(icg-nouser: no user embedding and icg's reward without the user, on the same noise "
-        "seeds as icg, so the two differ only by the user; icg-single and icg-nouser-single: "
-        "the first draw of icg and of icg-nouser, on the same seeds)."
+        f"icg and icg-nouser keep the best of {cfg.candidates} draws per pair under their run's "
+        "reward (icg-nouser: no user embedding and icg's reward without the user, on the same "
+        "noise seeds as icg, so the two differ only by the user); icg-single and "
+        "icg-nouser-single are the first draw of icg and of icg-nouser, on the same seeds, and "
+        "the single-reward runs (icg-aesthetic, icg-relevance, icg-preference) draw once."
         if cfg.candidates > 1
         else "one draw per pair."
     )

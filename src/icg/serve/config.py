@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.serve.auth import is_loopback
 
 
@@ -46,8 +47,8 @@ class ServeConfig(BaseModel):
     max_candidates: int = Field(4, ge=1)
     max_steps: int = Field(50, ge=1)
     max_image_pixels: int = Field(4_000_000, ge=64)
-    default_steps: int = Field(10, ge=1)
-    guidance_scale: float = Field(1.0, ge=0)
+    default_steps: int = Field(DEFAULT_STEPS, ge=1)
+    guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=0)
     max_batch: int = Field(8, ge=1)
     batch_wait_ms: float = Field(10.0, ge=0)
     queue_size: int = Field(32, ge=1)

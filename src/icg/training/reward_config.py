@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
+from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.training.draft import start_step
 
 DEFAULT_REWARDS = {"aesthetic": 1.0, "relevance": 1.0, "preference": 1.0}
@@ -41,8 +41,8 @@ class RewardConfig(BaseModel):
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    num_inference_steps: int = Field(10, ge=1)
-    guidance_scale: float = Field(1.0, ge=1.0, description="CFG in sampling (1 = off)")
+    num_inference_steps: int = Field(DEFAULT_STEPS, ge=1)
+    guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=1.0, description="CFG in sampling (1 = off)")
     strength: float = Field(
         1.0,
         gt=0,
