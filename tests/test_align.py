@@ -97,7 +97,7 @@ def test_config_validation_and_batches(tmp_path, data_dir):
     with pytest.raises(ValueError, match="batch_size"):
         AlignConfig(data=data_dir, out=tmp_path, batch_size=0)
     file = tmp_path / "a.yaml"
-    file.write_text("max_steps: 7\nlearning_rate: 0.5\n")
+    file.write_text("max_steps: 7\nlearning_rate: 0.5\ntargets: clicks\n")
     cfg = load_config(AlignConfig, file, data=data_dir, out=tmp_path, max_steps=None)
     assert cfg.max_steps == 7 and cfg.learning_rate == 0.5
     seen = [i for s in range(4) for i in batch_indices(6, 3, s, seed=1)]
@@ -110,14 +110,15 @@ def test_cli_dry_run(tmp_path, data_dir):
 
     from icg.cli import build_app
 
-    result = CliRunner().invoke(
-        build_app(),
-        ["train", "align", "--data", str(data_dir), "--out", str(tmp_path), "--dry-run"],
-    )
+    args = ["train", "align", "--data", str(data_dir), "--out", str(tmp_path), "--dry-run"]
+    result = CliRunner().invoke(build_app(), args)  # the default targets need a preference model
+    assert result.exit_code != 0
+    assert "targets='preferred' needs a trained preference model" in _unboxed(result.output)
+    args.extend(["--targets", "clicks"])
+    result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
     assert '"base": "zoo:sd"' in result.output and '"max_steps": 1000' in result.output
     options = ["--user-dropout", "0.3", "--click-weighting", "ips"]
-    args = ["train", "align", "--data", str(data_dir), "--out", str(tmp_path), "--dry-run"]
     result = CliRunner().invoke(build_app(), [*args, *options])
     assert result.exit_code != 0 and "needs a trained preference model" in _unboxed(result.output)
     result = CliRunner().invoke(build_app(), [*args, *options, "--preference", str(data_dir)])

@@ -31,7 +31,7 @@ def ws(tmp_path: Path) -> Workspace:
 
 
 def align_config(ws: Workspace, **kw) -> AlignConfig:
-    return AlignConfig(data=ws.data, out=ws.out, max_steps=4, **kw)
+    return AlignConfig(data=ws.data, out=ws.out, max_steps=4, targets="clicks", **kw)
 
 
 def fake_checkpoint(ws: Workspace, cfg: AlignConfig, step: int) -> Path:
@@ -47,7 +47,7 @@ def test_resume_refuses_another_config_and_names_the_fields(ws: Workspace):
     assert json.loads((ws.out / RUN_FILE).read_text())["config_hash"] == record["config_hash"]
     fake_checkpoint(ws, cfg, 2)
     other = align_config(ws, learning_rate=1e-3, seed=5)
-    with pytest.raises(RunConfigError, match=r"learning_rate: 0.0001 -> 0.001; seed: 0 -> 5"):
+    with pytest.raises(RunConfigError, match=r"learning_rate: 0.0003 -> 0.001; seed: 0 -> 5"):
         start_run(ws.out, other, kind="align", resume=True)
     with pytest.raises(RunConfigError, match="different config"):
         start_run(ws.out, other, kind="align")  # a fresh run may not mix in either
@@ -96,7 +96,7 @@ def test_fresh_run_into_a_used_folder_needs_overwrite_which_removes_only_the_old
 def test_train_cli_refusals_are_one_line_without_traceback(ws: Workspace):
     ws.out.mkdir()
     (ws.out / "keep.txt").write_text("x")
-    args = ["train", "align", "--data", str(ws.data), "--max-steps", "1"]
+    args = ["train", "align", "--data", str(ws.data), "--max-steps", "1", "--targets", "clicks"]
     result = CliRunner().invoke(build_app(), [*args, "--out", str(ws.out)])
     assert result.exit_code == 1 and result.output.startswith("error: --out")
     result = CliRunner().invoke(build_app(), [*args, "--out", str(ws.data / "run")])

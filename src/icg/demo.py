@@ -62,7 +62,7 @@ class DemoPlan:
 # Many impressions are cheap to simulate and are what the preference model learns each user's
 # taste from; the full demo simulates enough for the taste ranking to matter.
 FULL = DemoPlan(
-    n_items=300, n_users=150, n_impressions=300_000, align_steps=250, reward_steps=60,
+    n_items=300, n_users=150, n_impressions=300_000, align_steps=1000, reward_steps=60,
     eval_users=8, eval_items=12,
 )  # fmt: skip
 QUICK = DemoPlan(
@@ -122,7 +122,13 @@ def run_demo(
         "align",
         (run / "align" / "adapter" / "icg_config.json").is_file(),
         lambda: run_align(
-            AlignConfig(data=world, out=run / "align", max_steps=plan.align_steps, seed=seed),
+            AlignConfig(
+                data=world,
+                out=run / "align",
+                max_steps=plan.align_steps,
+                seed=seed,
+                preference=run / "preference",
+            ),  # fmt: skip
             resume=(run / "align" / "checkpoints").is_dir(),
         ),
     )

@@ -66,7 +66,7 @@ def align(
         bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
     ] = False,
 ) -> None:
-    """Stage A: align the ICG adapter with the denoising loss on clicked covers."""
+    """Stage A: align the ICG adapter with the denoising loss on the covers users prefer."""
     from icg.config import load_config
     from icg.training.align import AlignConfig, run_align
 

@@ -1,9 +1,12 @@
-"""Stage A: align the ICG adapter with the denoising loss on covers users clicked.
+"""Stage A: align the ICG adapter with the denoising loss on the covers users prefer.
 
-ICG (EMNLP 2025, Sec. 3.4, first stage): for every click (user u, item i, shown cover x) the
-frozen base UNet learns nothing; the trainable ICG parts (meta tokens, refiner, adapter, optional
-LoRA) are trained with the standard diffusion noise-prediction loss (Ho et al. 2020, Eq. 14)
-on x, conditioned on the title, the item's reference image and the clicking user's embedding.
+ICG (EMNLP 2025, Sec. 3.4, first stage): for each (user u, item i, cover x) example the frozen
+base UNet learns nothing; the trainable ICG parts (meta tokens, refiner, adapter, optional LoRA)
+are trained with the standard diffusion noise-prediction loss (Ho et al. 2020, Eq. 14) on x,
+conditioned on the title, the item's reference image and the user's embedding. By default x is
+the item's variant the click-trained preference model prefers for u, over every shown pair
+(``targets="preferred"``); ``targets="clicks"`` fits the clicked covers themselves
+(`icg.training.align_data`).
 
 For the user path to learn: user dropout trains a fraction of each batch without its user (a
 NaN row), so one model also learns the no-user branch that user guidance (`icg.models.guidance`)
@@ -67,7 +70,7 @@ class AlignConfig(BaseModel):
     seed: int = 0
     max_steps: int = Field(1000, ge=1)
     batch_size: int = Field(8, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
+    learning_rate: float = Field(3e-4, gt=0)
     refiner_learning_rate: float | None = Field(
         None, gt=0, description="the user refiner's learning rate; None: 10 × learning_rate"
     )
@@ -83,10 +86,10 @@ class AlignConfig(BaseModel):
         0.2, ge=0, le=1, description="fraction of each batch trained without its user"
     )
     targets: Literal["clicks", "preferred"] = Field(
-        "clicks",
-        description="what the denoising loss fits: the clicked covers, or per shown (user, item) "
-        "the item's variant the preference model prefers for the user (needs preference); see "
-        "icg.training.align_data",
+        "preferred",
+        description="what the denoising loss fits: per shown (user, item) the item's variant "
+        "the preference model prefers for the user (needs preference), or the clicked covers; "
+        "see icg.training.align_data",
     )
     click_weighting: Literal["uniform", "ips", "advantage"] = Field(
         "uniform",

@@ -40,7 +40,7 @@ def check_preference_source(
     if preference is None:
         raise ValueError(
             f"preference: {setting}={kind!r} needs a trained preference model folder "
-            "(RUN/preference)"
+            "(RUN/preference, from `icg train preference`)"
         )
     if not (Path(preference) / "config.json").is_file():
         raise ValueError(
