@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from icg.training.reward_config import DEFAULT_REWARDS
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,10 @@ class DemoPlan:
     strength: float = 1.0
     candidates: int = 8
     probe_pairs: int = 48
-    # relevance and preference weigh double in `icg`: at equal weights aesthetic dominates and
-    # pulls covers away from their item (the probe's fidelity falls)
+    # `icg` is the recipe (`DEFAULT_REWARDS`); the single-reward runs are the ablations
     rewards: dict[str, dict[str, float]] = field(
         default_factory=lambda: {
-            "icg": {"aesthetic": 1.0, "relevance": 2.0, "preference": 2.0},
+            "icg": dict(DEFAULT_REWARDS),
             "icg-aesthetic": {"aesthetic": 1.0},
             "icg-relevance": {"relevance": 1.0},
             "icg-preference": {"preference": 1.0},

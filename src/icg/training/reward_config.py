@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.training.draft import start_step
 
-DEFAULT_REWARDS = {"aesthetic": 1.0, "relevance": 1.0, "preference": 1.0}
+# relevance and preference weigh double: at equal weights aesthetic dominates and pulls covers
+# away from their item (the demo's truth probe: fidelity falls)
+DEFAULT_REWARDS = {"aesthetic": 1.0, "relevance": 2.0, "preference": 2.0}
 
 
 class RewardConfig(BaseModel):
@@ -36,9 +38,9 @@ class RewardConfig(BaseModel):
         "draft: back-propagate the reward through the last sampling steps (DRaFT-K)",
     )
     seed: int = 0
-    max_steps: int = Field(200, ge=1)
+    max_steps: int = Field(60, ge=1)
     batch_size: int = Field(4, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     num_inference_steps: int = Field(DEFAULT_STEPS, ge=1)
