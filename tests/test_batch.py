@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import builtins
 import hashlib
 import os
 import shutil
@@ -15,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from model_fixtures import perturb_, tiny_icg, tiny_qwen2vl
+from open_spy import spy_on_opens
 from typer.testing import CliRunner
 
 from icg.batch import BatchConfig, run_batch
@@ -142,20 +142,8 @@ def test_batch_code_never_imports_the_truth():
 def local_run(setup, tmp_path_factory):
     """One local batch as if Ray were not installed, watched for every file it opens."""
     out = tmp_path_factory.mktemp("local") / "out"
-    opened: list[str] = []
-    real_open, real_os_open = builtins.open, os.open
-
-    def spy_open(file, *args, **kwargs):
-        opened.append(os.fspath(file) if not isinstance(file, int) else "")
-        return real_open(file, *args, **kwargs)
-
-    def spy_os_open(path, *args, **kwargs):
-        opened.append(os.fspath(path))
-        return real_os_open(path, *args, **kwargs)
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(builtins, "open", spy_open)
-        mp.setattr(os, "open", spy_os_open)
+        opened = spy_on_opens(mp)
         mp.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
         result = run_batch(config(setup, out))
     return out, result, opened

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ast
-import builtins
-import os
 from pathlib import Path
 
 import pytest
+from open_spy import spy_on_opens
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "icg"
 # Packages that train or serve models: they must not reach the truth.
@@ -55,17 +54,6 @@ def test_align_training_never_opens_truth(tmp_path: Path, monkeypatch):
     world = generate_world(
         tmp_path / "w", WorldConfig(n_items=5, n_users=6, n_impressions=300, embedding_dim=6)
     )
-    opened: list[str] = []
-    real_open, real_os_open = builtins.open, os.open
-
-    def spy_open(file, *args, **kwargs):
-        opened.append(os.fspath(file) if not isinstance(file, int) else "")
-        return real_open(file, *args, **kwargs)
-
-    def spy_os_open(path, *args, **kwargs):
-        opened.append(os.fspath(path))
-        return real_os_open(path, *args, **kwargs)
-
     from icg.config import load_config
     from icg.training.align import AlignConfig, run_align
 
@@ -82,9 +70,9 @@ def test_align_training_never_opens_truth(tmp_path: Path, monkeypatch):
         num_meta_tokens=3,
         num_tokens=2,
         refiner_hidden_dim=8,
+        targets="clicks",
     )
-    monkeypatch.setattr(builtins, "open", spy_open)
-    monkeypatch.setattr(os, "open", spy_os_open)
+    opened = spy_on_opens(monkeypatch)
     run_align(cfg, base=base, mllm=mllm, processor=processor)
     monkeypatch.undo()
     assert opened, "the spy saw no file access"

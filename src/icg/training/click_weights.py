@@ -83,6 +83,28 @@ def item_variants(impressions: pd.DataFrame) -> dict[str, list[str]]:
 
 
 @torch.no_grad()
+def cover_features(
+    model, cover_embeddings: dict[str, torch.Tensor]
+) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
+    """``(row, taste, appeal)``: each cover's row in the preference model's cover taste
+    ``(C, rank)`` and appeal ``(C,)``, covers in sorted order."""
+    covers = sorted(cover_embeddings)
+    taste, appeal = model.image_features(torch.stack([cover_embeddings[c] for c in covers]))
+    return {c: k for k, c in enumerate(covers)}, taste, appeal
+
+
+def user_embeddings_of(model, users: pd.DataFrame, user_ids) -> torch.Tensor | None:
+    """The platform embeddings ``(N, user_dim)`` of ``user_ids`` from the users table, or
+    ``None`` when the preference model takes no embedding."""
+    if model.config.user_dim == 0:
+        return None
+    vectors = users.set_index("user_id")["embedding"]
+    return torch.from_numpy(
+        np.stack([np.asarray(vectors[u], dtype=np.float32) for u in user_ids])
+    )  # (N, user_dim)
+
+
+@torch.no_grad()
 def click_advantages(
     model,
     clicks: pd.DataFrame,
@@ -104,11 +126,9 @@ def click_advantages(
         cover_embeddings: the model's CLIP embedding ``(E,)`` of every cover named.
         user_embeddings: the clickers' platform embeddings ``(N, user_dim)`` (NaN rows: none).
     """
-    covers = sorted(cover_embeddings)
-    row = {c: k for k, c in enumerate(covers)}
-    taste, appeal = model.image_features(torch.stack([cover_embeddings[c] for c in covers]))
+    row, taste, appeal = cover_features(model, cover_embeddings)
     items = sorted(set(clicks["item_id"].astype(str)))
-    member = torch.zeros(len(items), len(covers))  # (I, C): row-normalised variant membership
+    member = torch.zeros(len(items), len(row))  # (I, C): row-normalised variant membership
     for k, item in enumerate(items):
         member[k, [row[c] for c in variants[item]]] = 1.0 / len(variants[item])
     mean_taste, mean_appeal = member @ taste, member @ appeal  # (I, r), (I,)
@@ -159,12 +179,7 @@ def load_click_weights(
     variants = item_variants(impressions)
     paths = sorted({c for i in set(clicks["item_id"].astype(str)) for c in variants[i]})
     embeddings = _cover_embeddings(model, Path(preference), paths, towers)
-    vectors = users.set_index("user_id")["embedding"]
-    user_emb = None
-    if model.config.user_dim > 0:
-        user_emb = torch.from_numpy(
-            np.stack([np.asarray(vectors[u], dtype=np.float32) for u in clicks["user_id"]])
-        )  # (N, user_dim)
+    user_emb = user_embeddings_of(model, users, clicks["user_id"])
     advantage = click_advantages(model, clicks, variants, embeddings, user_emb)
     logger.info(
         "advantage of clicked covers over their item's mean variant: mean %.3f, std %.3f",
@@ -211,9 +226,7 @@ def preferred_variants(
         cover_embeddings: the model's CLIP embedding ``(E,)`` of every cover named.
         user_embeddings: the users' platform embeddings ``(N, user_dim)`` (NaN rows: none).
     """
-    covers = sorted(cover_embeddings)
-    row = {c: k for k, c in enumerate(covers)}
-    taste, appeal = model.image_features(torch.stack([cover_embeddings[c] for c in covers]))
+    row, taste, appeal = cover_features(model, cover_embeddings)
     z_u, _ = model.user_vector(len(pairs), user_embeddings, model.user_index(pairs["user_id"]))
     chosen: list[str] = []
     for k, item in enumerate(pairs["item_id"].astype(str)):
@@ -238,10 +251,5 @@ def preferred_covers(
     items = sorted(set(pairs["item_id"].astype(str)))
     paths = sorted({c for i in items for c in variants[i]})
     embeddings = _cover_embeddings(model, Path(preference), paths, towers)
-    user_emb = None
-    if model.config.user_dim > 0:
-        vectors = users.set_index("user_id")["embedding"]
-        user_emb = torch.from_numpy(
-            np.stack([np.asarray(vectors[u], dtype=np.float32) for u in pairs["user_id"]])
-        )  # (N, user_dim)
+    user_emb = user_embeddings_of(model, users, pairs["user_id"])
     return preferred_variants(model, pairs, variants, embeddings, user_emb)
