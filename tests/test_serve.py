@@ -114,6 +114,13 @@ def test_caps_answer_413_or_422_with_a_message():
     assert "steps=51" in body["detail"] and "50" in body["detail"]
     assert_json_error(c.post("/v1/covers", json={**base, "candidates": 5}, headers=AUTH), 422)
     assert_json_error(c.post("/v1/covers", json={**base, "extra": 1}, headers=AUTH), 422)
+    for bad in ({"user_id": "u\x000", "item_id": "i0"}, {"title": "a\x1bcat", "image": png_b64()}):
+        assert_json_error(c.post("/v1/covers", json=bad, headers=AUTH), 422)  # control characters
+    extreme = {"user_embedding": [1e38, 0.0, 0.0, 0.0], "item_id": "i0"}
+    assert (
+        "magnitude"
+        in assert_json_error(c.post("/v1/covers", json=extreme, headers=AUTH), 422)["detail"]
+    )
     big = {"title": "a cat", "image": "A" * 8000}
     assert_json_error(c.post("/v1/covers", json=big, headers=AUTH), 413, "too_large")
     huge = {"title": "a cat", "image": png_b64((65, 64))}

@@ -9,6 +9,11 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from icg.data.safety import Caps
+
+# ids and titles: no C0 control character or DEL, as in data validation (`icg.data.safety`)
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+
 MAX_SEED = 2**31 - 1
 
 
@@ -21,13 +26,13 @@ class CoverRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str | None = Field(None, min_length=1, max_length=256)
+    user_id: str | None = Field(None, min_length=1, max_length=256, pattern=NO_CONTROL)
     user_embedding: list[float] | None = Field(None, min_length=1, max_length=4096)
     allow_cold_start: bool = Field(
         False, description="An unknown user_id falls back to a cold-start cover instead of 404."
     )
-    item_id: str | None = Field(None, min_length=1, max_length=256)
-    title: str | None = Field(None, min_length=1, max_length=1000)
+    item_id: str | None = Field(None, min_length=1, max_length=256, pattern=NO_CONTROL)
+    title: str | None = Field(None, min_length=1, max_length=1000, pattern=NO_CONTROL)
     image: str | None = Field(None, description="Base64 reference image (PNG/JPEG/WEBP/BMP/GIF).")
     candidates: int = Field(1, ge=1, description="Best-of-K under the run's reward.")
     steps: int | None = Field(None, ge=1, description="Denoising steps (default: the server's).")
@@ -42,8 +47,13 @@ class CoverRequest(BaseModel):
             raise ValueError("give item_id, or title plus image, not both")
         if self.item_id is None and (self.title is None or self.image is None):
             raise ValueError("the item: expected item_id, or title plus image")
-        if self.user_embedding is not None and not np.all(np.isfinite(self.user_embedding)):
-            raise ValueError("user_embedding: expected finite numbers")
+        if self.user_embedding is not None:
+            values = np.asarray(self.user_embedding)
+            if not np.all(np.isfinite(values)) or np.abs(values).max() > Caps.max_embedding_abs:
+                raise ValueError(
+                    f"user_embedding: expected finite numbers of magnitude at most "
+                    f"{Caps.max_embedding_abs:g} (the data validation's cap)"
+                )
         return self
 
 
