@@ -13,7 +13,7 @@ users per item (1000 · S · K / U: what the setting costs per item at this worl
 K = 1 rows reuse candidate 0 of the K > 1 draws (the same seed, so the same cover).
 
 Rerun (about 10 CPU minutes on an idle 2-core machine at the defaults):
-    python benchmarks/batch_quality.py --world /work/exp/full3/world --run /work/exp/full3/run \
+    python benchmarks/batch_quality.py --world demo-out/world --run demo-out/run \
         --items 8 --out /tmp/batch-quality --json docs/results/batch-quality.json
 """
 

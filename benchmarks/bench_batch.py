@@ -13,7 +13,7 @@ each, ``pick=segment``) it measures:
     compute time at that per-worker rate (one worker, and 100 workers).
 
 Rerun (an idle machine gives the numbers to publish; the README says what ran beside it):
-    python benchmarks/bench_batch.py --world /work/exp/full3/world --run /work/exp/full3/run \
+    python benchmarks/bench_batch.py --world demo-out/world --run demo-out/run \
         --out /tmp/bench-batch --json docs/results/batch-throughput.json
 """
 
