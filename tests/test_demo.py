@@ -101,7 +101,7 @@ def test_generate_best_of_k_with_the_runs_reward(demo: Path, tmp_path: Path):
     assert len(manifest) == 4 and set(manifest["candidate"]) <= {0, 1, 2}
     assert manifest["score"].notna().all() and len(list((tmp_path / "icg").glob("*.png"))) == 12
     # an adapter folder without the run's reward cannot rank candidates
-    args[2] = str(run / "icg" / "adapter")
+    args[2], args[6] = str(run / "icg" / "adapter"), str(tmp_path / "other")  # a fresh --out
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code != 0 and "--candidates needs --adapter RUN/icg" in result.output
 
