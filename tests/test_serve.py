@@ -100,7 +100,7 @@ def test_json_response_has_base64_image_and_manifest(client):
         range(3), key=lambda k: data["scores"][k]
     )
     assert data["settings"] == {
-        "steps": 10, "guidance_scale": 1.0, "user_guidance": 1.0, "candidates": 3,
+        "steps": 10, "guidance_scale": 3.0, "user_guidance": 1.0, "candidates": 3,
     }  # fmt: skip
     assert data["cold_start"] is False
 
