@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from align_fixtures import align_config, align_parts
 
-from icg.data.testing import tiny_frames, write_frames, write_images, write_tiny_dataset
+from icg.data.testing import write_tiny_dataset
 from icg.models.preference import PreferenceModel
 from icg.training.align import AlignConfig, AlignRecipe
 from icg.training.click_weights import (
@@ -210,62 +210,3 @@ def test_training_signal_reaches_the_refiner_from_zero_init(data_dir, tmp_path):
     assert not torch.equal(refiner.user_proj.weight, user_proj)  # reached through the gate
     assert recipe.user_effect is not None and recipe.user_effect > 0
     recipe.cleanup()
-
-
-# ---- the cross-user contrast -----------------------------------------------------------------
-def test_user_contrast_pairs_users_with_other_targets_and_starts_at_log2(tmp_path):
-    """Partners share the item, not the user or the target; with the refiner at its zero init
-    both users' tokens are equal, so the contrast is exactly log 2 on top of the denoising loss,
-    whose batch and noise the contrast's own stream leaves unchanged."""
-    frames = tiny_frames(n_items=2, n_users=4, n_impressions=16, dim=4)
-    shown = frames["impressions"]
-    shown["cover"] = [
-        f"covers/c{i[1:]}_{u[1:]}.png" for i, u in zip(shown["item_id"], shown["user_id"])
-    ]
-    shown["clicked"] = True  # every user clicked their own variant of each item
-    data_dir = tmp_path / "data"
-    write_frames(data_dir, frames, "parquet")
-    write_images(data_dir, frames["items"]["image"].tolist() + shown["cover"].tolist())
-    plain = AlignRecipe(_config(data_dir, tmp_path / "plain", max_steps=1), **_parts())
-    plain.setup()
-    base_loss = plain.compute_loss(0)
-    plain.cleanup()
-    cfg = _config(data_dir, tmp_path / "c", max_steps=1, user_contrast=0.5, user_contrast_pairs=8)
-    recipe = AlignRecipe(cfg, **_parts())
-    recipe.setup()
-    data = recipe.data
-    pairs = data.partners(list(range(len(data.item_ids))), step_generator(0, 0))
-    assert pairs
-    for k, j in pairs:
-        assert data.item_ids[k] == data.item_ids[j]
-        assert data.user_ids[k] != data.user_ids[j] and data.covers[k] != data.covers[j]
-    loss = recipe.compute_loss(0)
-    torch.testing.assert_close(loss, base_loss + 0.5 * torch.log(torch.tensor(2.0)))
-    recipe.cleanup()
-
-
-def test_user_contrast_loss_rewards_each_user_fitting_their_own_target():
-    from icg.training.common import user_contrast_loss
-
-    class Echo(torch.nn.Module):
-        """A 'UNet' whose prediction is the ICG tokens' first channel map: user A's tokens
-        predict A's noise exactly, user B's predict B's."""
-
-        def forward(self, x, t, text, cross_attention_kwargs):
-            tokens = cross_attention_kwargs["icg_tokens"]
-            return type("Out", (), {"sample": tokens.view(x.shape)})()
-
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler(num_train_timesteps=10)
-    g = torch.Generator().manual_seed(0)
-    lat_a, lat_b = torch.randn(2, 1, 2, 2, generator=g), torch.randn(2, 1, 2, 2, generator=g)
-    noise = torch.randn(4, 1, 2, 2, generator=g)
-    t, text = torch.tensor([3, 7]), torch.zeros(2, 1, 1)
-    own = noise[:2].reshape(2, 1, 4)  # A's tokens predict exactly the noise of A's target
-    other = noise[2:].reshape(2, 1, 4)
-    good = user_contrast_loss(Echo(), scheduler, lat_a, lat_b, noise, t, text, own, other, 1.0)
-    bad = user_contrast_loss(Echo(), scheduler, lat_a, lat_b, noise, t, text, other, own, 1.0)
-    same = user_contrast_loss(Echo(), scheduler, lat_a, lat_b, noise, t, text, own, own, 1.0)
-    assert good < same < bad
-    torch.testing.assert_close(same, torch.log(torch.tensor(2.0)))

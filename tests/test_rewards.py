@@ -13,7 +13,6 @@ from icg.rewards import (
     MultiReward,
     PreferenceReward,
     RelevanceReward,
-    TasteReward,
     available_rewards,
     build_reward,
     clip_preprocess,
@@ -158,22 +157,6 @@ def test_preference_reward_is_personal_and_cold_start_is_the_mean(clip):
     emb = reward.clip.image_embeds(images)
     out = reward.model(emb, u, position=torch.tensor([0, 5]))
     torch.testing.assert_close(r_u, out["attractiveness_logit"])
-
-
-def test_taste_reward_is_the_users_part_of_the_preference_logit(clip):
-    preference, taste = PreferenceReward(_pref_model(), clip), TasteReward(_pref_model(), clip)
-    images = torch.rand(3, 3, 32, 32)
-    users = torch.randn(3, 4)
-    users[2] = float("nan")  # no user: no personal part
-    r_taste, _ = taste(images, ["t"] * 3, users)
-    r_pref, _ = preference(images, ["t"] * 3, users)
-    r_cold, _ = preference(images, ["t"] * 3, None)
-    # the logit less what every user shares (propensity, appeal, the mean taste's term)
-    torch.testing.assert_close(r_taste, r_pref - r_cold, atol=1e-5, rtol=1e-4)
-    assert r_taste[2] == 0 and bool((r_taste[:2] != 0).all())
-    images.requires_grad_(True)
-    taste(images, ["t"] * 3, users)[0].sum().backward()
-    assert images.grad.abs().sum() > 0
 
 
 def test_preference_reward_rejects_a_different_clip(clip):

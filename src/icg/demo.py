@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -48,15 +48,19 @@ class DemoPlan:
     strength: float = 1.0
     candidates: int = 8
     probe_pairs: int = 48
-    # `icg` is the recipe (`DEFAULT_REWARDS`); the single-reward runs are the ablations
+    # `icg` is the recipe (`DEFAULT_REWARDS`)
     rewards: dict[str, dict[str, float]] = field(
-        default_factory=lambda: {
-            "icg": dict(DEFAULT_REWARDS),
-            "icg-aesthetic": {"aesthetic": 1.0},
-            "icg-relevance": {"relevance": 1.0},
-            "icg-preference": {"preference": 1.0},
-        }
+        default_factory=lambda: {"icg": dict(DEFAULT_REWARDS)}
     )
+    # the single-reward ablation runs (`ABLATIONS`) beside it
+    ablations: bool = False
+
+
+ABLATIONS = {
+    "icg-aesthetic": {"aesthetic": 1.0},
+    "icg-relevance": {"relevance": 1.0},
+    "icg-preference": {"preference": 1.0},
+}
 
 
 # Many impressions are cheap to simulate and are what the preference model learns each user's
@@ -67,14 +71,20 @@ FULL = DemoPlan(
 )  # fmt: skip
 QUICK = DemoPlan(
     n_items=100, n_users=50, n_impressions=20_000, align_steps=40, reward_steps=15,
-    eval_users=4, eval_items=6, probe_pairs=8, candidates=2,
+    eval_users=4, eval_items=6, probe_pairs=8, candidates=2, ablations=True,
 )  # fmt: skip
 
 
 def run_demo(
-    out: Path | str, *, quick: bool = False, seed: int = 3, plan: DemoPlan | None = None
+    out: Path | str,
+    *,
+    quick: bool = False,
+    seed: int = 3,
+    plan: DemoPlan | None = None,
+    ablations: bool | None = None,
 ) -> Path:
-    """Run every stage into ``out`` (`QUICK` or `FULL`, or ``plan``); returns the report path."""
+    """Run every stage into ``out`` (`QUICK` or `FULL`, or ``plan``); returns the report path.
+    ``ablations`` overrides the plan's choice of training the single-reward runs."""
     from icg.data import load_dataset
     from icg.evaluation.preference_eval import TruthProbe
     from icg.evaluation.run import EvalConfig, evaluate_run
@@ -85,6 +95,8 @@ def run_demo(
     from icg.world.generate import generate_world
 
     plan = plan or (QUICK if quick else FULL)
+    if ablations is not None:
+        plan = replace(plan, ablations=ablations)
     out = Path(out)
     console = Console(stderr=True)
     world, run = out / "world", out / "run"
@@ -134,7 +146,7 @@ def run_demo(
     )
     # monitoring only: the probe's truth metrics are logged, never part of a loss
     probe = [TruthProbe(world, num_pairs=plan.probe_pairs)]
-    for name, weights in plan.rewards.items():
+    for name, weights in {**plan.rewards, **(ABLATIONS if plan.ablations else {})}.items():
         reward_cfg = RewardConfig(
             data=world, init=run / "align", out=run / name, rewards=weights, seed=seed,
             preference=run / "preference", max_steps=plan.reward_steps,

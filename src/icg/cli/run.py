@@ -173,13 +173,20 @@ def demo(
         bool, typer.Option(help="A smaller world and budget (about 2 minutes).")
     ] = False,
     seed: Annotated[int, typer.Option(help="World and training seed.")] = 3,
+    ablations: Annotated[
+        bool | None,
+        typer.Option(
+            "--ablations/--no-ablations",
+            help="Also train and evaluate the single-reward runs (default: with --quick only).",
+        ),
+    ] = None,
 ) -> None:
     """The whole ICG loop on CoverWorld + coverworld-tiny, ending in an HTML report."""
     import json
 
     from icg.demo import run_demo
 
-    report = run_demo(out, quick=quick, seed=seed)
+    report = run_demo(out, quick=quick, seed=seed, ablations=ablations)
     print_metrics(json.loads((report.parent / "metrics.json").read_text()))
     typer.echo(f"report: {report}")
 

@@ -19,7 +19,7 @@ from icg.rewards.combined import (
     standardise,
 )
 from icg.rewards.factory import STATS_FILE, RewardSources, build_rewards, load_run_reward
-from icg.rewards.preference import PreferenceReward, TasteReward
+from icg.rewards.preference import PreferenceReward
 from icg.rewards.relevance import RelevanceReward, clip_score
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "STATS_FILE",
     "Reward",
     "RunningMoments",
-    "TasteReward",
     "available_rewards",
     "build_reward",
     "build_rewards",

@@ -86,34 +86,3 @@ class PreferenceReward(Reward):
         logit = self.model.attractiveness_logit(emb, users, index)  # (B,)
         score = logit if self.output == "logit" else torch.sigmoid(logit)
         return score, {"preference_probability": torch.sigmoid(logit).detach()}
-
-
-@register_reward("taste")
-class TasteReward(PreferenceReward):
-    """The user-specific part of the preference reward: ``(z_u - z̄) · z_c``.
-
-    The attractiveness logit is ``propensity + appeal(c) + z_u · z_c``; everything in it but the
-    user's deviation from the population mean taste ``z̄`` is the same for every user, so this is
-    what one user's cover should have that another user's should not. Optimised beside
-    ``preference``, it keeps the gradient that personalises from being drowned by the appeal
-    every user shares (the per-item, cross-user advantage of the click model). Users without an
-    embedding or history get 0.
-    """
-
-    def forward(
-        self,
-        images: torch.Tensor,
-        titles: Sequence[str],
-        users: torch.Tensor | None = None,
-        user_ids: Sequence[str | None] | None = None,
-        **context: Any,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        self.check_inputs(images, titles, users)
-        z_c, _ = self.model.image_features(self.clip.image_embeds(images))  # (B, rank)
-        index = None
-        if user_ids is not None:
-            index = self.model.user_index(["" if u is None else u for u in user_ids]).to(z_c.device)
-        if users is not None:
-            users = users.to(z_c.device)
-        z_u, _ = self.model.user_vector(len(z_c), users, index)  # (B, rank)
-        return ((z_u - self.model.mean_taste) * z_c).sum(-1), {}

@@ -50,15 +50,12 @@ from icg.training.common import (
     icg_parameter_groups,
     load_frozen_base,
     step_generator,
-    user_contrast_loss,
     user_token_effect,
     vae_scale_factor,
     without_users,
 )
 
 logger = logging.getLogger(__name__)
-
-CONTRAST_STREAM = 104_729  # seed offset of the cross-user contrast's random stream
 
 
 class AlignConfig(BaseModel):
@@ -103,17 +100,6 @@ class AlignConfig(BaseModel):
     preference: Path | None = Field(
         None, description="a trained preference model folder (RUN/preference)"
     )
-    user_contrast: float = Field(
-        0.0,
-        ge=0,
-        description="weight of the cross-user contrast: on pairs of users whose targets for the "
-        "same item differ, each target must be denoised better under its own user "
-        "(icg.training.common.user_contrast_loss); 0: off",
-    )
-    user_contrast_beta: float = Field(
-        1000.0, gt=0, description="the contrast's inverse temperature"
-    )
-    user_contrast_pairs: int = Field(4, ge=1, description="contrast pairs per step")
     click_weight_max: float = Field(
         10.0, ge=1, description="click weights are clipped here before normalising to mean 1"
     )
@@ -167,7 +153,6 @@ class AlignRecipe:
         self.step = 0
         self.losses: list[float] = []
         self.user_effect: float | None = None
-        self.contrasts: list[float] = []  # the cross-user contrast of each step (diagnostic)
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
@@ -273,40 +258,9 @@ class AlignRecipe:
             ]
         ).to(device)  # (B, L, C_text)
         weights = None if data.weights is None else data.weights[idx].to(device)  # (B,)
-        loss = denoising_loss(
+        return denoising_loss(
             self.unet, self.noise_scheduler, latents, noise, t, text,
             tokens.to(self.unet.dtype), weights,
-        )  # fmt: skip
-        if cfg.user_contrast > 0:
-            contrast = self.contrast_loss(step, idx, feats)
-            self.contrasts.append(float(contrast.detach()))
-            loss = loss + cfg.user_contrast * contrast
-        return loss
-
-    def contrast_loss(self, step: int, idx: list[int], feats: torch.Tensor) -> torch.Tensor:
-        """`user_contrast_loss` on the first ``user_contrast_pairs`` examples of the batch that
-        have a partner (its own random stream, so the denoising batch does not change)."""
-        cfg, data, device = self.config, self.data, self.accelerator.device
-        gen = step_generator(cfg.seed + CONTRAST_STREAM, step)
-        pairs = data.partners(idx[: cfg.user_contrast_pairs], gen)
-        if not pairs:
-            return feats.new_zeros(())
-        rows, partners = zip(*pairs, strict=True)
-        at = torch.tensor([idx.index(k) for k in rows], device=feats.device)
-        users = torch.stack([data.user_vectors[data.user_ids[k]] for k in rows]).to(device)
-        others = torch.stack([data.user_vectors[data.user_ids[j]] for j in partners]).to(device)
-        latents = data.latents[list(rows)].to(device)
-        partner_latents = data.latents[list(partners)].to(device)
-        noise = torch.randn((2 * len(rows), *latents.shape[1:]), generator=gen).to(latents)
-        t = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (len(rows),), generator=gen
-        ).to(device)
-        text = torch.stack([data.text_states[data.titles[data.item_ids[k]]] for k in rows])
-        dtype = self.unet.dtype
-        return user_contrast_loss(
-            self.unet, self.noise_scheduler, latents, partner_latents, noise, t, text.to(device),
-            self.model(feats[at], users).to(dtype), self.model(feats[at], others).to(dtype),
-            cfg.user_contrast_beta,
         )  # fmt: skip
 
     # -- train -----------------------------------------------------------------------------
@@ -331,9 +285,6 @@ class AlignRecipe:
             if self.step % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
                 logger.info("step %d loss %.5f", self.step, self.losses[-1])
-                if self.contrasts:
-                    window = self.contrasts[-cfg.log_every :]
-                    logger.info("step %d user contrast %.4f", self.step, sum(window) / len(window))
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         bar.close()

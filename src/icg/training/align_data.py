@@ -38,26 +38,6 @@ class AlignData:
     user_vectors: dict[str, torch.Tensor]
     weights: torch.Tensor | None = None  # (N,) example weights, mean 1; None: uniform
     text_states: dict[str, torch.Tensor] = field(default_factory=dict)  # title → (L, C_text)
-    covers: list[str] = field(default_factory=list)  # the target cover of each example
-    _by_item: dict[str, list[int]] = field(default_factory=dict, repr=False)
-
-    def partners(self, rows: list[int], generator: torch.Generator) -> list[tuple[int, int]]:
-        """For each example of ``rows``, one of another user on the same item whose target is
-        another cover (uniform, drawn from ``generator``), as ``(row, partner)``; rows without
-        such an example are left out. The pairs of the cross-user contrast
-        (`icg.training.common.user_contrast_loss`)."""
-        if not self._by_item:
-            for k, item in enumerate(self.item_ids):
-                self._by_item.setdefault(item, []).append(k)
-        out = []
-        for k in rows:
-            others = [
-                j for j in self._by_item[self.item_ids[k]]
-                if self.covers[j] != self.covers[k] and self.user_ids[j] != self.user_ids[k]
-            ]  # fmt: skip
-            if others:
-                out.append((k, others[int(torch.randint(len(others), (1,), generator=generator))]))
-        return out
 
 
 def shown_pairs(impressions, items, users):
@@ -110,9 +90,7 @@ def prepare_align_data(config, data, vae, tokenizer, text_encoder, size: int) ->
         u: torch.as_tensor(np.asarray(users.at[u, "embedding"], dtype=np.float32))
         for u in sorted(set(user_ids))
     }
-    prepared = AlignData(
-        item_ids, user_ids, latents, titles, images, user_vectors, weights, covers=list(covers)
-    )
+    prepared = AlignData(item_ids, user_ids, latents, titles, images, user_vectors, weights)
     for title in titles.values():
         prompt = config.base_prompt.replace("{title}", title)
         prepared.text_states[title] = encode_prompt(tokenizer, text_encoder, prompt)

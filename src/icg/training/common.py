@@ -117,57 +117,6 @@ def without_users(users: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
     return torch.where(drop.to(users.device)[:, None], float("nan"), users)
 
 
-def user_contrast_loss(
-    unet,
-    scheduler,
-    latents: torch.Tensor,
-    partner_latents: torch.Tensor,
-    noise: torch.Tensor,
-    t: torch.Tensor,
-    text_states: torch.Tensor,
-    tokens: torch.Tensor,
-    partner_tokens: torch.Tensor,
-    beta: float,
-) -> torch.Tensor:
-    """Cross-user denoising preference: each user's target is denoised better under that user's
-    tokens than under the other user's.
-
-    For pairs of users ``(A, B)`` whose targets ``x_A != x_B`` are covers of the same item, with
-    ``e(x | u)`` the per-example noise-prediction error of ``x`` noised with ``(noise, t)`` under
-    user ``u``'s tokens, the loss is the logistic loss of Diffusion-DPO (Wallace et al. 2024,
-    Eq. 14) with the users in the role of the two models::
-
-        -log sigmoid(beta * [e(x_A | B) - e(x_A | A) + e(x_B | A) - e(x_B | B)])
-
-    Item, text, noise and timestep are shared by all four terms, so only what the user changes
-    counts: the denoising loss alone leaves this part of its gradient under the noise of
-    everything else a target shows.
-
-    Args:
-        latents, partner_latents: ``(P, C, h, w)`` the targets of A and of B.
-        noise: ``(2P, C, h, w)``: A's targets' noise, then B's.
-        t: ``(P,)`` timesteps (one per pair).
-        text_states: ``(P, L, C_text)``.
-        tokens, partner_tokens: ``(P, K', T)`` ICG tokens under A and under B.
-        beta: inverse temperature on the margin (per-element mean squared errors).
-    """
-    n = len(latents)
-    clean = torch.cat([latents, latents, partner_latents, partner_latents])  # (4P, ...)
-    noise = torch.cat([noise[:n], noise[:n], noise[n:], noise[n:]])
-    steps = t.repeat(4)
-    noisy = scheduler.add_noise(clean, noise, steps)
-    conditions = torch.cat([tokens, partner_tokens, partner_tokens, tokens])  # A, B, B, A
-    pred = unet(
-        noisy, steps, text_states.repeat(4, 1, 1),
-        cross_attention_kwargs={ICG_TOKENS_KWARG: conditions},
-    ).sample  # fmt: skip
-    target = diffusion_target(scheduler, clean, noise, steps)
-    err = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
-    own_a, other_a, own_b, other_b = err.view(4, n)
-    margin = (other_a - own_a) + (other_b - own_b)  # (P,): > 0 when each fits its own user
-    return -F.logsigmoid(beta * margin).mean()
-
-
 @torch.no_grad()
 def encode_prompt(tokenizer, text_encoder, text: str) -> torch.Tensor:
     """The base model's text states ``(L, C_text)`` of one prompt, padded as SD pipelines do."""

@@ -97,9 +97,8 @@ class RewardConfig(BaseModel):
             raise ValueError(f"data: expected an existing data folder, got {str(self.data)!r}")
         if not self.rewards:
             raise ValueError("rewards: expected at least one NAME=WEIGHT")
-        for name in ("preference", "taste"):
-            if self.rewards.get(name, 0.0) and self.preference is None:
-                raise ValueError(f"preference: the {name} reward needs --preference RUN/preference")
+        if self.rewards.get("preference", 0.0) and self.preference is None:
+            raise ValueError("preference: the preference reward needs --preference RUN/preference")
         if self.truncation_k > self.num_inference_steps:
             raise ValueError(
                 f"truncation_k: expected <= num_inference_steps={self.num_inference_steps}, "
