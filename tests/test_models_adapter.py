@@ -63,6 +63,39 @@ def test_untrained_adapter_is_bit_exact_and_removable(kind):
     assert not adapter.is_installed
 
 
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_global_conditioning_reaches_the_timestep_embedding(kind, tmp_path):
+    """Zero-initialised and bias-free: untrained, and for CFG's zero tokens, bit-exact; trained,
+    the image changes with the tokens even where cross-attention is off; saved and removed."""
+    if kind == "sd15":
+        pipe = StableDiffusionPipeline(**get_dummy_components())
+    else:
+        pipe = StableDiffusionXLPipeline(**get_dummy_sdxl_components(), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    base = _run(pipe)
+    adapter = CoverAdapter.from_unet(
+        pipe.unet, feature_dim=D, num_feature_tokens=K, global_conditioning=True
+    )
+    assert adapter.time_cond.out_features == pipe.unet.time_embedding.linear_2.out_features
+    adapter.install(pipe.unet)
+    tokens = adapter(torch.randn(2, K, D))
+    cfg_tokens = torch.cat([torch.zeros_like(tokens), tokens])
+    with torch.no_grad():
+        assert torch.equal(_run(pipe, cfg_tokens), base)
+        adapter.time_cond.weight.normal_(std=1.0)  # only the global branch is trained
+        drawn = _run(pipe, cfg_tokens)
+        assert not torch.equal(drawn, base)
+        assert not torch.equal(_run(pipe, torch.cat([torch.zeros_like(tokens), -tokens])), drawn)
+        assert torch.equal(_run(pipe, torch.zeros_like(cfg_tokens)), base)
+        assert torch.equal(_run(pipe), base)  # no tokens passed: the base model
+    adapter.save_pretrained(tmp_path)
+    loaded = CoverAdapter.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.time_cond.weight, adapter.time_cond.weight)
+    adapter.remove(pipe.unet)
+    with torch.no_grad():
+        assert torch.equal(_run(pipe, cfg_tokens), base)
+
+
 def test_sdxl_blocks_of_different_width():
     unet = get_dummy_sdxl_components()["unet"]
     layers = cross_attention_layers(unet)

@@ -5,6 +5,14 @@ personalized context ``C (B, K, D)`` is mapped to ``K'`` tokens of width ``token
 into every cross-attention layer of the UNet as a second, decoupled attention branch
 (IP-Adapter style, Ye et al. 2023, Sec. 3.2). The adapter is zero-initialised (``to_v_icg = 0``)
 so that an untrained adapter leaves the base pipeline's output bit-for-bit unchanged.
+
+Cross-attention lets the tokens say *what* is drawn where, but a base model whose text
+conditioning never controlled style (brightness, saturation, layout: where taste lives) gives
+that branch no lever on it. With ``global_conditioning`` the adapter also adds a projection of
+the mean ICG token to the UNet's timestep embedding, the way class-conditional diffusion models
+condition every ResNet block (Dhariwal & Nichol 2021, Sec. 3.1; Peebles & Xie 2023, adaLN). The
+projection is zero-initialised and has no bias, so zero tokens (CFG's unconditional branch)
+add nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +26,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
 from icg.artifacts import CheckedLoadMixin
-from icg.models.attention import ICGAttnProcessor, ICGAttnWeights, PassthroughProcessor
+from icg.models.attention import (
+    ICG_TOKENS_KWARG,
+    ICGAttnProcessor,
+    ICGAttnWeights,
+    PassthroughProcessor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +49,14 @@ def cross_attention_layers(unet: nn.Module) -> dict[str, int]:
         if getattr(module, "is_cross_attention", False):
             layers[name] = int(module.inner_dim)
     return layers
+
+
+def time_embedding_dim(unet: nn.Module) -> int:
+    """Width of a diffusers UNet's timestep embedding (``unet.time_embedding``'s output)."""
+    embedding = getattr(unet, "time_embedding", None)
+    if embedding is None or not hasattr(embedding, "linear_2"):
+        raise ValueError("unet: global conditioning needs a diffusers UNet with a time_embedding")
+    return int(embedding.linear_2.out_features)
 
 
 class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
@@ -56,6 +77,8 @@ class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
         base_model: name or path of the base diffusion model, recorded for loading.
         base_prompt: how a title becomes the base model's text prompt (``{title}`` is replaced);
             stage A, stage B and the pipeline all prompt the base model this way.
+        time_embed_dim: width of the UNet's timestep embedding to condition globally (``None``:
+            cross-attention only).
     """
 
     @register_to_config
@@ -70,6 +93,7 @@ class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
         scale: float = 1.0,
         base_model: str | None = None,
         base_prompt: str = "{title}",
+        time_embed_dim: int | None = None,
     ) -> None:
         super().__init__()
         if not layers:
@@ -92,7 +116,13 @@ class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
                 for name, dim in sorted(layers.items())
             }
         )
+        self.time_cond = None
+        if time_embed_dim is not None:
+            self.time_cond = nn.Linear(token_dim, time_embed_dim, bias=False)
+            nn.init.zeros_(self.time_cond.weight)
         self._scale = scale
+        self._hooks: list = []
+        self._pending_tokens: torch.Tensor | None = None
         self._original_processors: dict | None = None
         self._installed_processors: dict[str, ICGAttnProcessor] = {}
 
@@ -111,8 +141,10 @@ class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
         scale: float = 1.0,
         base_model: str | None = None,
         base_prompt: str = "{title}",
+        global_conditioning: bool = False,
     ) -> CoverAdapter:
-        """A fresh adapter shaped for ``unet``; ``to_k_icg`` starts from the text ``to_k`` where widths agree."""
+        """A fresh adapter shaped for ``unet``; ``to_k_icg`` starts from the text ``to_k`` where widths agree.
+        ``global_conditioning`` also conditions the UNet's timestep embedding (module doc)."""
         layers = cross_attention_layers(unet)
         if not layers:
             raise ValueError("unet: expected a UNet with cross-attention layers, found none")
@@ -128,6 +160,7 @@ class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
             scale=scale,
             base_model=base_model,
             base_prompt=base_prompt,
+            time_embed_dim=time_embedding_dim(unet) if global_conditioning else None,
         )
         with torch.no_grad():
             for name in layers:
@@ -188,11 +221,40 @@ class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
                 processors[name] = PassthroughProcessor(original)
         unet.set_attn_processor(processors)
         self._original_processors = originals
+        if self.time_cond is not None:
+            self._install_time_conditioning(unet)
+
+    def _install_time_conditioning(self, unet: nn.Module) -> None:
+        """Hooks: the UNet's call hands its ``icg_tokens`` to its timestep embedding's output."""
+        if time_embedding_dim(unet) != self.config.time_embed_dim:
+            raise ValueError(
+                f"unet: timestep embedding of width {time_embedding_dim(unet)}, but the adapter "
+                f"conditions width {self.config.time_embed_dim}. Was it built for this base?"
+            )
+
+        def take_tokens(module, args, kwargs):
+            extra = kwargs.get("cross_attention_kwargs") or {}
+            self._pending_tokens = extra.get(ICG_TOKENS_KWARG)
+
+        def add_tokens(module, args, emb):
+            tokens, self._pending_tokens = self._pending_tokens, None
+            if tokens is None:
+                return emb
+            shift = self.time_cond(tokens.mean(1).to(self.time_cond.weight.dtype))  # (B, E)
+            return emb + self._scale * shift.to(emb.dtype)
+
+        self._hooks = [
+            unet.register_forward_pre_hook(take_tokens, with_kwargs=True),
+            unet.time_embedding.register_forward_hook(add_tokens),
+        ]
 
     def remove(self, unet: nn.Module) -> None:
         """Restore the processors ``unet`` had before :meth:`install`."""
         if self._original_processors is None:
             raise RuntimeError("CoverAdapter is not installed")
         unet.set_attn_processor(dict(self._original_processors))
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks, self._pending_tokens = [], None
         self._original_processors = None
         self._installed_processors = {}

@@ -62,6 +62,7 @@ class ICGModel(nn.Module):
         lora_rank: int = 0,
         prompt_template: str | None = None,
         base_prompt: str = "{title}",
+        global_conditioning: bool = False,
     ) -> ICGModel:
         """A fresh, zero-initialised ICG model for ``unet`` and ``mllm``."""
         hidden = mllm.get_input_embeddings().embedding_dim
@@ -88,6 +89,7 @@ class ICGModel(nn.Module):
             num_tokens=num_tokens,
             base_model=base_model,
             base_prompt=base_prompt,
+            global_conditioning=global_conditioning,
         )
         return cls(encoder, adapter, refiner)
 

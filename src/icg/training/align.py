@@ -80,6 +80,11 @@ class AlignConfig(BaseModel):
     num_tokens: int | None = Field(None, ge=1)
     refiner_hidden_dim: int = Field(64, ge=1)
     lora_rank: int = Field(0, ge=0)
+    global_conditioning: bool = Field(
+        False,
+        description="the adapter also conditions the UNet's timestep embedding on the mean ICG "
+        "token (icg.models.adapter), a global lever on style that cross-attention lacks",
+    )
     resolution: int | None = Field(None, ge=8)
     text_dropout: float = Field(0.1, ge=0, le=1)
     user_dropout: float = Field(
@@ -209,6 +214,7 @@ class AlignRecipe:
                 mllm_name_or_path=cfg.mllm,
                 lora_rank=cfg.lora_rank,
                 base_prompt=cfg.base_prompt,
+                global_conditioning=cfg.global_conditioning,
             )
         model.to(device)
         model.adapter.install(self.unet)
