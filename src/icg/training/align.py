@@ -81,7 +81,7 @@ class AlignConfig(BaseModel):
     refiner_hidden_dim: int = Field(64, ge=1)
     lora_rank: int = Field(0, ge=0)
     global_conditioning: bool = Field(
-        False,
+        True,
         description="the adapter also conditions the UNet's timestep embedding on the mean ICG "
         "token (icg.models.adapter), a global lever on style that cross-attention lacks",
     )
