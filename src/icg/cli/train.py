@@ -56,6 +56,13 @@ def align(
         float | None,
         typer.Option("--user-dropout", help="Fraction of each batch trained without its user."),
     ] = None,
+    global_conditioning: Annotated[
+        bool | None,
+        typer.Option(
+            "--global-conditioning/--no-global-conditioning",
+            help="The adapter also conditions the UNet's timestep embedding (default: on).",
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
     ] = False,
@@ -85,6 +92,7 @@ def align(
             targets=targets,
             click_weighting=click_weighting,
             user_dropout=user_dropout,
+            global_conditioning=global_conditioning,
         )
     except (ValidationError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err
