@@ -28,13 +28,18 @@ def _run(pipe, tokens=None, seed=0):
     ).images
 
 
-@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
-def test_untrained_adapter_is_bit_exact_and_removable(kind):
+def _pipe(kind: str):
     if kind == "sd15":
         pipe = StableDiffusionPipeline(**get_dummy_components())
     else:
         pipe = StableDiffusionXLPipeline(**get_dummy_sdxl_components(), add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_untrained_adapter_is_bit_exact_and_removable(kind):
+    pipe = _pipe(kind)
     base = _run(pipe)
     originals = dict(pipe.unet.attn_processors)
     adapter = CoverAdapter.from_unet(pipe.unet, feature_dim=D, num_feature_tokens=K, num_tokens=4)
@@ -67,11 +72,7 @@ def test_untrained_adapter_is_bit_exact_and_removable(kind):
 def test_global_conditioning_reaches_the_timestep_embedding(kind, tmp_path):
     """Zero-initialised and bias-free: untrained, and for CFG's zero tokens, bit-exact; trained,
     the image changes with the tokens even where cross-attention is off; saved and removed."""
-    if kind == "sd15":
-        pipe = StableDiffusionPipeline(**get_dummy_components())
-    else:
-        pipe = StableDiffusionXLPipeline(**get_dummy_sdxl_components(), add_watermarker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _pipe(kind)
     base = _run(pipe)
     adapter = CoverAdapter.from_unet(
         pipe.unet, feature_dim=D, num_feature_tokens=K, global_conditioning=True
