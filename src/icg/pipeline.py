@@ -46,6 +46,21 @@ def cfg_tokens(tokens: torch.Tensor, do_cfg: bool) -> torch.Tensor:
     return torch.cat([torch.zeros_like(tokens), tokens]) if do_cfg else tokens
 
 
+def refuse_unet_lora(adapter_dir: str | Path) -> None:
+    """Refuse an adapter whose stage-B run also trained a UNet LoRA (``--lora-rank > 0``):
+    drawing without it would silently give other covers than the run was trained and scored on.
+    Loading it is not implemented yet."""
+    from icg.training.lora import LORA_FILE
+
+    adapter_dir = Path(adapter_dir)
+    for folder in (adapter_dir, adapter_dir.parent):
+        if (folder / LORA_FILE).is_file():
+            raise ValueError(
+                f"{folder / LORA_FILE}: this run trained a UNet LoRA, which drawing does not load "
+                "yet; retrain stage B with lora_rank 0"
+            )
+
+
 class ICGPipeline:
     """Personalized cover generation: a base diffusers pipeline plus an ICG model.
 
@@ -82,6 +97,7 @@ class ICGPipeline:
         """
         from diffusers import DiffusionPipeline
 
+        refuse_unet_lora(adapter_dir)
         config = ICGModel.read_config(adapter_dir)
         if base is None or isinstance(base, str | Path):
             name = str(base or config["base_model"] or "")

@@ -68,8 +68,11 @@ ICG_METHODS = {
 
 def adapter_folder(run: Path, name: str) -> Path | None:
     """``RUN/<name>/adapter`` (or ``RUN/<name>``) when it holds an ICG adapter."""
+    from icg.pipeline import refuse_unet_lora
+
     for folder in (run / name / "adapter", run / name):
         if (folder / "icg_config.json").is_file():
+            refuse_unet_lora(folder)
             return folder
     return None
 
