@@ -225,7 +225,9 @@ class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
             self._install_time_conditioning(unet)
 
     def _install_time_conditioning(self, unet: nn.Module) -> None:
-        """Hooks: the UNet's call hands its ``icg_tokens`` to its timestep embedding's output."""
+        """Hooks: the UNet's call hands its ``icg_tokens`` to its timestep embedding's output
+        (one UNet call at a time, as every caller here makes them; `icg serve` draws on one
+        worker thread)."""
         if time_embedding_dim(unet) != self.config.time_embed_dim:
             raise ValueError(
                 f"unet: timestep embedding of width {time_embedding_dim(unet)}, but the adapter "
