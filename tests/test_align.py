@@ -128,6 +128,9 @@ def test_cli_dry_run(tmp_path, data_dir):
     assert result.exit_code != 0 and "a preference model folder" in _unboxed(result.output)
     result = CliRunner().invoke(build_app(), [*args, "--user-dropout", "0.3"])
     assert result.exit_code == 0 and '"user_dropout": 0.3' in result.output
+    assert '"global_conditioning": true' in result.output  # the recipe's default
+    result = CliRunner().invoke(build_app(), [*args, "--no-global-conditioning"])
+    assert result.exit_code == 0 and '"global_conditioning": false' in result.output
 
 
 def _unboxed(output: str) -> str:
