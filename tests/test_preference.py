@@ -208,3 +208,24 @@ def test_implicit_feedback_and_embedding_cache(tmp_path):
     os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
     clip_mod.embed_files(towers, result.data.cover_paths, tmp_path / "run" / CACHE_FILE)
     assert calls == [1]
+
+
+def test_save_preference_puts_the_config_last_and_leaves_no_temporary(
+    tmp_path, synthetic, monkeypatch
+):
+    """``config.json`` marks a finished model: it is renamed into place after the weights."""
+    import os
+
+    import icg.training.preference as tp
+
+    data, _, _ = synthetic
+    fit = fit_preference(
+        data, PreferenceConfig(epochs=1, **{k: v for k, v in QUICK.items() if k != "epochs"})
+    )
+    moved = []
+    real = os.replace
+    monkeypatch.setattr(tp.os, "replace", lambda a, b: moved.append(Path(b).name) or real(a, b))
+    tp.save_preference(fit, tmp_path, PreferenceConfig())
+    assert moved[-1] == "config.json" and "diffusion_pytorch_model.safetensors" in moved
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    PreferenceModel.from_pretrained(tmp_path)

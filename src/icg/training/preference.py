@@ -11,6 +11,8 @@ Nothing here reads ``<data>/truth/``; the Bayes-optimal AUC is computed by
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,13 +345,18 @@ def _logloss(p: np.ndarray, y: np.ndarray) -> float:
 
 # ---- the recipe ----------------------------------------------------------------------------
 def save_preference(result: FitResult, out: str | Path, cfg: PreferenceConfig) -> Path:
-    """Write ``save_pretrained`` (config.json + safetensors), ``metrics.json`` and
-    ``train_config.yaml``."""
+    """Write ``metrics.json``, ``train_config.yaml`` and ``save_pretrained`` (safetensors, then
+    ``config.json``). Each file is renamed into place whole, and ``config.json``, which marks a
+    finished model (the demo skips the stage when it exists), comes last: an interrupted save
+    never leaves a config beside missing or truncated weights."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result.model.save_pretrained(out)
     atomic_write_json(out / "metrics.json", {**result.metrics, "history": result.history})
     atomic_write_yaml(out / "train_config.yaml", cfg.model_dump())
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-model-") as tmp:
+        result.model.save_pretrained(tmp)
+        for file in sorted(Path(tmp).iterdir(), key=lambda f: f.name == "config.json"):
+            os.replace(file, out / file.name)
     return out
 
 
