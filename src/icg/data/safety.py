@@ -55,21 +55,21 @@ class Caps:
 
 DEFAULT_CAPS = Caps()
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # C0, DEL, undecodable bytes
+CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # C0, DEL, undecodable bytes
 _CONTROL_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")  # tab, newlines ok
 
 
 def string_rule(col: ColumnSpec, caps: Caps) -> tuple[int, re.Pattern[str]]:
     """The length limit and forbidden characters of a known string column."""
     if col.kind is Kind.PATH:
-        return caps.max_path_chars, _CONTROL
+        return caps.max_path_chars, CONTROL
     if col.unique or col.references:
-        return caps.max_id_chars, _CONTROL
+        return caps.max_id_chars, CONTROL
     if col.name == "title":
-        return caps.max_title_chars, _CONTROL
+        return caps.max_title_chars, CONTROL
     if col.name == "description":
         return caps.max_description_chars, _CONTROL_TEXT
-    return caps.max_text_chars, _CONTROL
+    return caps.max_text_chars, CONTROL
 
 
 def text_problem(
@@ -186,7 +186,7 @@ def resolve_input(value: str, root: Path) -> tuple[str | None, Reason | None, st
     Returns:
         (absolute path or None, reason or None, detail).
     """
-    bad = _CONTROL.search(value)
+    bad = CONTROL.search(value)
     if bad is not None:
         return None, Reason.CONTROL_CHARACTER, f"control character {bad.group()!r} in a path"
     rel = Path(value)

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from icg.data.safety import Caps
-
-# ids and titles: no C0 control character or DEL, as in data validation (`icg.data.safety`)
-NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+from icg.data.safety import CONTROL, DEFAULT_CAPS, text_problem
 
 MAX_SEED = 2**31 - 1
 
@@ -26,13 +23,13 @@ class CoverRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str | None = Field(None, min_length=1, max_length=256, pattern=NO_CONTROL)
+    user_id: str | None = Field(None, min_length=1, max_length=DEFAULT_CAPS.max_id_chars)
     user_embedding: list[float] | None = Field(None, min_length=1, max_length=4096)
     allow_cold_start: bool = Field(
         False, description="An unknown user_id falls back to a cold-start cover instead of 404."
     )
-    item_id: str | None = Field(None, min_length=1, max_length=256, pattern=NO_CONTROL)
-    title: str | None = Field(None, min_length=1, max_length=1000, pattern=NO_CONTROL)
+    item_id: str | None = Field(None, min_length=1, max_length=DEFAULT_CAPS.max_id_chars)
+    title: str | None = Field(None, min_length=1, max_length=DEFAULT_CAPS.max_title_chars)
     image: str | None = Field(None, description="Base64 reference image (PNG/JPEG/WEBP/BMP/GIF).")
     candidates: int = Field(1, ge=1, description="Best-of-K under the run's reward.")
     steps: int | None = Field(None, ge=1, description="Denoising steps (default: the server's).")
@@ -49,12 +46,22 @@ class CoverRequest(BaseModel):
             raise ValueError("the item: expected item_id, or title plus image")
         if self.user_embedding is not None:
             values = np.asarray(self.user_embedding)
-            if not np.all(np.isfinite(values)) or np.abs(values).max() > Caps.max_embedding_abs:
+            cap = DEFAULT_CAPS.max_embedding_abs
+            if not np.all(np.isfinite(values)) or np.abs(values).max() > cap:
                 raise ValueError(
-                    f"user_embedding: expected finite numbers of magnitude at most "
-                    f"{Caps.max_embedding_abs:g} (the data validation's cap)"
+                    f"user_embedding: expected finite numbers of magnitude at most {cap:g} "
+                    "(the data validation's cap)"
                 )
         return self
+
+    @field_validator("user_id", "item_id", "title")
+    @classmethod
+    def _no_control_characters(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Refused as data validation refuses them in tables (`icg.data.safety`)."""
+        problem = text_problem(value, len(value or ""), CONTROL)  # length: the Field's check
+        if problem is not None:
+            raise ValueError(f"{info.field_name}: {problem[1]}")
+        return value
 
 
 @dataclass(frozen=True)
