@@ -28,21 +28,12 @@ import torch
 
 from icg.data.dataset import load_dataset
 from icg.data.images import load_image
-from icg.evaluation.baselines import item_variants
+from icg.evaluation.baselines import item_variants, load_covers
 from icg.evaluation.personal import mean_interval, swap_partners
 from icg.training.click_weights import preferred_covers
 from icg.world.attributes import STYLE_DIMS
 from icg.world.readout import read
 from icg.world.truth import Truth
-
-
-def covers_at(paths: list[str], size: int = 64) -> np.ndarray:
-    """uint8 (N, size, size, 3), each distinct path loaded once."""
-    cache: dict[str, np.ndarray] = {}
-    for p in paths:
-        if p not in cache:
-            cache[p] = np.asarray(load_image(p, size=size))
-    return np.stack([cache[p] for p in paths])
 
 
 def target_personalness(data, truth, preference: Path, n_users: int, n_items: int, rng) -> dict:
@@ -61,7 +52,10 @@ def target_personalness(data, truth, preference: Path, n_users: int, n_items: in
     own = preferred_covers(preference, pairs, data.impressions, data.users)
     theirs = preferred_covers(preference, swapped, data.impressions, data.users)
     u, i = pairs["user_id"].tolist(), pairs["item_id"].tolist()
-    mine, other = truth.score(covers_at(own), u, i), truth.score(covers_at(theirs), u, i)
+    mine, other = (
+        truth.score(load_covers(own, 64), u, i),
+        truth.score(load_covers(theirs, 64), u, i),
+    )
     return {
         "pairs": len(pairs),
         "ctr_own_pick": float(mine["ctr"].mean()),
@@ -110,7 +104,7 @@ def style_following(pipe, data, n_items: int, per_item: int, steps: int, guidanc
         guidance_scale=guidance, generator=torch.Generator().manual_seed(0), output_type="np",
     ).images  # fmt: skip
     drawn = (np.asarray(drawn) * 255).round().astype(np.uint8)
-    given, got = read(covers_at(covers)).style, read(drawn).style
+    given, got = read(load_covers(covers, 64)).style, read(drawn).style
     corr = {d: float(np.corrcoef(given[:, k], got[:, k])[0, 1]) for k, d in enumerate(STYLE_DIMS)}
     return {"draws": len(covers), "corr": corr}
 
