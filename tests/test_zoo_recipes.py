@@ -207,3 +207,18 @@ def test_mllm_vision_from_pretrained_copies_a_matching_clip_tower(tmp_path: Path
     ).save_pretrained(str(tmp_path / "other"))
     with pytest.raises(ValueError, match="patch_size=8, expected 16"):
         mllm_model.init_vision_from_clip(model, str(tmp_path / "other"))
+
+
+def test_mllm_batches_blank_a_share_of_titles_so_the_cover_must_be_read() -> None:
+    from icg.zoo.recipes.mllm import recipe as mllm_recipe
+
+    processor = mllm_model.build_processor(vocab_size=500, n_titles=200)
+    cfg = mllm_config.MllmRecipeConfig(batch_size=64, title_dropout=0.5)
+    a, b = mllm_recipe.batch(3, cfg, processor), mllm_recipe.batch(3, cfg, processor)
+    torch.testing.assert_close(a["input_ids"], b["input_ids"])  # a pure function of the step
+    texts = processor.tokenizer.batch_decode(a["input_ids"], skip_special_tokens=False)
+    blank = sum("title: \n" in t for t in texts)
+    assert 16 <= blank <= 48, blank  # Binomial(64, 0.5): four standard deviations
+    never = mllm_config.MllmRecipeConfig(batch_size=64, title_dropout=0.0)
+    texts = processor.tokenizer.batch_decode(mllm_recipe.batch(3, never, processor)["input_ids"])
+    assert not any("title: \n" in t for t in texts)

@@ -18,6 +18,7 @@ from icg.cli.errors import clean_errors
 COMMANDS: list[tuple[str, str, str, str]] = [
     ("world", "generate", "icg.cli.world", "generate"),
     ("world", "train-oracle", "icg.cli.world", "train_oracle"),
+    ("world", "evaluate-oracle", "icg.cli.world", "evaluate_oracle"),
     ("data", "validate", "icg.cli.data", "validate"),
     ("zoo", "list", "icg.cli.zoo", "list_"),
     ("zoo", "path", "icg.cli.zoo", "path"),

@@ -19,6 +19,7 @@ from torch import nn
 
 from icg.io import atomic_dir
 from icg.world.attributes import MOTIFS, STYLE_DIMS, STYLE_LEVELS
+from icg.world.degrade import random_degradation
 from icg.world.sampling import sample_covers
 from icg.world.seeds import oracle_seed
 
@@ -87,6 +88,8 @@ def train_oracle(
 ) -> dict[str, float]:
     """Train the oracle on ORACLE-seed renders and save it (safetensors + config.json).
 
+    Every batch is degraded at random (`icg.world.degrade.random_degradation`: blur, JPEG,
+    noise, resampling, or nothing), so the truth reads generated covers as it reads renders.
     Returns the accuracy per head on fresh ORACLE-seed renders (never used for training).
     """
     from rich.progress import Progress
@@ -95,7 +98,8 @@ def train_oracle(
     start = time.perf_counter()
     train = sample_covers(n_train, seed=oracle_seed(2 * seed), defect_rate=0.4)
     test = sample_covers(4000, seed=oracle_seed(2 * seed + 1), defect_rate=0.4)
-    x_all, y_all = to_input(train.images), _targets(train)
+    y_all = _targets(train)
+    rng = np.random.default_rng(oracle_seed(2 * seed))
     net = OracleNet()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     batch = 128
@@ -108,10 +112,8 @@ def train_oracle(
             perm = torch.randperm(n_train, generator=gen)
             for i in range(n_train // batch):
                 idx = perm[i * batch : (i + 1) * batch]
-                x = x_all[idx]
-                if torch.rand((), generator=gen) < 0.5:  # generated covers are often soft
-                    x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-                logits = net(x)
+                # generated covers are soft, compressed, noisy: read them as a person would
+                logits = net(to_input(random_degradation(train.images[idx.numpy()], rng)))
                 loss = sum(F.cross_entropy(logits[k], y_all[k][idx]) for k in logits)
                 opt.zero_grad()
                 loss.backward()

@@ -10,8 +10,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from icg.world.attributes import NUM_STYLE, PALETTE_HUES, STYLE_DIMS
-from icg.world.oracle import HEAD_DIMS, load_oracle, to_input
+from icg.world.attributes import NUM_STYLE, PALETTE_HUES, STYLE_DIMS, STYLE_LEVELS
+from icg.world.oracle import HEAD_DIMS, OracleNet, load_oracle, to_input
 from icg.world.render import BG_VALUE, SAT_MULT, _box_blur
 
 PALETTE_SIGMA_DEG = 14.0
@@ -83,6 +83,13 @@ def _hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return h * 60.0, s, v
 
 
+def _smooth(x: np.ndarray) -> np.ndarray:
+    """5x5 mean of each image of (N, H, W, C) float."""
+    n, h, w, c = x.shape
+    flat = np.moveaxis(x, 0, 2).reshape(h, w, n * c)  # (H, W, N * C)
+    return np.moveaxis(_box_blur(flat, 2).reshape(h, w, n, c), 2, 0)
+
+
 def palette_probs(x: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) float -> (N, 8): a Gaussian on the circular distance between the
     saturation-weighted mean hue of the cover and each palette's hue."""
@@ -112,18 +119,21 @@ def quality(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sharp, noise, contrast
 
 
-def read(images: np.ndarray, batch_size: int = 512) -> Readout:
-    """Read attributes and quality measures off uint8 images (N, H, W, 3) of any size."""
+def read(images: np.ndarray, batch_size: int = 512, net: OracleNet | None = None) -> Readout:
+    """Read attributes and quality measures off uint8 images (N, H, W, 3) of any size.
+
+    `net` is the oracle to read with (default: the shipped one).
+    """
     images = _as_uint8(images)
     x = to_input(images)  # (N, 3, 64, 64): every measure is taken at 64px
     x64 = x.permute(0, 2, 3, 1).numpy()  # (N, 64, 64, 3)
-    net = _oracle()
+    net = net or _oracle()
     with torch.no_grad():
         outs = [net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     probs = {k: torch.cat([o[k] for o in outs]).softmax(-1).numpy() for k in outs[0]}
 
     inner = x64[:, 6:-6, 6:-6]  # skip the frame
-    _, s, v = _hsv(inner)
+    _, s, v = _hsv(_smooth(inner))  # pixel noise is not colour
     bg_v = np.median(v.reshape(len(x), -1), axis=1)
     bg_s = np.median(s.reshape(len(x), -1), axis=1)
     style = np.zeros((len(x), NUM_STYLE), dtype=np.float32)
@@ -144,6 +154,19 @@ def read(images: np.ndarray, batch_size: int = 512) -> Readout:
         noise=noise,
         contrast=contrast,
     )
+
+
+def style_levels(r: Readout) -> np.ndarray:
+    """The style level index per dimension (N, S): the oracle's most likely level for the
+    dimensions it reads, the nearest level of the analytic coordinate for the others."""
+    levels = np.zeros(r.style.shape, dtype=np.int64)
+    for i, d in enumerate(STYLE_DIMS):
+        if d in r.style_probs:
+            levels[:, i] = r.style_probs[d].argmax(-1)
+        else:
+            top = len(STYLE_LEVELS[d]) - 1
+            levels[:, i] = np.rint(r.style[:, i] * top).astype(np.int64)
+    return levels
 
 
 def aesthetic_from_readout(r: Readout) -> np.ndarray:

@@ -31,7 +31,7 @@ STYLE_PHRASES: dict[str, str] = {
 }
 
 
-def _style_phrase(dim: str, level: int) -> str:
+def style_phrase(dim: str, level: int) -> str:
     """Words for one style level, e.g. ("frame", 1) -> "a thin frame"."""
     word = STYLE_LEVELS[dim][level]
     return STYLE_PHRASES.get(word, word)
@@ -103,7 +103,7 @@ def make_text(
             key[:2] = -1
     for d in dims:
         key[2 + d] = style[d]
-    words = [_style_phrase(STYLE_DIMS[d], int(style[d])) for d in dims]
+    words = [style_phrase(STYLE_DIMS[d], int(style[d])) for d in dims]
     adjectives = [
         w
         for d, w in zip(dims, words, strict=True)

@@ -25,9 +25,11 @@ class MllmRecipeConfig(BaseModel):
         gate_items: fresh renders the recipe measures its gates on.
         tokenizer_titles: transcripts the BPE is trained on.
         vision_from_pretrained: LLaVA-style option: a `clip` model (``zoo:clip`` or a folder)
-            whose image tower (same ViT config) starts the vision tower; None (the shipped
-            model): the tower is trained from scratch.
+            whose image tower (same ViT config) starts the vision tower (the shipped model
+            starts from ``zoo:clip``); None: the tower is trained from scratch.
         vision_learning_rate_scale: learning-rate multiplier of a pretrained vision tower.
+        title_dropout: share of training examples whose title is blank, so that the motif
+            must be read off the cover (CoverWorld's titles are ambiguous on purpose).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -47,5 +49,6 @@ class MllmRecipeConfig(BaseModel):
     checkpoint_every: int = Field(100, ge=1)
     gate_items: int = Field(300, ge=1)
     tokenizer_titles: int = Field(6_000, ge=1)
-    vision_from_pretrained: str | None = None
+    vision_from_pretrained: str | None = "zoo:clip"
     vision_learning_rate_scale: float = Field(0.1, gt=0)
+    title_dropout: float = Field(0.35, ge=0, lt=1)

@@ -10,7 +10,8 @@ import torch
 from icg.zoo import evaldata
 from icg.zoo.recipes.mllm.chat import encode, parse_answer
 
-THRESHOLDS = {"motif_acc": 0.90, "palette_acc": 0.90}
+THRESHOLDS = {"motif_acc": 0.90, "palette_acc": 0.90, "image_only_motif": 0.90}
+BLANK_IMAGE_VALUE = 128  # the "no cover" image of `title_only_motif`: flat mid grey
 
 
 @torch.no_grad()
@@ -29,18 +30,31 @@ def describe(
 
 
 def measure(path: str | Path, gate_set: evaldata.GateSet) -> dict[str, float]:
-    """Gate metrics of the model at `path` on `gate_set` (greedy generation vs truth)."""
+    """Gate metrics of the model at `path` on `gate_set` (greedy generation vs truth).
+
+    ``motif_acc`` (also ``both_motif``) and ``palette_acc`` read the cover and its title;
+    ``image_only_motif`` the cover with a blank title; ``title_only_motif`` the title with a
+    flat grey image instead of the cover.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(str(path))
     processor = AutoProcessor.from_pretrained(str(path))
-    answers = describe(model, processor, gate_set.images, gate_set.titles)
-    parsed = np.array([parse_answer(a) for a in answers])  # (N, 2)
+
+    def read(images: np.ndarray, titles: list[str]) -> np.ndarray:  # (N, 2) motif, palette
+        return np.array([parse_answer(a) for a in describe(model, processor, images, titles)])
+
+    both = read(gate_set.images, gate_set.titles)
+    image_only = read(gate_set.images, [""] * len(gate_set.titles))
+    title_only = read(np.full_like(gate_set.images, BLANK_IMAGE_VALUE), gate_set.titles)
     return {
-        "motif_acc": float((parsed[:, 0] == gate_set.motif).mean()),
-        "palette_acc": float((parsed[:, 1] == gate_set.palette).mean()),
-        "parse_rate": float((parsed >= 0).all(axis=1).mean()),
-        "n": float(len(answers)),
+        "motif_acc": float((both[:, 0] == gate_set.motif).mean()),
+        "palette_acc": float((both[:, 1] == gate_set.palette).mean()),
+        "both_motif": float((both[:, 0] == gate_set.motif).mean()),
+        "image_only_motif": float((image_only[:, 0] == gate_set.motif).mean()),
+        "title_only_motif": float((title_only[:, 0] == gate_set.motif).mean()),
+        "parse_rate": float((both >= 0).all(axis=1).mean()),
+        "n": float(len(both)),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from icg.world.sampling import sample_covers
@@ -27,10 +28,15 @@ SEED_OFFSET = 2_000_000  # zoo_seed(SEED_OFFSET + step) renders the batch of `st
 
 
 def batch(step: int, cfg: MllmRecipeConfig, processor) -> dict:
-    """The training batch of `step`: a pure function of the step."""
+    """The training batch of `step`: a pure function of the step.
+
+    A `title_dropout` share of the titles is blank: the answer must then come from the cover.
+    """
     s = sample_covers(cfg.batch_size, seed=zoo_seed(SEED_OFFSET + step))
     answers = [answer_text(s.motif[i], s.palette[i], s.style[i]) for i in range(len(s.titles))]
-    return encode(processor, s.images, s.titles, answers)
+    blank = np.random.default_rng([SEED_OFFSET, step]).random(len(s.titles)) < cfg.title_dropout
+    titles = ["" if b else t for t, b in zip(s.titles, blank, strict=True)]
+    return encode(processor, s.images, titles, answers)
 
 
 def train(out: Path, *, resume: bool, seed: int, config: MllmRecipeConfig | None = None) -> None:

@@ -1,8 +1,11 @@
-"""Configuration, data seeds and prompt of the `sd` recipe."""
+"""Configuration, data seeds and prompts of the `sd` recipe."""
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from icg.world.attributes import STYLE_DIMS
 
 # Offsets inside the zoo seed range, one per use, so phases never share renders.
 VAE_DATA_OFFSET = 0  # VAE step k renders with zoo_seed(k)
@@ -42,6 +45,11 @@ class SDRecipeConfig(BaseModel):
         unet_defect_rate: defect rate of the UNet's renders (lower than the platform's 0.25,
             so that the base model draws clean covers).
         cfg_drop: probability of replacing the prompt by "" during UNet training.
+        style_caption_rate: share of UNet prompts that also name the cover's style
+            (`caption_for`); the rest are the plain prompt. 0 trains on plain prompts only, and
+            then the text conditioning never controls style (what ICG's user path steers).
+        style_word_rate: in a style caption, each style dimension is named with this
+            probability (at least one is), so any subset of style words conditions.
         min_snr_gamma: min-SNR loss weighting (Hang et al. 2023); 0 disables.
         num_train_timesteps: diffusion steps of the training schedule.
         checkpoint_every: steps between checkpoints (every phase).
@@ -67,13 +75,15 @@ class SDRecipeConfig(BaseModel):
     decoder_batch: int = Field(16, ge=1)
     decoder_learning_rate: float = Field(1e-3, gt=0)
     unet_channels: tuple[int, ...] = (32, 64, 64)
-    unet_steps: int = Field(2500, ge=1)
+    unet_steps: int = Field(4000, ge=1)
     unet_batch: int = Field(64, ge=1)
     unet_learning_rate: float = Field(1.5e-3, gt=0)
     ema_decay: float = Field(0.995, ge=0, lt=1)
-    num_latents: int = Field(8_192, ge=1)
+    num_latents: int = Field(16_384, ge=1)
     unet_defect_rate: float = Field(0.1, ge=0, le=1)
     cfg_drop: float = 0.1
+    style_caption_rate: float = Field(0.8, ge=0, le=1)
+    style_word_rate: float = Field(0.6, gt=0, le=1)
     min_snr_gamma: float = Field(5.0, ge=0)
     num_train_timesteps: int = Field(1000, ge=1)
     checkpoint_every: int = Field(100, ge=1)
@@ -101,3 +111,25 @@ class SDRecipeConfig(BaseModel):
 def prompts_for(titles: list[str]) -> list[str]:
     """The plain prompt of the recipe and of the gates: ``"a cover for <title>"``."""
     return [PROMPT_TEMPLATE.format(title=t) for t in titles]
+
+
+def style_phrases(levels: np.ndarray, dims: list[int] | None = None) -> list[str]:
+    """The `clip` recipe's words for style levels (S,), e.g. "dark", "on the left", "a thin
+    frame"; only the dimensions `dims` (default: all)."""
+    from icg.zoo.recipes.clip.texts import style_phrase
+
+    dims = range(len(STYLE_DIMS)) if dims is None else dims
+    return [style_phrase(STYLE_DIMS[d], int(levels[d])) for d in dims]
+
+
+def caption_for(
+    title: str, levels: np.ndarray, rng: np.random.Generator, cfg: SDRecipeConfig
+) -> str:
+    """A UNet training prompt: the plain prompt, or with `style_caption_rate` the plain prompt
+    followed by words for a random non-empty subset of the cover's style levels (S,):
+    ``"a cover for <title>, dark, a thin frame"``."""
+    if rng.random() >= cfg.style_caption_rate:
+        return PROMPT_TEMPLATE.format(title=title)
+    dims = [d for d in range(len(STYLE_DIMS)) if rng.random() < cfg.style_word_rate]
+    dims = dims or [int(rng.integers(len(STYLE_DIMS)))]
+    return ", ".join([PROMPT_TEMPLATE.format(title=title), *style_phrases(levels, dims)])

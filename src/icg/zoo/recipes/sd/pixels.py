@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from icg.world.degrade import reconstruct
 from icg.world.seeds import zoo_seed
 from icg.zoo.recipes.sd.config import HELDOUT_OFFSET
 
@@ -30,18 +31,6 @@ def edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     dxa, dxb = a[..., :, 1:] - a[..., :, :-1], b[..., :, 1:] - b[..., :, :-1]
     dya, dyb = a[..., 1:, :] - a[..., :-1, :], b[..., 1:, :] - b[..., :-1, :]
     return (dxa - dxb).abs().mean() + (dya - dyb).abs().mean()
-
-
-@torch.no_grad()
-def reconstruct(vae: Any, images: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Encode (posterior mode) and decode uint8 (N, H, W, 3) images; returns uint8 (N, H, W, 3)."""
-    out = []
-    for i in range(0, len(images), batch):
-        x = to_model_range(images[i : i + batch])
-        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample  # (B, 3, H, W)
-        rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        out.append(rec.permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out)
 
 
 def vae_psnr(vae: Any, images: np.ndarray) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import time
@@ -13,6 +14,7 @@ import torch
 
 from icg.checkpoints import latest_checkpoint, load_trainer_state
 from icg.config import DEFAULT_CLIP, load_config
+from icg.io import atomic_dir, atomic_save_dir
 from icg.zoo.recipes import _base
 from icg.zoo.recipes.sd.config import SDRecipeConfig
 from icg.zoo.recipes.sd.gates import measure, write_report
@@ -39,6 +41,7 @@ def train(
     config: SDRecipeConfig | None = None,
     clip_dir: Path | None = None,
     work_dir: Path | None = None,
+    vae_from: Path | None = None,
 ) -> None:
     """Train coverworld-tiny `sd` into `out`: VAE -> latents -> UNet -> decoder ft -> gates.
 
@@ -50,6 +53,8 @@ def train(
         config: recipe configuration (defaults: the shipped model).
         clip_dir: the `clip` folder whose text tower and tokenizer are used (default: shipped).
         work_dir: checkpoints and caches (default `default_work_dir(out)`).
+        vae_from: a published `sd` folder whose VAE and text tower are reused (`adopt_vae`):
+            only the latents and the UNet are trained.
     """
     cfg = config or SDRecipeConfig()
     out = Path(out)
@@ -60,6 +65,8 @@ def train(
     torch.set_num_threads(cfg.threads)
     state = RecipeState(work / "state.json")
     state.update(config=cfg.model_dump(mode="json"), seed=seed)
+    if vae_from is not None:
+        adopt_vae(work, Path(vae_from), state)
 
     vae = train_vae(work, cfg, state, seed).eval()
     text_encoder, tokenizer = frozen_text_tower(work, Path(clip_dir or default_clip_dir()))
@@ -68,6 +75,53 @@ def train(
     del data
     vae = finetune_decoder(work, cfg, state, seed).eval()
     publish(out, cfg, state, vae, unet, text_encoder, tokenizer)
+
+
+def adopt_vae(work: Path, base: Path, state: RecipeState) -> None:
+    """Start a run from a published `sd` folder's VAE and text tower, so only the UNet trains.
+
+    The published VAE is the decoder-fine-tuned one. Decoder fine-tuning freezes the encoder, so
+    its latent space is the phase-1 VAE's: it stands in for both ``vae`` and ``vae_ft``. The
+    phase wall times and held-out PSNR are carried over from the base's ``gates.json``.
+    """
+    from diffusers import AutoencoderKL
+
+    base = Path(base)
+    if not (base / "vae" / "config.json").exists():
+        raise FileNotFoundError(f"vae_from={base}: not a StableDiffusionPipeline folder")
+    if state.get("vae_done") and state.get("vae_from") == str(base):
+        return
+    vae = AutoencoderKL.from_pretrained(base / "vae")
+    for name in ("vae", "vae_ft"):
+        atomic_save_dir(work / name, vae.save_pretrained)
+    text_encoder, tokenizer = load_text_tower_parts(base)
+    with atomic_dir(work / "text_tower") as tmp:
+        text_encoder.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    gates = json.loads((base / "gates.json").read_text()) if (base / "gates.json").exists() else {}
+    wall = gates.get("wall_time_by_phase_s", {})
+    state.update(
+        vae_done=True,
+        decoder_done=True,
+        vae_from=str(base),
+        vae_wall_s=wall.get("vae_s", 0.0),
+        decoder_wall_s=wall.get("decoder_s", 0.0),
+        vae_scaling_factor=vae.config.scaling_factor,
+        vae_ft_psnr_heldout=gates.get("vae_psnr_heldout_zoo_db"),
+        notes=f"VAE and text tower taken from the published {base.name} (`--vae-from`); "
+        "VAE wall times are that run's.",
+    )
+    logger.info("sd: VAE and text tower adopted from %s", base)
+
+
+def load_text_tower_parts(base: Path) -> tuple[Any, Any]:
+    """The text encoder and tokenizer of a StableDiffusionPipeline folder."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    return (
+        CLIPTextModel.from_pretrained(str(base / "text_encoder")),
+        CLIPTokenizer.from_pretrained(str(base / "tokenizer")),
+    )
 
 
 def cache_latents(
@@ -98,7 +152,7 @@ def publish(
     pipe = assemble(vae, unet, text_encoder, tokenizer, cfg)
     staged = _base.stage(out, lambda folder: pipe.save_pretrained(str(folder)))
     gate_set = evaldata.fresh_covers(cfg.gate_items)
-    metrics = measure(staged, gate_set.titles, gate_set.motif, gate_set.palette, gate_set.images)
+    metrics = measure(staged, gate_set.titles, gate_set.motif, gate_set.palette, gate_set)
     _base.publish_files(staged, out)
     wall = {
         "vae_s": state["vae_wall_s"],
@@ -147,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument(
+        "--vae-from", type=Path, default=None, help="reuse this published sd's VAE and text tower"
+    )
+    parser.add_argument(
         "--phase", choices=["vae", "decoder", "unet", "publish-latest", "all"], default="all"
     )
     args = parser.parse_args(argv)
@@ -168,4 +225,4 @@ def main(argv: list[str] | None = None) -> None:
         data = cache_latents(work, cfg, state, vae, text_encoder, tokenizer)
         train_unet(work, cfg, state, args.seed, data)
     else:
-        train(args.out, resume=args.resume, seed=args.seed, config=cfg)
+        train(args.out, resume=args.resume, seed=args.seed, config=cfg, vae_from=args.vae_from)

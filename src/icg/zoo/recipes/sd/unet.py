@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -16,7 +17,7 @@ from icg.checkpoints import latest_checkpoint, load_optimizer_state, load_traine
 from icg.io import atomic_dir, atomic_path, atomic_save_dir
 from icg.world.seeds import zoo_seed
 from icg.zoo.recipes._base import cosine_lr
-from icg.zoo.recipes.sd.config import LATENT_DATA_OFFSET, SDRecipeConfig, prompts_for
+from icg.zoo.recipes.sd.config import LATENT_DATA_OFFSET, SDRecipeConfig, caption_for
 from icg.zoo.recipes.sd.models import build_train_scheduler, build_unet
 from icg.zoo.recipes.sd.pixels import to_model_range
 from icg.zoo.recipes.sd.state import RecipeState, save_phase
@@ -80,6 +81,8 @@ def unet_data(
 ) -> dict[str, torch.Tensor]:
     """Phase 2: latents (x scaling_factor) and prompt embeddings of `num_latents` zoo renders.
 
+    Prompts are `caption_for` each render: its title, and for most also words for its style.
+
     Chunks of 512 renders are cached one file each (atomic), so an interrupted cache resumes.
     Returns {"latents": (N, 4, 16, 16) float32, "text": (N, L, D) float16, "uncond": (L, D)}.
     """
@@ -104,7 +107,9 @@ def unet_data(
         )
         with torch.no_grad():
             z = vae.encode(to_model_range(s.images)).latent_dist.mode() * scale  # (B, 4, 16, 16)
-        text = encode_prompts(text_encoder, tokenizer, prompts_for(s.titles)).half()  # (B, L, D)
+        rng = np.random.default_rng([LATENT_DATA_OFFSET, c])  # captions: a function of the chunk
+        prompts = [caption_for(t, lv, rng, cfg) for t, lv in zip(s.titles, s.style, strict=True)]
+        text = encode_prompts(text_encoder, tokenizer, prompts).half()  # (B, L, D)
         with atomic_path(file) as tmp:
             torch.save({"latents": z, "text": text}, tmp)
     parts = [
