@@ -131,6 +131,9 @@ def test_cli_dry_run(tmp_path, data_dir):
     assert '"global_conditioning": true' in result.output  # the recipe's default
     result = CliRunner().invoke(build_app(), [*args, "--no-global-conditioning"])
     assert result.exit_code == 0 and '"global_conditioning": false' in result.output
+    assert '"read_image": true' in result.output
+    result = CliRunner().invoke(build_app(), [*args, "--no-read-image"])
+    assert result.exit_code == 0 and '"read_image": false' in result.output
 
 
 def _unboxed(output: str) -> str:

@@ -86,3 +86,15 @@ def test_errors_are_explained():
         MetaTokenEncoder(hidden_size=16).attach(*tiny_qwen2vl())
     with pytest.raises(ValueError, match="expected 1 entries"):
         _encoder("qwen2vl")(["a"], [None, None])
+
+
+@pytest.mark.parametrize("kind", ["qwen2vl", "llava"])
+def test_read_image_false_is_the_title_only_encoder(kind, tmp_path):
+    reads = _encoder(kind)
+    blind = _encoder(kind, read_image=False)
+    images = [dummy_image(0), dummy_image(1), None]
+    with torch.no_grad():
+        torch.testing.assert_close(blind(TITLES, images), reads(TITLES, [None] * 3))
+        assert not torch.allclose(reads(TITLES, images)[0], reads(TITLES, [None] * 3)[0])
+    blind.save_pretrained(tmp_path)
+    assert MetaTokenEncoder.from_pretrained(tmp_path).config.read_image is False

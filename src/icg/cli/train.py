@@ -63,6 +63,13 @@ def align(
             help="The adapter also conditions the UNet's timestep embedding (default: on).",
         ),
     ] = None,
+    read_image: Annotated[
+        bool | None,
+        typer.Option(
+            "--read-image/--no-read-image",
+            help="The MLLM reads the reference image with the title (default: on).",
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
     ] = False,
@@ -93,6 +100,7 @@ def align(
             click_weighting=click_weighting,
             user_dropout=user_dropout,
             global_conditioning=global_conditioning,
+            read_image=read_image,
         )
     except (ValidationError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err

@@ -63,6 +63,7 @@ class ICGModel(nn.Module):
         prompt_template: str | None = None,
         base_prompt: str = "{title}",
         global_conditioning: bool = False,
+        read_image: bool = True,
     ) -> ICGModel:
         """A fresh, zero-initialised ICG model for ``unet`` and ``mllm``."""
         hidden = mllm.get_input_embeddings().embedding_dim
@@ -72,6 +73,7 @@ class ICGModel(nn.Module):
             num_meta_tokens=num_meta_tokens,
             mllm_name_or_path=mllm_name_or_path,
             lora_rank=lora_rank,
+            read_image=read_image,
             **extra,
         )
         encoder.attach(mllm, processor)

@@ -93,6 +93,8 @@ class MetaTokenEncoder(CheckedLoadMixin, ModelMixin, ConfigMixin):
         lora_alpha: LoRA alpha.
         lora_target_modules: regex of the MLLM modules that get LoRA.
         init_std: standard deviation of the initial meta token embeddings.
+        read_image: False never shows the reference image to the MLLM (the title-only
+            ablation): ``forward`` then drops every image it is given.
     """
 
     @register_to_config
@@ -107,6 +109,7 @@ class MetaTokenEncoder(CheckedLoadMixin, ModelMixin, ConfigMixin):
         lora_alpha: float = 16.0,
         lora_target_modules: str = r".*language_model.*\.(q_proj|v_proj)$",
         init_std: float = 0.02,
+        read_image: bool = True,
     ) -> None:
         super().__init__()
         if "{title}" not in prompt_template:
@@ -233,6 +236,8 @@ class MetaTokenEncoder(CheckedLoadMixin, ModelMixin, ConfigMixin):
             raise ValueError(
                 f"images: expected {len(titles)} entries (one per title), got {len(images)}"
             )
+        if not self.config.read_image:
+            images = [None] * len(titles)
         has_image = [im is not None for im in images]
         texts = self.prompts(titles, has_image)
         present = [im for im in images if im is not None]

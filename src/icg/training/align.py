@@ -85,6 +85,11 @@ class AlignConfig(BaseModel):
         description="the adapter also conditions the UNet's timestep embedding on the mean ICG "
         "token (icg.models.adapter), a global lever on style that cross-attention lacks",
     )
+    read_image: bool = Field(
+        True,
+        description="the MLLM reads the item's reference image with its title; False: the "
+        "title only (the ablation that shows what ICG gains from the image)",
+    )
     resolution: int | None = Field(None, ge=8)
     text_dropout: float = Field(0.1, ge=0, le=1)
     user_dropout: float = Field(
@@ -215,6 +220,7 @@ class AlignRecipe:
                 lora_rank=cfg.lora_rank,
                 base_prompt=cfg.base_prompt,
                 global_conditioning=cfg.global_conditioning,
+                read_image=cfg.read_image,
             )
         model.to(device)
         model.adapter.install(self.unet)
