@@ -71,7 +71,7 @@ def test_report_reads_every_degradation_and_draws_the_misread(tmp_path: Path) ->
     from PIL import Image
 
     with Image.open(grid) as im:
-        assert im.width > 128 and im.height >= 128 + 24  # at least the swap row
+        assert im.width > 128 and im.height >= 128 + 32  # at least the swap row
 
 
 def test_evaluate_oracle_cli_prints_json() -> None:

@@ -209,16 +209,20 @@ def test_mllm_vision_from_pretrained_copies_a_matching_clip_tower(tmp_path: Path
         mllm_model.init_vision_from_clip(model, str(tmp_path / "other"))
 
 
-def test_mllm_batches_blank_a_share_of_titles_so_the_cover_must_be_read() -> None:
+def test_mllm_batches_blank_titles_or_grey_covers_so_both_are_read() -> None:
     from icg.zoo.recipes.mllm import recipe as mllm_recipe
 
     processor = mllm_model.build_processor(vocab_size=500, n_titles=200)
-    cfg = mllm_config.MllmRecipeConfig(batch_size=64, title_dropout=0.5)
+    cfg = mllm_config.MllmRecipeConfig(batch_size=64, title_dropout=0.4, image_dropout=0.3)
     a, b = mllm_recipe.batch(3, cfg, processor), mllm_recipe.batch(3, cfg, processor)
     torch.testing.assert_close(a["input_ids"], b["input_ids"])  # a pure function of the step
+    torch.testing.assert_close(a["pixel_values"], b["pixel_values"])
     texts = processor.tokenizer.batch_decode(a["input_ids"], skip_special_tokens=False)
-    blank = sum("title: \n" in t for t in texts)
-    assert 16 <= blank <= 48, blank  # Binomial(64, 0.5): four standard deviations
-    never = mllm_config.MllmRecipeConfig(batch_size=64, title_dropout=0.0)
-    texts = processor.tokenizer.batch_decode(mllm_recipe.batch(3, never, processor)["input_ids"])
-    assert not any("title: \n" in t for t in texts)
+    blank = np.array(["title: \n" in t for t in texts])
+    grey = a["pixel_values"].flatten(2).std(2).amax(1).numpy() < 1e-6  # flat in every channel
+    assert 12 <= blank.sum() <= 40 and 6 <= grey.sum() <= 32, (blank.sum(), grey.sum())
+    assert not (blank & grey).any()  # an example always keeps one of the two
+    never = mllm_config.MllmRecipeConfig(batch_size=64, title_dropout=0.0, image_dropout=0.0)
+    plain = mllm_recipe.batch(3, never, processor)
+    assert not any("title: \n" in t for t in processor.tokenizer.batch_decode(plain["input_ids"]))
+    assert (plain["pixel_values"].flatten(2).std(2).amax(1) > 1e-6).all()

@@ -92,7 +92,7 @@ def disagreement_grid(misread: Mapping[str, list[tuple[np.ndarray, str]]], out: 
 
     from icg.io import atomic_path
 
-    tile, caption, label = 128, 24, 110
+    tile, caption, label = 128, 32, 110
     cols = max([len(v) for v in misread.values()] + [1])
     rows = [name for name, shown in misread.items() if shown]
     canvas = Image.new("RGB", (label + cols * tile, max(1, len(rows)) * (tile + caption)), "white")

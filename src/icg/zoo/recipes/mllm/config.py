@@ -30,11 +30,13 @@ class MllmRecipeConfig(BaseModel):
         vision_learning_rate_scale: learning-rate multiplier of a pretrained vision tower.
         title_dropout: share of training examples whose title is blank, so that the motif
             must be read off the cover (CoverWorld's titles are ambiguous on purpose).
+        image_dropout: share of training examples whose cover is replaced by a flat grey
+            image, so that the title keeps being read too (both together beat either alone).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(5000, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1.5e-3, gt=0)
     warmup: int = Field(60, ge=0)
@@ -52,3 +54,4 @@ class MllmRecipeConfig(BaseModel):
     vision_from_pretrained: str | None = "zoo:clip"
     vision_learning_rate_scale: float = Field(0.1, gt=0)
     title_dropout: float = Field(0.35, ge=0, lt=1)
+    image_dropout: float = Field(0.15, ge=0, lt=1)

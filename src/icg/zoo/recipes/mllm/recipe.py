@@ -13,7 +13,7 @@ from icg.world.seeds import zoo_seed
 from icg.zoo.recipes import _base
 from icg.zoo.recipes.mllm.chat import answer_text, encode
 from icg.zoo.recipes.mllm.config import MllmRecipeConfig
-from icg.zoo.recipes.mllm.gates import THRESHOLDS, measure
+from icg.zoo.recipes.mllm.gates import BLANK_IMAGE_VALUE, THRESHOLDS, measure
 from icg.zoo.recipes.mllm.model import (
     TOKENIZER_SEED_OFFSET,
     build_model,
@@ -30,13 +30,16 @@ SEED_OFFSET = 2_000_000  # zoo_seed(SEED_OFFSET + step) renders the batch of `st
 def batch(step: int, cfg: MllmRecipeConfig, processor) -> dict:
     """The training batch of `step`: a pure function of the step.
 
-    A `title_dropout` share of the titles is blank: the answer must then come from the cover.
+    A `title_dropout` share of the titles is blank: the answer must then come from the cover;
+    an `image_dropout` share of the covers (never both for one example) is flat grey.
     """
     s = sample_covers(cfg.batch_size, seed=zoo_seed(SEED_OFFSET + step))
     answers = [answer_text(s.motif[i], s.palette[i], s.style[i]) for i in range(len(s.titles))]
-    blank = np.random.default_rng([SEED_OFFSET, step]).random(len(s.titles)) < cfg.title_dropout
-    titles = ["" if b else t for t, b in zip(s.titles, blank, strict=True)]
-    return encode(processor, s.images, titles, answers)
+    u = np.random.default_rng([SEED_OFFSET, step]).random(len(s.titles))
+    titles = ["" if x < cfg.title_dropout else t for t, x in zip(s.titles, u, strict=True)]
+    grey = u >= 1.0 - cfg.image_dropout  # (N,): disjoint from the blank titles
+    images = np.where(grey[:, None, None, None], np.uint8(BLANK_IMAGE_VALUE), s.images)
+    return encode(processor, images, titles, answers)
 
 
 def train(out: Path, *, resume: bool, seed: int, config: MllmRecipeConfig | None = None) -> None:
