@@ -180,6 +180,11 @@ def gate_record(
     }
 
 
+def targets_met(metrics: dict[str, float], targets: dict[str, float]) -> dict[str, bool]:
+    """Which `targets` (metric -> lower bound) the metrics reach."""
+    return {k: bool(metrics[k] >= v) for k, v in targets.items() if k in metrics}
+
+
 def read_gates(path: Path) -> dict[str, Any] | None:
     """The `gates.json` of a model folder, or None."""
     file = Path(path) / GATES_FILE
@@ -289,9 +294,13 @@ def publish_with_gates(
     gate_items: int,
     thresholds: dict[str, float],
     train_s: float,
+    targets: dict[str, float] | None = None,
 ) -> Published:
     """The end of every recipe: stage the final folder, measure its gates on fresh renders,
-    publish it, drop the checkpoints and write ``gates.json``."""
+    publish it, drop the checkpoints and write ``gates.json``.
+
+    `targets` are goals beyond the gates: recorded with ``targets_met``, not part of ``passed``.
+    """
     from icg.zoo import evaldata
 
     staged = stage(out, write)
@@ -302,5 +311,6 @@ def publish_with_gates(
     publish_files(staged, out)
     clear_checkpoint(out)
     wall = timer.total()
-    write_gates(out, gate_record(name, metrics, thresholds, params, wall, gate_set.source))
+    extra = {"targets": targets, "targets_met": targets_met(metrics, targets)} if targets else {}
+    write_gates(out, gate_record(name, metrics, thresholds, params, wall, gate_set.source, **extra))
     return Published(metrics, params, wall, gate_set.source)

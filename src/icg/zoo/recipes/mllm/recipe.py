@@ -13,7 +13,7 @@ from icg.world.seeds import zoo_seed
 from icg.zoo.recipes import _base
 from icg.zoo.recipes.mllm.chat import answer_text, encode
 from icg.zoo.recipes.mllm.config import MllmRecipeConfig
-from icg.zoo.recipes.mllm.gates import BLANK_IMAGE_VALUE, THRESHOLDS, measure
+from icg.zoo.recipes.mllm.gates import BLANK_IMAGE_VALUE, TARGETS, THRESHOLDS, measure
 from icg.zoo.recipes.mllm.model import (
     TOKENIZER_SEED_OFFSET,
     build_model,
@@ -102,15 +102,14 @@ def _publish(out: Path, model, processor, cfg: MllmRecipeConfig, train_s: float)
         processor.save_pretrained(str(folder))
 
     done = _base.publish_with_gates(
-        out,
-        "mllm",
-        model,
-        write,
-        measure,
-        cfg.gate_items,
-        THRESHOLDS,
-        train_s,
+        out, "mllm", model, write, measure, cfg.gate_items, THRESHOLDS, train_s, targets=TARGETS
     )
+    write_card(out, cfg, done)
+    logger.info("mllm gates: %s", done.metrics)
+
+
+def write_card(out: Path, cfg: MllmRecipeConfig, done: _base.Published) -> None:
+    """The model card of a published `mllm` folder, from its measured gates."""
     metrics, params, wall = done.metrics, done.parameters, done.wall_time_s
     _base.write_card(
         out,
@@ -120,10 +119,11 @@ def _publish(out: Path, model, processor, cfg: MllmRecipeConfig, train_s: float)
             "tokens, 2-layer GELU projector, Qwen2 decoder) that reads a cover and its title and "
             "answers `motif: star. palette: blue. style: dark vivid large center thin flat.` "
             + (
-                f"Its vision tower starts from `{cfg.vision_from_pretrained}`'s image tower. "
+                f"Its vision tower starts from `{cfg.vision_from_pretrained}`'s image tower; it "
+                "reads the motif from the cover and from the title, each alone and both together "
+                "(`image_only_motif`, `title_only_motif`, `both_motif` in gates.json). "
                 if cfg.vision_from_pretrained
-                else "Its vision tower is trained from scratch: it reads palette and style from "
-                "the cover; the motif it names comes from the title. "
+                else "Its vision tower is trained from scratch. "
             )
             + "ICG's meta tokens read its hidden states."
         ),
@@ -150,7 +150,9 @@ answer = processor.batch_decode(
         data=(
             f"{cfg.steps} × {cfg.batch_size} renders from `sample_covers(seed=zoo_seed(k))`, "
             f"k = {SEED_OFFSET}..{SEED_OFFSET + cfg.steps - 1} (25% defect rate) with their messy "
-            "titles; the answer is written from the render's true motif, palette and style. The "
+            f"titles ({cfg.title_dropout:.0%} blanked, so the motif must be read off the cover; "
+            f"{cfg.image_dropout:.0%} of the covers replaced by flat grey, so the title is read "
+            "too); the answer is written from the render's true motif, palette and style. The "
             f"BPE (Qwen2 format) is trained on {cfg.tokenizer_titles} transcripts of zoo seed {zoo_seed(TOKENIZER_SEED_OFFSET)}."
         ),
         recipe="teacher-forced LM loss on the answer tokens only, AdamW, cosine schedule, 1 CPU thread",
@@ -161,4 +163,3 @@ answer = processor.batch_decode(
         gate_data=f"{done.gate_source}; greedy generation from (title, cover), answers parsed",
         wall_time_s=wall,
     )
-    logger.info("mllm gates: %s", metrics)

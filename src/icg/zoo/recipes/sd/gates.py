@@ -161,7 +161,7 @@ def write_report(
 ) -> None:
     """Write ``gates.json`` and the model card README.md of the shipped folder."""
     gated = {k: v for k, v in metrics.items() if k in THRESHOLDS}
-    targets_met = {k: bool(metrics[k] >= v) for k, v in TARGETS.items() if k in metrics}
+
     _base.write_gates(
         out,
         _base.gate_record(
@@ -178,7 +178,7 @@ def write_report(
             "icg.world.truth.read_attributes; roundtrip: VAE encode(mode)/decode of the fresh "
             "covers, read the same way, PSNR mean per image",
             targets=TARGETS,
-            targets_met=targets_met,
+            targets_met=_base.targets_met(metrics, TARGETS),
             vae_psnr_heldout_zoo_db=(
                 state.get("vae_ft_psnr_heldout", state.get("vae_psnr_heldout")) if state else None
             ),
