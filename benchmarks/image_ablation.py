@@ -22,7 +22,7 @@ from icg.training.align import AlignConfig, run_align
 from icg.training.reward import RewardConfig, run_reward
 from icg.training.reward_config import DEFAULT_REWARDS
 
-METHODS = ["icg", "icg-single"]
+METHODS = ["icg", "icg-single"]  # reference and oracle are evaluated too: the lift needs them
 COLUMNS = ["true_ctr", "lift_fraction", "fidelity_motif", "fidelity_palette", "true_taste_match"]
 
 
@@ -55,7 +55,7 @@ def main() -> None:
         os.symlink((run / "preference").resolve(), blind / "preference")
     demo_eval = json.loads((args.demo / "eval" / "metrics.json").read_text())
     cfg = EvalConfig(  # the demo's pairs: `choose_pairs` is a function of these sizes and seed
-        methods=METHODS, n_users=plan.eval_users, n_items=plan.eval_items,
+        methods=["reference", "oracle", *METHODS], n_users=plan.eval_users, n_items=plan.eval_items,
         num_inference_steps=plan.num_inference_steps,
         guidance_scale=plan.guidance_scale, strength=plan.strength, candidates=plan.candidates,
         seed=args.seed, user_guidance=plan.user_guidance,
