@@ -8,8 +8,9 @@ The recipe reads as setup -> train -> save_checkpoint -> publish, in four resuma
    ``post_quant_conv``), so ``scaling_factor`` stays 1 (1 / std of the latents is measured only
    as a check).
 2. ``latents`` (`unet.unet_data`): a fixed set of zoo renders is encoded once (posterior mode x
-   scaling_factor) and its prompts ``"a cover for <title>"`` are run once through the frozen
-   tiny CLIP text tower.
+   scaling_factor) and its prompts are run once through the frozen tiny CLIP text tower:
+   ``"a cover for <title>"``, most of them followed by words for some of the cover's style
+   levels (``config.caption_for``), so that text controls style as well as content.
 3. ``unet`` (`unet.train_unet`): a ``UNet2DConditionModel`` on the cached latents, v-prediction
    on a cosine schedule (zero terminal SNR, so sampling from pure noise matches training),
    min-SNR loss weighting, and the prompt dropped to ``""`` for classifier-free guidance; the EMA
@@ -29,6 +30,9 @@ ranges.
 Run in the background::
 
     python -m icg.zoo.recipes.sd --out src/icg/zoo/weights/sd --resume
+
+``--vae-from DIR`` reuses a published folder's VAE and text tower and trains the latents and the
+UNet only (`recipe.adopt_vae`): how v2 was made from v1.
 """
 
 from icg.zoo.recipes.sd.config import SDRecipeConfig
