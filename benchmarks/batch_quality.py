@@ -160,7 +160,7 @@ def main() -> None:
         "n_users": n_users,
         "pairs": len(pairs),
         "seed": args.seed,
-        "note": "CPU on a shared 2-core machine; batch_seconds include model loading",
+        "note": "CPU; batch_seconds include model loading",
         "rows": rows,
     }
     print(json.dumps(rows, indent=1))
