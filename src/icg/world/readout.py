@@ -169,6 +169,11 @@ def style_levels(r: Readout) -> np.ndarray:
     return levels
 
 
+def style_accuracy(levels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Share of covers whose read level (`style_levels`) equals the true one, per dimension."""
+    return {d: float((levels[:, i] == truth[:, i]).mean()) for i, d in enumerate(STYLE_DIMS)}
+
+
 def aesthetic_from_readout(r: Readout) -> np.ndarray:
     """True aesthetic in [0, 1]: sharp, clean, contrasted, well composed."""
     sharp = np.clip((r.sharpness - 0.2) / 0.6, 0.0, 1.0)

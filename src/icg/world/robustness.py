@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from icg.world.attributes import MOTIFS, PALETTES, STYLE_DIMS
+from icg.world.attributes import MOTIFS, PALETTES
 from icg.world.degrade import REPORT_DEGRADATIONS, Degradation
 from icg.world.oracle import OracleNet
-from icg.world.readout import read, style_levels
+from icg.world.readout import read, style_accuracy, style_levels
 from icg.world.sampling import sample_covers
 from icg.world.seeds import oracle_seed
 
@@ -64,9 +64,7 @@ def degradation_report(
             "motif": float((r.motif == sample.motif).mean()),
             "palette": float((r.palette == sample.palette).mean()),
         }
-        per_dim = {
-            d: float((levels[:, i] == sample.style[:, i]).mean()) for i, d in enumerate(STYLE_DIMS)
-        }
+        per_dim = style_accuracy(levels, sample.style)
         row["style"] = float(np.mean(list(per_dim.values())))
         row |= {f"style_{d}": v for d, v in per_dim.items()}
         row["n"] = n

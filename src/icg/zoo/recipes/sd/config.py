@@ -122,6 +122,12 @@ def style_phrases(levels: np.ndarray, dims: list[int] | None = None) -> list[str
     return [style_phrase(STYLE_DIMS[d], int(levels[d])) for d in dims]
 
 
+def styled_prompt(title: str, levels: np.ndarray, dims: list[int] | None = None) -> str:
+    """The plain prompt followed by words for style levels (S,) of `dims` (default: all):
+    ``"a cover for <title>, dark, a thin frame"``."""
+    return ", ".join([PROMPT_TEMPLATE.format(title=title), *style_phrases(levels, dims)])
+
+
 def caption_for(
     title: str, levels: np.ndarray, rng: np.random.Generator, cfg: SDRecipeConfig
 ) -> str:
@@ -132,4 +138,4 @@ def caption_for(
         return PROMPT_TEMPLATE.format(title=title)
     dims = [d for d in range(len(STYLE_DIMS)) if rng.random() < cfg.style_word_rate]
     dims = dims or [int(rng.integers(len(STYLE_DIMS)))]
-    return ", ".join([PROMPT_TEMPLATE.format(title=title), *style_phrases(levels, dims)])
+    return styled_prompt(title, levels, dims)

@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from icg.world.attributes import STYLE_DIMS
 from icg.zoo import evaldata
 from icg.zoo.recipes import _base
-from icg.zoo.recipes.sd.config import SDRecipeConfig, prompts_for, style_phrases
+from icg.zoo.recipes.sd.config import SDRecipeConfig, prompts_for, styled_prompt
 from icg.zoo.recipes.sd.pixels import psnr, reconstruct, vae_psnr
 from icg.zoo.recipes.sd.state import RecipeState
 
@@ -52,11 +51,10 @@ def generate(
     """
     out = []
     kwargs = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
-    prompts = prompts_for(titles)
-    if styles is not None:
-        prompts = [
-            ", ".join([p, *style_phrases(lv)]) for p, lv in zip(prompts, styles, strict=True)
-        ]
+    if styles is None:
+        prompts = prompts_for(titles)
+    else:
+        prompts = [styled_prompt(t, lv) for t, lv in zip(titles, styles, strict=True)]
     for i in range(0, len(titles), batch_size):
         g = torch.Generator().manual_seed(seed + i)
         images = pipe(
@@ -92,7 +90,7 @@ def measure(
     """
     from diffusers import StableDiffusionPipeline
 
-    from icg.world.readout import style_levels
+    from icg.world.readout import style_accuracy, style_levels
     from icg.world.truth import read_attributes  # evaluation only
 
     pipe = StableDiffusionPipeline.from_pretrained(str(path))
@@ -113,10 +111,7 @@ def measure(
         "n_titles": float(len(titles)),
         "n_fresh": float(len(fresh.titles)),
     }
-    out |= {
-        f"prompt_style_{d}": float((styled[:, i] == fresh.style[:, i]).mean())
-        for i, d in enumerate(STYLE_DIMS)
-    }
+    out |= {f"prompt_style_{d}": v for d, v in style_accuracy(styled, fresh.style).items()}
     return out
 
 

@@ -14,13 +14,13 @@ import torch
 
 from icg.checkpoints import latest_checkpoint, load_trainer_state
 from icg.config import DEFAULT_CLIP, load_config
-from icg.io import atomic_dir, atomic_save_dir
+from icg.io import atomic_save_dir
 from icg.zoo.recipes import _base
 from icg.zoo.recipes.sd.config import SDRecipeConfig
 from icg.zoo.recipes.sd.gates import measure, write_report
 from icg.zoo.recipes.sd.models import assemble
 from icg.zoo.recipes.sd.state import RecipeState, default_work_dir
-from icg.zoo.recipes.sd.unet import frozen_text_tower, train_unet, unet_data
+from icg.zoo.recipes.sd.unet import frozen_text_tower, save_text_tower, train_unet, unet_data
 from icg.zoo.recipes.sd.vae import finetune_decoder, train_vae
 
 logger = logging.getLogger(__name__)
@@ -94,10 +94,13 @@ def adopt_vae(work: Path, base: Path, state: RecipeState) -> None:
     vae = AutoencoderKL.from_pretrained(base / "vae")
     for name in ("vae", "vae_ft"):
         atomic_save_dir(work / name, vae.save_pretrained)
-    text_encoder, tokenizer = load_text_tower_parts(base)
-    with atomic_dir(work / "text_tower") as tmp:
-        text_encoder.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    save_text_tower(
+        work,
+        CLIPTextModel.from_pretrained(str(base / "text_encoder")),
+        CLIPTokenizer.from_pretrained(str(base / "tokenizer")),
+    )
     gates = json.loads((base / "gates.json").read_text()) if (base / "gates.json").exists() else {}
     wall = gates.get("wall_time_by_phase_s", {})
     state.update(
@@ -112,16 +115,6 @@ def adopt_vae(work: Path, base: Path, state: RecipeState) -> None:
         "VAE wall times are that run's.",
     )
     logger.info("sd: VAE and text tower adopted from %s", base)
-
-
-def load_text_tower_parts(base: Path) -> tuple[Any, Any]:
-    """The text encoder and tokenizer of a StableDiffusionPipeline folder."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    return (
-        CLIPTextModel.from_pretrained(str(base / "text_encoder")),
-        CLIPTokenizer.from_pretrained(str(base / "tokenizer")),
-    )
 
 
 def cache_latents(

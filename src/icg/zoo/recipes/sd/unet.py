@@ -48,13 +48,17 @@ def frozen_text_tower(work: Path, clip_dir: Path) -> tuple[Any, Any]:
 
     copy = work / "text_tower"
     if not (copy / "config.json").exists():
-        text_encoder, tokenizer = load_text_tower(clip_dir)
-        with atomic_dir(copy) as tmp:
-            text_encoder.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
+        save_text_tower(work, *load_text_tower(clip_dir))
         logger.info("text tower: copied from %s", clip_dir)
     text_encoder = CLIPTextModel.from_pretrained(str(copy)).eval().requires_grad_(False)
     return text_encoder, CLIPTokenizer.from_pretrained(str(copy))
+
+
+def save_text_tower(work: Path, text_encoder: Any, tokenizer: Any) -> None:
+    """Write the run's text tower (`frozen_text_tower` reads it) into ``work/text_tower``."""
+    with atomic_dir(work / "text_tower") as tmp:
+        text_encoder.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
 
 
 @torch.no_grad()
