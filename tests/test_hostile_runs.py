@@ -60,6 +60,20 @@ def test_resume_refuses_another_config_and_names_the_fields(ws: Workspace):
     assert ws.unchanged()
 
 
+def test_resume_continues_a_run_recorded_before_a_setting_was_added(ws: Workspace):
+    cfg = align_config(ws)
+    start_run(ws.out, cfg, kind="align")
+    fake_checkpoint(ws, cfg, 2)
+    record = json.loads((ws.out / RUN_FILE).read_text())
+    del record["config"]["read_image"]  # as written by a version without the setting
+    record["config_hash"] = "0" * 16
+    (ws.out / RUN_FILE).write_text(json.dumps(record))
+    start_run(ws.out, cfg, kind="align", resume=True)  # left at its default: the same run
+    (ws.out / RUN_FILE).write_text(json.dumps(record))
+    with pytest.raises(RunConfigError, match="read_image: None -> False"):
+        start_run(ws.out, align_config(ws, read_image=False), kind="align", resume=True)
+
+
 def test_resume_refuses_a_checkpoint_written_by_another_run(ws: Workspace):
     cfg = align_config(ws)
     start_run(ws.out, cfg, kind="align")

@@ -172,6 +172,19 @@ def start_run(
     return record
 
 
+def _same_but_new_defaults(old: Mapping[str, Any], new: Mapping[str, Any], config: BaseModel) -> bool:
+    """Whether the recorded config ``old`` equals ``new`` once the fields it lacks (settings added
+    after it was written) are read as their defaults, and ``config`` leaves them there."""
+    fields = type(config).model_fields
+    missing = set(new) - set(old)
+    if set(old) - set(new) or not missing <= set(fields):
+        return False
+    unchanged = all(
+        getattr(config, k) == fields[k].get_default(call_default_factory=True) for k in missing
+    )
+    return unchanged and all(old[k] == new[k] for k in old)
+
+
 def _check_same_run(
     out: Path, identity: dict, digest: str, config: BaseModel, kind: str, resume: bool
 ) -> None:
@@ -182,6 +195,8 @@ def _check_same_run(
     hint = "pass --overwrite to replace it, or choose another --out"
     if existing is not None and existing.get("config_hash") != digest:
         old = existing.get("config", {})
+        if existing.get("kind") == kind and _same_but_new_defaults(old, identity["config"], config):
+            return  # written before this version added settings the run leaves at their default
         what = f"a {existing.get('kind', 'different')} run" if existing.get("kind") != kind else ""
         raise RunConfigError(
             f"{out}: holds {what or 'a run'} with a different config "
