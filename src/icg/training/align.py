@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from icg.checkpoints import (
@@ -57,8 +56,6 @@ from icg.training.common import (
 )
 
 logger = logging.getLogger(__name__)
-
-RECONSTRUCT_STREAM = 130_363  # seed offset of the rows that reconstruct their target
 
 
 class AlignConfig(BaseModel):
@@ -95,30 +92,6 @@ class AlignConfig(BaseModel):
     )
     resolution: int | None = Field(None, ge=8)
     text_dropout: float = Field(0.1, ge=0, le=1)
-    high_noise_fraction: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="fraction of each batch denoised at the top of the noise range "
-        "(t >= high_noise_start), where the first sampling steps fix layout, brightness and "
-        "frame",
-    )
-    high_noise_start: float = Field(
-        0.9, ge=0, lt=1, description="the high-noise range starts at this fraction of the timesteps"
-    )
-    reconstruct: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="fraction of each batch where the MLLM reads the target cover itself and no "
-        "user is given",
-    )
-    feature_regression: float = Field(
-        0.0,
-        ge=0,
-        description="weight of the refiner's regression from the item's features and the user "
-        "to the features of the user's target cover (stop-gradient); 0: off",
-    )
     user_dropout: float = Field(
         0.2, ge=0, le=1, description="fraction of each batch trained without its user"
     )
@@ -275,12 +248,11 @@ class AlignRecipe:
         gen = step_generator(cfg.seed, step)
         device = self.accelerator.device
         items = [data.item_ids[i] for i in idx]
-        recon = dropped_rows(
-            step_generator(cfg.seed + RECONSTRUCT_STREAM, step), len(idx), cfg.reconstruct
-        )  # (B,) rows whose MLLM reads the target cover itself
-        feats = self.item_features(
-            items, [data.covers[i] if r else None for i, r in zip(idx, recon.tolist(), strict=True)]
-        )  # (B, K, D)
+        unique = list(dict.fromkeys(items))  # one MLLM forward per unique item
+        feats = self.icg.encoder([data.titles[i] for i in unique], [data.images[i] for i in unique])
+        feats = feats[
+            torch.tensor([unique.index(i) for i in items], device=feats.device)
+        ]  # (B, K, D)
         latents = data.latents[idx].to(device)  # (B, C, h, w)
         noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
         t = torch.randint(
@@ -288,13 +260,6 @@ class AlignRecipe:
         ).to(device)
         drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
         no_user = dropped_rows(gen, len(idx), cfg.user_dropout)  # drawn last: old streams stay
-        high = dropped_rows(gen, len(idx), cfg.high_noise_fraction)  # after it, likewise
-        if high.any():
-            total = self.noise_scheduler.config.num_train_timesteps
-            start = int(cfg.high_noise_start * total)
-            top = torch.randint(start, total, (len(idx),), generator=gen).to(device)
-            t = torch.where(high.to(device), top, t)
-        no_user = no_user | recon
         users = torch.stack([data.user_vectors[data.user_ids[i]] for i in idx])  # (B, U)
         tokens = self.model(feats, without_users(users, no_user).to(device))  # (B, K', T)
 
@@ -305,31 +270,10 @@ class AlignRecipe:
             ]
         ).to(device)  # (B, L, C_text)
         weights = None if data.weights is None else data.weights[idx].to(device)  # (B,)
-        loss = denoising_loss(
+        return denoising_loss(
             self.unet, self.noise_scheduler, latents, noise, t, text,
             tokens.to(self.unet.dtype), weights,
         )  # fmt: skip
-        if cfg.feature_regression > 0 and not no_user.all():
-            rows = (~no_user).nonzero().squeeze(1).tolist()
-            with torch.no_grad():
-                target = self.item_features(
-                    [items[r] for r in rows], [data.covers[idx[r]] for r in rows]
-                )
-            refined = self.icg.refiner(feats[rows], users[rows].to(device))
-            loss = loss + cfg.feature_regression * F.mse_loss(refined, target)
-        return loss
-
-    def item_features(self, items: list[str], covers: list[str | None]) -> torch.Tensor:
-        """Features ``(B, K, D)`` of each item's title with its reference image, or with the
-        cover named in ``covers`` where one is; one MLLM forward per distinct pair."""
-        data = self.data
-        keys = list(zip(items, covers, strict=True))
-        unique = list(dict.fromkeys(keys))
-        feats = self.icg.encoder(
-            [data.titles[i] for i, _ in unique],
-            [data.images[i] if c is None else data.cover_image(c) for i, c in unique],
-        )
-        return feats[torch.tensor([unique.index(k) for k in keys], device=feats.device)]
 
     # -- train -----------------------------------------------------------------------------
     def train(self) -> list[float]:

@@ -38,16 +38,6 @@ class AlignData:
     user_vectors: dict[str, torch.Tensor]
     weights: torch.Tensor | None = None  # (N,) example weights, mean 1; None: uniform
     text_states: dict[str, torch.Tensor] = field(default_factory=dict)  # title → (L, C_text)
-    covers: list[str] = field(default_factory=list)  # the target cover of each example
-    _cover_images: dict[str, object] = field(default_factory=dict, repr=False)
-
-    def cover_image(self, path: str):
-        """The target cover at ``path`` as the MLLM reads it (loaded once)."""
-        from icg.data.images import load_image
-
-        if path not in self._cover_images:
-            self._cover_images[path] = load_image(path)
-        return self._cover_images[path]
 
 
 def shown_pairs(impressions, items, users):
@@ -101,7 +91,6 @@ def prepare_align_data(config, data, vae, tokenizer, text_encoder, size: int) ->
         for u in sorted(set(user_ids))
     }
     prepared = AlignData(item_ids, user_ids, latents, titles, images, user_vectors, weights)
-    prepared.covers = list(covers)
     for title in titles.values():
         prompt = config.base_prompt.replace("{title}", title)
         prepared.text_states[title] = encode_prompt(tokenizer, text_encoder, prompt)
