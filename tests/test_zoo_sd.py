@@ -107,6 +107,25 @@ def test_fresh_vae_maps_64px_to_16x16x4_with_small_posterior_noise() -> None:
         assert vae.decode(post.mode()).sample.shape == (2, 3, 64, 64)
 
 
+def test_chroma_loss_sees_a_muted_hue_shift_that_rgb_losses_barely_see() -> None:
+    grey = torch.full((1, 3, 8, 8), 0.0)
+    green = grey + torch.tensor([-0.04, 0.04, -0.04])[None, :, None, None]  # a muted green
+    lavender = grey + torch.tensor([0.04, -0.04, 0.04])[None, :, None, None]
+    assert pixels.chroma(green).shape == (1, 2, 2, 2)
+    assert pixels.chroma_l1(grey, grey + 0.3) < 1e-6  # lightness alone is not colour
+    assert pixels.chroma_l1(green, lavender) > 0.04  # the hue flips: Cb and Cr change sign
+    torch.manual_seed(0)
+    vae_model = models.build_vae(sd.SDRecipeConfig()).eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    plain, _ = vae.vae_loss(vae_model, x, sd.SDRecipeConfig(vae_kl_weight=0.0))
+    torch.manual_seed(0)
+    vae_model = models.build_vae(sd.SDRecipeConfig()).eval()
+    weighted, _ = vae.vae_loss(
+        vae_model, x, sd.SDRecipeConfig(vae_kl_weight=0.0, vae_chroma_weight=1.0)
+    )
+    assert weighted > plain
+
+
 def test_unet_size_and_sampler_schedule() -> None:
     cfg = sd.SDRecipeConfig()
     unet = models.build_unet(cfg, cross_attention_dim=64)

@@ -33,6 +33,8 @@ class SDRecipeConfig(BaseModel):
         vae_learning_rate: peak AdamW learning rate of the VAE.
         vae_kl_weight: weight of the KL summed over latent elements (loss terms are pixel means).
         vae_edge_weight: weight of the L1 on horizontal/vertical finite differences.
+        vae_chroma_weight: weight of the L1 on 4x4-mean chroma (`pixels.chroma_l1`), in VAE
+            training and decoder fine-tuning: muted colours kept (0: off, as in v2).
         decoder_steps: steps of decoder-only fine-tuning on whole covers (encoder frozen).
         decoder_batch: whole covers per decoder step.
         decoder_learning_rate: peak learning rate of the decoder fine-tuning.
@@ -71,6 +73,7 @@ class SDRecipeConfig(BaseModel):
     vae_learning_rate: float = Field(2e-3, gt=0)
     vae_kl_weight: float = Field(1e-7, ge=0)
     vae_edge_weight: float = Field(0.5, ge=0)
+    vae_chroma_weight: float = Field(0.0, ge=0)
     decoder_steps: int = Field(2000, ge=1)
     decoder_batch: int = Field(16, ge=1)
     decoder_learning_rate: float = Field(1e-3, gt=0)

@@ -33,6 +33,19 @@ def edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (dxa - dxb).abs().mean() + (dya - dyb).abs().mean()
 
 
+def chroma(images: torch.Tensor, pool: int = 4) -> torch.Tensor:
+    """The colour of ``(N, 3, H, W)`` images without their lightness: the Cb, Cr channels of
+    YCbCr (ITU-R BT.601) of the ``pool`` x ``pool`` means, ``(N, 2, H/pool, W/pool)``."""
+    r, g, b = torch.nn.functional.avg_pool2d(images, pool).unbind(1)
+    return torch.stack([-0.1687 * r - 0.3313 * g + 0.5 * b, 0.5 * r - 0.4187 * g - 0.0813 * b], 1)
+
+
+def chroma_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between the local colours (`chroma`) of two image batches. Muted colours have little
+    chroma, so an RGB loss hardly sees a muted green decoded as lavender; this term does."""
+    return (chroma(a) - chroma(b)).abs().mean()
+
+
 def vae_psnr(vae: Any, images: np.ndarray) -> float:
     """Mean per-image reconstruction PSNR (dB) of uint8 (N, H, W, 3) images."""
     return float(psnr(images, reconstruct(vae, images)).mean())

@@ -19,7 +19,13 @@ from icg.world.seeds import zoo_seed
 from icg.zoo.recipes._base import cosine_lr
 from icg.zoo.recipes.sd.config import DECODER_DATA_OFFSET, VAE_DATA_OFFSET, SDRecipeConfig
 from icg.zoo.recipes.sd.models import build_vae
-from icg.zoo.recipes.sd.pixels import edge_l1, heldout_renders, to_model_range, vae_psnr
+from icg.zoo.recipes.sd.pixels import (
+    chroma_l1,
+    edge_l1,
+    heldout_renders,
+    to_model_range,
+    vae_psnr,
+)
 from icg.zoo.recipes.sd.state import RecipeState, save_phase
 
 logger = logging.getLogger(__name__)
@@ -49,7 +55,8 @@ def vae_batch(step: int, cfg: SDRecipeConfig) -> np.ndarray:
 def vae_loss(
     vae: Any, x: torch.Tensor, cfg: SDRecipeConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reconstruction (L1 + L2 + edge) plus a small KL of one batch x (N, 3, H, W) in [-1, 1]."""
+    """Reconstruction (L1 + L2 + edge, + chroma if weighted) plus a small KL of one batch x
+    (N, 3, H, W) in [-1, 1]."""
     posterior = vae.encode(x).latent_dist
     z = posterior.sample()  # (N, 4, H/4, W/4)
     rec = vae.decode(z).sample  # (N, 3, H, W)
@@ -58,6 +65,8 @@ def vae_loss(
     edge = edge_l1(rec, x)
     kl = posterior.kl().mean()  # summed over latent elements, mean over the batch
     loss = l1 + l2 + cfg.vae_edge_weight * edge + cfg.vae_kl_weight * kl
+    if cfg.vae_chroma_weight > 0:
+        loss = loss + cfg.vae_chroma_weight * chroma_l1(rec, x)
     psnr_db = 10.0 * math.log10(4.0 / max(l2.item(), 1e-12))  # [-1, 1] range -> peak 2
     return loss, {"loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr_db}
 
@@ -254,6 +263,8 @@ def finetune_decoder(work: Path, cfg: SDRecipeConfig, state: RecipeState, seed: 
         rec = vae.decode(z).sample  # (B, 3, H, W)
         l2 = F.mse_loss(rec, x)
         loss = (rec - x).abs().mean() + l2 + cfg.vae_edge_weight * edge_l1(rec, x)
+        if cfg.vae_chroma_weight > 0:
+            loss = loss + cfg.vae_chroma_weight * chroma_l1(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
