@@ -172,7 +172,9 @@ def start_run(
     return record
 
 
-def _same_but_new_defaults(old: Mapping[str, Any], new: Mapping[str, Any], config: BaseModel) -> bool:
+def _same_but_new_defaults(
+    old: Mapping[str, Any], new: Mapping[str, Any], config: BaseModel
+) -> bool:
     """Whether the recorded config ``old`` equals ``new`` once the fields it lacks (settings added
     after it was written) are read as their defaults, and ``config`` leaves them there."""
     fields = type(config).model_fields
