@@ -52,21 +52,29 @@ def vae_batch(step: int, cfg: SDRecipeConfig) -> np.ndarray:
     return random_crops(images, cfg.vae_crop, np.random.default_rng(seed))
 
 
+def reconstruction_loss(
+    rec: torch.Tensor, x: torch.Tensor, cfg: SDRecipeConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, l1, l2)``: L1 + L2 + edge L1 (+ chroma L1 when weighted) of ``rec`` against ``x``,
+    both (N, 3, H, W) in [-1, 1]; the VAE and the decoder fine-tuning share it."""
+    l1 = (rec - x).abs().mean()
+    l2 = F.mse_loss(rec, x)
+    loss = l1 + l2 + cfg.vae_edge_weight * edge_l1(rec, x)
+    if cfg.vae_chroma_weight > 0:
+        loss = loss + cfg.vae_chroma_weight * chroma_l1(rec, x)
+    return loss, l1, l2
+
+
 def vae_loss(
     vae: Any, x: torch.Tensor, cfg: SDRecipeConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reconstruction (L1 + L2 + edge, + chroma if weighted) plus a small KL of one batch x
-    (N, 3, H, W) in [-1, 1]."""
+    """`reconstruction_loss` plus a small KL of one batch x (N, 3, H, W) in [-1, 1]."""
     posterior = vae.encode(x).latent_dist
     z = posterior.sample()  # (N, 4, H/4, W/4)
     rec = vae.decode(z).sample  # (N, 3, H, W)
-    l1 = (rec - x).abs().mean()
-    l2 = F.mse_loss(rec, x)
-    edge = edge_l1(rec, x)
+    loss, l1, l2 = reconstruction_loss(rec, x, cfg)
     kl = posterior.kl().mean()  # summed over latent elements, mean over the batch
-    loss = l1 + l2 + cfg.vae_edge_weight * edge + cfg.vae_kl_weight * kl
-    if cfg.vae_chroma_weight > 0:
-        loss = loss + cfg.vae_chroma_weight * chroma_l1(rec, x)
+    loss = loss + cfg.vae_kl_weight * kl
     psnr_db = 10.0 * math.log10(4.0 / max(l2.item(), 1e-12))  # [-1, 1] range -> peak 2
     return loss, {"loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr_db}
 
@@ -261,10 +269,7 @@ def finetune_decoder(work: Path, cfg: SDRecipeConfig, state: RecipeState, seed: 
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()  # (B, 4, h, w), frozen encoder
         rec = vae.decode(z).sample  # (B, 3, H, W)
-        l2 = F.mse_loss(rec, x)
-        loss = (rec - x).abs().mean() + l2 + cfg.vae_edge_weight * edge_l1(rec, x)
-        if cfg.vae_chroma_weight > 0:
-            loss = loss + cfg.vae_chroma_weight * chroma_l1(rec, x)
+        loss, _, l2 = reconstruction_loss(rec, x, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
