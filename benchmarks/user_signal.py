@@ -35,7 +35,7 @@ def row_losses(
     """Per-row losses ``{"user", "other_user", "no_user"}`` of ``rows`` training rows with
     timesteps drawn uniformly in ``band`` (fractions of the schedule)."""
     data, model, unet = recipe.data, recipe.icg, recipe.unet
-    scheduler = recipe.noise_scheduler
+    scheduler, device = recipe.noise_scheduler, recipe.accelerator.device
     total = scheduler.config.num_train_timesteps
     low, high = int(band[0] * total), max(int(band[0] * total) + 1, int(band[1] * total))
     out: dict[str, list[torch.Tensor]] = {"user": [], "other_user": [], "no_user": []}
@@ -44,20 +44,20 @@ def row_losses(
         gen = step_generator(seed + 1, b)
         items = [data.item_ids[i] for i in idx]
         feats = model.encoder([data.titles[i] for i in items], [data.images[i] for i in items])
-        latents = data.latents[idx]
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(low, high, (len(idx),), generator=gen)
-        users = torch.stack([data.user_vectors[data.user_ids[i]] for i in idx])  # (B, U)
+        latents = data.latents[idx].to(device)
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(low, high, (len(idx),), generator=gen).to(device)
+        users = torch.stack([data.user_vectors[data.user_ids[i]] for i in idx]).to(device)
         other = users[torch.roll(torch.arange(len(idx)), 1)]
         none = without_users(users, torch.ones(len(idx), dtype=torch.bool))
-        text = torch.stack([data.text_states[data.titles[i]] for i in items])
+        text = torch.stack([data.text_states[data.titles[i]] for i in items]).to(device)
         noisy = scheduler.add_noise(latents, noise, t)
         target = diffusion_target(scheduler, latents, noise, t)
         for key, rows_users in (("user", users), ("other_user", other), ("no_user", none)):
             tokens = model(feats, rows_users)
             extra = {ICG_TOKENS_KWARG: tokens.to(unet.dtype)}
             pred = unet(noisy, t, text, cross_attention_kwargs=extra).sample
-            out[key].append(((pred.float() - target.float()) ** 2).mean((1, 2, 3)))
+            out[key].append(((pred.float() - target.float()) ** 2).mean((1, 2, 3)).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
