@@ -321,3 +321,18 @@ def perturb_(model) -> None:
     with torch.no_grad():
         for p in model.trainable_parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def hand_made_preference(user_dim: int = 2):
+    """A `PreferenceModel` by hand: cover taste = gelu(embedding), no global appeal, user taste
+    = the platform embedding's first two entries."""
+    from icg.models.preference import PreferenceModel
+
+    model = PreferenceModel(image_dim=2, user_dim=user_dim, rank=2, hidden_dim=2, num_positions=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.image_in.weight.copy_(torch.eye(2))
+        model.image_taste.weight.copy_(torch.eye(2))
+        model.user_proj.weight.copy_(torch.eye(2, user_dim))
+    return model.eval()

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from align_fixtures import align_config, align_parts
+from model_fixtures import hand_made_preference
 
 from icg.data.testing import write_tiny_dataset
 from icg.models.preference import PreferenceModel
@@ -84,21 +85,8 @@ def test_ips_weights_make_deep_clicks_weigh_more():
     assert normalised_weights(torch.tensor([3.0, 5.0]), 10.0).mean() == 1.0
 
 
-def _hand_made_preference(user_dim: int = 2) -> PreferenceModel:
-    """Cover taste = gelu(embedding), no global appeal, user taste = the platform embedding's
-    first two entries."""
-    model = PreferenceModel(image_dim=2, user_dim=user_dim, rank=2, hidden_dim=2, num_positions=3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.image_in.weight.copy_(torch.eye(2))
-        model.image_taste.weight.copy_(torch.eye(2))
-        model.user_proj.weight.copy_(torch.eye(2, user_dim))
-    return model.eval()
-
-
 def test_advantage_weights_favour_the_variant_the_clicker_likes():
-    model = _hand_made_preference()
+    model = hand_made_preference()
     red, blue = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     embeddings = {"red.png": red, "blue.png": blue}
     impressions = pd.DataFrame(
@@ -146,7 +134,7 @@ def test_ips_weighting_reaches_the_recipe(data_dir, tmp_path):
 
 
 def test_preferred_variants_pick_each_users_favourite_cover():
-    model = _hand_made_preference()
+    model = hand_made_preference()
     embeddings = {"red.png": torch.tensor([1.0, 0.0]), "blue.png": torch.tensor([0.0, 1.0])}
     variants = {"i0": ["blue.png", "red.png"], "i1": ["red.png"]}
     pairs = pd.DataFrame({"user_id": ["a", "b", "b"], "item_id": ["i0", "i0", "i1"]})
@@ -168,7 +156,7 @@ def test_preferred_targets_reach_the_recipe(data_dir, tmp_path, monkeypatch):
     # the hand-made model's cover taste is the embedding: users differ in which half they like
     fake = {c: torch.tensor([float(k % 2), float(1 - k % 2)]) for k, c in enumerate(covers)}
     monkeypatch.setattr(cw, "_cover_embeddings", lambda model, pref, paths, towers: fake)
-    _hand_made_preference(user_dim=4).save_pretrained(tmp_path / "preference")
+    hand_made_preference(user_dim=4).save_pretrained(tmp_path / "preference")
     with pytest.raises(ValueError, match="targets='preferred' needs a trained preference"):
         _config(data_dir, tmp_path / "x", targets="preferred")
     cfg = _config(data_dir, tmp_path, targets="preferred", preference=tmp_path / "preference")

@@ -201,7 +201,8 @@ class ICGPipeline:
         """Generate one cover per title.
 
         Args:
-            titles: ``B`` item titles (the base prompt is ``adapter.prompts(titles)``).
+            titles: ``B`` item titles (the base prompt is ``model.prompts(titles, users)``: the
+                adapter's prompt, with the user's taste words when the model has a UserPrompt).
             images: ``B`` reference images, or ``None``.
             user_embeddings: ``(B, user_dim)`` user embeddings (NaN row or ``None``: no user).
             item_keys: ``B`` item ids for the feature cache.
@@ -261,7 +262,7 @@ class ICGPipeline:
         try:
             with guide:
                 return base(
-                    prompt=self.model.adapter.prompts(titles),
+                    prompt=self.model.prompts(titles, user_embeddings),
                     negative_prompt=negative_prompt,
                     num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale,

@@ -56,6 +56,20 @@ def align(
         float | None,
         typer.Option("--user-dropout", help="Fraction of each batch trained without its user."),
     ] = None,
+    user_words: Annotated[
+        int | None,
+        typer.Option(
+            "--user-words",
+            help="Style words for the user's taste in the prompt (default 2; 0: none).",
+        ),
+    ] = None,
+    style_vocabulary: Annotated[
+        Path | None,
+        typer.Option(
+            "--style-vocabulary",
+            help="JSON {group: {phrase: CLIP text}} for the user words (default: coverworld-tiny's).",
+        ),
+    ] = None,
     global_conditioning: Annotated[
         bool | None,
         typer.Option(
@@ -99,6 +113,8 @@ def align(
             targets=targets,
             click_weighting=click_weighting,
             user_dropout=user_dropout,
+            user_words=user_words,
+            style_vocabulary=style_vocabulary,
             global_conditioning=global_conditioning,
             read_image=read_image,
         )

@@ -5,6 +5,7 @@ adapter_dir/
   meta_tokens/             # MetaTokenEncoder: config.json + safetensors (+ mllm_lora.safetensors)
   refiner/                 # UserRefiner (absent when the model has no refiner)
   adapter/                 # CoverAdapter
+  user_prompt/             # UserPrompt: taste words for the text prompt (optional)
 """
 
 from __future__ import annotations
@@ -18,13 +19,19 @@ from torch import nn
 from icg.artifacts import ArtifactError, check_module_folder, read_json_object
 from icg.models.adapter import CoverAdapter
 from icg.models.meta_tokens import MetaTokenEncoder
+from icg.models.user_prompt import UserPrompt
 from icg.models.user_refiner import UserRefiner
 
-PART_CLASSES = {"meta_tokens": MetaTokenEncoder, "adapter": CoverAdapter, "refiner": UserRefiner}
+PART_CLASSES = {
+    "meta_tokens": MetaTokenEncoder,
+    "adapter": CoverAdapter,
+    "refiner": UserRefiner,
+    "user_prompt": UserPrompt,
+}
 
 ICG_CONFIG_NAME = "icg_config.json"
 REQUIRED_PARTS = ("meta_tokens", "adapter")
-PARTS = (*REQUIRED_PARTS, "refiner")
+PARTS = (*REQUIRED_PARTS, "refiner", "user_prompt")
 FORMAT = "icg-adapter"
 FORMAT_VERSION = 1
 
@@ -36,15 +43,21 @@ class ICGModel(nn.Module):
         encoder: the meta-token encoder (with its frozen MLLM attached).
         adapter: the cover adapter (built for the base UNet).
         refiner: the user refiner (``None``: no personalization).
+        user_prompt: taste words for the base prompt (``None``: the prompt has no user words).
     """
 
     def __init__(
-        self, encoder: MetaTokenEncoder, adapter: CoverAdapter, refiner: UserRefiner | None = None
+        self,
+        encoder: MetaTokenEncoder,
+        adapter: CoverAdapter,
+        refiner: UserRefiner | None = None,
+        user_prompt: UserPrompt | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.refiner = refiner
         self.adapter = adapter
+        self.user_prompt = user_prompt
 
     @classmethod
     def build(
@@ -115,6 +128,14 @@ class ICGModel(nn.Module):
             raise ValueError("user_embeddings: this ICG model has no user refiner")
         return self.adapter(features)
 
+    def prompts(self, titles: list[str], user_embeddings: torch.Tensor | None = None) -> list[str]:
+        """The base model's text prompts: the adapter's for ``titles``, followed by each row's
+        taste words when there is a `UserPrompt` and a user (NaN rows: no words)."""
+        prompts = self.adapter.prompts(titles)
+        if self.user_prompt is None:
+            return prompts
+        return self.user_prompt.prompts(prompts, user_embeddings)
+
     # ---- save / load ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``icg_config.json`` and one ``save_pretrained`` subfolder per part."""
@@ -122,14 +143,17 @@ class ICGModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(directory / "meta_tokens")
         self.adapter.save_pretrained(directory / "adapter")
-        if self.refiner is not None:
-            self.refiner.save_pretrained(directory / "refiner")
+        parts = ["meta_tokens", "adapter"]
+        for name in ("refiner", "user_prompt"):
+            if getattr(self, name) is not None:
+                getattr(self, name).save_pretrained(directory / name)
+                parts.append(name)
         config = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "base_model": self.adapter.config.base_model,
             "mllm": self.encoder.config.mllm_name_or_path,
-            "parts": ["meta_tokens", "adapter"] + (["refiner"] if self.refiner is not None else []),
+            "parts": parts,
         }
         (directory / ICG_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -149,7 +173,9 @@ class ICGModel(nn.Module):
             )
         parts = config.get("parts", [])
         if not isinstance(parts, list) or not set(REQUIRED_PARTS) <= set(parts) <= set(PARTS):
-            raise ArtifactError(f"{file}: 'parts' must list {REQUIRED_PARTS} (+ 'refiner')")
+            raise ArtifactError(
+                f"{file}: 'parts' must list {REQUIRED_PARTS} (+ 'refiner', 'user_prompt')"
+            )
         for key in ("base_model", "mllm"):
             if config.get(key) is not None and not isinstance(config[key], str):
                 raise ArtifactError(f"{file}: {key!r} must be a string, got {config[key]!r}")
@@ -189,4 +215,7 @@ class ICGModel(nn.Module):
         refiner = None
         if "refiner" in config["parts"]:  # recorded: a missing folder is an error, not "no user"
             refiner = UserRefiner.from_pretrained(directory / "refiner")
-        return cls(encoder, adapter, refiner)
+        user_prompt = None
+        if "user_prompt" in config["parts"]:
+            user_prompt = UserPrompt.from_pretrained(directory / "user_prompt")
+        return cls(encoder, adapter, refiner, user_prompt)

@@ -39,7 +39,7 @@ from icg.checkpoints import (
 from icg.config import DEFAULT_BASE, DEFAULT_MLLM
 from icg.io import atomic_save_dir
 from icg.runs import start_run
-from icg.training.align_data import prepare_align_data
+from icg.training.align_data import distil_user_prompt, prepare_align_data
 from icg.training.click_weights import check_preference_source
 from icg.training.common import (
     batch_indices,
@@ -115,6 +115,17 @@ class AlignConfig(BaseModel):
     )
     base_prompt: str = Field(
         "a cover for {title}", description="the base model's text prompt; {title} is replaced"
+    )
+    user_words: int = Field(
+        2,
+        ge=0,
+        description="the prompt also names the user's taste in this many style words, distilled "
+        "from the preference model (icg.models.user_prompt); 0: no words; needs preference",
+    )
+    style_vocabulary: Path | None = Field(
+        None,
+        description="JSON {group: {phrase: CLIP text}} the user words come from; None: "
+        "coverworld-tiny's (icg.zoo.vocabulary)",
     )
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -222,6 +233,8 @@ class AlignRecipe:
                 global_conditioning=cfg.global_conditioning,
                 read_image=cfg.read_image,
             )
+        if model.user_prompt is None and cfg.user_words > 0 and cfg.preference is not None:
+            model.user_prompt = distil_user_prompt(cfg, data)
         model.to(device)
         model.adapter.install(self.unet)
         optimizer = torch.optim.AdamW(

@@ -100,3 +100,47 @@ def prepare_align_data(config, data, vae, tokenizer, text_encoder, size: int) ->
         len(item_ids), len(needed), len(user_vectors),
     )  # fmt: skip
     return prepared
+
+
+@torch.no_grad()
+def distil_user_prompt(config, data):
+    """The `UserPrompt` of ``config.user_words`` words from the preference model in
+    ``config.preference``, over the catalog's cover variants and ``config.style_vocabulary``
+    (default: coverworld-tiny's); ``None`` when the preference model reads no user embedding."""
+    from pathlib import Path
+
+    from icg.models.preference import PreferenceModel
+    from icg.models.user_prompt import UserPrompt, load_style_vocabulary
+    from icg.rewards.clip import ClipTowers
+    from icg.training.click_weights import _cover_embeddings, item_variants
+
+    preference = PreferenceModel.from_pretrained(str(config.preference)).eval()
+    if preference.user_proj is None:
+        logger.warning("stage A: %s reads no user embedding; no user words", config.preference)
+        return None
+    if config.style_vocabulary is not None:
+        vocab = load_style_vocabulary(config.style_vocabulary)
+    else:
+        from icg.zoo.vocabulary import coverworld_style_vocabulary
+
+        vocab = coverworld_style_vocabulary()
+    name = preference.config.clip_name_or_path
+    if name is None:
+        logger.warning(
+            "stage A: %s records no CLIP to tag covers; no user words", config.preference
+        )
+        return None
+    towers = ClipTowers.from_pretrained(name)
+    paths = sorted({c for covers in item_variants(data.impressions).values() for c in covers})
+    embeddings = _cover_embeddings(preference, Path(config.preference), paths, towers)
+    groups = list(vocab)
+    prompt = UserPrompt.from_preference(
+        preference,
+        torch.stack([embeddings[p] for p in paths]),
+        [towers.text_embeds(list(vocab[g].values())) for g in groups],
+        groups,
+        [list(vocab[g]) for g in groups],
+        top_k=config.user_words,
+    )
+    logger.info("stage A: user words from %d covers, groups %s", len(paths), ", ".join(groups))
+    return prompt
