@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from model_fixtures import hand_made_preference, tiny_icg
 
 from icg.models.icg_model import ICGModel
