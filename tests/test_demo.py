@@ -52,7 +52,8 @@ def test_quick_demo_writes_every_method_and_stage(demo: Path):
     assert any("probe" in r for r in rows) and any("reward/preference" in r for r in rows)
     manifest = pd.read_parquet(demo / "eval" / "covers" / "manifest.parquet")
     # the swap control's covers: icg-single's draws with another user (its own are reused)
-    generated = set(METHODS) - {"reference", "oracle", "variant-select"} | {"icg-swap"}
+    generated = set(METHODS) - {"reference", "oracle", "variant-select", "vae-roundtrip"}
+    generated |= {"icg-swap"}
     assert set(manifest["method"]) == generated
     assert all(is_marked_generated(p) for p in manifest["path"])
     # best-of-2 under each run's own reward, except the single draws
@@ -60,6 +61,8 @@ def test_quick_demo_writes_every_method_and_stage(demo: Path):
     single = ["icg-single", "icg-nouser-single", "icg-swap"]
     assert picked[single].eq(0).all()
     assert picked.drop([*single, "prompt", "mllm-prompt"]).le(1).all()
+    metrics = json.loads((demo / "eval" / "metrics.json").read_text())["methods"]
+    assert {"vae-roundtrip", "icg"} <= set(metrics)  # the fidelity ceiling beside the method
     seeds = manifest.set_index(["method", "user_id", "item_id"])["seed"]
     assert seeds["icg-nouser-single"].equals(seeds["icg-single"])
     swap = seeds["icg-swap"]

@@ -101,6 +101,24 @@ def test_evaluate_methods_writes_metrics_and_report(world: Path, tmp_path: Path)
     assert "Personal gain" in html and "true_taste_match" in html
 
 
+def test_vae_roundtrip_is_the_base_models_encode_decode_of_the_reference(world: Path, tmp_path):
+    from diffusers import AutoencoderKL
+    from model_fixtures import get_dummy_components
+
+    from icg.evaluation.baselines import vae_roundtrip_source
+
+    data = load_dataset(world, rejects_dir=tmp_path / "rejects")
+    vae: AutoencoderKL = get_dummy_components()["vae"].eval()
+    item = data.items["item_id"].iloc[0]
+    pairs = choose_pairs(data, n_users=2, n_items=2, n_cold=0)
+    pairs = pairs.assign(item_id=[item, item, *pairs["item_id"].iloc[2:]])
+    covers = vae_roundtrip_source(data, vae, 32, batch_size=3)(pairs)
+    assert covers.shape == (len(pairs), 32, 32, 3) and covers.dtype == np.uint8
+    np.testing.assert_array_equal(covers[0], covers[1])  # one cover per item, whatever the user
+    reference = load_covers([data.items.set_index("item_id").at[item, "image"]], 32)
+    assert not np.array_equal(covers[0], reference[0])  # it went through the (random) VAE
+
+
 def test_choose_pairs_uses_no_truth(world: Path, tmp_path: Path):
     data = load_dataset(world, rejects_dir=tmp_path / "rejects")
     a = choose_pairs(data, 5, 2, seed=1)
@@ -175,8 +193,8 @@ def test_select_methods_finds_adapters_and_names_missing_inputs(tmp_path: Path):
     _adapter(run / "icg-aesthetic")  # an adapter saved straight into the run folder
     wanted, adapters = select_methods(run, None, truth=False, base=None)
     assert wanted == [
-        "reference", "prompt", "mllm-prompt", "icg-nouser", "icg-nouser-single", "icg-aesthetic",
-        "icg-single", "icg",
+        "reference", "vae-roundtrip", "prompt", "mllm-prompt", "icg-nouser", "icg-nouser-single",
+        "icg-aesthetic", "icg-single", "icg",
     ]  # fmt: skip
     assert adapters["icg-nouser-single"] == adapters["icg-single"] == run / "icg" / "adapter"
     assert adapters["icg-nouser"] == run / "icg" / "adapter"

@@ -151,6 +151,28 @@ def reference_source(data, size: int) -> CoverSource:
     return lambda pairs: load_covers(images.loc[pairs["item_id"]].tolist(), size)
 
 
+def vae_roundtrip_source(data, vae, size: int, batch_size: int = 32) -> CoverSource:
+    """``vae-roundtrip``: the item's own cover encoded (latent mode) and decoded by the base
+    model's VAE. No draw of the base model can keep more of the cover than this, so it is the
+    ceiling every generated method's fidelity is read against."""
+    import torch
+
+    images = data.items.set_index("item_id")["image"]
+
+    @torch.no_grad()
+    def source(pairs: pd.DataFrame) -> np.ndarray:
+        covers = load_covers(images.loc[pairs["item_id"]].tolist(), size)  # (N, H, W, 3)
+        x = torch.from_numpy(covers).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        out = []
+        for chunk in x.split(batch_size):
+            latents = vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist.mode()
+            decoded = vae.decode(latents).sample.float().clamp(-1.0, 1.0)
+            out.append(((decoded + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1))
+        return torch.cat(out).cpu().numpy() if out else covers
+
+    return source
+
+
 def oracle_source(truth) -> CoverSource:
     """The truth's CTR-optimal cover (CoverWorld only)."""
     return lambda pairs: truth.oracle_covers(pairs["user_id"], pairs["item_id"])

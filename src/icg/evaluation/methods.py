@@ -2,6 +2,8 @@
 
     reference, oracle          no model (oracle: CoverWorld's truth only)
     variant-select             the run's preference model picks among the item's shown covers
+    vae-roundtrip              the item's own cover through the base model's VAE: the fidelity
+                               ceiling of anything the base model draws
     prompt, mllm-prompt        the base model alone (mllm-prompt: the MLLM writes the prompt)
     icg, icg-*                 an ICG adapter of the run folder (`ICG_METHODS`)
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 METHODS = (
     "reference",
     "variant-select",
+    "vae-roundtrip",
     "prompt",
     "mllm-prompt",
     "icg-nouser",
@@ -40,6 +43,7 @@ METHODS = (
     "oracle",
 )
 PROMPT_METHODS = ("prompt", "mllm-prompt")
+BASE_METHODS = ("vae-roundtrip", *PROMPT_METHODS)  # need the base model, not an adapter
 
 
 class IcgMethod(NamedTuple):
@@ -108,7 +112,7 @@ def select_methods(
     adapters = {m: f for m, spec in ICG_METHODS.items() if (f := adapter_folder(run, spec.run))}
     available = {"reference"} | ({"oracle"} if truth else set()) | set(adapters)
     if main_adapter(adapters) is not None or base:
-        available |= set(PROMPT_METHODS)
+        available |= set(BASE_METHODS)
     if variants and (run / "preference" / "config.json").is_file():
         available.add("variant-select")
     wanted = [m for m in METHODS if m in (requested or available)]
@@ -191,7 +195,7 @@ def load_generators(
     from icg.models.mllm import load_mllm
     from icg.models.paths import resolve_model_path
 
-    needs_base = any(m in ICG_METHODS or m in PROMPT_METHODS for m in wanted)
+    needs_base = any(m in ICG_METHODS or m in BASE_METHODS for m in wanted)
     pipe = DiffusionPipeline.from_pretrained(resolve_model_path(base)) if needs_base else None
     needs_mllm = any(m in ICG_METHODS or m == "mllm-prompt" for m in wanted)
     model, processor = load_mllm(resolve_model_path(mllm)) if needs_mllm else (None, None)
@@ -265,6 +269,8 @@ def method_source(method: str, drawers: Drawers, config: EvalConfig) -> CoverSou
         return baselines.reference_source(drawers.data, drawers.size)
     if method == "oracle":
         return baselines.oracle_source(drawers.truth)
+    if method == "vae-roundtrip":
+        return baselines.vae_roundtrip_source(drawers.data, drawers.base.vae, drawers.size)
     if method in PROMPT_METHODS:
         return prompt_source(method, drawers, config)
     if method == "variant-select":
