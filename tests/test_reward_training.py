@@ -237,30 +237,3 @@ def test_load_run_reward_restores_weights_and_statistics(tmp_path):
     loaded(images, ["a", "b"])  # scoring leaves the statistics alone
     torch.testing.assert_close(loaded.stats["aesthetic"].count, before)
 
-
-def test_stage_b_draws_with_the_users_words_in_the_prompt(stage_b_world, tmp_path):
-    from model_fixtures import perturb_, tiny_icg
-    from stage_b_fixtures import USER_DIM
-
-    from icg.models.user_prompt import UserPrompt
-
-    data, _ = stage_b_world
-    _, model = tiny_icg(user_dim=USER_DIM, num_meta_tokens=2)
-    perturb_(model)
-    model.user_prompt = UserPrompt(USER_DIM, ["tone"], [["dark", "light"]], top_k=1)
-    with torch.no_grad():  # "light" for a positive first embedding entry
-        model.user_prompt.score.weight.zero_()
-        model.user_prompt.score.weight[1, 0] = 1.0
-    model.save_pretrained(tmp_path / "align" / "adapter")
-    recipe = RewardRecipe(_config((data, tmp_path / "align"), tmp_path / "b"), **_parts())
-    recipe.setup()
-    users = sorted(recipe.user_vectors)
-    item = recipe.pairs.at[0, "item_id"]
-    plain = recipe.icg.adapter.prompts([recipe.titles[item]])[0]
-    states = recipe.text_states([item] * (len(users) + 1), [*users, None])
-    recipe.text_states([item])  # no users: the plain prompt, already encoded
-    written = {p for p in recipe._text if p}
-    assert plain in written and written - {plain} <= {plain + ", dark", plain + ", light"}
-    assert len(written) > 1  # some user got words
-    torch.testing.assert_close(states[-1], recipe._text[plain])  # no user: the plain prompt
-    recipe.cleanup()

@@ -144,7 +144,7 @@ class RankedRecipe(RewardRecipe):
             without = None
             if cfg.user_guidance != 1 and any(u is not None for u in users[part]):
                 without, _ = self.tokens(items[part], [None] * len(items[part]))
-            z, _ = self.sample_latents(items[part], tokens, noise[part], 0, without, users[part])
+            z, _ = self.sample_latents(items[part], tokens, noise[part], 0, without)
             images = self.decode(z)
             titles = [self.titles[i] for i in items[part]]
             reward, info = self.rewards(images, titles, emb, user_ids=users[part])
@@ -193,7 +193,7 @@ class RankedRecipe(RewardRecipe):
             0, self.train_scheduler.config.num_train_timesteps, (len(idx),), generator=gen
         ).to(device)
         tokens, _ = self.tokens(items, users)
-        text = self.text_states(items, users)  # (B, L, C_text)
+        text = torch.stack([self._text[self.titles[i]] for i in items])  # (B, L, C_text)
         uncond = self._text[""].expand_as(text) if cfg.guidance_scale > 1 else None
         loss = denoising_loss(
             self.unet, self.train_scheduler, latents, noise, t, text, tokens,

@@ -206,7 +206,7 @@ class RewardRecipe(Rollout):
         without = None
         if cfg.user_guidance != 1:
             without, _ = self.tokens(d["items"], [None] * len(d["items"]))
-        images, used = self.sample(d["items"], tokens, d["noise"], d["k"], without, d["users"])
+        images, used = self.sample(d["items"], tokens, d["noise"], d["k"], without)
         titles = [self.titles[i] for i in d["items"]]
         reward, info = self.rewards(images, titles, emb, user_ids=d["users"])
         logs = {f"reward/{k}": float(v.float().mean()) for k, v in info.items()}

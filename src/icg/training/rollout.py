@@ -71,6 +71,10 @@ class Rollout:
             ids = sorted(self.item_images)
             latents = encode_images(self.vae, [self.item_images[i] for i in ids], self.size)
             self._ref_latents = dict(zip(ids, latents, strict=True))
+        titles = sorted(set(self.titles.values()))
+        prompts = self.model.adapter.prompts(titles)  # the prompt format stage A trained with
+        for title, prompt in zip(titles, prompts, strict=True):
+            self._text[title] = encode_prompt(self._base.tokenizer, self._base.text_encoder, prompt)
         self._text[""] = encode_prompt(self._base.tokenizer, self._base.text_encoder, "")
         if cfg.drift_denoise_weight > 0:
             item_ids, user_ids, covers = clicked_examples(imp, data.items, data.users)
@@ -130,24 +134,6 @@ class Rollout:
         rest = {k: v for k, v in params.items() if not k.startswith("encoder.")}
         return functional_call(self.icg, rest, (feats, emb), strict=False), emb
 
-    def text_states(
-        self, items: Sequence[str], users: Sequence[str | None] | None = None
-    ) -> torch.Tensor:
-        """``(B, L, C_text)``: each pair's prompt as inference writes it (`ICGModel.prompts`: the
-        prompt format stage A trained with, plus the user's words when the model has a
-        `UserPrompt`), encoded once per distinct prompt."""
-        emb = None
-        if users is not None and self.icg.user_prompt is not None and self.user_dim > 0:
-            nan = torch.full((self.user_dim,), float("nan"))
-            emb = torch.stack([nan if u is None else self.user_vectors[u] for u in users])
-        prompts = self.icg.prompts([self.titles[i] for i in items], emb)
-        for prompt in dict.fromkeys(prompts):
-            if prompt not in self._text:
-                self._text[prompt] = encode_prompt(
-                    self._base.tokenizer, self._base.text_encoder, prompt
-                )
-        return torch.stack([self._text[p] for p in prompts])
-
     def sample_latents(
         self,
         items: Sequence[str],
@@ -155,13 +141,11 @@ class Rollout:
         noise: torch.Tensor,
         k: int = 0,
         tokens_without_user: torch.Tensor | None = None,
-        users: Sequence[str | None] | None = None,
     ) -> tuple[torch.Tensor, list[int]]:
         """Final latents ``(B, C, h, w)`` with gradients through the last ``k`` steps (0: none).
 
         With ``tokens_without_user`` (the same items' tokens without a user), sampling applies
-        the configured user guidance; ``users`` (``None`` entries: no user) put their words in
-        the prompts."""
+        the configured user guidance."""
         cfg = self.config
         device = self.accelerator.device
         self.scheduler.set_timesteps(cfg.num_inference_steps, device=device)
@@ -173,7 +157,7 @@ class Rollout:
             ref = torch.stack([self._ref_latents[i] for i in items]).to(noise)
             t0 = self.scheduler.timesteps[start : start + 1].repeat(len(items))
             latents = self.scheduler.add_noise(ref, noise, t0)
-        text = self.text_states(items, users)  # (B, L, C_text)
+        text = torch.stack([self._text[self.titles[i]] for i in items])  # (B, L, C_text)
         uncond = self._text[""].expand_as(text) if cfg.guidance_scale > 1 else None
         steps = truncated_steps(cfg.num_inference_steps, k) if k > 0 else range(0)
         guidance = {}
@@ -194,10 +178,9 @@ class Rollout:
         noise: torch.Tensor,
         k: int,
         tokens_without_user: torch.Tensor | None = None,
-        users: Sequence[str | None] | None = None,
     ) -> tuple[torch.Tensor, list[int]]:
         """Covers ``(B, 3, H, W)`` in [0, 1] (see `sample_latents`) and the steps with grad."""
-        latents, used = self.sample_latents(items, tokens, noise, k, tokens_without_user, users)
+        latents, used = self.sample_latents(items, tokens, noise, k, tokens_without_user)
         return decode(self.vae, latents, self.config.gradient_checkpointing), used
 
     def _denoise_loss(self, step: int) -> torch.Tensor:
@@ -213,7 +196,7 @@ class Rollout:
             0, self.train_scheduler.config.num_train_timesteps, (len(idx),), generator=gen
         )
         t = t.to(latents.device)
-        text = self.text_states([item_ids[i] for i in idx], [user_ids[i] for i in idx])
+        text = torch.stack([self._text[self.titles[item_ids[i]]] for i in idx])  # (B, L, C_text)
         return denoising_loss(self.unet, self.train_scheduler, latents, noise, t, text, tokens)
 
     @torch.no_grad()
@@ -228,5 +211,5 @@ class Rollout:
         without = None
         if self.config.user_guidance != 1 and any(u is not None for u in users):
             without, _ = self.tokens(items, [None] * len(items))
-        images, _ = self.sample(items, tokens, noise, 0, without, users)
+        images, _ = self.sample(items, tokens, noise, 0, without)
         return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
