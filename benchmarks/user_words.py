@@ -62,6 +62,7 @@ def main() -> None:
     if pairs.empty:
         raise SystemExit(f"{args.eval}: no icg-single covers to take pairs and seeds from")
     base, mllm, processor, _ = load_generators(["icg"], "zoo:sd", "zoo:mllm")
+    base.set_progress_bar_config(disable=True)
     model = ICGModel.from_pretrained(args.run / "icg" / "adapter", mllm, processor)
     if model.user_prompt is None:
         raise SystemExit(f"{args.run}/icg/adapter has no user_prompt (trained with --user-words 0)")
