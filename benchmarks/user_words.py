@@ -103,7 +103,9 @@ def main() -> None:
 
     # do the words name the user's most weighted dimension, and its true level?
     all_users = sorted(users.index[users["embedding"].map(lambda e: np.isfinite(e).all())])
-    emb = torch.as_tensor(np.stack([users.at[u, "embedding"] for u in all_users]), dtype=torch.float32)
+    emb = torch.as_tensor(
+        np.stack([users.at[u, "embedding"] for u in all_users]), dtype=torch.float32
+    )
     words = model.user_prompt.words(emb)
     named = level = 0
     for u, w in zip(all_users, words, strict=True):

@@ -63,6 +63,9 @@ def test_quick_demo_writes_every_method_and_stage(demo: Path):
     assert picked.drop([*single, "prompt", "mllm-prompt"]).le(1).all()
     metrics = json.loads((demo / "eval" / "metrics.json").read_text())["methods"]
     assert {"vae-roundtrip", "icg"} <= set(metrics)  # the fidelity ceiling beside the method
+    # stage A distilled the user words, and stage B kept them
+    for stage in ("align", "icg"):
+        assert (demo / "run" / stage / "adapter" / "user_prompt" / "config.json").is_file()
     seeds = manifest.set_index(["method", "user_id", "item_id"])["seed"]
     assert seeds["icg-nouser-single"].equals(seeds["icg-single"])
     swap = seeds["icg-swap"]

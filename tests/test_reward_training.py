@@ -236,4 +236,3 @@ def test_load_run_reward_restores_weights_and_statistics(tmp_path):
     before = loaded.stats["aesthetic"].count.clone()
     loaded(images, ["a", "b"])  # scoring leaves the statistics alone
     torch.testing.assert_close(loaded.stats["aesthetic"].count, before)
-

@@ -103,3 +103,16 @@ def test_bad_vocabulary_names_the_file_and_group(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"b": {"dark": "a dark cover", "light": "a light cover"}}))
     assert load_style_vocabulary(good) == {"b": {"dark": "a dark cover", "light": "a light cover"}}
+
+
+def test_stage_a_refuses_a_bad_vocabulary_before_training(tmp_path):
+    from pydantic import ValidationError
+
+    from icg.training.align import AlignConfig
+
+    (tmp_path / "data").mkdir()
+    bad = tmp_path / "vocab.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises((ValidationError, ValueError), match="vocab.json"):
+        AlignConfig(data=tmp_path / "data", out=tmp_path / "out", targets="clicks",
+                    style_vocabulary=bad)  # fmt: skip

@@ -38,6 +38,7 @@ from icg.checkpoints import (
 )
 from icg.config import DEFAULT_BASE, DEFAULT_MLLM
 from icg.io import atomic_save_dir
+from icg.models.user_prompt import load_style_vocabulary
 from icg.runs import start_run
 from icg.training.align_data import distil_user_prompt, prepare_align_data
 from icg.training.click_weights import check_preference_source
@@ -139,6 +140,8 @@ class AlignConfig(BaseModel):
         check_preference_source(self.click_weighting, self.preference)
         if self.targets == "preferred":
             check_preference_source(self.targets, self.preference, setting="targets")
+        if self.style_vocabulary is not None:
+            load_style_vocabulary(self.style_vocabulary)  # a bad file fails before any training
         return self
 
     @property
