@@ -31,7 +31,8 @@ def icg(*args: str) -> None:
 
 
 def eval_run(demo: Path, run: Path, out: Path, seed: int, users: int, items: int) -> dict:
-    shutil.copytree(demo / "run" / "preference", run / "preference", dirs_exist_ok=True)
+    if not (run / "preference").exists():  # the best-of-K and swap scorers read it
+        shutil.copytree(demo / "run" / "preference", run / "preference")
     icg(
         "evaluate", "--data", demo / "world", "--run", run, "--out", out, "--methods", METHODS,
         "--users", users, "--items", items, "--seed", seed, "--overwrite",
@@ -76,7 +77,7 @@ def main() -> None:
             "--preference", demo / "run" / "preference", "--out", ranked / "icg",
             "--config", out / "ranked.yaml",
         )  # fmt: skip
-    ranked_s = time.time() - t0
+    ranked_s = time.time() - t0  # 0 when an earlier call trained it
     runs["stage A + ranked (RAFT, best of 8)"] = ranked
 
     rows = {}
