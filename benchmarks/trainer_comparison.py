@@ -30,12 +30,12 @@ def icg(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "icg", *map(str, args)], check=True)
 
 
-def eval_run(demo: Path, run: Path, out: Path, seed: int, users: int, items: int) -> dict:
+def eval_run(demo: Path, run: Path, out: Path, seed: int, users: int, items: int, k: int) -> dict:
     if not (run / "preference").exists():  # the best-of-K and swap scorers read it
         shutil.copytree(demo / "run" / "preference", run / "preference")
     icg(
         "evaluate", "--data", demo / "world", "--run", run, "--out", out, "--methods", METHODS,
-        "--users", users, "--items", items, "--seed", seed, "--overwrite",
+        "--users", users, "--items", items, "--seed", seed, "--candidates", k, "--overwrite",
     )  # fmt: skip
     return json.loads((out / "metrics.json").read_text())
 
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--items", type=int, default=12)
+    parser.add_argument("--candidates", type=int, default=8, help="K of the best-of-K rows")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     demo, out = args.demo, args.out
@@ -82,7 +83,9 @@ def main() -> None:
 
     rows = {}
     for name, run in runs.items():
-        m = eval_run(demo, run, out / "eval" / run.name, seed, args.users, args.items)
+        m = eval_run(
+            demo, run, out / "eval" / run.name, seed, args.users, args.items, args.candidates
+        )
         rows[name] = {
             meth: {f: m["methods"][meth][f] for f in FIELDS} for meth in METHODS.split(",")
         } | {"personal_gain": m["personal_gain"]}
