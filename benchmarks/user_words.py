@@ -71,7 +71,6 @@ def main() -> None:
     items = data.items.set_index("item_id")
     users = data.users.set_index("user_id")
     true_users = pd.read_parquet(args.world / "truth" / "users.parquet").set_index("user_id")
-    plain_prompts = model.adapter.prompts
 
     def draw(mode: str) -> np.ndarray:
         images = []
@@ -81,8 +80,9 @@ def main() -> None:
             weights = np.asarray(true_users.at[row.user_id, "weights"])
             words = {"no words": [], "truth words": truth_words(taste, weights, k)}.get(mode)
             if words is not None:  # the adapter's prompt with these words instead of the user's
-                model.user_prompt, saved = None, model.user_prompt
-                model.adapter.prompts = lambda t, w=words: [", ".join([*plain_prompts(t), *w])]
+                model.prompts = lambda t, u=None, w=words: [
+                    ", ".join([p, *w]) for p in model.adapter.prompts(t)
+                ]
             try:
                 image = draw_covers(
                     pipe, [items.at[row.item_id, "title"]], [items.at[row.item_id, "image"]],
@@ -90,8 +90,7 @@ def main() -> None:
                     args.steps, args.guidance,
                 )[0]  # fmt: skip
             finally:
-                if words is not None:
-                    model.user_prompt, model.adapter.prompts = saved, plain_prompts
+                vars(model).pop("prompts", None)  # back to ICGModel.prompts
             images.append(np.asarray(image.convert("RGB")))
         return np.stack(images)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -107,8 +108,6 @@ def distil_user_prompt(config, data):
     """The `UserPrompt` of ``config.user_words`` words from the preference model in
     ``config.preference``, over the catalog's cover variants and ``config.style_vocabulary``
     (default: coverworld-tiny's); ``None`` when the preference model reads no user embedding."""
-    from pathlib import Path
-
     from icg.models.preference import PreferenceModel
     from icg.models.user_prompt import UserPrompt, load_style_vocabulary
     from icg.rewards.clip import ClipTowers
