@@ -150,7 +150,7 @@ def test_mllm_answer_round_trip_and_labels() -> None:
     inputs = mllm_chat.encode(processor, images, ["The Azure Star", "x"], [answer, answer])
     tok = processor.tokenizer
     image_id = tok.convert_tokens_to_ids(mllm_chat.IMAGE_TOKEN)
-    assert (inputs["input_ids"] == image_id).sum(1).tolist() == [16, 16]  # 64px / patch 16
+    assert (inputs["input_ids"] == image_id).sum(1).tolist() == [17, 17]  # 64px / patch 16 + CLS
     for row in range(2):
         labels = inputs["labels"][row]
         kept = tok.decode(labels[labels >= 0])
@@ -226,3 +226,74 @@ def test_mllm_batches_blank_titles_or_grey_covers_so_both_are_read() -> None:
     plain = mllm_recipe.batch(3, never, processor)
     assert not any("title: \n" in t for t in processor.tokenizer.batch_decode(plain["input_ids"]))
     assert (plain["pixel_values"].flatten(2).std(2).amax(1) > 1e-6).all()
+
+
+TINY_MLLM = mllm_config.MllmRecipeConfig(
+    steps=3,
+    batch_size=4,
+    warmup=1,
+    vocab_size=500,
+    vision_hidden=16,
+    vision_layers=1,
+    text_hidden=16,
+    text_layers=1,
+    heads=2,
+    kv_heads=1,
+    checkpoint_every=2,
+    gate_items=4,
+    tokenizer_titles=200,
+    vision_from_pretrained=None,
+    vision_warmup_steps=2,
+    vision_warmup_batch=4,
+    threads=1,
+)
+
+
+def test_mllm_recipe_resumes_across_the_vision_warmup_and_publishes_no_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from icg.zoo.recipes.mllm import recipe as mllm_recipe
+
+    straight = tmp_path / "straight"
+    mllm_recipe.train(straight, resume=False, seed=0, config=TINY_MLLM)
+
+    interrupted = tmp_path / "interrupted"
+    real_batch = mllm_recipe.batch
+
+    def crashing_batch(step: int, cfg, processor):
+        if step == 1:  # the second LM step, after the checkpoint that ends the warm-up
+            raise _Stop
+        return real_batch(step, cfg, processor)
+
+    monkeypatch.setattr(mllm_recipe, "batch", crashing_batch)
+    with pytest.raises(_Stop):
+        mllm_recipe.train(interrupted, resume=False, seed=0, config=TINY_MLLM)
+    ckpt = latest_checkpoint(interrupted / _base.CHECKPOINT_DIR)
+    assert ckpt is not None and ckpt.name == "checkpoint-00000002"
+    held = load_file(str(ckpt / "model.safetensors"))
+    assert any(k.startswith("motif_head.") for k in held)  # the warm-up head resumes too
+    monkeypatch.setattr(mllm_recipe, "batch", real_batch)
+    mllm_recipe.train(interrupted, resume=True, seed=0, config=TINY_MLLM)
+
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(interrupted / "model.safetensors"))
+    assert a.keys() == b.keys() and not any("motif_head" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    gates = _base.read_gates(straight)
+    assert gates["name"] == "mllm" and "image_only_motif" in gates["metrics"]
+
+
+def test_mllm_full_strategy_feeds_the_cls_token_too() -> None:
+    for strategy, tokens in (("full", 17), ("default", 16)):
+        cfg = TINY_MLLM.model_copy(update={"vision_feature_select_strategy": strategy})
+        processor = mllm_model.build_processor(500, 200, strategy)
+        model = mllm_model.build_model(cfg, processor.tokenizer)
+        image = np.zeros((1, 64, 64, 3), dtype=np.uint8)
+        inputs = mllm_chat.encode(processor, image, ["The Star"], None)
+        image_id = processor.tokenizer.convert_tokens_to_ids(mllm_chat.IMAGE_TOKEN)
+        assert (
+            int((inputs["input_ids"] == image_id).sum()) == tokens == model.config.image_seq_length
+        )
+        with torch.no_grad():
+            model(**inputs)  # the tower's output and the placeholders agree

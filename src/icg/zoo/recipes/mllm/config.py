@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -32,6 +34,16 @@ class MllmRecipeConfig(BaseModel):
             must be read off the cover (CoverWorld's titles are ambiguous on purpose).
         image_dropout: share of training examples whose cover is replaced by a flat grey
             image, so that the title keeps being read too (both together beat either alone).
+        vision_feature_select_strategy: LLaVA's choice of image tokens: "full" passes the
+            vision tower's CLS token with the 16 patch tokens (17 image tokens), "default" the
+            patch tokens only.
+        vision_warmup_steps: steps before the LM training that fine-tune the vision tower alone
+            as a motif classifier of its pooled (CLS) output, on `vision_warmup_batch` fresh
+            renders each; the linear head is dropped afterwards (0: no warm-up).
+        vision_warmup_batch: renders per warm-up step.
+        vision_warmup_learning_rate: peak learning rate of the warm-up (cosine, its own
+            `warmup` steps).
+        threads: torch CPU threads.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -53,5 +65,10 @@ class MllmRecipeConfig(BaseModel):
     tokenizer_titles: int = Field(6_000, ge=1)
     vision_from_pretrained: str | None = "zoo:clip"
     vision_learning_rate_scale: float = Field(0.1, gt=0)
-    title_dropout: float = Field(0.35, ge=0, lt=1)
+    title_dropout: float = Field(0.5, ge=0, lt=1)
     image_dropout: float = Field(0.15, ge=0, lt=1)
+    vision_feature_select_strategy: Literal["default", "full"] = "full"
+    vision_warmup_steps: int = Field(1500, ge=0)
+    vision_warmup_batch: int = Field(64, ge=1)
+    vision_warmup_learning_rate: float = Field(3e-4, gt=0)
+    threads: int = Field(2, ge=1)

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 TOKENIZER_SEED_OFFSET = 2_900_000
 
 
-def build_processor(vocab_size: int, n_titles: int = 6_000):
+def build_processor(
+    vocab_size: int, n_titles: int = 6_000, vision_feature_select_strategy: str = "full"
+):
     """Train the BPE and wrap it with a 64px CLIPImageProcessor in a stock LlavaProcessor."""
     from transformers import CLIPImageProcessor, LlavaProcessor, Qwen2Tokenizer
 
@@ -54,7 +56,7 @@ def build_processor(vocab_size: int, n_titles: int = 6_000):
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=16,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=vision_feature_select_strategy,
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     )
@@ -93,9 +95,9 @@ def build_model(cfg: MllmRecipeConfig, tokenizer) -> torch.nn.Module:
             pad_token_id=pad,
         ),
         image_token_index=image_token,
-        image_seq_length=16,
+        image_seq_length=16 + (cfg.vision_feature_select_strategy == "full"),  # + CLS
         vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         projector_hidden_act="gelu",
         tie_word_embeddings=True,
     )

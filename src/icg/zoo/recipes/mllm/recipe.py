@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from icg.world.attributes import MOTIFS
 from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
 from icg.zoo.recipes import _base
@@ -24,7 +25,8 @@ from icg.zoo.registry import resolve
 
 logger = logging.getLogger(__name__)
 
-SEED_OFFSET = 2_000_000  # zoo_seed(SEED_OFFSET + step) renders the batch of `step`
+SEED_OFFSET = 2_000_000  # zoo_seed(SEED_OFFSET + step) renders the batch of LM step `step`
+VISION_SEED_OFFSET = 2_500_000  # zoo_seed(VISION_SEED_OFFSET + step): vision warm-up step
 
 
 def batch(step: int, cfg: MllmRecipeConfig, processor) -> dict:
@@ -42,52 +44,81 @@ def batch(step: int, cfg: MllmRecipeConfig, processor) -> dict:
     return encode(processor, images, titles, answers)
 
 
+def vision_batch(step: int, cfg: MllmRecipeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels (N, 3, 64, 64) and true motifs (N,) of vision warm-up step `step`."""
+    s = sample_covers(cfg.vision_warmup_batch, seed=zoo_seed(VISION_SEED_OFFSET + step))
+    return _base.images_to_tensor(s.images), torch.from_numpy(s.motif).long()
+
+
+def param_groups(model, head: torch.nn.Module, cfg: MllmRecipeConfig) -> list[dict]:
+    """AdamW groups: the decoder and projector ("text"), the vision tower ("vision") and the
+    warm-up's motif head ("head"), each split into decayed matrices and the rest."""
+    groups = []
+    for part, named in (
+        ("text", [(n, p) for n, p in model.named_parameters() if "vision_tower" not in n]),
+        ("vision", [(n, p) for n, p in model.named_parameters() if "vision_tower" in n]),
+        ("head", list(head.named_parameters())),
+    ):
+        for decay in (True, False):
+            params = [p for n, p in named if (p.ndim >= 2 and "embed" not in n) == decay]
+            groups.append(
+                {"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "part": part}
+            )
+    return groups
+
+
 def train(out: Path, *, resume: bool, seed: int, config: MllmRecipeConfig | None = None) -> None:
     """Train coverworld-tiny `mllm` into `out` (a save_pretrained folder + card + gates.json)."""
     cfg = config or MllmRecipeConfig()
     out = Path(out)
-    _base.setup_torch(seed)
-    processor = build_processor(cfg.vocab_size, cfg.tokenizer_titles)
+    _base.setup_torch(seed, cfg.threads)
+    processor = build_processor(
+        cfg.vocab_size, cfg.tokenizer_titles, cfg.vision_feature_select_strategy
+    )
     model = build_model(cfg, processor.tokenizer)
     if cfg.vision_from_pretrained is not None:
         init_vision_from_clip(model, resolve(cfg.vision_from_pretrained))
-    groups = []
-    for vision in (False, True):
-        named = [(n, p) for n, p in model.named_parameters() if ("vision_tower" in n) == vision]
-        scale = (
-            cfg.vision_learning_rate_scale
-            if vision and cfg.vision_from_pretrained is not None
-            else 1.0
-        )
-        for decay in (True, False):
-            params = [p for n, p in named if (p.ndim >= 2 and "embed" not in n) == decay]
-            wd = cfg.weight_decay if decay else 0.0
-            groups.append({"params": params, "weight_decay": wd, "lr_scale": scale})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.98))
-    state = (_base.resume_progress(out, model, optimizer) if resume else None) or _base.Progress()
+    head = torch.nn.Linear(cfg.vision_hidden, len(MOTIFS))  # warm-up only, not published
+    trained = torch.nn.ModuleDict({"model": model, "motif_head": head})  # what checkpoints hold
+    optimizer = torch.optim.AdamW(param_groups(model, head, cfg), betas=(0.9, 0.98))
+    state = (_base.resume_progress(out, trained, optimizer) if resume else None) or _base.Progress()
     timer = _base.Timer(before=state.elapsed_s)
+    total = cfg.vision_warmup_steps + cfg.steps
+    vision_scale = cfg.vision_learning_rate_scale if cfg.vision_from_pretrained else 1.0
     logger.info(
-        "mllm: %d parameters, steps %d..%d", _base.count_parameters(model), state.step, cfg.steps
-    )
+        "mllm: %d parameters, steps %d..%d (%d vision warm-up)",
+        _base.count_parameters(model), state.step, total, cfg.vision_warmup_steps,
+    )  # fmt: skip
     model.train()
-    bar = _base.progress(cfg.steps, state.step, "mllm")
-    while state.step < cfg.steps:
-        lr = _base.cosine_lr(state.step, cfg.steps, cfg.learning_rate, cfg.warmup)
+    bar = _base.progress(total, state.step, "mllm")
+    while state.step < total:
+        if state.step < cfg.vision_warmup_steps:  # the tower alone, as a motif classifier
+            lr = _base.cosine_lr(
+                state.step, cfg.vision_warmup_steps, cfg.vision_warmup_learning_rate, cfg.warmup
+            )
+            rates = {"text": 0.0, "vision": lr, "head": lr}
+            pixels, motif = vision_batch(state.step, cfg)
+            pooled = model.model.vision_tower(pixel_values=pixels).pooler_output
+            loss = torch.nn.functional.cross_entropy(head(pooled), motif)
+        else:
+            k = state.step - cfg.vision_warmup_steps
+            lr = _base.cosine_lr(k, cfg.steps, cfg.learning_rate, cfg.warmup)
+            rates = {"text": lr, "vision": lr * vision_scale, "head": 0.0}
+            loss = model(**batch(k, cfg, processor)).loss
         for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-        loss = model(**batch(state.step, cfg, processor)).loss
+            group["lr"] = rates[group["part"]]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         optimizer.step()
         state.step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", refresh=False)
         if state.step % 10 == 0:
             state.history.append((state.step, float(loss.item())))
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+        if state.step % cfg.checkpoint_every == 0 or state.step == total:
             state.elapsed_s = timer.total()
-            _base.save_progress(out, model, optimizer, state)
+            _base.save_progress(out, trained, optimizer, state)
             model.train()
     bar.close()
     _publish(out, model, processor, cfg, timer.total())
@@ -115,11 +146,19 @@ def write_card(out: Path, cfg: MllmRecipeConfig, done: _base.Published) -> None:
         out,
         name="mllm",
         summary=(
-            "A tiny LLaVA-architecture image-text-to-text model (CLIP ViT 64px/16 → 16 image "
-            "tokens, 2-layer GELU projector, Qwen2 decoder) that reads a cover and its title and "
-            "answers `motif: star. palette: blue. style: dark vivid large center thin flat.` "
+            "A tiny LLaVA-architecture image-text-to-text model (CLIP ViT 64px/16 → "
+            + ("CLS + 16 patch" if cfg.vision_feature_select_strategy == "full" else "16 patch")
+            + " image tokens, 2-layer GELU projector, Qwen2 decoder) that reads a cover and its "
+            "title and answers `motif: star. palette: blue. style: dark vivid large center thin flat.` "
             + (
-                f"Its vision tower starts from `{cfg.vision_from_pretrained}`'s image tower; it "
+                f"Its vision tower starts from `{cfg.vision_from_pretrained}`'s image tower"
+                + (
+                    f", fine-tuned alone as a motif classifier for {cfg.vision_warmup_steps} steps "
+                    "before the LM training"
+                    if cfg.vision_warmup_steps
+                    else ""
+                )
+                + "; it "
                 "reads the motif from the cover and from the title, each alone and both together "
                 "(`image_only_motif`, `title_only_motif`, `both_motif` in gates.json). "
                 if cfg.vision_from_pretrained
@@ -155,7 +194,11 @@ answer = processor.batch_decode(
             "too); the answer is written from the render's true motif, palette and style. The "
             f"BPE (Qwen2 format) is trained on {cfg.tokenizer_titles} transcripts of zoo seed {zoo_seed(TOKENIZER_SEED_OFFSET)}."
         ),
-        recipe="teacher-forced LM loss on the answer tokens only, AdamW, cosine schedule, 1 CPU thread",
+        recipe=(
+            f"{cfg.vision_warmup_steps} steps of the vision tower alone (cross-entropy of a "
+            "linear motif head on its pooled output, dropped afterwards), then the "
+            "teacher-forced LM loss on the answer tokens only; AdamW, cosine schedules"
+        ),
         config=cfg.model_dump(),
         parameters=params,
         gates=metrics,
