@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from icg.checkpoints import latest_checkpoint, load_trainer_state
+from icg.world.attributes import STYLE_DIMS
 from icg.zoo import REGISTRY
 from icg.zoo.recipes import sd
 from icg.zoo.recipes.sd import models, pixels, state, unet, vae
@@ -236,6 +237,8 @@ def test_gates_hold_on_a_small_fresh_world(tmp_path: Path) -> None:
     )
     metrics = sd.evaluate(WEIGHTS, world, limit=n)
     assert metrics["n_titles"] == n
+    plain = [metrics[f"plain_style_{d}"] for d in STYLE_DIMS]  # the style nobody asked for
+    assert all(0.0 <= v <= 1.0 for v in plain), plain
     for key in ("prompt_motif", "prompt_palette", "prompt_style"):
         gate = sd.THRESHOLDS[key]
         assert metrics[key] >= gate - _binomial_tolerance(gate, n), (key, metrics)
@@ -254,7 +257,6 @@ def test_shipped_folder_records_its_gates() -> None:
 
 
 def test_captions_name_a_subset_of_the_true_style_levels() -> None:
-    from icg.world.attributes import STYLE_DIMS
     from icg.zoo.recipes.clip.texts import style_phrase
     from icg.zoo.recipes.sd.config import SDRecipeConfig, caption_for
 

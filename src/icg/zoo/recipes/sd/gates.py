@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from icg.world.attributes import STYLE_DIMS
 from icg.zoo import evaldata
 from icg.zoo.recipes import _base
 from icg.zoo.recipes.sd.config import SDRecipeConfig, prompts_for, styled_prompt
@@ -87,6 +88,11 @@ def measure(
         fresh: fresh covers with known content and style: their VAE round trips give
             ``roundtrip_*``; their titles, with all six style levels named in the prompt,
             give ``prompt_style`` (the share of style levels drawn as named).
+
+    ``plain_style_<dim>`` is the mean style coordinate (0 to 1) of the plain-prompt covers: the
+    style the base model draws when none is named. Training renders draw every level equally
+    often (0.5 on average), so a value far from 0.5 is a default look every user gets unless
+    the prompt or the adapter moves it.
     """
     from diffusers import StableDiffusionPipeline
 
@@ -112,6 +118,8 @@ def measure(
         "n_fresh": float(len(fresh.titles)),
     }
     out |= {f"prompt_style_{d}": v for d, v in style_accuracy(styled, fresh.style).items()}
+    plain = np.asarray(readout.style).mean(0)  # (S,)
+    out |= {f"plain_style_{d}": float(v) for d, v in zip(STYLE_DIMS, plain, strict=True)}
     return out
 
 
