@@ -150,7 +150,7 @@ def test_mllm_answer_round_trip_and_labels() -> None:
     inputs = mllm_chat.encode(processor, images, ["The Azure Star", "x"], [answer, answer])
     tok = processor.tokenizer
     image_id = tok.convert_tokens_to_ids(mllm_chat.IMAGE_TOKEN)
-    assert (inputs["input_ids"] == image_id).sum(1).tolist() == [17, 17]  # 64px / patch 16 + CLS
+    assert (inputs["input_ids"] == image_id).sum(1).tolist() == [16, 16]  # 64px / patch 16
     for row in range(2):
         labels = inputs["labels"][row]
         kept = tok.decode(labels[labels >= 0])

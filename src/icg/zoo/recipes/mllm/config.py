@@ -8,7 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class MllmRecipeConfig(BaseModel):
-    """Hyper-parameters of the `mllm` recipe (defaults are the shipped model's).
+    """Hyper-parameters of the `mllm` recipe (defaults are the shipped model's, v2; v3 in
+    ``zoo-work/mllm-v3/recipe.yaml`` sets `title_dropout`, `vision_feature_select_strategy`,
+    `vision_warmup_steps` and `threads`).
 
     Args:
         steps: optimizer steps, each on a fresh batch of renders.
@@ -65,10 +67,10 @@ class MllmRecipeConfig(BaseModel):
     tokenizer_titles: int = Field(6_000, ge=1)
     vision_from_pretrained: str | None = "zoo:clip"
     vision_learning_rate_scale: float = Field(0.1, gt=0)
-    title_dropout: float = Field(0.5, ge=0, lt=1)
+    title_dropout: float = Field(0.35, ge=0, lt=1)
     image_dropout: float = Field(0.15, ge=0, lt=1)
-    vision_feature_select_strategy: Literal["default", "full"] = "full"
-    vision_warmup_steps: int = Field(1500, ge=0)
+    vision_feature_select_strategy: Literal["default", "full"] = "default"
+    vision_warmup_steps: int = Field(0, ge=0)
     vision_warmup_batch: int = Field(64, ge=1)
     vision_warmup_learning_rate: float = Field(3e-4, gt=0)
-    threads: int = Field(2, ge=1)
+    threads: int = Field(1, ge=1)

@@ -10,7 +10,7 @@ import torch
 from icg.zoo import evaldata
 from icg.zoo.recipes.mllm.chat import encode, parse_answer
 
-THRESHOLDS = {"motif_acc": 0.90, "palette_acc": 0.90, "image_only_motif": 0.90}
+THRESHOLDS = {"motif_acc": 0.90, "palette_acc": 0.90, "image_only_motif": 0.80}
 # Issue #13's targets, recorded in gates.json beside the gates (`targets_met`).
 TARGETS = {"image_only_motif": 0.90}
 BLANK_IMAGE_VALUE = 128  # the "no cover" image of `title_only_motif`: flat mid grey

@@ -25,7 +25,7 @@ TOKENIZER_SEED_OFFSET = 2_900_000
 
 
 def build_processor(
-    vocab_size: int, n_titles: int = 6_000, vision_feature_select_strategy: str = "full"
+    vocab_size: int, n_titles: int = 6_000, vision_feature_select_strategy: str = "default"
 ):
     """Train the BPE and wrap it with a 64px CLIPImageProcessor in a stock LlavaProcessor."""
     from transformers import CLIPImageProcessor, LlavaProcessor, Qwen2Tokenizer
