@@ -195,9 +195,13 @@ answer = processor.batch_decode(
             f"BPE (Qwen2 format) is trained on {cfg.tokenizer_titles} transcripts of zoo seed {zoo_seed(TOKENIZER_SEED_OFFSET)}."
         ),
         recipe=(
-            f"{cfg.vision_warmup_steps} steps of the vision tower alone (cross-entropy of a "
-            "linear motif head on its pooled output, dropped afterwards), then the "
-            "teacher-forced LM loss on the answer tokens only; AdamW, cosine schedules"
+            (
+                f"{cfg.vision_warmup_steps} steps of the vision tower alone (cross-entropy of a "
+                "linear motif head on its pooled output, dropped afterwards), then the "
+                if cfg.vision_warmup_steps
+                else ""
+            )
+            + "teacher-forced LM loss on the answer tokens only; AdamW, cosine schedules"
         ),
         config=cfg.model_dump(),
         parameters=params,
