@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,39 +40,56 @@ class _Stop(Exception):
     pass
 
 
-def test_clip_recipe_resume_reproduces_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    straight = tmp_path / "straight"
-    clip_recipe.train(straight, resume=False, seed=0, config=TINY_CLIP)
+def _train_straight_and_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipe, config, crash_at: int
+) -> tuple[Path, Path, Path]:
+    """Train `recipe` once straight through, and once crashing in `recipe.batch(crash_at)`
+    then resumed. Returns both output folders and the checkpoint the resume started from;
+    the two published ``model.safetensors`` are checked to be bit-identical."""
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    recipe.train(straight, resume=False, seed=0, config=config)
+    real_batch = recipe.batch
 
-    interrupted = tmp_path / "interrupted"
-    real_batch = clip_recipe.batch
-
-    def crashing_batch(step: int, cfg, tokenizer):
-        if step == 3:  # after the step-2 checkpoint
+    def crashing_batch(step: int, *args):
+        if step == crash_at:
             raise _Stop
-        return real_batch(step, cfg, tokenizer)
+        return real_batch(step, *args)
 
-    monkeypatch.setattr(clip_recipe, "batch", crashing_batch)
+    monkeypatch.setattr(recipe, "batch", crashing_batch)
     with pytest.raises(_Stop):
-        clip_recipe.train(interrupted, resume=False, seed=0, config=TINY_CLIP)
+        recipe.train(interrupted, resume=False, seed=0, config=config)
     ckpt = latest_checkpoint(interrupted / _base.CHECKPOINT_DIR)
-    assert ckpt is not None and ckpt.name == "checkpoint-00000002"
-    assert sorted(p.name for p in ckpt.iterdir()) == [
-        "model.safetensors",
-        "optimizer.safetensors",
-        "trainer_state.json",
-    ]
-    assert set(load_trainer_state(ckpt)) == {"step", "elapsed_s", "history"}
-    monkeypatch.setattr(clip_recipe, "batch", real_batch)
-    clip_recipe.train(interrupted, resume=True, seed=0, config=TINY_CLIP)
+    assert ckpt is not None
+    held = tmp_path / "held"  # the checkpoint as it was, before the resume clears it
+    shutil.copytree(ckpt, held)
+    monkeypatch.setattr(recipe, "batch", real_batch)
+    recipe.train(interrupted, resume=True, seed=0, config=config)
 
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(interrupted / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    return straight, interrupted, held
+
+
+def test_clip_recipe_resume_reproduces_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight, interrupted, ckpt = _train_straight_and_interrupted(
+        tmp_path,
+        monkeypatch,
+        clip_recipe,
+        TINY_CLIP,
+        crash_at=3,  # after the step-2 checkpoint
+    )
+    assert load_trainer_state(ckpt)["step"] == 2
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ]
+    assert set(load_trainer_state(ckpt)) == {"step", "elapsed_s", "history"}
     for folder in (straight, interrupted):
         assert not (folder / _base.CHECKPOINT_DIR).exists()
         for name in (
@@ -254,32 +272,14 @@ def test_mllm_recipe_resumes_across_the_vision_warmup_and_publishes_no_head(
 ) -> None:
     from icg.zoo.recipes.mllm import recipe as mllm_recipe
 
-    straight = tmp_path / "straight"
-    mllm_recipe.train(straight, resume=False, seed=0, config=TINY_MLLM)
-
-    interrupted = tmp_path / "interrupted"
-    real_batch = mllm_recipe.batch
-
-    def crashing_batch(step: int, cfg, processor):
-        if step == 1:  # the second LM step, after the checkpoint that ends the warm-up
-            raise _Stop
-        return real_batch(step, cfg, processor)
-
-    monkeypatch.setattr(mllm_recipe, "batch", crashing_batch)
-    with pytest.raises(_Stop):
-        mllm_recipe.train(interrupted, resume=False, seed=0, config=TINY_MLLM)
-    ckpt = latest_checkpoint(interrupted / _base.CHECKPOINT_DIR)
-    assert ckpt is not None and ckpt.name == "checkpoint-00000002"
+    straight, _, ckpt = _train_straight_and_interrupted(
+        tmp_path, monkeypatch, mllm_recipe, TINY_MLLM, crash_at=1
+    )  # the second LM step, after the checkpoint that ends the two warm-up steps
+    assert load_trainer_state(ckpt)["step"] == 2
     held = load_file(str(ckpt / "model.safetensors"))
     assert any(k.startswith("motif_head.") for k in held)  # the warm-up head resumes too
-    monkeypatch.setattr(mllm_recipe, "batch", real_batch)
-    mllm_recipe.train(interrupted, resume=True, seed=0, config=TINY_MLLM)
-
-    a = load_file(str(straight / "model.safetensors"))
-    b = load_file(str(interrupted / "model.safetensors"))
-    assert a.keys() == b.keys() and not any("motif_head" in k for k in a)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    published = load_file(str(straight / "model.safetensors"))
+    assert not any("motif_head" in k for k in published)
     gates = _base.read_gates(straight)
     assert gates["name"] == "mllm" and "image_only_motif" in gates["metrics"]
 
