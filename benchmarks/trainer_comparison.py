@@ -107,7 +107,7 @@ def main() -> None:
     train_s = {}
     for name, overrides in variants.items():
         run = out / re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
-        (run).mkdir(parents=True, exist_ok=True)
+        run.mkdir(parents=True, exist_ok=True)
         (run / "stage-b.yaml").write_text(yaml.safe_dump(variant_config(cfg, overrides)))
         t0 = time.time()
         if not (run / "icg" / "adapter").is_dir():
