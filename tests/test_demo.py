@@ -80,6 +80,17 @@ def test_rerun_skips_finished_stages(demo: Path):
         assert f"{stage}: done already, skipped" in result.output
 
 
+def test_rerun_with_other_models_is_refused_before_any_stage(demo: Path):
+    record = json.loads((demo / "run" / "align" / "adapter" / "icg_config.json").read_text())
+    assert record["base_model"] == "zoo:sd" and record["mllm"] == "zoo:mllm"
+    before = sorted(p.relative_to(demo) for p in demo.rglob("*"))
+    args = ["demo", "--quick", "--out", str(demo), "--base", "/models/other-sd"]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code != 0
+    assert "stage A was trained on" in result.output and "/models/other-sd" in result.output
+    assert sorted(p.relative_to(demo) for p in demo.rglob("*")) == before
+
+
 def test_generate_segments_with_preference_pick(demo: Path, tmp_path: Path):
     run, world = demo / "run", demo / "world"
     args = [

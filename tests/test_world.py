@@ -18,7 +18,7 @@ from icg.world.config import WorldConfig
 from icg.world.generate import generate_world
 from icg.world.render import render
 from icg.world.sampling import sample_covers
-from icg.world.titles import make_title, title_meaning
+from icg.world.titles import make_title, title_ceiling, title_meaning
 
 SMALL = WorldConfig(n_items=40, n_users=30, n_impressions=3000, seed=7)
 
@@ -175,6 +175,23 @@ def test_title_grammar_means_its_content(m, p, seed):
     motif, palette = title_meaning(title)
     assert motif[m] > 0 and palette[p] > 0
     assert np.isclose(motif.sum(), 1) and np.isclose(palette.sum(), 1)
+
+
+def test_title_ceiling_is_the_bayes_reader_of_the_title_alone():
+    circle, red = MOTIFS.index("circle"), PALETTES.index("red")
+    teal, blue = PALETTES.index("teal"), PALETTES.index("blue")
+    assert title_ceiling(["The red circle"], np.array([circle]), np.array([red])) == (1.0, 1.0)
+    # no content word: every value ties, right one time in eight
+    assert title_ceiling(["Lost tales"], np.array([circle]), np.array([red])) == (1 / 8, 1 / 8)
+    # "ocean" is blue or teal half and half, but teal has fewer words of its own (4 against
+    # 5), so a teal item says "ocean" more often: the Bayes reader answers teal
+    for truth, hit in ((teal, 1.0), (blue, 0.0)):
+        assert title_ceiling(["The ocean circle"], np.array([circle]), np.array([truth]))[1] == hit
+    rng = np.random.default_rng(0)
+    content = rng.integers(len(MOTIFS), size=(2000, 2))
+    titles = [make_title(int(m), int(p), rng) for m, p in content]
+    motif, palette = title_ceiling(titles, content[:, 0], content[:, 1])
+    assert 0.85 < palette < motif < 0.99, (motif, palette)
 
 
 def test_title_grammar_reaches_2000_titles():

@@ -242,6 +242,12 @@ def test_gates_hold_on_a_small_fresh_world(tmp_path: Path) -> None:
     for key in ("prompt_motif", "prompt_palette", "prompt_style"):
         gate = sd.THRESHOLDS[key]
         assert metrics[key] >= gate - _binomial_tolerance(gate, n), (key, metrics)
+    for kind in ("motif", "palette"):  # the titles bound the title prompt, not the class prompt
+        ceiling = metrics[f"prompt_{kind}_ceiling"]
+        assert 0.5 < ceiling <= 1.0, metrics
+        assert metrics[f"prompt_{kind}"] <= ceiling + _binomial_tolerance(ceiling, n), metrics
+        gate = sd.THRESHOLDS[f"prompt_{kind}"]
+        assert metrics[f"class_prompt_{kind}"] >= gate - _binomial_tolerance(gate, n), metrics
     assert metrics["roundtrip_psnr"] >= sd.THRESHOLDS["roundtrip_psnr"] - 1.0, metrics
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from icg.config import DEFAULT_BASE, DEFAULT_GUIDANCE, DEFAULT_MLLM, DEFAULT_STEPS
 from icg.training.reward_config import DEFAULT_REWARDS
 
 logger = logging.getLogger(__name__)
@@ -82,9 +82,18 @@ def run_demo(
     seed: int = 3,
     plan: DemoPlan | None = None,
     ablations: bool | None = None,
+    base: str = DEFAULT_BASE,
+    mllm: str = DEFAULT_MLLM,
 ) -> Path:
     """Run every stage into ``out`` (`QUICK` or `FULL`, or ``plan``); returns the report path.
-    ``ablations`` overrides the plan's choice of training the single-reward runs."""
+    ``ablations`` overrides the plan's choice of training the single-reward runs. ``base`` and
+    ``mllm`` (a path, hub id or ``zoo:`` name) are the models stage A is built on; stage B and
+    the evaluation take them from stage A's record.
+
+    Raises:
+        DemoFolderError: when ``out`` holds a stage A built on other models than
+            ``base``/``mllm``.
+    """
     from icg.data import load_dataset
     from icg.evaluation.preference_eval import TruthProbe
     from icg.evaluation.run import EvalConfig, evaluate_run
@@ -130,9 +139,12 @@ def run_demo(
         (run / "preference" / "config.json").is_file(),
         lambda: train_preference(world, run / "preference", PreferenceConfig(seed=seed)),
     )
+    align_record = run / "align" / "adapter" / "icg_config.json"
+    if align_record.is_file():
+        _check_models(align_record, base=base, mllm=mllm)
     stage(
         "align",
-        (run / "align" / "adapter" / "icg_config.json").is_file(),
+        align_record.is_file(),
         lambda: run_align(
             AlignConfig(
                 data=world,
@@ -140,6 +152,8 @@ def run_demo(
                 max_steps=plan.align_steps,
                 seed=seed,
                 preference=run / "preference",
+                base=base,
+                mllm=mllm,
             ),  # fmt: skip
             resume=(run / "align" / "checkpoints").is_dir(),
         ),
@@ -172,3 +186,21 @@ def run_demo(
     stage("evaluate", False, lambda: evaluate_run(world, run, evaluation, eval_cfg, overwrite=True))
     logger.info("demo plan %s, stage seconds %s", asdict(plan), timings)
     return evaluation / "report.html"
+
+
+class DemoFolderError(ValueError):
+    """A demo folder that cannot be continued with the requested models."""
+
+
+def _check_models(record_path: Path, *, base: str, mllm: str) -> None:
+    """Refuse to continue a demo folder whose stage A was built on other models."""
+    import json
+
+    record = json.loads(record_path.read_text())
+    wanted = {"base_model": base, "mllm": mllm}
+    other = {k: record.get(k) for k, v in wanted.items() if record.get(k) not in (None, v)}
+    if other:
+        raise DemoFolderError(
+            f"{record_path}: stage A was trained on {other}, not {wanted}; "
+            "use a new --out folder for other models"
+        )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from icg.config import DEFAULT_BASE, DEFAULT_GUIDANCE, DEFAULT_MLLM, DEFAULT_STEPS
 
 
 def generate(
@@ -180,13 +180,22 @@ def demo(
             help="Also train and evaluate the single-reward runs (default: with --quick only).",
         ),
     ] = None,
+    base: Annotated[
+        str, typer.Option(help="Diffusion base model: a local path, hub id or zoo: name.")
+    ] = DEFAULT_BASE,
+    mllm: Annotated[
+        str, typer.Option(help="MLLM: a local path, hub id or zoo: name.")
+    ] = DEFAULT_MLLM,
 ) -> None:
     """The whole ICG loop on CoverWorld + coverworld-tiny, ending in an HTML report."""
     import json
 
-    from icg.demo import run_demo
+    from icg.demo import DemoFolderError, run_demo
 
-    report = run_demo(out, quick=quick, seed=seed, ablations=ablations)
+    try:
+        report = run_demo(out, quick=quick, seed=seed, ablations=ablations, base=base, mllm=mllm)
+    except DemoFolderError as err:
+        raise typer.BadParameter(str(err)) from err
     print_metrics(json.loads((report.parent / "metrics.json").read_text()))
     typer.echo(f"report: {report}")
 

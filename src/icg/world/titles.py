@@ -130,3 +130,39 @@ def title_meaning(title: str) -> tuple[np.ndarray, np.ndarray]:
         palette / palette.sum() if palette.sum() > 0 else np.full(len(PALETTES), 1 / len(PALETTES))
     )
     return motif, palette
+
+
+def _likelihoods(lexicon: dict[str, dict[str, float]], values: tuple[str, ...]) -> dict:
+    """word -> P(word | value) for every value, as `make_title` draws the word."""
+    totals = np.array([sum(m.get(v, 0.0) for m in lexicon.values()) for v in values])
+    return {w: np.array([m.get(v, 0.0) for v in values]) / totals for w, m in lexicon.items()}
+
+
+_MOTIF_LIKELIHOOD = _likelihoods(MOTIF_WORDS, MOTIFS)
+_PALETTE_LIKELIHOOD = _likelihoods(PALETTE_WORDS, PALETTES)
+
+
+def title_ceiling(titles: list[str], motif: np.ndarray, palette: np.ndarray) -> tuple[float, float]:
+    """The best motif and palette accuracy any reader of the title alone can expect.
+
+    The Bayes reader of `make_title` (uniform content prior; a word the lexicon does not know,
+    e.g. a typo, says nothing) picks the most probable motif and palette; where several tie, it
+    is right 1/(number tied) of the time. Ambiguous words ("ocean", "sun") and titles that
+    name no palette put this below 1: it bounds what a text-only prompt can draw correctly.
+
+    Returns:
+        (motif accuracy, palette accuracy), expected over ties.
+    """
+
+    def expected(likelihood: dict, truth: np.ndarray) -> float:
+        hits = []
+        for title, value in zip(titles, np.asarray(truth), strict=True):
+            posterior = np.ones(len(next(iter(likelihood.values()))))
+            for token in _TOKEN.findall(title.lower()):
+                if token in likelihood:
+                    posterior = posterior * likelihood[token]
+            best = np.flatnonzero(np.isclose(posterior, posterior.max()))
+            hits.append(float(value in best) / len(best))
+        return float(np.mean(hits))
+
+    return expected(_MOTIF_LIKELIHOOD, motif), expected(_PALETTE_LIKELIHOOD, palette)
