@@ -114,7 +114,9 @@ def measure(
     pipe = StableDiffusionPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     readout = read_attributes(generate(pipe, titles, steps=steps, seed=seed))
-    class_titles = [f"The {PALETTES[p]} {MOTIFS[m]}" for m, p in zip(fresh.motif, fresh.palette)]
+    class_titles = [
+        f"The {PALETTES[p]} {MOTIFS[m]}" for m, p in zip(fresh.motif, fresh.palette, strict=True)
+    ]
     by_class = read_attributes(generate(pipe, class_titles, steps=steps, seed=seed))
     motif_ceiling, palette_ceiling = title_ceiling(titles, motif, palette)
     styled = style_levels(
