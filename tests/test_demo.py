@@ -80,7 +80,7 @@ def test_rerun_skips_finished_stages(demo: Path):
         assert f"{stage}: done already, skipped" in result.output
 
 
-def test_rerun_with_other_models_is_refused_before_any_stage(demo: Path):
+def test_rerun_with_other_models_is_refused_and_writes_nothing(demo: Path):
     record = json.loads((demo / "run" / "align" / "adapter" / "icg_config.json").read_text())
     assert record["base_model"] == "zoo:sd" and record["mllm"] == "zoo:mllm"
     before = sorted(p.relative_to(demo) for p in demo.rglob("*"))

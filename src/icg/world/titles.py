@@ -154,10 +154,10 @@ def title_ceiling(titles: list[str], motif: np.ndarray, palette: np.ndarray) -> 
         (motif accuracy, palette accuracy), expected over ties.
     """
 
-    def expected(likelihood: dict, truth: np.ndarray) -> float:
+    def expected(likelihood: dict, n_values: int, truth: np.ndarray) -> float:
         hits = []
         for title, value in zip(titles, np.asarray(truth), strict=True):
-            posterior = np.ones(len(next(iter(likelihood.values()))))
+            posterior = np.ones(n_values)
             for token in _TOKEN.findall(title.lower()):
                 if token in likelihood:
                     posterior = posterior * likelihood[token]
@@ -165,4 +165,7 @@ def title_ceiling(titles: list[str], motif: np.ndarray, palette: np.ndarray) -> 
             hits.append(float(value in best) / len(best))
         return float(np.mean(hits))
 
-    return expected(_MOTIF_LIKELIHOOD, motif), expected(_PALETTE_LIKELIHOOD, palette)
+    return (
+        expected(_MOTIF_LIKELIHOOD, len(MOTIFS), motif),
+        expected(_PALETTE_LIKELIHOOD, len(PALETTES), palette),
+    )
