@@ -141,7 +141,7 @@ def run_demo(
     )
     align_record = run / "align" / "adapter" / "icg_config.json"
     if align_record.is_file():
-        _check_models(align_record, base=base, mllm=mllm)
+        _check_models(align_record.parent, base=base, mllm=mllm)
     stage(
         "align",
         align_record.is_file(),
@@ -192,15 +192,15 @@ class DemoFolderError(ValueError):
     """A demo folder that cannot be continued with the requested models."""
 
 
-def _check_models(record_path: Path, *, base: str, mllm: str) -> None:
+def _check_models(adapter_dir: Path, *, base: str, mllm: str) -> None:
     """Refuse to continue a demo folder whose stage A was built on other models."""
-    import json
+    from icg.models.icg_model import ICGModel
 
-    record = json.loads(record_path.read_text())
+    record = ICGModel.read_config(adapter_dir)
     wanted = {"base_model": base, "mllm": mllm}
     other = {k: record.get(k) for k, v in wanted.items() if record.get(k) not in (None, v)}
     if other:
         raise DemoFolderError(
-            f"{record_path}: stage A was trained on {other}, not {wanted}; "
+            f"{adapter_dir}: stage A was trained on {other}, not {wanted}; "
             "use a new --out folder for other models"
         )
