@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from icg.seeding import seed_everything
+
 
 def soft_auc(scores: np.ndarray, p: np.ndarray) -> float:
     """AUC against soft labels: P(score_i > score_j) weighted by p_i (1 - p_j).
@@ -114,7 +116,7 @@ def train_rec_model(
     seed: int = 0,
 ) -> RecModel:
     """Fit the bilinear CTR model on logged impressions (rows aligned across arguments)."""
-    torch.manual_seed(seed)
+    seed_everything(seed)
     items = sorted(set(item_ids))
     index = {it: k for k, it in enumerate(items)}
     um, us = user_emb.mean(0), user_emb.std(0) + 1e-6

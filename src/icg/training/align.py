@@ -40,6 +40,7 @@ from icg.config import DEFAULT_BASE, DEFAULT_MLLM
 from icg.io import atomic_save_dir
 from icg.models.user_prompt import load_style_vocabulary
 from icg.runs import start_run
+from icg.seeding import seed_everything
 from icg.training.align_data import distil_user_prompt, prepare_align_data
 from icg.training.click_weights import check_preference_source
 from icg.training.common import (
@@ -188,7 +189,7 @@ class AlignRecipe:
         from icg.models.icg_model import ICGModel
 
         cfg = self.config
-        torch.manual_seed(cfg.seed)
+        seed_everything(cfg.seed)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
         device = self.accelerator.device
         self._base, self._mllm, self._processor = load_frozen_base(

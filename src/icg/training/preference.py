@@ -27,6 +27,7 @@ from icg.config import DEFAULT_CLIP
 from icg.io import atomic_write_json, atomic_write_yaml
 from icg.models.preference import PreferenceModel, ips_loss, pbm_log_likelihood
 from icg.runs import start_run
+from icg.seeding import seed_everything
 from icg.training.click_log import ClickLog, PreferenceData, load_preference_data, time_split
 
 logger = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ def fit_preference(
     Returns:
         The model (eval mode), per-epoch history and final metrics (val AUC, log loss).
     """
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     train_idx, val_idx = time_split(data.log.timestamp, cfg.val_fraction)
     train, val = data.log.subset(train_idx), data.log.subset(val_idx)
     model = build_model(data, train, cfg, clip_name)

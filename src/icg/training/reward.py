@@ -36,6 +36,7 @@ from icg.io import atomic_save_dir
 from icg.models.paths import resolve_adapter_dir
 from icg.rewards.factory import STATS_FILE, RewardSources, build_rewards
 from icg.runs import start_run
+from icg.seeding import seed_everything
 from icg.training.common import (
     average_gradients,
     check_finite_grad_norm,
@@ -123,7 +124,7 @@ class RewardRecipe(Rollout):
         from icg.models.icg_model import ICGModel
 
         cfg = self.config
-        torch.manual_seed(cfg.seed)
+        seed_everything(cfg.seed)
         threads = torch.get_num_threads()
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
         torch.set_num_threads(threads)  # accelerate's MULTI_CPU setup resets it; keep the caller's

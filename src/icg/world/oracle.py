@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from icg.io import atomic_dir
+from icg.seeding import seed_everything
 from icg.world.attributes import MOTIFS, STYLE_DIMS, STYLE_LEVELS
 from icg.world.degrade import random_degradation
 from icg.world.sampling import sample_covers
@@ -94,7 +95,7 @@ def train_oracle(
     """
     from rich.progress import Progress
 
-    torch.manual_seed(seed)
+    seed_everything(seed)
     start = time.perf_counter()
     train = sample_covers(n_train, seed=oracle_seed(2 * seed), defect_rate=0.4)
     test = sample_covers(4000, seed=oracle_seed(2 * seed + 1), defect_rate=0.4)

@@ -31,6 +31,7 @@ from icg.checkpoints import (
     save_checkpoint,
 )
 from icg.io import atomic_dir, atomic_write_json, atomic_write_text
+from icg.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 def setup_torch(seed: int, threads: int = 1) -> None:
     """Seed torch and keep to `threads` CPU threads (the recipe machine is shared)."""
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
+    seed_everything(seed)
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.0) -> float:

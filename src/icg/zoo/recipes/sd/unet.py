@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from icg.checkpoints import latest_checkpoint, load_optimizer_state, load_trainer_state
 from icg.io import atomic_dir, atomic_path, atomic_save_dir
+from icg.seeding import seed_everything
 from icg.world.seeds import zoo_seed
 from icg.zoo.recipes._base import cosine_lr
 from icg.zoo.recipes.sd.config import LATENT_DATA_OFFSET, SDRecipeConfig, caption_for
@@ -195,7 +196,7 @@ def train_unet(
         return UNet2DConditionModel.from_pretrained(final)
     scheduler = build_train_scheduler(cfg)
     ckpt = latest_checkpoint(work / "unet_ckpt")
-    torch.manual_seed(seed)
+    seed_everything(seed)
     if ckpt is None:
         unet = build_unet(cfg, cross_attention_dim=data["text"].shape[-1])
         ema = copy.deepcopy(unet)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from icg.checkpoints import latest_checkpoint, load_optimizer_state, load_trainer_state
 from icg.io import atomic_save_dir
+from icg.seeding import seed_everything
 from icg.world.seeds import zoo_seed
 from icg.zoo.recipes._base import cosine_lr
 from icg.zoo.recipes.sd.config import DECODER_DATA_OFFSET, VAE_DATA_OFFSET, SDRecipeConfig
@@ -90,7 +91,7 @@ def train_vae(work: Path, cfg: SDRecipeConfig, state: RecipeState, seed: int) ->
 
     ckpt_dir = work / "vae_ckpt"
     ckpt = latest_checkpoint(ckpt_dir)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     if ckpt is None:
         vae = build_vae(cfg)
         start, wall, history = 0, 0.0, []
@@ -232,7 +233,7 @@ def finetune_decoder(work: Path, cfg: SDRecipeConfig, state: RecipeState, seed: 
         logger.info("decoder: done already (%s)", final)
         return AutoencoderKL.from_pretrained(final)
     ckpt = latest_checkpoint(work / "decoder_ckpt")
-    torch.manual_seed(seed)
+    seed_everything(seed)
     if ckpt is None:
         vae = AutoencoderKL.from_pretrained(work / "vae")
         start, wall, history = 0, 0.0, []
