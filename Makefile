@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first, so no dependency can pull a multi-GB CUDA build.
 	@test -n "$(TORCH_WHEEL)" || { echo "no CPU wheel torch-2.13.0+cpu in /opt/wheels; set TORCH_WHEEL=path"; exit 1; }
 	$(BIN)/pip install -q "$(TORCH_WHEEL)"
-	$(BIN)/pip install -q -e ".[test,serve,ray]"
+	# Pinned versions (constraints.txt): the README's numbers come from exactly these.
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,serve,ray]"
 	touch $(STAMP)
 
 demo: install
