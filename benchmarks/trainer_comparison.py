@@ -103,7 +103,7 @@ def main() -> None:
     for f in ("config.yaml", "reward_stats.safetensors"):
         shutil.copy(draft / f, align / "icg" / f)
     runs["stage A only"] = align
-    runs["stage A + DRaFT-1 (the recipe)"] = demo / "run"
+    runs["stage A + stage B (the recipe)"] = demo / "run"
     train_s = {}
     for name, overrides in variants.items():
         run = out / re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")

@@ -97,13 +97,13 @@ def test_config_validates_and_loads_through_the_shared_loader(tmp_path: Path) ->
         sd.SDRecipeConfig(unet_lr=1e-3)  # one naming scheme: learning_rate
 
 
-def test_fresh_vae_maps_64px_to_16x16x4_with_small_posterior_noise() -> None:
+def test_fresh_vae_maps_64px_to_16x16x8_with_small_posterior_noise() -> None:
     torch.manual_seed(0)
     vae = models.build_vae(sd.SDRecipeConfig()).eval()
     x = torch.zeros(2, 3, 64, 64)
     with torch.no_grad():
         post = vae.encode(x).latent_dist
-        assert post.mean.shape == (2, 4, 16, 16)
+        assert post.mean.shape == (2, 8, 16, 16)
         assert post.std.max().item() < 0.01  # exp(VAE_INIT_LOGVAR / 2) = 0.0067
         assert vae.decode(post.mode()).sample.shape == (2, 3, 64, 64)
 
@@ -118,7 +118,9 @@ def test_chroma_loss_sees_a_muted_hue_shift_that_rgb_losses_barely_see() -> None
     torch.manual_seed(0)
     vae_model = models.build_vae(sd.SDRecipeConfig()).eval()
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    plain, _ = vae.vae_loss(vae_model, x, sd.SDRecipeConfig(vae_kl_weight=0.0))
+    plain, _ = vae.vae_loss(
+        vae_model, x, sd.SDRecipeConfig(vae_kl_weight=0.0, vae_chroma_weight=0.0)
+    )
     torch.manual_seed(0)
     vae_model = models.build_vae(sd.SDRecipeConfig()).eval()
     weighted, _ = vae.vae_loss(
@@ -144,7 +146,7 @@ def test_unet_batches_and_loss_are_seeded() -> None:
     torch.manual_seed(0)
     cfg = sd.SDRecipeConfig(unet_batch=4, cfg_drop=0.5)
     data = {
-        "latents": torch.randn(10, 4, 16, 16),
+        "latents": torch.randn(10, cfg.latent_channels, 16, 16),
         "text": torch.randn(10, 32, 64).half(),
         "uncond": torch.zeros(32, 64),
     }

@@ -74,7 +74,10 @@ class RewardConfig(BaseModel):
     # draft trainer
     truncation_k: int = Field(1, ge=1, description="DRaFT-K: gradients through the last K steps")
     truncation_k_max: int | None = Field(
-        None, ge=1, description="draw K uniformly in [truncation_k, this] once per trajectory"
+        10,
+        ge=1,
+        description="draw K uniformly in [truncation_k, this] once per trajectory (a random "
+        "truncation, as ReFL; capped at the steps sampled); None: K = truncation_k (DRaFT-K)",
     )
     gradient_checkpointing: bool = True
     cold_start_fraction: float = Field(0.2, ge=0, le=1)

@@ -34,7 +34,7 @@ class SDRecipeConfig(BaseModel):
         vae_kl_weight: weight of the KL summed over latent elements (loss terms are pixel means).
         vae_edge_weight: weight of the L1 on horizontal/vertical finite differences.
         vae_chroma_weight: weight of the L1 on 4x4-mean chroma (`pixels.chroma_l1`), in VAE
-            training and decoder fine-tuning: muted colours kept (0: off, as in v2).
+            training and decoder fine-tuning: muted colours kept (0: off, as in v2; v3 on).
         decoder_steps: steps of decoder-only fine-tuning on whole covers (encoder frozen).
         decoder_batch: whole covers per decoder step.
         decoder_learning_rate: peak learning rate of the decoder fine-tuning.
@@ -64,8 +64,8 @@ class SDRecipeConfig(BaseModel):
 
     image_size: int = Field(64, ge=8)
     vae_channels: tuple[int, ...] = (16, 32, 64)
-    latent_channels: int = Field(4, ge=1)
-    vae_steps: int = Field(900, ge=1)
+    latent_channels: int = Field(8, ge=1)
+    vae_steps: int = Field(3000, ge=1)
     vae_full_steps: int = Field(100, ge=0)
     vae_crop: int = Field(32, ge=1)
     vae_batch: int = Field(64, ge=1)
@@ -73,12 +73,12 @@ class SDRecipeConfig(BaseModel):
     vae_learning_rate: float = Field(2e-3, gt=0)
     vae_kl_weight: float = Field(1e-7, ge=0)
     vae_edge_weight: float = Field(0.5, ge=0)
-    vae_chroma_weight: float = Field(0.0, ge=0)
+    vae_chroma_weight: float = Field(5.0, ge=0)
     decoder_steps: int = Field(2000, ge=1)
     decoder_batch: int = Field(16, ge=1)
     decoder_learning_rate: float = Field(1e-3, gt=0)
     unet_channels: tuple[int, ...] = (32, 64, 64)
-    unet_steps: int = Field(4000, ge=1)
+    unet_steps: int = Field(8000, ge=1)
     unet_batch: int = Field(64, ge=1)
     unet_learning_rate: float = Field(1.5e-3, gt=0)
     ema_decay: float = Field(0.995, ge=0, lt=1)
