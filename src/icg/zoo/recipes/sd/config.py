@@ -34,7 +34,7 @@ class SDRecipeConfig(BaseModel):
         vae_kl_weight: weight of the KL summed over latent elements (loss terms are pixel means).
         vae_edge_weight: weight of the L1 on horizontal/vertical finite differences.
         vae_chroma_weight: weight of the L1 on 4x4-mean chroma (`pixels.chroma_l1`), in VAE
-            training and decoder fine-tuning: muted colours kept (0: off, as in v2; v3 on).
+            training and decoder fine-tuning: muted colours kept (0: off, as in v2).
         decoder_steps: steps of decoder-only fine-tuning on whole covers (encoder frozen).
         decoder_batch: whole covers per decoder step.
         decoder_learning_rate: peak learning rate of the decoder fine-tuning.
