@@ -32,9 +32,9 @@ DRAWS = {"icg-single": "one draw", "icg": "best of 8"}
 FIELDS = ("true_ctr", "true_taste_match", "fidelity_motif", "fidelity_palette", "true_aesthetic")
 
 
-def paired_ctr(reference: Path, candidate: Path, method: str) -> dict:
-    """`mean_interval` of the truth's CTR of ``candidate``'s cover minus ``reference``'s, per
-    pair of ``method`` (two demo folders of the same world)."""
+def paired_ctr(reference: Path, candidate: Path) -> dict:
+    """Per method of `DRAWS`: `mean_interval` of the truth's CTR of ``candidate``'s cover minus
+    ``reference``'s, per pair (two demo folders of the same world)."""
     import pandas as pd
 
     from icg.evaluation.baselines import load_covers
@@ -48,14 +48,18 @@ def paired_ctr(reference: Path, candidate: Path, method: str) -> dict:
     manifests = [
         pd.read_parquet(d / "eval" / "covers" / "manifest.parquet") for d in (reference, candidate)
     ]
-    covers = [m[m["method"] == method] for m in manifests]
-    pairs = covers[0][keys].merge(covers[1][keys])
-    ctr = []
-    for table in covers:
-        table = pairs.merge(table, on=keys, how="left")
-        images = load_covers(table["path"].tolist(), 64)
-        ctr.append(truth.score(images, table["user_id"].tolist(), table["item_id"].tolist())["ctr"])
-    return mean_interval(ctr[1] - ctr[0])
+    out = {}
+    for method in DRAWS:
+        covers = [m[m["method"] == method] for m in manifests]
+        pairs = covers[0][keys].merge(covers[1][keys])
+        ctr = []
+        for table in covers:
+            table = pairs.merge(table, on=keys, how="left")
+            images = load_covers(table["path"].tolist(), 64)
+            users, items = table["user_id"].tolist(), table["item_id"].tolist()
+            ctr.append(truth.score(images, users, items)["ctr"])
+        out[method] = mean_interval(ctr[1] - ctr[0])
+    return out
 
 
 def summary(metrics: dict) -> dict:
@@ -95,7 +99,7 @@ def main() -> None:
         candidate = json.loads((demo / "eval" / "metrics.json").read_text())
         rows[seed] = {"reference": summary(reference), "candidate": summary(candidate)}
         if ref_demo is not None:
-            rows[seed]["paired"] = {m: paired_ctr(ref_demo, demo, m) for m in DRAWS}
+            rows[seed]["paired"] = paired_ctr(ref_demo, demo)
 
     kept = True
     print(f"true CTR, shipped → {args.label} (base {args.base}, mllm {args.mllm})")

@@ -43,7 +43,8 @@ IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def setup_torch(seed: int, threads: int = 1) -> None:
-    """Seed torch and keep to `threads` CPU threads (the recipe machine is shared)."""
+    """Seed (`seed_everything`: deterministic kernels too) and keep to `threads` CPU threads
+    (the recipe machine is shared)."""
     torch.set_num_threads(threads)
     seed_everything(seed)
 

@@ -23,7 +23,7 @@ THRESHOLDS = {
     "prompt_style": 0.60,
     "roundtrip_psnr": 26.0,
 }
-# Issue #13's targets for sd v2, recorded in gates.json beside the gates (`targets_met`). A
+# Issue #13's targets for sd, recorded in gates.json beside the gates (`targets_met`). A
 # title prompt cannot beat `prompt_*_ceiling`, what the title alone says (about 0.95 motif and
 # 0.92 palette on the gate titles); the class prompt names the content without ambiguity.
 TARGETS = {
