@@ -82,6 +82,9 @@ def main() -> None:
                         "that demo's folder (adds the paired difference)")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="one demo folder per seed")
     parser.add_argument("--label", default="candidate")
+    parser.add_argument("--train-seed-offset", type=int, default=0,
+                        help="train with seed + this on the reference's world (0: its seed), "
+                        "to see the training's own noise")  # fmt: skip
     parser.add_argument("--json", type=Path, help="merge the runs into this file")
     args = parser.parse_args()
 
@@ -93,6 +96,7 @@ def main() -> None:
         demo = args.out / f"seed{seed}"
         subprocess.run(
             [sys.executable, "-m", "icg", "demo", "--out", str(demo), "--seed", str(seed),
+             "--train-seed", str(seed + args.train_seed_offset),
              "--base", args.base, "--mllm", args.mllm],
             check=True,
         )  # fmt: skip
@@ -128,6 +132,7 @@ def main() -> None:
                 "paired_true_ctr": r.get("paired"),
                 "base": args.base,
                 "mllm": args.mllm,
+                "train_seed": seed + args.train_seed_offset,
                 "command": command,
             }
         args.json.write_text(json.dumps(result, indent=2) + "\n")

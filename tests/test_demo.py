@@ -138,3 +138,38 @@ def test_evaluate_rejects_unknown_methods_and_missing_runs(demo: Path, tmp_path:
         build_app(), [*base, "--run", str(demo / "run"), "--user-guidance", "0.5", "--dry-run"]
     )
     assert result.exit_code == 0 and json.loads(result.output)["user_guidance"] == 0.5
+
+
+def test_train_seed_trains_on_the_same_world_and_draws(tmp_path: Path, monkeypatch) -> None:
+    """`--train-seed` reaches the preference model and both stages; the world and the
+    evaluation keep `--seed` (so two demos differ only by their training)."""
+    import icg.evaluation.run as evaluation
+    import icg.training.align as align
+    import icg.training.preference as preference
+    import icg.training.reward as reward
+    from icg.demo import run_demo
+
+    seen: dict[str, int] = {}
+
+    def fake_preference(world, out, cfg):
+        seen["preference"] = cfg.seed
+        (out / "config.json").parent.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+
+    def fake_align(cfg, resume):
+        seen["align"] = cfg.seed
+
+    def fake_reward(cfg, resume, callbacks):
+        seen.setdefault("reward", cfg.seed)
+
+    def fake_evaluate(world, run, out, cfg, overwrite):
+        seen["evaluate"] = cfg.seed
+
+    monkeypatch.setattr(preference, "train_preference", fake_preference)
+    monkeypatch.setattr(align, "run_align", fake_align)
+    monkeypatch.setattr(reward, "run_reward", fake_reward)
+    monkeypatch.setattr(evaluation, "evaluate_run", fake_evaluate)
+    monkeypatch.setattr("icg.evaluation.preference_eval.TruthProbe", lambda *a, **k: None)
+    run_demo(tmp_path, quick=True, seed=3, train_seed=103, ablations=False)
+    assert seen == {"preference": 103, "align": 103, "reward": 103, "evaluate": 3}
+    assert "seed: 3" in (tmp_path / "world" / "world.yaml").read_text()

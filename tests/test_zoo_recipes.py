@@ -297,3 +297,34 @@ def test_mllm_full_strategy_feeds_the_cls_token_too() -> None:
         )
         with torch.no_grad():
             model(**inputs)  # the tower's output and the placeholders agree
+
+
+def test_mllm_finetune_from_a_published_model_keeps_its_decoder(tmp_path: Path) -> None:
+    from transformers import AutoProcessor
+
+    from icg.zoo.recipes.mllm import recipe as mllm_recipe
+
+    base = TINY_MLLM.model_copy(update={"vision_warmup_steps": 0})
+    mllm_recipe.train(tmp_path / "init", resume=False, seed=0, config=base)
+    tuned = base.model_copy(
+        update={
+            "init_from": str(tmp_path / "init"),
+            "train_text": False,
+            "first_batch": base.steps,
+            "vision_feature_select_strategy": "full",
+            "vision_warmup_steps": 2,
+            "vocab_size": 1,  # unused: the init's BPE is kept
+        }
+    )
+    mllm_recipe.train(tmp_path / "tuned", resume=False, seed=0, config=tuned)
+    before = load_file(str(tmp_path / "init" / "model.safetensors"))
+    after = load_file(str(tmp_path / "tuned" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        same = torch.equal(after[name], value)
+        assert same == ("vision_tower" not in name and "multi_modal_projector" not in name), name
+    processor = AutoProcessor.from_pretrained(str(tmp_path / "tuned"))
+    inputs = mllm_chat.encode(processor, np.zeros((1, 64, 64, 3), np.uint8), ["The Star"], None)
+    image_id = processor.tokenizer.convert_tokens_to_ids(mllm_chat.IMAGE_TOKEN)
+    assert int((inputs["input_ids"] == image_id).sum()) == 17  # the CLS token is read too
+    assert "its decoder is frozen" in (tmp_path / "tuned" / "README.md").read_text()

@@ -80,12 +80,16 @@ def run_demo(
     *,
     quick: bool = False,
     seed: int = 3,
+    train_seed: int | None = None,
     plan: DemoPlan | None = None,
     ablations: bool | None = None,
     base: str = DEFAULT_BASE,
     mllm: str = DEFAULT_MLLM,
 ) -> Path:
     """Run every stage into ``out`` (`QUICK` or `FULL`, or ``plan``); returns the report path.
+    ``seed`` makes the world and the evaluation's draws; ``train_seed`` (default ``seed``) the
+    preference model's and both stages' training, so that training runs on one world can be
+    compared to see how much of a difference is the training's own noise.
     ``ablations`` overrides the plan's choice of training the single-reward runs. ``base`` and
     ``mllm`` (a path, hub id or ``zoo:`` name) are the models stage A is built on; stage B and
     the evaluation take them from stage A's record.
@@ -104,6 +108,7 @@ def run_demo(
     from icg.world.generate import generate_world
 
     plan = plan or (QUICK if quick else FULL)
+    train_seed = seed if train_seed is None else train_seed
     if ablations is not None:
         plan = replace(plan, ablations=ablations)
     out = Path(out)
@@ -137,7 +142,7 @@ def run_demo(
     stage(
         "preference",
         (run / "preference" / "config.json").is_file(),
-        lambda: train_preference(world, run / "preference", PreferenceConfig(seed=seed)),
+        lambda: train_preference(world, run / "preference", PreferenceConfig(seed=train_seed)),
     )
     align_record = run / "align" / "adapter" / "icg_config.json"
     if align_record.is_file():
@@ -150,7 +155,7 @@ def run_demo(
                 data=world,
                 out=run / "align",
                 max_steps=plan.align_steps,
-                seed=seed,
+                seed=train_seed,
                 preference=run / "preference",
                 base=base,
                 mllm=mllm,
@@ -162,7 +167,7 @@ def run_demo(
     probe = [TruthProbe(world, num_pairs=plan.probe_pairs)]
     for name, weights in {**plan.rewards, **(ABLATIONS if plan.ablations else {})}.items():
         reward_cfg = RewardConfig(
-            data=world, init=run / "align", out=run / name, rewards=weights, seed=seed,
+            data=world, init=run / "align", out=run / name, rewards=weights, seed=train_seed,
             preference=run / "preference", max_steps=plan.reward_steps,
             batch_size=plan.reward_batch, num_inference_steps=plan.num_inference_steps,
             guidance_scale=plan.guidance_scale, learning_rate=plan.reward_lr,

@@ -172,7 +172,11 @@ def demo(
     quick: Annotated[
         bool, typer.Option(help="A smaller world and budget (about 2 minutes).")
     ] = False,
-    seed: Annotated[int, typer.Option(help="World and training seed.")] = 3,
+    seed: Annotated[int, typer.Option(help="World, evaluation and training seed.")] = 3,
+    train_seed: Annotated[
+        int | None,
+        typer.Option(help="Training seed, when it should differ from --seed (same world)."),
+    ] = None,
     ablations: Annotated[
         bool | None,
         typer.Option(
@@ -193,7 +197,10 @@ def demo(
     from icg.demo import DemoFolderError, run_demo
 
     try:
-        report = run_demo(out, quick=quick, seed=seed, ablations=ablations, base=base, mllm=mllm)
+        report = run_demo(
+            out, quick=quick, seed=seed, train_seed=train_seed, ablations=ablations, base=base,
+            mllm=mllm,
+        )  # fmt: skip
     except DemoFolderError as err:
         raise typer.BadParameter(str(err)) from err
     print_metrics(json.loads((report.parent / "metrics.json").read_text()))

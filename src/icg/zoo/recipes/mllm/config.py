@@ -45,6 +45,14 @@ class MllmRecipeConfig(BaseModel):
         vision_warmup_batch: renders per warm-up step.
         vision_warmup_learning_rate: peak learning rate of the warm-up (cosine, its own
             `warmup` steps).
+        init_from: a published `mllm` (``zoo:mllm`` or a folder) whose weights and processor
+            start the model (its BPE is kept, not retrained; `vision_from_pretrained` and the
+            size fields are then unused); None: a fresh model.
+        train_text: False freezes the decoder (embeddings, layers, LM head): only the vision
+            tower and the projector train, so a model started from `init_from` reads a title
+            exactly as the init does.
+        first_batch: index of the first LM batch, so that a fine-tune from `init_from` sees
+            renders its init never saw (the init's recipe used batches 0..steps-1).
         threads: torch CPU threads.
     """
 
@@ -73,4 +81,7 @@ class MllmRecipeConfig(BaseModel):
     vision_warmup_steps: int = Field(0, ge=0)
     vision_warmup_batch: int = Field(64, ge=1)
     vision_warmup_learning_rate: float = Field(3e-4, gt=0)
+    init_from: str | None = None
+    train_text: bool = True
+    first_batch: int = Field(0, ge=0)
     threads: int = Field(1, ge=1)

@@ -51,14 +51,25 @@ def vision_batch(step: int, cfg: MllmRecipeConfig) -> tuple[torch.Tensor, torch.
 
 
 def param_groups(model, head: torch.nn.Module, cfg: MllmRecipeConfig) -> list[dict]:
-    """AdamW groups: the decoder and projector ("text"), the vision tower ("vision") and the
-    warm-up's motif head ("head"), each split into decayed matrices and the rest."""
+    """AdamW groups: the decoder ("text"), the projector, the vision tower ("vision") and the
+    warm-up's motif head ("head"), each split into decayed matrices and the rest. With
+    `train_text` False the decoder is frozen and left out."""
+    parts: dict[str, list] = {"text": [], "projector": [], "vision": []}
+    for n, p in model.named_parameters():
+        part = (
+            "vision"
+            if "vision_tower" in n
+            else "projector"
+            if "multi_modal_projector" in n
+            else "text"
+        )
+        parts[part].append((n, p))
+    if not cfg.train_text:
+        for _, p in parts.pop("text"):
+            p.requires_grad_(False)
+    parts["head"] = list(head.named_parameters())
     groups = []
-    for part, named in (
-        ("text", [(n, p) for n, p in model.named_parameters() if "vision_tower" not in n]),
-        ("vision", [(n, p) for n, p in model.named_parameters() if "vision_tower" in n]),
-        ("head", list(head.named_parameters())),
-    ):
+    for part, named in parts.items():
         for decay in (True, False):
             params = [p for n, p in named if (p.ndim >= 2 and "embed" not in n) == decay]
             groups.append(
@@ -67,24 +78,45 @@ def param_groups(model, head: torch.nn.Module, cfg: MllmRecipeConfig) -> list[di
     return groups
 
 
+def setup_model(cfg: MllmRecipeConfig):
+    """(processor, model): a fresh model (its vision tower from `vision_from_pretrained`), or
+    the published `init_from` with `vision_feature_select_strategy` applied."""
+    if cfg.init_from is None:
+        processor = build_processor(
+            cfg.vocab_size, cfg.tokenizer_titles, cfg.vision_feature_select_strategy
+        )
+        model = build_model(cfg, processor.tokenizer)
+        if cfg.vision_from_pretrained is not None:
+            init_vision_from_clip(model, resolve(cfg.vision_from_pretrained))
+        return processor, model
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    path = resolve(cfg.init_from)
+    processor = AutoProcessor.from_pretrained(path)
+    model = LlavaForConditionalGeneration.from_pretrained(path)
+    strategy = cfg.vision_feature_select_strategy
+    processor.vision_feature_select_strategy = strategy
+    model.config.vision_feature_select_strategy = strategy
+    model.config.image_seq_length = 16 + (strategy == "full")  # + CLS
+    return processor, model
+
+
 def train(out: Path, *, resume: bool, seed: int, config: MllmRecipeConfig | None = None) -> None:
     """Train coverworld-tiny `mllm` into `out` (a save_pretrained folder + card + gates.json)."""
     cfg = config or MllmRecipeConfig()
     out = Path(out)
     _base.setup_torch(seed, cfg.threads)
-    processor = build_processor(
-        cfg.vocab_size, cfg.tokenizer_titles, cfg.vision_feature_select_strategy
-    )
-    model = build_model(cfg, processor.tokenizer)
-    if cfg.vision_from_pretrained is not None:
-        init_vision_from_clip(model, resolve(cfg.vision_from_pretrained))
-    head = torch.nn.Linear(cfg.vision_hidden, len(MOTIFS))  # warm-up only, not published
+    processor, model = setup_model(cfg)
+    head = torch.nn.Linear(
+        model.config.vision_config.hidden_size, len(MOTIFS)
+    )  # warm-up only, not published
     trained = torch.nn.ModuleDict({"model": model, "motif_head": head})  # what checkpoints hold
     optimizer = torch.optim.AdamW(param_groups(model, head, cfg), betas=(0.9, 0.98))
     state = (_base.resume_progress(out, trained, optimizer) if resume else None) or _base.Progress()
     timer = _base.Timer(before=state.elapsed_s)
     total = cfg.vision_warmup_steps + cfg.steps
-    vision_scale = cfg.vision_learning_rate_scale if cfg.vision_from_pretrained else 1.0
+    pretrained = cfg.init_from or cfg.vision_from_pretrained
+    vision_scale = cfg.vision_learning_rate_scale if pretrained else 1.0
     logger.info(
         "mllm: %d parameters, steps %d..%d (%d vision warm-up)",
         _base.count_parameters(model), state.step, total, cfg.vision_warmup_steps,
@@ -96,15 +128,15 @@ def train(out: Path, *, resume: bool, seed: int, config: MllmRecipeConfig | None
             lr = _base.cosine_lr(
                 state.step, cfg.vision_warmup_steps, cfg.vision_warmup_learning_rate, cfg.warmup
             )
-            rates = {"text": 0.0, "vision": lr, "head": lr}
+            rates = {"text": 0.0, "projector": 0.0, "vision": lr, "head": lr}
             pixels, motif = vision_batch(state.step, cfg)
             pooled = model.model.vision_tower(pixel_values=pixels).pooler_output
             loss = torch.nn.functional.cross_entropy(head(pooled), motif)
         else:
             k = state.step - cfg.vision_warmup_steps
             lr = _base.cosine_lr(k, cfg.steps, cfg.learning_rate, cfg.warmup)
-            rates = {"text": lr, "vision": lr * vision_scale, "head": 0.0}
-            loss = model(**batch(k, cfg, processor)).loss
+            rates = {"text": lr, "projector": lr, "vision": lr * vision_scale, "head": 0.0}
+            loss = model(**batch(cfg.first_batch + k, cfg, processor)).loss
         for group in optimizer.param_groups:
             group["lr"] = rates[group["part"]]
         optimizer.zero_grad(set_to_none=True)
@@ -139,6 +171,28 @@ def _publish(out: Path, model, processor, cfg: MllmRecipeConfig, train_s: float)
     logger.info("mllm gates: %s", done.metrics)
 
 
+def _origin(cfg: MllmRecipeConfig) -> str:
+    """The model card's sentences on where the weights start and what trains."""
+    warmup = (
+        f"; the vision tower is fine-tuned alone as a motif classifier for "
+        f"{cfg.vision_warmup_steps} steps before the LM training"
+        if cfg.vision_warmup_steps
+        else ""
+    )
+    if cfg.init_from:
+        start = f"It starts from `{cfg.init_from}` (weights and processor){warmup}"
+        if not cfg.train_text:
+            start += "; its decoder is frozen: only the vision tower and the projector train"
+    elif cfg.vision_from_pretrained:
+        start = f"Its vision tower starts from `{cfg.vision_from_pretrained}`'s image tower{warmup}"
+    else:
+        return "Its vision tower is trained from scratch. "
+    return (
+        f"{start}. It reads the motif from the cover and from the title, each alone and both "
+        "together (`image_only_motif`, `title_only_motif`, `both_motif` in gates.json). "
+    )
+
+
 def write_card(out: Path, cfg: MllmRecipeConfig, done: _base.Published) -> None:
     """The model card of a published `mllm` folder, from its measured gates."""
     metrics, params, wall = done.metrics, done.parameters, done.wall_time_s
@@ -150,20 +204,7 @@ def write_card(out: Path, cfg: MllmRecipeConfig, done: _base.Published) -> None:
             + ("CLS + 16 patch" if cfg.vision_feature_select_strategy == "full" else "16 patch")
             + " image tokens, 2-layer GELU projector, Qwen2 decoder) that reads a cover and its "
             "title and answers `motif: star. palette: blue. style: dark vivid large center thin flat.` "
-            + (
-                f"Its vision tower starts from `{cfg.vision_from_pretrained}`'s image tower"
-                + (
-                    f", fine-tuned alone as a motif classifier for {cfg.vision_warmup_steps} steps "
-                    "before the LM training"
-                    if cfg.vision_warmup_steps
-                    else ""
-                )
-                + "; it "
-                "reads the motif from the cover and from the title, each alone and both together "
-                "(`image_only_motif`, `title_only_motif`, `both_motif` in gates.json). "
-                if cfg.vision_from_pretrained
-                else "Its vision tower is trained from scratch. "
-            )
+            + _origin(cfg)
             + "ICG's meta tokens read its hidden states."
         ),
         loading="""
@@ -188,7 +229,7 @@ answer = processor.batch_decode(
 """,
         data=(
             f"{cfg.steps} × {cfg.batch_size} renders from `sample_covers(seed=zoo_seed(k))`, "
-            f"k = {SEED_OFFSET}..{SEED_OFFSET + cfg.steps - 1} (25% defect rate) with their messy "
+            f"k = {SEED_OFFSET + cfg.first_batch}..{SEED_OFFSET + cfg.first_batch + cfg.steps - 1} (25% defect rate) with their messy "
             f"titles ({cfg.title_dropout:.0%} blanked, so the motif must be read off the cover; "
             f"{cfg.image_dropout:.0%} of the covers replaced by flat grey, so the title is read "
             "too); the answer is written from the render's true motif, palette and style. The "
