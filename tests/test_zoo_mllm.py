@@ -66,5 +66,6 @@ def test_gate_on_fresh_items(path: str) -> None:
 def test_card_and_size(path: str) -> None:
     gates = _base.read_gates(path)
     assert gates["passed"] is True
+    assert gates["targets_met"] == {"image_only_motif": True}  # issue 13: the cover alone, 0.9
     assert _base.folder_size(path) < 10e6
     assert "Wall time" in (REGISTRY["mllm"].path / "README.md").read_text()

@@ -8,9 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class MllmRecipeConfig(BaseModel):
-    """Hyper-parameters of the `mllm` recipe (defaults are the shipped model's, v2; v3 in
-    ``zoo-work/mllm-v3/recipe.yaml`` sets `title_dropout`, `vision_feature_select_strategy`,
-    `vision_warmup_steps` and `threads`).
+    """Hyper-parameters of the `mllm` recipe (defaults are the shipped model's, v3; v2 in
+    ``zoo-work/mllm-v2/recipe.yaml``).
 
     Args:
         steps: optimizer steps, each on a fresh batch of renders.
@@ -31,7 +30,8 @@ class MllmRecipeConfig(BaseModel):
         vision_from_pretrained: LLaVA-style option: a `clip` model (``zoo:clip`` or a folder)
             whose image tower (same ViT config) starts the vision tower (the shipped model
             starts from ``zoo:clip``); None: the tower is trained from scratch.
-        vision_learning_rate_scale: learning-rate multiplier of a pretrained vision tower.
+        vision_learning_rate_scale: learning-rate multiplier of a pretrained vision tower (0:
+            the tower stays as it starts).
         title_dropout: share of training examples whose title is blank, so that the motif
             must be read off the cover (CoverWorld's titles are ambiguous on purpose).
         image_dropout: share of training examples whose cover is replaced by a flat grey
@@ -49,7 +49,7 @@ class MllmRecipeConfig(BaseModel):
             start the model (its BPE is kept, not retrained; `vision_from_pretrained` and the
             size fields are then unused); None: a fresh model.
         train_text: False freezes the decoder (embeddings, layers, LM head): only the vision
-            tower and the projector train, so a model started from `init_from` reads a title
+            tower and the projector train, so a model started from `init_from` reads a title alone
             exactly as the init does.
         first_batch: index of the first LM batch, so that a fine-tune from `init_from` sees
             renders its init never saw (the init's recipe used batches 0..steps-1).
@@ -74,11 +74,11 @@ class MllmRecipeConfig(BaseModel):
     gate_items: int = Field(300, ge=1)
     tokenizer_titles: int = Field(6_000, ge=1)
     vision_from_pretrained: str | None = "zoo:clip"
-    vision_learning_rate_scale: float = Field(0.1, gt=0)
-    title_dropout: float = Field(0.35, ge=0, lt=1)
+    vision_learning_rate_scale: float = Field(0.1, ge=0)
+    title_dropout: float = Field(0.5, ge=0, lt=1)
     image_dropout: float = Field(0.15, ge=0, lt=1)
-    vision_feature_select_strategy: Literal["default", "full"] = "default"
-    vision_warmup_steps: int = Field(0, ge=0)
+    vision_feature_select_strategy: Literal["default", "full"] = "full"
+    vision_warmup_steps: int = Field(1500, ge=0)
     vision_warmup_batch: int = Field(64, ge=1)
     vision_warmup_learning_rate: float = Field(3e-4, gt=0)
     init_from: str | None = None

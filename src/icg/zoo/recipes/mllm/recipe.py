@@ -56,14 +56,8 @@ def param_groups(model, head: torch.nn.Module, cfg: MllmRecipeConfig) -> list[di
     `train_text` False the decoder is frozen and left out."""
     parts: dict[str, list] = {"text": [], "projector": [], "vision": []}
     for n, p in model.named_parameters():
-        part = (
-            "vision"
-            if "vision_tower" in n
-            else "projector"
-            if "multi_modal_projector" in n
-            else "text"
-        )
-        parts[part].append((n, p))
+        part = "vision" if "vision_tower" in n else "text"
+        parts["projector" if "multi_modal_projector" in n else part].append((n, p))
     if not cfg.train_text:
         for _, p in parts.pop("text"):
             p.requires_grad_(False)
@@ -107,9 +101,8 @@ def train(out: Path, *, resume: bool, seed: int, config: MllmRecipeConfig | None
     out = Path(out)
     _base.setup_torch(seed, cfg.threads)
     processor, model = setup_model(cfg)
-    head = torch.nn.Linear(
-        model.config.vision_config.hidden_size, len(MOTIFS)
-    )  # warm-up only, not published
+    width = model.config.vision_config.hidden_size
+    head = torch.nn.Linear(width, len(MOTIFS))  # warm-up only, not published
     trained = torch.nn.ModuleDict({"model": model, "motif_head": head})  # what checkpoints hold
     optimizer = torch.optim.AdamW(param_groups(model, head, cfg), betas=(0.9, 0.98))
     state = (_base.resume_progress(out, trained, optimizer) if resume else None) or _base.Progress()
