@@ -90,7 +90,8 @@ def main() -> None:
     demo, out = args.demo, args.out
     draft = demo / "run" / "icg"
     cfg = yaml.safe_load((draft / "config.yaml").read_text())
-    seed = int(cfg["seed"])
+    # the demo's pairs and draws come from the world's seed (training may use `--train-seed`)
+    seed = int(yaml.safe_load((demo / "world" / "world.yaml").read_text())["seed"])
     variants = dict(map(parse_variant, args.variant or DEFAULT_VARIANTS))
     out.mkdir(parents=True, exist_ok=True)
 
