@@ -91,6 +91,15 @@ def test_rerun_with_other_models_is_refused_and_writes_nothing(demo: Path):
     assert sorted(p.relative_to(demo) for p in demo.rglob("*")) == before
 
 
+def test_rerun_with_another_training_seed_is_refused_and_writes_nothing(demo: Path):
+    from icg.demo import DemoFolderError, run_demo
+
+    before = sorted(p.relative_to(demo) for p in demo.rglob("*"))
+    with pytest.raises(DemoFolderError, match=r"stage A was trained on \{'seed': 3\}"):
+        run_demo(demo, quick=True, train_seed=4)
+    assert sorted(p.relative_to(demo) for p in demo.rglob("*")) == before
+
+
 def test_generate_segments_with_preference_pick(demo: Path, tmp_path: Path):
     run, world = demo / "run", demo / "world"
     args = [

@@ -96,7 +96,7 @@ def run_demo(
 
     Raises:
         DemoFolderError: when ``out`` holds a stage A built on other models than
-            ``base``/``mllm``.
+            ``base``/``mllm`` or trained with another seed than ``train_seed``.
     """
     from icg.data import load_dataset
     from icg.evaluation.preference_eval import TruthProbe
@@ -146,7 +146,7 @@ def run_demo(
     )
     align_record = run / "align" / "adapter" / "icg_config.json"
     if align_record.is_file():
-        _check_models(align_record.parent, base=base, mllm=mllm)
+        _check_stage_a(run / "align", base=base, mllm=mllm, seed=train_seed)
     stage(
         "align",
         align_record.is_file(),
@@ -194,18 +194,23 @@ def run_demo(
 
 
 class DemoFolderError(ValueError):
-    """A demo folder that cannot be continued with the requested models."""
+    """A demo folder that cannot be continued with the requested models or training seed."""
 
 
-def _check_models(adapter_dir: Path, *, base: str, mllm: str) -> None:
-    """Refuse to continue a demo folder whose stage A was built on other models."""
+def _check_stage_a(align_dir: Path, *, base: str, mllm: str, seed: int) -> None:
+    """Refuse to continue a demo folder whose stage A was built on other models or trained
+    with another seed (its later stages would silently be the other run's)."""
+    from icg.config import read_yaml_mapping
     from icg.models.icg_model import ICGModel
 
-    record = ICGModel.read_config(adapter_dir)
-    wanted = {"base_model": base, "mllm": mllm}
+    record = ICGModel.read_config(align_dir / "adapter")
+    config = align_dir / "config.yaml"
+    if config.is_file():
+        record["seed"] = read_yaml_mapping(config).get("seed")
+    wanted = {"base_model": base, "mllm": mllm, "seed": seed}
     other = {k: record.get(k) for k, v in wanted.items() if record.get(k) not in (None, v)}
     if other:
         raise DemoFolderError(
-            f"{adapter_dir}: stage A was trained on {other}, not {wanted}; "
-            "use a new --out folder for other models"
+            f"stage A was trained on {other}, not {wanted} ({align_dir}); "
+            "use a new --out folder for other models or another training seed"
         )

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 TOKENIZER_SEED_OFFSET = 2_900_000
 
 
+def image_seq_length(vision_feature_select_strategy: str) -> int:
+    """Image tokens per cover: the 16 patches of 64px / 16, plus the CLS token with "full"."""
+    return (64 // 16) ** 2 + (vision_feature_select_strategy == "full")
+
+
 def build_processor(
     vocab_size: int, n_titles: int = 6_000, vision_feature_select_strategy: str = "default"
 ):
@@ -95,7 +100,7 @@ def build_model(cfg: MllmRecipeConfig, tokenizer) -> torch.nn.Module:
             pad_token_id=pad,
         ),
         image_token_index=image_token,
-        image_seq_length=16 + (cfg.vision_feature_select_strategy == "full"),  # + CLS
+        image_seq_length=image_seq_length(cfg.vision_feature_select_strategy),
         vision_feature_layer=-1,
         vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         projector_hidden_act="gelu",

@@ -19,6 +19,7 @@ from icg.zoo.recipes.mllm.model import (
     TOKENIZER_SEED_OFFSET,
     build_model,
     build_processor,
+    image_seq_length,
     init_vision_from_clip,
 )
 from icg.zoo.registry import resolve
@@ -91,7 +92,7 @@ def setup_model(cfg: MllmRecipeConfig):
     strategy = cfg.vision_feature_select_strategy
     processor.vision_feature_select_strategy = strategy
     model.config.vision_feature_select_strategy = strategy
-    model.config.image_seq_length = 16 + (strategy == "full")  # + CLS
+    model.config.image_seq_length = image_seq_length(strategy)
     return processor, model
 
 
