@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class MllmRecipeConfig(BaseModel):
     """Hyper-parameters of the `mllm` recipe (defaults are the shipped model's, v3; v2 in
-    ``zoo-work/mllm-v2/recipe.yaml``).
+    ``docs/zoo/mllm-v2/recipe.yaml``).
 
     Args:
         steps: optimizer steps, each on a fresh batch of renders.

@@ -42,9 +42,9 @@ class RecipeState:
 
 
 def default_work_dir(out: Path) -> Path:
-    """Checkpoints and caches live outside the shipped folder: ``$ICG_CACHE/zoo-work/<name>``."""
+    """Checkpoints and caches live outside the shipped folder: ``$ICG_CACHE/zoo-train/<name>``."""
     root = Path(os.environ.get("ICG_CACHE", Path.home() / ".cache" / "icg"))
-    return root / "zoo-work" / Path(out).resolve().name
+    return root / "zoo-train" / Path(out).resolve().name
 
 
 def save_phase(
