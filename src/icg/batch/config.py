@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS, read_yaml_mapping
+from icg.models.paths import resolve_adapter_dir
 
 SAMPLING_DEFAULTS = {
     "num_inference_steps": DEFAULT_STEPS,
@@ -108,7 +109,6 @@ def run_folders(run: Path, preference: Path | None) -> tuple[Path, Path, Path | 
     ``run`` may be the run folder (``RUN`` with ``icg/``), the stage-B run (``RUN/icg``) or an
     adapter folder. The preference model is ``preference`` if given, else ``RUN/preference``.
     """
-    from icg.models.paths import resolve_adapter_dir
 
     stage_b = run / "icg" if (run / "icg").is_dir() else run
     adapter = resolve_adapter_dir(stage_b)

@@ -7,8 +7,11 @@ from pathlib import Path
 
 from icg.config import read_yaml_mapping
 from icg.evaluation.methods import ICG_METHODS
+from icg.evaluation.preference_eval import has_truth
 from icg.generation import Scorer, reward_scorer
+from icg.rewards import AestheticReward, PreferenceReward
 from icg.training.curves import CURVES_FILE, read_curves
+from icg.world.truth import Truth
 
 __all__ = ["load_truth", "model_scorers", "report_curves", "run_configs"]
 
@@ -45,7 +48,6 @@ def run_configs(data_dir: Path, run: Path) -> dict[str, dict]:
 def model_scorers(run: Path, data, towers, aesthetic: str) -> dict[str, Scorer]:
     """The model-side scorers: the aesthetic predictor, and the run's preference model when it
     has one (its click probability)."""
-    from icg.rewards import AestheticReward, PreferenceReward
 
     scorers = {"aesthetic_reward": reward_scorer(AestheticReward(towers, aesthetic), data)}
     if (run / "preference" / "config.json").is_file():
@@ -56,10 +58,8 @@ def model_scorers(run: Path, data, towers, aesthetic: str) -> dict[str, Scorer]:
 
 def load_truth(data_dir: Path):
     """CoverWorld's hidden truth of ``data_dir`` (evaluation only), or ``None`` on other data."""
-    from icg.evaluation.preference_eval import has_truth
 
     if not has_truth(data_dir):
         return None
-    from icg.world.truth import Truth
 
     return Truth(data_dir)

@@ -21,6 +21,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from icg.data import load_dataset
+from icg.data.rejects import save_rejects
 from icg.evaluation.baselines import CoverSource
 from icg.evaluation.downstream import (
     downstream_metrics,
@@ -40,12 +42,14 @@ from icg.evaluation.methods import (
     swap_draw,
 )
 from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
-from icg.evaluation.pairs import check_pairs, choose_pairs
 from icg.evaluation.personal import SwapControl
 from icg.evaluation.recsys import RecModel
 from icg.evaluation.report import write_report
 from icg.generation import Scorer
 from icg.io import atomic_write_json
+from icg.models.icg_model import ICGModel
+from icg.pairs import check_pairs, choose_pairs
+from icg.rewards import ClipTowers
 from icg.safety import prepare_output
 
 logger = logging.getLogger(__name__)
@@ -293,10 +297,6 @@ def evaluate_run(
         overwrite: replace a previous evaluation in ``out`` (`icg.safety.prepare_output`);
             without it a non-empty ``out`` is refused before anything loads.
     """
-    from icg.data import load_dataset
-    from icg.data.rejects import save_rejects
-    from icg.models.icg_model import ICGModel
-    from icg.rewards import ClipTowers
 
     cfg = config or EvalConfig()
     data_dir, run, out = Path(data_dir), Path(run), Path(out)

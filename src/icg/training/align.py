@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm.auto import tqdm
 
 from icg.checkpoints import (
     latest_checkpoint,
@@ -37,7 +40,9 @@ from icg.checkpoints import (
     write_run_config,
 )
 from icg.config import DEFAULT_BASE, DEFAULT_MLLM
+from icg.data import load_dataset
 from icg.io import atomic_save_dir
+from icg.models.icg_model import ICGModel
 from icg.models.user_prompt import load_style_vocabulary
 from icg.runs import start_run
 from icg.seeding import seed_everything
@@ -182,11 +187,6 @@ class AlignRecipe:
     # -- setup ---------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
         """Load data and models, build or restore the ICG model and the optimizer."""
-        from accelerate import Accelerator
-        from diffusers import DDPMScheduler
-
-        from icg.data import load_dataset
-        from icg.models.icg_model import ICGModel
 
         cfg = self.config
         seed_everything(cfg.seed)
@@ -295,7 +295,6 @@ class AlignRecipe:
     # -- train -----------------------------------------------------------------------------
     def train(self) -> list[float]:
         """Run until ``max_steps``; checkpoint every ``checkpoint_every`` steps."""
-        from tqdm.auto import tqdm
 
         cfg = self.config
         self.model.train()

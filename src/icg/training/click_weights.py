@@ -25,6 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from icg.models.preference import PreferenceModel
+from icg.rewards.clip import ClipTowers, embed_files
+from icg.training.preference import CACHE_FILE
+
 logger = logging.getLogger(__name__)
 
 WEIGHTINGS = ("uniform", "ips", "advantage")
@@ -162,7 +166,6 @@ def load_click_weights(
         max_weight: clip before normalising.
         towers: the CLIP (default: the one recorded in the preference model).
     """
-    from icg.models.preference import PreferenceModel
 
     if kind not in WEIGHTINGS[1:]:
         raise ValueError(f"click_weighting: expected one of {WEIGHTINGS[1:]}, got {kind!r}")
@@ -191,8 +194,6 @@ def load_click_weights(
 
 def _cover_embeddings(model, preference: Path, paths: list[str], towers) -> dict[str, torch.Tensor]:
     """The preference model's CLIP embeddings of cover files, through its own cache."""
-    from icg.rewards.clip import ClipTowers, embed_files
-    from icg.training.preference import CACHE_FILE
 
     if towers is None:
         name = model.config.clip_name_or_path
@@ -244,7 +245,6 @@ def preferred_covers(
 ) -> list[str]:
     """`preferred_variants` under the preference model saved in ``preference``, with the items'
     variants read from ``impressions`` and the users' embeddings from ``users``."""
-    from icg.models.preference import PreferenceModel
 
     model = PreferenceModel.from_pretrained(str(preference)).eval()
     variants = item_variants(impressions)

@@ -78,6 +78,7 @@ class FitResult:
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC (NaN when only one class is present)."""
+    # import cost: scikit-learn takes seconds to import; only this metric needs it
     from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels).astype(bool)
