@@ -9,6 +9,14 @@ from icg.config import read_yaml_mapping
 from icg.evaluation.methods import ICG_METHODS
 from icg.evaluation.preference_eval import has_truth
 from icg.generation import Scorer, reward_scorer
+from icg.layout import (
+    ALIGN_RUN,
+    PREFERENCE_CONFIG_FILE,
+    PREFERENCE_RUN,
+    RUN_CONFIG_FILE,
+    TRAIN_CONFIG_FILE,
+    WORLD_CONFIG_FILE,
+)
 from icg.rewards import AestheticReward, PreferenceReward
 from icg.training.curves import CURVES_FILE, read_curves
 from icg.world.truth import Truth
@@ -36,10 +44,14 @@ def report_curves(run: Path) -> dict[str, list[dict]]:
 def run_configs(data_dir: Path, run: Path) -> dict[str, dict]:
     """The world's and every stage's config for the report (``config.yaml`` wins over
     ``train_config.yaml`` where a stage has both)."""
-    world = data_dir / "world.yaml"
+    world = data_dir / WORLD_CONFIG_FILE
     configs = {"world": read_yaml_mapping(world) if world.is_file() else {}}
-    for sub in ("preference", "align", *dict.fromkeys(spec.run for spec in ICG_METHODS.values())):
-        for name in ("train_config.yaml", "config.yaml"):
+    for sub in (
+        PREFERENCE_RUN,
+        ALIGN_RUN,
+        *dict.fromkeys(spec.run for spec in ICG_METHODS.values()),
+    ):
+        for name in (TRAIN_CONFIG_FILE, RUN_CONFIG_FILE):
             if (run / sub / name).is_file():
                 configs[sub] = read_yaml_mapping(run / sub / name)
     return configs
@@ -50,8 +62,8 @@ def model_scorers(run: Path, data, towers, aesthetic: str) -> dict[str, Scorer]:
     has one (its click probability)."""
 
     scorers = {"aesthetic_reward": reward_scorer(AestheticReward(towers, aesthetic), data)}
-    if (run / "preference" / "config.json").is_file():
-        preference = PreferenceReward(str(run / "preference"), towers)
+    if (run / PREFERENCE_RUN / PREFERENCE_CONFIG_FILE).is_file():
+        preference = PreferenceReward(str(run / PREFERENCE_RUN), towers)
         scorers["preference_score"] = reward_scorer(preference, data, "preference_probability")
     return scorers
 

@@ -24,6 +24,7 @@ from diffusers import DiffusionPipeline
 from icg.evaluation import baselines
 from icg.evaluation.baselines import CoverSource
 from icg.generation import Scorer, reward_scorer
+from icg.layout import ADAPTER_DIR, ICG_CONFIG_FILE, PREFERENCE_CONFIG_FILE, PREFERENCE_RUN
 from icg.models.icg_model import ICGModel
 from icg.models.mllm import load_mllm
 from icg.models.paths import resolve_model_path
@@ -81,8 +82,8 @@ ICG_METHODS = {
 def adapter_folder(run: Path, name: str) -> Path | None:
     """``RUN/<name>/adapter`` (or ``RUN/<name>``) when it holds an ICG adapter."""
 
-    for folder in (run / name / "adapter", run / name):
-        if (folder / "icg_config.json").is_file():
+    for folder in (run / name / ADAPTER_DIR, run / name):
+        if (folder / ICG_CONFIG_FILE).is_file():
             refuse_unet_lora(folder)
             return folder
     return None
@@ -120,7 +121,7 @@ def select_methods(
     available = {"reference"} | ({"oracle"} if truth else set()) | set(adapters)
     if main_adapter(adapters) is not None or base:
         available |= set(BASE_METHODS)
-    if variants and (run / "preference" / "config.json").is_file():
+    if variants and (run / PREFERENCE_RUN / PREFERENCE_CONFIG_FILE).is_file():
         available.add("variant-select")
     wanted = [m for m in METHODS if m in (requested or available)]
     missing = sorted(set(wanted) - available)
@@ -153,7 +154,7 @@ class RunScorers:
         """The run's preference model (``RUN/preference``) on the CLIP it records: each cover's
         P(click | examined) for its user (users without history: no learned user vector)."""
         if self._preference is None:
-            model = PreferenceModel.from_pretrained(str(self.run / "preference"))
+            model = PreferenceModel.from_pretrained(str(self.run / PREFERENCE_RUN))
             name = model.config.clip_name_or_path
             if name is not None and name not in self.clips:
                 self.clips[name] = ClipTowers.from_pretrained(name)

@@ -42,6 +42,7 @@ from icg.checkpoints import (
 from icg.config import DEFAULT_BASE, DEFAULT_MLLM
 from icg.data import load_dataset
 from icg.io import atomic_save_dir
+from icg.layout import ADAPTER_DIR, CHECKPOINT_MODEL_DIR, CHECKPOINTS_DIR
 from icg.models.icg_model import ICGModel
 from icg.models.user_prompt import load_style_vocabulary
 from icg.runs import start_run
@@ -210,7 +211,7 @@ class AlignRecipe:
         self.data = prepare_align_data(cfg, data, self.vae, self.tokenizer, self.text_encoder, size)
         user_dim = data.embedding_dim
 
-        self.checkpoint_dir = cfg.out / "checkpoints"
+        self.checkpoint_dir = cfg.out / CHECKPOINTS_DIR
         checkpoint = latest_checkpoint(self.checkpoint_dir) if resume else None
         if resume and checkpoint is None:
             logger.warning(
@@ -218,7 +219,7 @@ class AlignRecipe:
             )
         if checkpoint is not None:
             model = ICGModel.from_pretrained(
-                checkpoint / "model", mllm=self._mllm, processor=self._processor
+                checkpoint / CHECKPOINT_MODEL_DIR, mllm=self._mllm, processor=self._processor
             )
         else:
             torch.manual_seed(cfg.seed)
@@ -345,13 +346,13 @@ class AlignRecipe:
             self.step,
             state=state,
             optimizer=self.optimizer,
-            pretrained={"model": self.icg},
+            pretrained={CHECKPOINT_MODEL_DIR: self.icg},
             keep=self.config.keep_checkpoints,
         )
 
     def save_adapter(self) -> Path:
         """Write the final ICG adapter to ``out/adapter`` (atomically)."""
-        return atomic_save_dir(self.config.out / "adapter", self.icg.save_pretrained)
+        return atomic_save_dir(self.config.out / ADAPTER_DIR, self.icg.save_pretrained)
 
     def cleanup(self) -> None:
         """Remove the adapter's processors from the base UNet and free the accelerator."""

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from icg.layout import PREFERENCE_CONFIG_FILE
 from icg.models.preference import PreferenceModel
 from icg.rewards.clip import ClipTowers, embed_files
 from icg.training.preference import CACHE_FILE
@@ -46,7 +47,7 @@ def check_preference_source(
             f"preference: {setting}={kind!r} needs a trained preference model folder "
             "(RUN/preference, from `icg train preference`)"
         )
-    if not (Path(preference) / "config.json").is_file():
+    if not (Path(preference) / PREFERENCE_CONFIG_FILE).is_file():
         raise ValueError(
             f"preference: expected a preference model folder with config.json, "
             f"got {str(preference)!r}"

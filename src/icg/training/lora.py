@@ -12,8 +12,10 @@ from safetensors.torch import save_file
 
 from icg.artifacts import read_safetensors
 from icg.io import atomic_path
+from icg.layout import LORA_FILE
 
-LORA_FILE = "unet_lora.safetensors"
+__all__ = ["LORA_FILE", "add_unet_lora", "load_unet_lora", "remove_unet_lora", "save_unet_lora"]
+
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 

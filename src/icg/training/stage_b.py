@@ -33,7 +33,14 @@ from icg.checkpoints import (
 )
 from icg.data import load_dataset
 from icg.io import atomic_save_dir
-from icg.layout import ADAPTER_DIR, CHECKPOINT_MODEL_DIR, CHECKPOINTS_DIR, CURVES_FILE, STATS_FILE
+from icg.layout import (
+    ADAPTER_DIR,
+    CHECKPOINT_MODEL_DIR,
+    CHECKPOINTS_DIR,
+    CURVES_FILE,
+    LORA_FILE,
+    STATS_FILE,
+)
 from icg.models.icg_model import ICGModel
 from icg.models.paths import resolve_adapter_dir
 from icg.rewards.factory import RewardSources, build_rewards
@@ -48,7 +55,6 @@ from icg.training.common import (
 )
 from icg.training.curves import append_curve, truncate_curves
 from icg.training.lora import (
-    LORA_FILE,
     add_unet_lora,
     load_unet_lora,
     remove_unet_lora,
