@@ -42,9 +42,12 @@ class TruthProbe:
 
     def __call__(self, recipe, step: int) -> dict:
         if self.pairs is None:
-            rows = np.random.default_rng(self.seed).choice(len(recipe.pool.pairs), self.n, replace=False)
+            rows = np.random.default_rng(self.seed).choice(
+                len(recipe.pool.pairs), self.n, replace=False
+            )
             self.pairs = [
-                (recipe.pool.pairs.at[r, "user_id"], recipe.pool.pairs.at[r, "item_id"]) for r in rows
+                (recipe.pool.pairs.at[r, "user_id"], recipe.pool.pairs.at[r, "item_id"])
+                for r in rows
             ]
         users, items = [u for u, _ in self.pairs], [i for _, i in self.pairs]
         row, guidance = {"step": step}, recipe.config.user_guidance

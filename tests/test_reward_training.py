@@ -14,8 +14,8 @@ from icg.config import load_config
 from icg.training.common import NonFiniteLossError
 from icg.training.curves import CURVES_FILE as CURVES
 from icg.training.draft import DraftTrainer, sample_truncation
-from icg.training.sampling import start_step, token_drift, truncated_steps
 from icg.training.reward import RewardConfig, run_reward
+from icg.training.sampling import start_step, token_drift, truncated_steps
 
 
 # ---- pure functions ------------------------------------------------------------------------

@@ -29,7 +29,10 @@ from icg.data import load_dataset
 from icg.data.rejects import save_rejects
 from icg.io import atomic_path
 from icg.layout import MANIFEST_FILE, REJECTS_DIR
-from icg.marking import DIGITAL_SOURCE_TYPE, XMP_TEMPLATE, is_marked_generated, save_generated_png
+from icg.marking import DIGITAL_SOURCE_TYPE as DIGITAL_SOURCE_TYPE  # re-exported
+from icg.marking import XMP_TEMPLATE as XMP_TEMPLATE  # re-exported
+from icg.marking import is_marked_generated as is_marked_generated  # re-exported
+from icg.marking import save_generated_png
 from icg.models.paths import resolve_adapter_dir
 from icg.pairs import check_pairs, choose_pairs, read_pairs
 from icg.pipeline import ICGPipeline
@@ -40,21 +43,6 @@ from icg.segments import segment
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DIGITAL_SOURCE_TYPE",
-    "MANIFEST_COLUMNS",
-    "XMP_TEMPLATE",
-    "Scorer",
-    "draw_covers",
-    "generate_covers",
-    "generate_for_run",
-    "generation_scorer",
-    "is_marked_generated",
-    "pair_seed",
-    "reward_scorer",
-    "save_generated_png",
-    "write_manifest",
-]
 
 MANIFEST_COLUMNS = ["user_id", "item_id", "method", "path", "seed", "segment", "candidate", "score"]
 # A scorer rates covers for (user, item) pairs: (user_ids, item_ids, images uint8 (N,H,W,3)) -> (N,)

@@ -1,15 +1,11 @@
 """What both stage-B trainers share: models, the pair pool, sampling, drift, updates, saving.
 
-Stage B aligns the stage-A ICG model to a `MultiReward` (aesthetic + relevance + personalized
-preference; ICG, EMNLP 2025, Sec. 3.4) without labels. `StageBTrainer` owns everything a trainer
-needs besides its own loop: ``setup`` loads the frozen base, the stage-A (or checkpointed) model,
-the `PairPool`, the rewards and the optimizer and sets every attribute the methods below read; a
-trainer (`icg.training.draft`, `icg.training.ranked`) adds ``train()``. A drift regulariser keeps
-the model near stage A: a penalty on the distance to the stage-A model's ICG tokens and,
-optionally, the stage-A denoising loss on clicked covers.
-
-Every random draw of step ``s`` comes from ``(seed, process, s)``, so ``--resume`` continues
-exactly. Nothing here reads the world's truth: monitoring callbacks are injected by the caller.
+`StageBTrainer` owns all a trainer needs besides its loop: ``setup`` loads the frozen base, the
+stage-A (or checkpointed) model, the `PairPool`, rewards and optimizer, and sets every attribute
+its methods read; a trainer (`icg.training.draft`, `icg.training.ranked`) adds ``train()``. The
+drift anchor keeps the model near stage A (token distance; optionally the stage-A denoising loss
+on clicked covers). Every draw of step ``s`` comes from ``(seed, process, s)`` (exact resume);
+monitoring callbacks are injected by the caller, nothing here reads the world's truth.
 """
 
 from __future__ import annotations
@@ -54,12 +50,7 @@ from icg.training.common import (
     step_generator,
 )
 from icg.training.curves import append_curve, truncate_curves
-from icg.training.lora import (
-    add_unet_lora,
-    load_unet_lora,
-    remove_unet_lora,
-    save_unet_lora,
-)
+from icg.training.lora import add_unet_lora, load_unet_lora, remove_unet_lora, save_unet_lora
 from icg.training.reward_config import RewardConfig
 from icg.training.rollout import PairPool, build_pool
 from icg.training.sampling import decode, denoise, start_step, token_drift, truncated_steps
