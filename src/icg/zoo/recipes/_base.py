@@ -33,6 +33,8 @@ from icg.io import atomic_dir, atomic_write_json, atomic_write_text
 from icg.seeding import seed_everything
 from icg.zoo import evaldata
 from icg.zoo.gates import GATES_FILE, gate_passed
+from icg.zoo.gates import folder_size as folder_size  # re-exported: recipes and tests use _base
+from icg.zoo.gates import read_gates as read_gates  # re-exported
 
 logger = logging.getLogger(__name__)
 
