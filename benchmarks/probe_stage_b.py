@@ -42,9 +42,12 @@ class TruthProbe:
 
     def __call__(self, recipe, step: int) -> dict:
         if self.pairs is None:
-            rows = np.random.default_rng(self.seed).choice(len(recipe.pairs), self.n, replace=False)
+            rows = np.random.default_rng(self.seed).choice(
+                len(recipe.pool.pairs), self.n, replace=False
+            )
             self.pairs = [
-                (recipe.pairs.at[r, "user_id"], recipe.pairs.at[r, "item_id"]) for r in rows
+                (recipe.pool.pairs.at[r, "user_id"], recipe.pool.pairs.at[r, "item_id"])
+                for r in rows
             ]
         users, items = [u for u, _ in self.pairs], [i for _, i in self.pairs]
         row, guidance = {"step": step}, recipe.config.user_guidance
@@ -55,7 +58,7 @@ class TruthProbe:
             row |= {f"{tag}/{k}": v for k, v in self._score(images, users, items).items()}
         recipe.config.user_guidance = guidance
         if step == 0:
-            ref = np.stack([np.asarray(recipe.item_images[i].resize((64, 64))) for i in items])
+            ref = np.stack([np.asarray(recipe.pool.item_images[i].resize((64, 64))) for i in items])
             row |= {f"reference/{k}": v for k, v in self._score(ref, users, items).items()}
         self.rows.append(row)
         print(json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)

@@ -13,8 +13,8 @@ import torch
 from icg.data import load_dataset
 from icg.evaluation.baselines import load_covers
 from icg.evaluation.methods import METHODS, select_methods
-from icg.evaluation.pairs import choose_pairs, read_pairs
 from icg.evaluation.run import EvalConfig, evaluate_methods, sampling_note
+from icg.pairs import choose_pairs, read_pairs
 from icg.world.config import WorldConfig
 from icg.world.generate import generate_world
 from icg.world.truth import Truth

@@ -150,7 +150,7 @@ def recorded(monkeypatch):
         return lambda pairs: np.zeros((len(pairs), size, size, 3), np.uint8)
 
     monkeypatch.setattr("icg.models.icg_model.ICGModel.from_pretrained", lambda *a: None)
-    monkeypatch.setattr("icg.pipeline.ICGPipeline", FakePipe)
+    monkeypatch.setattr("icg.evaluation.methods.ICGPipeline", FakePipe)
     monkeypatch.setattr(baselines, "generated_source", generated_source)
     return calls
 

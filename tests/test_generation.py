@@ -17,9 +17,9 @@ from icg.generation import (
     is_marked_generated,
     pair_seed,
     reward_scorer,
-    segment_users,
 )
 from icg.pipeline import ICGPipeline
+from icg.segments import segment, segment_users
 from icg.world.config import WorldConfig
 from icg.world.generate import generate_world
 
@@ -68,6 +68,13 @@ def test_segments_share_covers_and_scorer_picks(setup, tmp_path: Path):
     kw = dict(num_inference_steps=2, guidance_scale=1.0, segments=2)
     m = generate_covers(pipe, data, pairs, tmp_path / "s", **kw)
     assert m["path"].nunique() <= 2 and set(m["segment"]) <= {0, 1}
+    # the batch plan's segmentation (one implementation): same users, same segments and seeds
+    groups = segment(data.users, "kmeans", 2, seed=0)
+    own = groups.users.set_index("user_id")["segment"]
+    assert m["segment"].tolist() == own.loc[m["user_id"]].tolist()
+    keys = groups.table.set_index("segment")["key"]
+    expected = [pair_seed(0, keys[s], i) for s, i in zip(m["segment"], m["item_id"], strict=True)]
+    assert m["seed"].tolist() == expected
 
     # a scorer that always prefers segment 1's cover
     def scorer(users, items, images):

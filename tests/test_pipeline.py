@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from model_fixtures import dummy_image, perturb_, tiny_icg, tiny_qwen2vl
@@ -168,3 +169,62 @@ def test_an_adapter_trained_with_a_unet_lora_is_refused_not_drawn_without_it(tmp
         ICGPipeline.from_pretrained(run / "icg" / "adapter")
     with pytest.raises(ValueError, match="UNet LoRA"):
         adapter_folder(run, "icg")
+
+
+def test_sampling_defaults_are_icg_config_everywhere():
+    """One set of defaults: the pipeline, generation, serve, batch and the CLI take icg.config's."""
+    import inspect
+
+    from icg.batch.config import BatchConfig
+    from icg.cli.run import generate as generate_command
+    from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from icg.generation import generate_covers
+    from icg.serve.config import ServeConfig
+
+    def defaults(func) -> tuple:
+        params = inspect.signature(func).parameters
+        return tuple(params[n].default for n in ("num_inference_steps", "guidance_scale"))
+
+    assert defaults(ICGPipeline.__call__) == (DEFAULT_STEPS, DEFAULT_GUIDANCE)
+    assert defaults(generate_covers) == (DEFAULT_STEPS, DEFAULT_GUIDANCE)
+    cli = inspect.signature(generate_command).parameters
+    assert (cli["steps"].default, cli["guidance"].default) == (DEFAULT_STEPS, DEFAULT_GUIDANCE)
+    serve = ServeConfig.model_fields
+    assert serve["default_steps"].default == DEFAULT_STEPS
+    assert serve["guidance_scale"].default == DEFAULT_GUIDANCE
+    fields = BatchConfig.model_fields
+    steps = fields["num_inference_steps"].default
+    guidance = fields["guidance_scale"].default
+    if steps is None:  # resolved from the run's record, falling back on icg.config
+        from icg.batch.config import SAMPLING_DEFAULTS
+
+        steps, guidance = (SAMPLING_DEFAULTS[k] for k in ("num_inference_steps", "guidance_scale"))
+    assert (steps, guidance) == (DEFAULT_STEPS, DEFAULT_GUIDANCE)
+
+
+def test_call_returns_typed_output_with_seeds_and_scores():
+    from diffusers.utils import BaseOutput
+
+    from icg.pipeline import ICGPipelineOutput
+
+    base, model = tiny_icg()
+    perturb_(model)
+    pipe = ICGPipeline(base, model)
+    generators = [_gen(11), _gen(12)]
+    out = pipe(TITLES, [dummy_image(0), None], generator=generators, **KW)
+    assert isinstance(out, ICGPipelineOutput) and isinstance(out, BaseOutput)
+    assert out.seeds == [11, 12] and out.scores is None
+    assert out.images.shape == (2, 3, 32, 32)
+    assert pipe(TITLES, generator=None, **KW).seeds is None
+
+    class Brightness(torch.nn.Module):
+        def forward(self, images, titles, users=None):
+            assert images.shape == (len(titles), 3, 32, 32)
+            return images.mean(dim=(1, 2, 3)), {}
+
+    pil = pipe(TITLES, generator=[_gen(11), _gen(12)], reward=Brightness(), num_inference_steps=2,
+               height=32, width=32)  # fmt: skip
+    assert pil.scores.shape == (2,)
+    pixels = torch.stack([torch.from_numpy(np.array(im)) for im in pil.images])
+    expected = pixels.float().div(255).mean(dim=(1, 2, 3)).numpy()
+    assert pil.scores == pytest.approx(expected, abs=1e-6)

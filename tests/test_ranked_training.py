@@ -10,7 +10,7 @@ from stage_b_fixtures import stage_b_parts as _parts
 
 from icg.checkpoints import list_checkpoints
 from icg.training.curves import CURVES_FILE
-from icg.training.ranked import RankedRecipe, group_advantages, selection_weights
+from icg.training.ranked import RankedTrainer, group_advantages, selection_weights
 from icg.training.reward import run_reward
 
 
@@ -47,7 +47,7 @@ def test_advantage_selection_is_clipped_positive_and_eligible_only():
 
 
 def test_a_round_is_a_function_of_seed_and_round(stage_b_world, tmp_path):
-    recipe = RankedRecipe(_ranked(stage_b_world, tmp_path), **_parts())
+    recipe = RankedTrainer(_ranked(stage_b_world, tmp_path), **_parts())
     recipe.setup()
     buffer, logs = recipe.collect(0)
     again, _ = recipe.collect(0)
@@ -60,18 +60,18 @@ def test_a_round_is_a_function_of_seed_and_round(stage_b_world, tmp_path):
 
 
 def test_relevance_floor_makes_weak_draws_ineligible(stage_b_world, tmp_path):
-    recipe = RankedRecipe(_ranked(stage_b_world, tmp_path, relevance_floor=0.5), **_parts())
+    recipe = RankedTrainer(_ranked(stage_b_world, tmp_path, relevance_floor=0.5), **_parts())
     recipe.setup()
-    reference = recipe.reference_relevance(sorted(recipe.titles))
+    reference = recipe.reference_relevance(sorted(recipe.pool.titles))
     assert reference.shape == (3,) and torch.isfinite(reference).all()
-    recipe._reference_relevance = dict.fromkeys(recipe.titles, 1e6)  # unreachable references
+    recipe._reference_relevance = dict.fromkeys(recipe.pool.titles, 1e6)  # unreachable references
     buffer, logs = recipe.collect(0)
     assert buffer.items == [] and logs["round/eligible"] == 0 and logs["round/pairs_used"] == 0
     recipe.cleanup()
 
 
 def test_ranked_step_trains_every_icg_part(stage_b_world, tmp_path):
-    recipe = RankedRecipe(_ranked(stage_b_world, tmp_path, cold_start_fraction=0.0), **_parts())
+    recipe = RankedTrainer(_ranked(stage_b_world, tmp_path, cold_start_fraction=0.0), **_parts())
     recipe.setup()
     buffer, _ = recipe.collect(0)
     loss, logs = recipe.ranked_loss(buffer, 0)

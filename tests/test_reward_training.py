@@ -13,8 +13,9 @@ from icg.checkpoints import list_checkpoints
 from icg.config import load_config
 from icg.training.common import NonFiniteLossError
 from icg.training.curves import CURVES_FILE as CURVES
-from icg.training.draft import sample_truncation, start_step, token_drift, truncated_steps
-from icg.training.reward import RewardConfig, RewardRecipe, run_reward
+from icg.training.draft import DraftTrainer, sample_truncation
+from icg.training.reward import RewardConfig, run_reward
+from icg.training.sampling import start_step, token_drift, truncated_steps
 
 
 # ---- pure functions ------------------------------------------------------------------------
@@ -49,14 +50,14 @@ def test_token_drift_is_zero_at_the_reference_and_pulls_back():
 @pytest.mark.parametrize("k", [1, 2])
 def test_only_the_last_k_steps_carry_gradients_and_coverage(stage_b_world, tmp_path, k):
     parts = _parts()
-    recipe = RewardRecipe(_config(stage_b_world, tmp_path, truncation_k=k), **parts)
+    recipe = DraftTrainer(_config(stage_b_world, tmp_path, truncation_k=k), **parts)
     recipe.setup()
     d = recipe.draw(0)
     d["users"] = ["u0", None]  # one personalized, one cold-start pair
     tokens, _ = recipe.tokens(d["items"], d["users"])
     images, used = recipe.sample(d["items"], tokens, d["noise"], k)
     assert used == list(truncated_steps(3, k))
-    titles = [recipe.titles[i] for i in d["items"]]
+    titles = [recipe.pool.titles[i] for i in d["items"]]
     reward, _ = recipe.rewards(images, titles, None)
     (-reward.mean()).backward()
     trainable = recipe.trainable_parameters()
@@ -71,7 +72,7 @@ def test_only_the_last_k_steps_carry_gradients_and_coverage(stage_b_world, tmp_p
     recipe.cleanup()
 
 
-def _fixed_eval(recipe: RewardRecipe, n: int = 3) -> list[dict]:
+def _fixed_eval(recipe: DraftTrainer, n: int = 3) -> list[dict]:
     out = []
     with torch.no_grad():
         for j in range(n):
@@ -79,7 +80,7 @@ def _fixed_eval(recipe: RewardRecipe, n: int = 3) -> list[dict]:
             tokens, emb = recipe.tokens(d["items"], d["users"])
             images, _ = recipe.sample(d["items"], tokens, d["noise"], 0)
             _, info = recipe.rewards(
-                images, [recipe.titles[i] for i in d["items"]], emb, user_ids=d["users"]
+                images, [recipe.pool.titles[i] for i in d["items"]], emb, user_ids=d["users"]
             )
             out.append({k: info[k] for k in recipe.rewards.rewards})
     return out
@@ -91,7 +92,7 @@ def test_combined_reward_rises_over_50_steps(stage_b_world, tmp_path):
         stage_b_world, tmp_path, max_steps=50, num_inference_steps=2, checkpoint_every=50,
         learning_rate=3e-2, drift_token_weight=0.0,
     )  # fmt: skip
-    recipe = RewardRecipe(cfg, **_parts())
+    recipe = DraftTrainer(cfg, **_parts())
     recipe.setup()
     before = _fixed_eval(recipe)
     recipe.train()
@@ -144,7 +145,7 @@ def test_exact_resume_and_atomic_checkpoints(stage_b_world, tmp_path):
 
 
 def test_nan_guard_stops_before_saving(stage_b_world, tmp_path):
-    recipe = RewardRecipe(_config(stage_b_world, tmp_path, checkpoint_every=1), **_parts())
+    recipe = DraftTrainer(_config(stage_b_world, tmp_path, checkpoint_every=1), **_parts())
     recipe.setup()
     with torch.no_grad():
         recipe.icg.encoder.meta_tokens.fill_(float("nan"))
@@ -196,7 +197,7 @@ def test_config_validation(stage_b_world, tmp_path):
 def test_reference_guided_sampling_starts_part_way_from_the_reference(stage_b_world, tmp_path):
     assert [start_step(10, s) for s in (1.0, 0.5, 0.25, 0.01)] == [0, 5, 8, 10]
     parts = _parts()
-    recipe = RewardRecipe(
+    recipe = DraftTrainer(
         _config(stage_b_world, tmp_path, num_inference_steps=4, strength=0.5, truncation_k=2),
         **parts,
     )
@@ -208,7 +209,7 @@ def test_reference_guided_sampling_starts_part_way_from_the_reference(stage_b_wo
     # the item's reference cover shapes the sample: another item's reference changes it
     with torch.no_grad():
         a, _ = recipe.sample(d["items"], tokens, d["noise"], 0)
-        recipe._ref_latents[d["items"][0]] = recipe._ref_latents[d["items"][0]] + 1.0
+        recipe.pool.ref_latents[d["items"][0]] = recipe.pool.ref_latents[d["items"][0]] + 1.0
         b, _ = recipe.sample(d["items"], tokens, d["noise"], 0)
     assert not torch.equal(a[0], b[0])
     recipe.cleanup()

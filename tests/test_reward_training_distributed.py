@@ -9,7 +9,7 @@ import torch
 from stage_b_fixtures import stage_b_config as _config
 from stage_b_fixtures import stage_b_parts as _parts
 
-from icg.training.reward import RewardRecipe
+from icg.training.draft import DraftTrainer
 
 
 def _worker(world_paths, out):
@@ -19,7 +19,7 @@ def _worker(world_paths, out):
     AcceleratorState._reset_state(reset_partial_state=True)
     torch.set_num_threads(1)
     cfg = _config(world_paths, out, max_steps=2, checkpoint_every=2, num_inference_steps=2)
-    recipe = RewardRecipe(cfg, **_parts())
+    recipe = DraftTrainer(cfg, **_parts())
     recipe.setup()
     items = recipe.draw(0)["items"] + [str(u) for u in recipe.draw(0)["users"]]
     recipe.train()

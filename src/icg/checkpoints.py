@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import save_file
 
 from icg.artifacts import ArtifactError, check_state, read_json_object, read_safetensors
-from icg.io import atomic_save_dir
+from icg.io import atomic_save_dir, atomic_write_yaml
+from icg.layout import RUN_CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,5 @@ def load_optimizer_state(
 
 def write_run_config(out: str | Path, config: Any) -> Path:
     """Write a run's resolved pydantic configuration to ``out/config.yaml`` atomically."""
-    from icg.io import atomic_write_yaml
 
-    return atomic_write_yaml(Path(out) / "config.yaml", config.model_dump(mode="json"))
+    return atomic_write_yaml(Path(out) / RUN_CONFIG_FILE, config.model_dump(mode="json"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel
 
 # coverworld-tiny defaults: everywhere a model is named, ``zoo:NAME`` is a shipped checkpoint
@@ -30,7 +31,6 @@ ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 def read_yaml_mapping(file: str | Path) -> dict[str, Any]:
     """A YAML file's top-level mapping (safe loader); an empty file is ``{}``."""
-    import yaml
 
     values = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
     if not isinstance(values, dict):

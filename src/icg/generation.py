@@ -1,6 +1,7 @@
 """Batched, seeded cover generation with a manifest and an AI-generated marker in every PNG.
 
     manifest = generate_covers(pipe, data, pairs, out)   # OUT/*.png + OUT/manifest.parquet
+    manifest = generate_for_run("RUN/icg", "DATA", out)  # `icg generate`: checks, loads, draws
 
 Per-user generation serves small catalogs; `segments=S` clusters user embeddings and generates
 one cover per (segment, item), the way to serve millions of users, then picks per user.
@@ -20,44 +21,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 from rich.progress import Progress
 
+from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from icg.data import load_dataset
+from icg.data.rejects import save_rejects
 from icg.io import atomic_path
-from icg.safety import check_name, file_stems, output_path, safe_name
+from icg.layout import MANIFEST_FILE, REJECTS_DIR
+from icg.marking import DIGITAL_SOURCE_TYPE as DIGITAL_SOURCE_TYPE  # re-exported
+from icg.marking import XMP_TEMPLATE as XMP_TEMPLATE  # re-exported
+from icg.marking import is_marked_generated as is_marked_generated  # re-exported
+from icg.marking import save_generated_png
+from icg.models.paths import resolve_adapter_dir
+from icg.pairs import check_pairs, choose_pairs, read_pairs
+from icg.pipeline import ICGPipeline
+from icg.rewards import PreferenceReward
+from icg.rewards.factory import load_run_reward
+from icg.safety import check_name, file_stems, output_path, prepare_output, safe_name
+from icg.segments import segment
 
 logger = logging.getLogger(__name__)
 
-DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
-XMP_TEMPLATE = (
-    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
-    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
-    'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-    '<rdf:Description rdf:about="" '
-    'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/">'
-    "<Iptc4xmpExt:DigitalSourceType>{source}</Iptc4xmpExt:DigitalSourceType>"
-    "</rdf:Description></rdf:RDF></x:xmpmeta>"
-    '<?xpacket end="w"?>'
-)
+
 MANIFEST_COLUMNS = ["user_id", "item_id", "method", "path", "seed", "segment", "candidate", "score"]
 # A scorer rates covers for (user, item) pairs: (user_ids, item_ids, images uint8 (N,H,W,3)) -> (N,)
 Scorer = Callable[[Sequence[str], Sequence[str], np.ndarray], np.ndarray]
-
-
-def save_generated_png(image: Image.Image, path: Path, **text: str) -> None:
-    """Write a PNG atomically with the IPTC `trainedAlgorithmicMedia` marker as XMP (iTXt)."""
-    info = PngImagePlugin.PngInfo()
-    info.add_itxt("XML:com.adobe.xmp", XMP_TEMPLATE.format(source=DIGITAL_SOURCE_TYPE))
-    for key, value in text.items():
-        info.add_text(key, value)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
-
-
-def is_marked_generated(path: Path | str) -> bool:
-    """Whether a PNG carries the AI-generated marker."""
-    with Image.open(path) as im:
-        return DIGITAL_SOURCE_TYPE in str(im.info.get("XML:com.adobe.xmp", ""))
 
 
 def pair_seed(seed: int, user_id: str, item_id: str, candidate: int = 0) -> int:
@@ -66,17 +55,6 @@ def pair_seed(seed: int, user_id: str, item_id: str, candidate: int = 0) -> int:
     key = f"{seed}|{user_id}|{item_id}" + (f"|{candidate}" if candidate else "")
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2**31)
-
-
-def segment_users(
-    embeddings: np.ndarray, n_segments: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """k-means over user embeddings (U, E): labels (U,) and centroids (S, E)."""
-    from sklearn.cluster import KMeans
-
-    n_segments = min(n_segments, len(embeddings))
-    km = KMeans(n_clusters=n_segments, n_init=4, random_state=seed).fit(embeddings)
-    return km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float32)
 
 
 def draw_covers(
@@ -116,8 +94,8 @@ def generate_covers(
     *,
     method: str = "icg",
     seed: int = 0,
-    num_inference_steps: int = 25,
-    guidance_scale: float = 5.0,
+    num_inference_steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
     batch_size: int = 16,
     segments: int | None = None,
     scorer: Scorer | None = None,
@@ -183,12 +161,12 @@ def generate_covers(
     elif not personalize:
         jobs = {(u, i): None for u, i in zip(pairs["user_id"], pairs["item_id"], strict=True)}
     elif segments:
-        emb = np.stack(users["embedding"].to_numpy())
-        labels, centroids = segment_users(emb, segments, seed)
-        seg_of = dict(zip(users.index, labels, strict=True))
+        groups = segment(data.users, "kmeans", segments, seed)
+        seg_of = dict(zip(groups.users["user_id"], groups.users["segment"], strict=True))
+        keys = list(groups.table["key"])
         jobs = {
-            (f"segment-{s}", i): centroids[s]
-            for s in range(len(centroids))
+            (key, i): centroid
+            for key, centroid in zip(keys, groups.embeddings(), strict=True)
             for i in dict.fromkeys(pairs["item_id"])
         }
     else:
@@ -233,16 +211,14 @@ def generate_covers(
         if not personalize:
             return [("" if share else u, i, k) for k in range(candidates)]
         if segments and scorer is None:
-            return [(f"segment-{seg_of[u]}", i, 0)]
+            return [(keys[seg_of[str(u)]], i, 0)]
         if segments:
-            return [
-                (f"segment-{s}", i, k) for s in range(len(centroids)) for k in range(candidates)
-            ]
+            return [(key, i, k) for key in keys for k in range(candidates)]
         return [(u, i, k) for k in range(candidates)]
 
     wanted = list(zip(pairs["user_id"], pairs["item_id"], strict=True))
     picks = _pick([(u if personalize else "", options(u, i)) for u, i in wanted], paths, scorer)
-    segment_of = {f"segment-{s}": s for s in range(len(centroids))} if segments else {}
+    segment_of = {key: s for s, key in enumerate(keys)} if segments else {}
     rows = []
     for (u, i), (draw, score) in zip(wanted, picks, strict=True):
         rows.append(
@@ -258,7 +234,7 @@ def generate_covers(
             }
         )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    write_manifest(manifest, output_path(out, "manifest.parquet"))
+    write_manifest(manifest, output_path(out, MANIFEST_FILE))
     return manifest
 
 
@@ -352,11 +328,70 @@ def generation_scorer(
             finished stage-B run folder.
     """
     if preference is not None:
-        from icg.rewards import PreferenceReward
-
         return reward_scorer(PreferenceReward(str(preference)), data)
     if candidates > 1:
-        from icg.rewards.factory import load_run_reward
-
         return reward_scorer(load_run_reward(run), data)
     return None
+
+
+def generate_for_run(
+    adapter: Path | str,
+    data: Path | str,
+    out: Path | str,
+    *,
+    pairs: Path | str | pd.DataFrame | None = None,
+    n_users: int = 4,
+    n_items: int = 4,
+    preference: Path | str | None = None,
+    candidates: int = 1,
+    method: str = "icg",
+    seed: int = 0,
+    overwrite: bool = False,
+    **options,
+) -> pd.DataFrame:
+    """`icg generate`: covers of a trained run for (user, item) pairs, into a fresh ``out``.
+
+    Everything named is checked before anything is loaded or written: the method name, the
+    pairs (a parquet file, a frame, or ``n_users`` x ``n_items`` chosen by `choose_pairs`)
+    against the data, and the output folder (`icg.safety.prepare_output`). Rows the data loader
+    refuses go to ``out/rejects``. Then the scorer (`generation_scorer`) and the pipeline of
+    ``adapter`` are loaded and `generate_covers` draws.
+
+    Args:
+        adapter: the ICG run (``RUN/icg``) or its adapter folder.
+        data: the platform data folder (items, users).
+        out: the output folder: PNGs under ``out/<method>/`` and ``out/manifest.parquet``.
+        pairs: the pairs to draw, or ``None`` to choose them.
+        n_users, n_items: the pairs chosen without ``pairs``.
+        preference: a preference model that picks among segments' covers / candidates.
+        candidates: best-of-K draws per pair (scored by the run's reward or ``preference``).
+        method: the name recorded in the manifest.
+        seed: base seed (pair choice and every draw's noise).
+        overwrite: replace the contents of a non-empty ``out``.
+        **options: `generate_covers` options (``num_inference_steps``, ``guidance_scale``,
+            ``segments``, ``strength``, ``user_guidance``, ``batch_size``).
+
+    Raises:
+        ValueError: a bad name, pairs that do not match the data, an output folder in use, or
+            ``candidates > 1`` without a preference model and ``adapter`` is no stage-B run.
+    """
+    out = Path(out)
+    check_name(method, "method")
+    frame = read_pairs(pairs) if isinstance(pairs, str | Path) else pairs
+    dataset = load_dataset(data)
+    if frame is None:
+        frame = choose_pairs(dataset, n_users=n_users, n_items=n_items, seed=seed)
+    check_pairs(frame, dataset)
+    prepare_output(
+        out, kind="generate", overwrite=overwrite, inputs=[data], replace=[MANIFEST_FILE]
+    )
+    save_rejects(dataset, out / REJECTS_DIR)
+    try:
+        scorer = generation_scorer(adapter, dataset, preference=preference, candidates=candidates)
+    except FileNotFoundError as err:
+        raise ValueError(f"candidates > 1 needs the stage-B run folder (RUN/icg): {err}") from err
+    pipe = ICGPipeline.from_pretrained(resolve_adapter_dir(adapter))
+    return generate_covers(
+        pipe, dataset, frame, out, method=method, seed=seed, scorer=scorer,
+        candidates=candidates, **options,
+    )  # fmt: skip

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 TMP_PREFIX = ".tmp-"
 
 
@@ -64,7 +66,6 @@ def atomic_write_json(path: str | Path, obj: Any, **kwargs: Any) -> Path:
 
 def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as YAML (safe dumper, key order kept) atomically."""
-    import yaml
 
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
 

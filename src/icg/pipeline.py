@@ -17,11 +17,18 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
+from diffusers.utils import BaseOutput
 from PIL import Image
 
+from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from icg.data.images import load_image
+from icg.layout import LORA_FILE
 from icg.models.attention import ICG_TOKENS_KWARG
 from icg.models.guidance import user_guidance_hook
 from icg.models.icg_model import ICGModel
@@ -30,6 +37,21 @@ from icg.models.paths import resolve_model_path
 logger = logging.getLogger(__name__)
 
 ImageLike = Image.Image | str | Path | None
+
+
+@dataclass
+class ICGPipelineOutput(BaseOutput):
+    """What `ICGPipeline.__call__` returns.
+
+    Args:
+        images: ``B`` PIL images (``output_type="pil"``) or an array/tensor of ``B`` covers.
+        seeds: the initial seed of each cover's generator (``None`` when none was passed).
+        scores: ``(B,)`` the reward of each cover when the call was given a ``reward``.
+    """
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+    seeds: list[int] | None = None
+    scores: np.ndarray | None = None
 
 
 def image_digest(image: Image.Image | None) -> str:
@@ -50,8 +72,6 @@ def refuse_unet_lora(adapter_dir: str | Path) -> None:
     """Refuse an adapter whose stage-B run also trained a UNet LoRA (``--lora-rank > 0``):
     drawing without it would silently give other covers than the run was trained and scored on.
     Loading it is not implemented yet."""
-    from icg.training.lora import LORA_FILE
-
     adapter_dir = Path(adapter_dir)
     for folder in (adapter_dir, adapter_dir.parent):
         if (folder / LORA_FILE).is_file():
@@ -59,6 +79,29 @@ def refuse_unet_lora(adapter_dir: str | Path) -> None:
                 f"{folder / LORA_FILE}: this run trained a UNet LoRA, which drawing does not load "
                 "yet; retrain stage B with lora_rank 0"
             )
+
+
+def generator_seeds(generator: torch.Generator | Sequence[torch.Generator] | None):
+    """The initial seed of each generator (one generator: a one-element list; none: ``None``)."""
+    if generator is None:
+        return None
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    return [int(g.initial_seed()) for g in generators]
+
+
+@torch.no_grad()
+def score_covers(reward, images, titles: Sequence[str], users: torch.Tensor | None) -> np.ndarray:
+    """``(B,)`` rewards of covers: PIL images are scored on their 8-bit pixels (what a client
+    receives), arrays ``(B, H, W, 3)`` and tensors ``(B, 3, H, W)`` as floats in [0, 1]."""
+    if isinstance(images, list):
+        pixels = np.stack([np.asarray(im.convert("RGB")) for im in images])  # (B, H, W, 3)
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
+    elif isinstance(images, np.ndarray):
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+    else:
+        x = images.float()
+    values, _ = reward(x, list(titles), users.cpu() if users is not None else None)
+    return values.float().cpu().numpy()
 
 
 class ICGPipeline:
@@ -95,8 +138,6 @@ class ICGPipeline:
             mllm: a name/path of the MLLM, or ``None`` for the one the adapter records.
             torch_dtype: dtype for the models loaded here.
         """
-        from diffusers import DiffusionPipeline
-
         refuse_unet_lora(adapter_dir)
         config = ICGModel.read_config(adapter_dir)
         if base is None or isinstance(base, str | Path):
@@ -131,8 +172,6 @@ class ICGPipeline:
     def _load(image: ImageLike) -> Image.Image | None:
         if image is None or isinstance(image, Image.Image):
             return image.convert("RGB") if image is not None and image.mode != "RGB" else image
-        from icg.data.images import load_image
-
         return load_image(image)
 
     @torch.no_grad()
@@ -186,9 +225,9 @@ class ICGPipeline:
         images: ImageLike | Sequence[ImageLike] = None,
         user_embeddings: torch.Tensor | None = None,
         item_keys: Sequence[str] | None = None,
-        num_inference_steps: int = 30,
-        guidance_scale: float = 5.0,
-        generator: torch.Generator | None = None,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         height: int | None = None,
         width: int | None = None,
@@ -196,8 +235,9 @@ class ICGPipeline:
         icg_scale: float | None = None,
         strength: float = 1.0,
         user_guidance: float = 1.0,
+        reward=None,
         **base_kwargs,
-    ):
+    ) -> ICGPipelineOutput:
         """Generate one cover per title.
 
         Args:
@@ -206,8 +246,9 @@ class ICGPipeline:
             images: ``B`` reference images, or ``None``.
             user_embeddings: ``(B, user_dim)`` user embeddings (NaN row or ``None``: no user).
             item_keys: ``B`` item ids for the feature cache.
-            num_inference_steps, guidance_scale, generator, output_type, height, width,
-            negative_prompt: as in diffusers.
+            num_inference_steps, guidance_scale: sampling (default: `icg.config`'s
+                ``DEFAULT_STEPS`` and ``DEFAULT_GUIDANCE``, what the recipe trains with).
+            generator, output_type, height, width, negative_prompt: as in diffusers.
             icg_scale: weight of the ICG branch for this call (default: the adapter's).
             strength: 1 draws from pure noise; below 1 starts from each item's reference image
                 noised to this fraction of the schedule (diffusers' image-to-image pipeline,
@@ -215,9 +256,12 @@ class ICGPipeline:
             user_guidance: ``w_u`` of user guidance (`icg.models.guidance`): 1 is the plain
                 personalized draw, 0 the draw without the user (bit for bit), above 1 pushes
                 further towards the user. Costs one more UNet pass per step when not 0 or 1.
+            reward: a `Reward` or `MultiReward` (``forward(images, titles, users)``) that scores
+                the covers (on the 8-bit pixels of PIL output): ``scores`` of the output.
 
         Returns:
-            The base pipeline's output (``.images``: PIL list or ``(B, 3, H, W)`` tensor).
+            An `ICGPipelineOutput`: ``images`` (PIL list or array/tensor), ``seeds`` (each
+            generator's initial seed), ``scores`` (with ``reward``).
         """
         if isinstance(titles, str):
             titles = [titles]
@@ -261,7 +305,7 @@ class ICGPipeline:
             }
         try:
             with guide:
-                return base(
+                out = base(
                     prompt=self.model.prompts(titles, user_embeddings),
                     negative_prompt=negative_prompt,
                     num_inference_steps=num_inference_steps,
@@ -273,11 +317,13 @@ class ICGPipeline:
                 )
         finally:
             self.model.adapter.set_scale(previous)
+        scores = None
+        if reward is not None:
+            scores = score_covers(reward, out.images, titles, user_embeddings)
+        return ICGPipelineOutput(images=out.images, seeds=generator_seeds(generator), scores=scores)
 
     def _image_to_image(self):
         if self._img2img is None:
-            from diffusers import AutoPipelineForImage2Image
-
             self._img2img = AutoPipelineForImage2Image.from_pipe(self.base)
             self._img2img.set_progress_bar_config(**getattr(self.base, "_progress_bar_config", {}))
         return self._img2img

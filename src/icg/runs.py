@@ -33,16 +33,16 @@ from pydantic import BaseModel
 
 from icg.checkpoints import list_checkpoints, read_trainer_state
 from icg.io import TMP_PREFIX, atomic_write_json
+from icg.layout import CHECKPOINTS_DIR, CURVES_FILE, RUN_FILE
 from icg.safety import OutputExistsError, UnsafePathError, check_not_inside, clean_leftovers
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 RESUMABLE = frozenset(
     {"out", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "probe_every"}
 )
 """Config fields left out of the run's hash: changing them does not change what a step does."""
-PREVIOUS_RUN = ("checkpoints", "curves.jsonl", RUN_FILE)
+PREVIOUS_RUN = (CHECKPOINTS_DIR, CURVES_FILE, RUN_FILE)
 """What ``overwrite`` removes: the entries a new run would otherwise mix with."""
 
 
@@ -193,7 +193,7 @@ def _check_same_run(
     if not out.is_dir():
         return
     existing = _read_record(out)
-    checkpoints = list_checkpoints(out / "checkpoints")
+    checkpoints = list_checkpoints(out / CHECKPOINTS_DIR)
     hint = "pass --overwrite to replace it, or choose another --out"
     if existing is not None and existing.get("config_hash") != digest:
         old = existing.get("config", {})

@@ -20,6 +20,7 @@ from PIL import Image
 from icg.batch.plan import cover_path
 from icg.batch.worker import to_tensor
 from icg.io import atomic_path
+from icg.rewards import PreferenceReward
 
 ASSIGNMENT_COLUMNS = [
     "user_id",
@@ -57,7 +58,6 @@ class PreferencePicker:
     """
 
     def __init__(self, preference: str | Path, out: Path) -> None:
-        from icg.rewards import PreferenceReward
 
         self.reward = PreferenceReward(str(preference)).eval()
         self.out = Path(out)

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS, read_yaml_mapping
+from icg.layout import ICG_CONFIG_FILE, PREFERENCE_CONFIG_FILE, PREFERENCE_RUN, RUN_CONFIG_FILE
+from icg.models.paths import resolve_adapter_dir
 
 SAMPLING_DEFAULTS = {
     "num_inference_steps": DEFAULT_STEPS,
@@ -108,18 +110,17 @@ def run_folders(run: Path, preference: Path | None) -> tuple[Path, Path, Path | 
     ``run`` may be the run folder (``RUN`` with ``icg/``), the stage-B run (``RUN/icg``) or an
     adapter folder. The preference model is ``preference`` if given, else ``RUN/preference``.
     """
-    from icg.models.paths import resolve_adapter_dir
 
     stage_b = run / "icg" if (run / "icg").is_dir() else run
     adapter = resolve_adapter_dir(stage_b)
-    if not (adapter / "icg_config.json").is_file():
+    if not (adapter / ICG_CONFIG_FILE).is_file():
         raise FileNotFoundError(f"run: no ICG adapter under {run} (expected icg_config.json)")
     if preference is None:
         for parent in (run, stage_b.parent):
-            if (parent / "preference" / "config.json").is_file():
-                preference = parent / "preference"
+            if (parent / PREFERENCE_RUN / PREFERENCE_CONFIG_FILE).is_file():
+                preference = parent / PREFERENCE_RUN
                 break
-    elif not (preference / "config.json").is_file():
+    elif not (preference / PREFERENCE_CONFIG_FILE).is_file():
         raise FileNotFoundError(f"preference: {preference} holds no preference model")
     return stage_b, adapter, preference
 
@@ -128,8 +129,8 @@ def resolve(config: BatchConfig) -> tuple[Resolved, Path | None]:
     """The worker settings and the preference model used for users' picks (or None)."""
     stage_b, adapter, preference = run_folders(config.run, config.preference)
     recorded = {}
-    if (stage_b / "config.yaml").is_file():
-        recorded = read_yaml_mapping(stage_b / "config.yaml")
+    if (stage_b / RUN_CONFIG_FILE).is_file():
+        recorded = read_yaml_mapping(stage_b / RUN_CONFIG_FILE)
     sampling = {
         key: getattr(config, key)
         if getattr(config, key) is not None
@@ -140,7 +141,7 @@ def resolve(config: BatchConfig) -> tuple[Resolved, Path | None]:
     # item's content), at the segment's embedding; else the preference model alone
     scorer, scorer_path = "none", None
     if config.candidates > 1:
-        if (stage_b / "config.yaml").is_file():
+        if (stage_b / RUN_CONFIG_FILE).is_file():
             scorer, scorer_path = "run", str(stage_b)
         elif preference is not None:
             scorer, scorer_path = "preference", str(preference)

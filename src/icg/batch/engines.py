@@ -40,6 +40,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at ``address``, or start a local instance (loopback, no dashboard).
     Returns whether this call started Ray (and so should shut it down); an instance already
     running in this process is used as it is."""
+    # optional dependency: ray (pip install icg[ray])
     import ray
 
     if ray.is_initialized():
@@ -73,6 +74,7 @@ def run_ray(
     """
     if not partitions:
         return 0
+    # optional dependency: ray (pip install icg[ray])
     import ray
     import ray.data
 

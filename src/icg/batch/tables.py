@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.dataset as ds
 
 from icg.data import REJECTS_SCHEMA, DataError, find_table_file, read_raw, write_parquet
 from icg.data.images import ImageChecker
@@ -36,7 +37,6 @@ def table_source(root: Path, name: str) -> Path | None:
 
 def read_partitioned(folder: Path) -> RawTable:
     """Every parquet file under ``folder`` as one raw table (hive partition keys as columns)."""
-    import pyarrow.dataset as ds
 
     files = sorted(p for p in folder.rglob("*") if p.suffix in (".parquet", ".pq"))
     for file in files:  # checked before anything opens them (a FIFO would block a reader)

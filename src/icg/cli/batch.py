@@ -96,6 +96,7 @@ def batch(
 
     Options left out take their value from --config, else the `BatchConfig` default.
     """
+    # deferred: `icg --help` imports every command module; this loads torch and models
     from icg.batch import BatchConfig, run_batch
     from icg.config import load_config
 

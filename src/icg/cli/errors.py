@@ -12,6 +12,7 @@ import typer
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types whose message is the whole story (each names file and problem)."""
+    # deferred: `icg --help` loads this module; icg.runs and icg.artifacts load torch
     from icg.artifacts import ArtifactError
     from icg.data.errors import DataError, ImageLoadError
     from icg.runs import RunConfigError

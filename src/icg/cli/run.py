@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from icg.config import DEFAULT_BASE, DEFAULT_GUIDANCE, DEFAULT_MLLM, DEFAULT_STEPS
+from icg.config import DEFAULT_BASE, DEFAULT_GUIDANCE, DEFAULT_MLLM, DEFAULT_STEPS, load_config
+from icg.layout import MANIFEST_FILE, METRICS_FILE
 
 
 def generate(
@@ -61,39 +65,19 @@ def generate(
     ] = False,
 ) -> None:
     """Generate personalized covers for (user, item) pairs with a trained ICG adapter."""
-    from icg.data import load_dataset
-    from icg.data.rejects import save_rejects
-    from icg.evaluation.pairs import check_pairs, choose_pairs, read_pairs
-    from icg.generation import generate_covers, generation_scorer
-    from icg.models.paths import resolve_adapter_dir
-    from icg.pipeline import ICGPipeline
-    from icg.safety import check_name, prepare_output
+    # deferred: every command module is imported for `icg --help`; this one loads torch
+    from icg.generation import generate_for_run
 
-    try:  # everything the user named is checked before anything is written or loaded
-        check_name(method, "--method")
-        frame = read_pairs(pairs) if pairs is not None else None
-        dataset = load_dataset(data)
-        if frame is None:
-            frame = choose_pairs(dataset, n_users=users, n_items=items, seed=seed)
-        check_pairs(frame, dataset)
-        prepare_output(
-            out, kind="generate", overwrite=overwrite, inputs=[data],
-            replace=["manifest.parquet"],
+    try:
+        manifest = generate_for_run(
+            adapter, data, out, pairs=pairs, n_users=users, n_items=items, preference=preference,
+            candidates=candidates, method=method, seed=seed, overwrite=overwrite,
+            num_inference_steps=steps, guidance_scale=guidance, batch_size=batch_size,
+            segments=segments, strength=strength, user_guidance=user_guidance,
         )  # fmt: skip
-        save_rejects(dataset, out / "rejects")
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
-    try:
-        scorer = generation_scorer(adapter, dataset, preference=preference, candidates=candidates)
-    except FileNotFoundError as err:
-        raise typer.BadParameter(f"--candidates needs --adapter RUN/icg: {err}") from err
-    pipe = ICGPipeline.from_pretrained(resolve_adapter_dir(adapter))
-    manifest = generate_covers(
-        pipe, dataset, frame, out, method=method, seed=seed, num_inference_steps=steps,
-        guidance_scale=guidance, batch_size=batch_size, segments=segments, scorer=scorer,
-        strength=strength, candidates=candidates, user_guidance=user_guidance,
-    )  # fmt: skip
-    typer.echo(f"{len(manifest)} covers: {out / 'manifest.parquet'}")
+    typer.echo(f"{len(manifest)} covers: {out / MANIFEST_FILE}")
 
 
 def evaluate(
@@ -142,7 +126,7 @@ def evaluate(
 
     Options left out take their value from --config, else the `EvalConfig` default.
     """
-    from icg.config import load_config
+    # deferred: every command module is imported for `icg --help`; this one loads torch
     from icg.evaluation.run import EvalConfig, evaluate_run
 
     try:
@@ -192,8 +176,7 @@ def demo(
     ] = DEFAULT_MLLM,
 ) -> None:
     """The whole ICG loop on CoverWorld + coverworld-tiny, ending in an HTML report."""
-    import json
-
+    # deferred: every command module is imported for `icg --help`; this one loads torch
     from icg.demo import DemoFolderError, run_demo
 
     try:
@@ -203,7 +186,7 @@ def demo(
         )  # fmt: skip
     except DemoFolderError as err:
         raise typer.BadParameter(str(err)) from err
-    print_metrics(json.loads((report.parent / "metrics.json").read_text()))
+    print_metrics(json.loads((report.parent / METRICS_FILE).read_text()))
     typer.echo(f"report: {report}")
 
 
@@ -218,9 +201,6 @@ COLUMNS = {
 
 def print_metrics(metrics: dict) -> None:
     """The metrics table on the terminal (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="icg evaluation (metrics.json)")
     methods = metrics["methods"]
     cols = [c for c in COLUMNS if any(c in m for m in methods.values())]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    # deferred: `icg --help` imports every command module; this loads torch and models
     from icg.serve import ServeConfig
 
 
@@ -51,6 +52,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve personalized covers over HTTP: POST /v1/covers, /healthz, /readyz, /metrics, /docs."""
+    # deferred: `icg --help` imports every command module; this loads torch and models
     from icg.config import load_config
     from icg.serve import ServeConfig, run_server
     from icg.serve.auth import load_api_key
@@ -81,6 +83,7 @@ def serve(
 def _run_on_ray(cfg: ServeConfig, replicas: int) -> None:
     """`icg.serve.ray_app.run_ray_server`, with a message where the ray extra is missing."""
     try:
+        # deferred: `icg --help` imports every command module; this loads torch and models
         from icg.serve.ray_app import run_ray_server as run
     except ModuleNotFoundError as err:
         if not (err.name or "").startswith("ray"):

@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from icg.config import load_config
+from icg.layout import CURVES_FILE
+
 logger = logging.getLogger(__name__)
 
 
@@ -95,7 +98,7 @@ def align(
     ] = False,
 ) -> None:
     """Stage A: align the ICG adapter with the denoising loss on the covers users prefer."""
-    from icg.config import load_config
+    # deferred: every command module is imported for `icg --help`; this loads torch
     from icg.training.align import AlignConfig, run_align
 
     try:
@@ -158,12 +161,8 @@ def preference(
     ] = False,
 ) -> None:
     """Fit the position-debiased preference model on click logs; print AUC beside the Bayes AUC."""
-    from icg.config import load_config
-    from icg.evaluation.preference_eval import (
-        compare_with_naive,
-        evaluate_preference_run,
-        has_truth,
-    )
+    # deferred: every command module is imported for `icg --help`; these load torch
+    from icg.evaluation.preference_eval import preference_truth_report
     from icg.training.preference import PreferenceConfig, train_preference
 
     try:
@@ -179,17 +178,17 @@ def preference(
         f"preference model: {out} ({m['train_events']} train / {m['val_events']} val events)"
     )
     typer.echo(f"  val AUC {m['val_auc']:.4f}   val log-loss {m['val_logloss']:.4f}")
-    if has_truth(data):  # evaluation only: the hidden truth of a CoverWorld
-        report = evaluate_preference_run(data, result, result.data)
-        if "bayes_auc" in report:
-            typer.echo(
-                f"  Bayes-optimal AUC (truth p_click, same events) {report['bayes_auc']:.4f}"
-            )
+    # evaluation only: the hidden truth of a CoverWorld ({} for other data)
+    truth = preference_truth_report(data, result, cfg, compare_naive=compare_naive)
+    report = truth.get("fit", {})
+    if "bayes_auc" in report:
+        typer.echo(f"  Bayes-optimal AUC (truth p_click, same events) {report['bayes_auc']:.4f}")
+    if "taste_spearman" in report:
         typer.echo(
             f"  taste ranking ({cfg.debias}): Spearman {report['taste_spearman']:.4f}, "
             f"within-item pairwise acc {report['taste_pairwise_acc']:.4f}"
         )
-    naive = compare_with_naive(data, result, cfg) if compare_naive else {}
+    naive = truth.get("naive")
     if naive:
         typer.echo(
             f"  taste ranking (naive):  Spearman {naive['taste_spearman']:.4f}, "
@@ -235,8 +234,8 @@ def reward(
     ] = False,
 ) -> None:
     """Stage B: multi-reward alignment of meta tokens, refiner and adapter."""
-    from icg.config import load_config
-    from icg.evaluation.preference_eval import TruthProbe, has_truth
+    # deferred: every command module is imported for `icg --help`; these load torch
+    from icg.evaluation.preference_eval import truth_callbacks
     from icg.rewards import parse_weights
     from icg.training.reward import RewardConfig, run_reward
 
@@ -253,8 +252,8 @@ def reward(
         typer.echo(cfg.model_dump_json(indent=2))
         return
     # monitoring only: the truth probe exists only for a CoverWorld and never reaches the loss
-    callbacks = [TruthProbe(data)] if has_truth(data) else []
+    callbacks = truth_callbacks(data)
     result = run_reward(cfg, resume=resume, callbacks=callbacks, overwrite=overwrite)
     last = result.rewards[-1] if result.rewards else float("nan")
     typer.echo(f"adapter: {result.adapter_dir} ({result.steps} steps, last reward {last:.4f})")
-    typer.echo(f"curves: {cfg.out / 'curves.jsonl'}")
+    typer.echo(f"curves: {cfg.out / CURVES_FILE}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ def generate(
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
 ) -> None:
     """Generate a CoverWorld: platform data, covers and the hidden truth/."""
+    # deferred: `icg --help` imports every command module; this loads torch and models
     from icg.config import load_config
     from icg.world.config import WorldConfig
     from icg.world.generate import generate_world
@@ -47,6 +49,7 @@ def train_oracle(
     epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
 ) -> None:
     """Retrain the truth oracle on ORACLE-seed renders (ships with the package)."""
+    # deferred: `icg --help` imports every command module; this loads torch and models
     from icg.world.oracle import train_oracle as _train
 
     acc = _train(epochs=epochs)
@@ -68,14 +71,14 @@ def evaluate_oracle(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """How well the truth reads degraded covers: motif, palette and style accuracy per degradation."""
-    import json
-
+    # deferred: `icg --help` imports every command module; this loads torch and models
     from icg.world.degrade import vae_roundtrip
     from icg.world.robustness import degradation_report
 
     extra = {}
     if (vae or "").lower() != "none":
         if vae is None:
+            # deferred: `icg --help` imports every command module; this loads torch and models
             from icg.zoo.registry import get
 
             vae = str(get("sd").path / "vae")

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from icg.zoo import evaluate_model, get, list_models, resolve, train_model
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,7 +40,6 @@ def _fmt_gates(info: dict) -> str:
 
 def list_() -> None:
     """List the embedded models: format, parameters, size and gate results."""
-    from icg.zoo import list_models
 
     table = Table(title="coverworld-tiny")
     for col in ("name", "format", "parameters", "size", "gates"):
@@ -56,7 +57,6 @@ def list_() -> None:
 
 def path(name: Annotated[str, typer.Argument(help="model name, e.g. clip or zoo:clip")]) -> None:
     """Print the folder of an embedded model (what `zoo:NAME` resolves to)."""
-    from icg.zoo import resolve
 
     name = name if name.startswith("zoo:") else f"zoo:{name}"
     try:
@@ -78,7 +78,6 @@ def train(
     ] = False,
 ) -> None:
     """Run the full recipe of an embedded model (CPU, seeded, resumable)."""
-    from icg.zoo import get, train_model
 
     if dry_run:
         try:
@@ -102,7 +101,6 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="print the gate metrics as JSON")] = False,
 ) -> None:
     """Measure the gate metrics of an embedded model."""
-    from icg.zoo import evaluate_model
 
     try:
         result = evaluate_model(name, world=world, path=model_path)

@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from icg.data.images import load_image
 from icg.generation import generate_covers
+from icg.pipeline import ICGPipeline
 
 CoverSource = Callable[[pd.DataFrame], np.ndarray]
 PROMPT_TEMPLATE = "a cover for {title}"
@@ -37,7 +39,6 @@ _FIELD_LABEL = re.compile(r"\b[a-z_]+:\s*")
 
 def load_covers(paths: Sequence[str | Path], size: int) -> np.ndarray:
     """Images at ``paths`` as uint8 ``(N, size, size, 3)`` through the safe loader."""
-    from icg.data.images import load_image
 
     return np.stack([np.asarray(load_image(p, size=size)) for p in paths])
 
@@ -94,7 +95,6 @@ class MllmPromptWriter:
 
     @torch.no_grad()
     def __call__(self, titles: Sequence[str], images) -> list[str]:
-        from icg.pipeline import ICGPipeline
 
         pics = [ICGPipeline._load(im) for im in images]
         chats = [
@@ -155,7 +155,6 @@ def vae_roundtrip_source(data, vae, size: int, batch_size: int = 32) -> CoverSou
     """``vae-roundtrip``: the item's own cover encoded (latent mode) and decoded by the base
     model's VAE. No draw of the base model can keep more of the cover than this, so it is the
     ceiling every generated method's fidelity is read against."""
-    import torch
 
     images = data.items.set_index("item_id")["image"]
 

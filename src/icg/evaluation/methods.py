@@ -19,10 +19,19 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+from diffusers import DiffusionPipeline
 
 from icg.evaluation import baselines
 from icg.evaluation.baselines import CoverSource
 from icg.generation import Scorer, reward_scorer
+from icg.layout import ADAPTER_DIR, ICG_CONFIG_FILE, PREFERENCE_CONFIG_FILE, PREFERENCE_RUN
+from icg.models.icg_model import ICGModel
+from icg.models.mllm import load_mllm
+from icg.models.paths import resolve_model_path
+from icg.models.preference import PreferenceModel
+from icg.pipeline import ICGPipeline, refuse_unet_lora
+from icg.rewards import ClipTowers, PreferenceReward
+from icg.rewards.factory import load_run_reward
 
 if TYPE_CHECKING:
     from icg.evaluation.run import EvalConfig
@@ -72,10 +81,9 @@ ICG_METHODS = {
 
 def adapter_folder(run: Path, name: str) -> Path | None:
     """``RUN/<name>/adapter`` (or ``RUN/<name>``) when it holds an ICG adapter."""
-    from icg.pipeline import refuse_unet_lora
 
-    for folder in (run / name / "adapter", run / name):
-        if (folder / "icg_config.json").is_file():
+    for folder in (run / name / ADAPTER_DIR, run / name):
+        if (folder / ICG_CONFIG_FILE).is_file():
             refuse_unet_lora(folder)
             return folder
     return None
@@ -113,7 +121,7 @@ def select_methods(
     available = {"reference"} | ({"oracle"} if truth else set()) | set(adapters)
     if main_adapter(adapters) is not None or base:
         available |= set(BASE_METHODS)
-    if variants and (run / "preference" / "config.json").is_file():
+    if variants and (run / PREFERENCE_RUN / PREFERENCE_CONFIG_FILE).is_file():
         available.add("variant-select")
     wanted = [m for m in METHODS if m in (requested or available)]
     missing = sorted(set(wanted) - available)
@@ -136,7 +144,6 @@ class RunScorers:
         self._preference: Scorer | None = None
 
     def __call__(self, sub: str) -> Scorer:
-        from icg.rewards.factory import load_run_reward
 
         if sub not in self._scorers:
             reward = load_run_reward(self.run / sub, self.clips)
@@ -147,10 +154,7 @@ class RunScorers:
         """The run's preference model (``RUN/preference``) on the CLIP it records: each cover's
         P(click | examined) for its user (users without history: no learned user vector)."""
         if self._preference is None:
-            from icg.models.preference import PreferenceModel
-            from icg.rewards import ClipTowers, PreferenceReward
-
-            model = PreferenceModel.from_pretrained(str(self.run / "preference"))
+            model = PreferenceModel.from_pretrained(str(self.run / PREFERENCE_RUN))
             name = model.config.clip_name_or_path
             if name is not None and name not in self.clips:
                 self.clips[name] = ClipTowers.from_pretrained(name)
@@ -190,10 +194,6 @@ def load_generators(
 ) -> tuple[Any, Any, Any, int]:
     """The base pipeline and the MLLM (with its processor), each only when a wanted method
     draws with it, and the cover size: ``(base_pipe, mllm, processor, size)``."""
-    from diffusers import DiffusionPipeline
-
-    from icg.models.mllm import load_mllm
-    from icg.models.paths import resolve_model_path
 
     needs_base = any(m in ICG_METHODS or m in BASE_METHODS for m in wanted)
     pipe = DiffusionPipeline.from_pretrained(resolve_model_path(base)) if needs_base else None
@@ -220,8 +220,6 @@ class IcgSource:
     embedding_users: dict[str, str] | None = None
 
     def __call__(self, pairs: pd.DataFrame) -> np.ndarray:
-        from icg.models.icg_model import ICGModel
-        from icg.pipeline import ICGPipeline
 
         d, cfg, spec = self.drawers, self.config, ICG_METHODS[self.method]
         model = ICGModel.from_pretrained(d.adapters[self.method], d.mllm, d.processor)

@@ -3,7 +3,8 @@
 This is the one place where preference-model code meets ``<world>/truth/``: the Bayes-optimal
 AUC of the logged clicks and how well the model's attractiveness ranks covers by each user's true
 taste match, also for a naive fit beside the debiased one. Training code never imports this
-module; the CLI calls it after training, only when ``<world>/truth/`` exists.
+module; `preference_truth_report` runs after training (what ``icg train preference`` prints) and
+`truth_callbacks` gives stage B its monitoring probe, both only when ``<world>/truth/`` exists.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-TRUTH_DIR = "truth"
+from icg.layout import TRUTH_DIR
+from icg.training.preference import auc, fit_preference
+from icg.world.attributes import STYLE_DIMS, style_vector
+from icg.world.truth import Truth
+from icg.world.users import taste_match
 
 
 def has_truth(world_dir: str | Path) -> bool:
@@ -30,7 +35,6 @@ def bayes_auc(world_dir: str | Path, event_ids, clicked) -> float:
         event_ids: ``N`` event ids (e.g. the validation events).
         clicked: ``N`` observed clicks.
     """
-    from icg.training.preference import auc
 
     truth = pd.read_parquet(
         Path(world_dir) / TRUTH_DIR / "impressions.parquet", columns=["event_id", "p_click"]
@@ -51,8 +55,6 @@ def true_taste_matrix(world_dir: str | Path, user_ids, covers) -> np.ndarray:
         user_ids: ``U`` user ids.
         covers: ``C`` cover paths (absolute or relative to ``world_dir``).
     """
-    from icg.world.attributes import STYLE_DIMS, style_vector
-    from icg.world.users import taste_match
 
     root = Path(world_dir).resolve()
     users = pd.read_parquet(root / TRUTH_DIR / "users.parquet").set_index("user_id")
@@ -158,12 +160,39 @@ def compare_with_naive(world_dir: str | Path, result, cfg) -> dict[str, float]:
         result: a `FitResult` of `icg.training.preference.train_preference` (``result.data`` set).
         cfg: the `PreferenceConfig` of that fit.
     """
-    from icg.training.preference import fit_preference
 
     if cfg.debias == "none" or not has_truth(world_dir):
         return {}
     naive = fit_preference(result.data, cfg.model_copy(update={"debias": "none"}), cfg.clip)
     return evaluate_preference_run(world_dir, naive, result.data)
+
+
+def preference_truth_report(
+    world_dir: str | Path, result, cfg, compare_naive: bool = False
+) -> dict[str, dict[str, float]]:
+    """What a preference fit is worth against the truth, after training: ``{"fit": ...}`` the
+    `evaluate_preference_run` report of ``result`` and, with ``compare_naive``, ``{"naive": ...}``
+    the same for a naive fit (`compare_with_naive`). ``{}`` when ``world_dir`` has no truth.
+
+    Args:
+        world_dir: the data folder the model was trained on (a CoverWorld, or not).
+        result: the `FitResult` of `icg.training.preference.train_preference`.
+        cfg: its `PreferenceConfig`.
+        compare_naive: also fit without position debiasing and report it.
+    """
+    if not has_truth(world_dir):
+        return {}
+    report = {"fit": evaluate_preference_run(world_dir, result, result.data)}
+    naive = compare_with_naive(world_dir, result, cfg) if compare_naive else {}
+    if naive:
+        report["naive"] = naive
+    return report
+
+
+def truth_callbacks(world_dir: str | Path) -> list:
+    """Stage B's monitoring callbacks for ``world_dir``: a `TruthProbe` on a CoverWorld with its
+    truth, none elsewhere (they are logged beside the curves, never seen by the loss)."""
+    return [TruthProbe(world_dir)] if has_truth(world_dir) else []
 
 
 class TruthProbe:
@@ -180,7 +209,6 @@ class TruthProbe:
     """
 
     def __init__(self, world_dir: str | Path, num_pairs: int = 8, seed: int = 0) -> None:
-        from icg.world.truth import Truth
 
         self.truth = Truth(world_dir)
         self.num_pairs = num_pairs
@@ -191,10 +219,13 @@ class TruthProbe:
         if self.pairs is None:
             rng = np.random.default_rng(self.seed)
             rows = rng.choice(
-                len(recipe.pairs), size=min(self.num_pairs, len(recipe.pairs)), replace=False
+                len(recipe.pool.pairs),
+                size=min(self.num_pairs, len(recipe.pool.pairs)),
+                replace=False,
             )
             self.pairs = [
-                (recipe.pairs.at[r, "user_id"], recipe.pairs.at[r, "item_id"]) for r in rows
+                (recipe.pool.pairs.at[r, "user_id"], recipe.pool.pairs.at[r, "item_id"])
+                for r in rows
             ]
         users = [u for u, _ in self.pairs]
         items = [i for _, i in self.pairs]

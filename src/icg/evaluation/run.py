@@ -21,6 +21,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from icg.data import load_dataset
+from icg.data.rejects import save_rejects
 from icg.evaluation.baselines import CoverSource
 from icg.evaluation.downstream import (
     downstream_metrics,
@@ -40,12 +42,15 @@ from icg.evaluation.methods import (
     swap_draw,
 )
 from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
-from icg.evaluation.pairs import check_pairs, choose_pairs
 from icg.evaluation.personal import SwapControl
 from icg.evaluation.recsys import RecModel
 from icg.evaluation.report import write_report
 from icg.generation import Scorer
 from icg.io import atomic_write_json
+from icg.layout import COVERS_DIR, METRICS_FILE, REJECTS_DIR, REPORT_FILE
+from icg.models.icg_model import ICGModel
+from icg.pairs import check_pairs, choose_pairs
+from icg.rewards import ClipTowers
 from icg.safety import prepare_output
 
 logger = logging.getLogger(__name__)
@@ -215,9 +220,9 @@ def evaluate_methods(
     if gain is not None:
         metrics["personal_gain"] = gain
         logger.info("personal_gain: %s", gain)
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / METRICS_FILE, metrics)
     write_report(
-        out / "report.html",
+        out / REPORT_FILE,
         metrics=metrics,
         grid=cover_grid_rows(pairs, covers, cold, data),
         curves=curves or {},
@@ -293,10 +298,6 @@ def evaluate_run(
         overwrite: replace a previous evaluation in ``out`` (`icg.safety.prepare_output`);
             without it a non-empty ``out`` is refused before anything loads.
     """
-    from icg.data import load_dataset
-    from icg.data.rejects import save_rejects
-    from icg.models.icg_model import ICGModel
-    from icg.rewards import ClipTowers
 
     cfg = config or EvalConfig()
     data_dir, run, out = Path(data_dir), Path(run), Path(out)
@@ -304,7 +305,7 @@ def evaluate_run(
     if pairs is not None:
         check_pairs(pairs, data)
     prepare_output(out, kind="evaluate", overwrite=overwrite, inputs=[data_dir])
-    save_rejects(data, out / "rejects")
+    save_rejects(data, out / REJECTS_DIR)
     truth = load_truth(data_dir)
     wanted, adapters = select_methods(
         run, cfg.methods, truth=truth is not None, base=cfg.base,
@@ -318,7 +319,7 @@ def evaluate_run(
 
     clips: dict = {}  # CLIP towers shared by the evaluation and every run's reward
     drawers = Drawers(
-        data=data, covers=out / "covers", size=size, base=base, mllm=mllm,
+        data=data, covers=out / COVERS_DIR, size=size, base=base, mllm=mllm,
         processor=processor, truth=truth, adapters=adapters,
         run_scorers=RunScorers(run, data, clips),
     )  # fmt: skip

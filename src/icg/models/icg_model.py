@@ -17,8 +17,11 @@ import torch
 from torch import nn
 
 from icg.artifacts import ArtifactError, check_module_folder, read_json_object
+from icg.layout import ICG_CONFIG_FILE
 from icg.models.adapter import CoverAdapter
 from icg.models.meta_tokens import MetaTokenEncoder
+from icg.models.mllm import load_mllm
+from icg.models.paths import resolve_model_path
 from icg.models.user_prompt import UserPrompt
 from icg.models.user_refiner import UserRefiner
 
@@ -29,7 +32,7 @@ PART_CLASSES = {
     "user_prompt": UserPrompt,
 }
 
-ICG_CONFIG_NAME = "icg_config.json"
+ICG_CONFIG_NAME = ICG_CONFIG_FILE
 REQUIRED_PARTS = ("meta_tokens", "adapter")
 PARTS = (*REQUIRED_PARTS, "refiner", "user_prompt")
 FORMAT = "icg-adapter"
@@ -197,8 +200,6 @@ class ICGModel(nn.Module):
             processor: the MLLM's processor.
             torch_dtype: dtype for an MLLM loaded by name.
         """
-        from icg.models.mllm import load_mllm
-        from icg.models.paths import resolve_model_path
 
         directory = Path(directory)
         config = cls.read_config(directory)

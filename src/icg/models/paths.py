@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from icg.layout import ADAPTER_DIR, ICG_CONFIG_FILE
+from icg.zoo import resolve
+
 
 def resolve_model_path(name: str) -> str:
     """Turn a model reference into something ``from_pretrained`` accepts.
@@ -13,17 +16,11 @@ def resolve_model_path(name: str) -> str:
     path or a hub id).
     """
     if name.startswith("zoo:"):
-        try:
-            from icg.zoo import resolve
-        except ImportError as err:
-            raise ValueError(f"{name!r}: icg.zoo is not available to resolve zoo: names") from err
         return str(resolve(name))  # FileNotFoundError names the recipe when weights are missing
     return name
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:
     """``RUN/align`` or ``RUN/align/adapter`` → the folder holding ``icg_config.json``."""
-    from icg.models.icg_model import ICG_CONFIG_NAME
-
     path = Path(path)
-    return path / "adapter" if (path / "adapter" / ICG_CONFIG_NAME).is_file() else path
+    return path / ADAPTER_DIR if (path / ADAPTER_DIR / ICG_CONFIG_FILE).is_file() else path

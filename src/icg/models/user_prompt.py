@@ -20,12 +20,14 @@ beats the group's median level (a user indifferent to a group gets no words for 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
-from icg.artifacts import CheckedLoadMixin
+from icg.artifacts import CheckedLoadMixin, read_json_object
 
 
 class UserPrompt(CheckedLoadMixin, ModelMixin, ConfigMixin):
@@ -122,9 +124,6 @@ class UserPrompt(CheckedLoadMixin, ModelMixin, ConfigMixin):
 def load_style_vocabulary(path) -> dict[str, dict[str, str]]:
     """Read a style vocabulary JSON file: ``{"group": {"phrase": "CLIP text", ...}, ...}``,
     at least two phrases per group; a clear error names the file and the bad group."""
-    from pathlib import Path
-
-    from icg.artifacts import read_json_object
 
     vocab = read_json_object(Path(path), "the style vocabulary")
     if not vocab:

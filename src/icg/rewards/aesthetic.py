@@ -18,12 +18,12 @@ from torch import nn
 from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP
 from icg.rewards.base import Reward, register_reward
 from icg.rewards.clip import ClipTowers, resolve_name
+from icg.zoo.aesthetic import AestheticMLP
 
 
 def load_aesthetic_predictor(name_or_path: str | Path) -> nn.Module:
     """An `AestheticMLP` from a ``save_pretrained`` folder, ``zoo:aesthetic``, or a LAION
     ``.pth``/``.safetensors`` state dict (read with ``weights_only=True``)."""
-    from icg.zoo.aesthetic import AestheticMLP
 
     path = Path(resolve_name(name_or_path))
     if path.is_dir():

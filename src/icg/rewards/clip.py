@@ -15,11 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
+from transformers import AutoTokenizer, CLIPModel
 
+from icg.data.images import load_image
 from icg.io import atomic_path
+from icg.zoo import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +96,6 @@ def resolve_name(name_or_path: str | Path) -> str:
     """``zoo:NAME`` → the shipped folder (``FileNotFoundError`` when not trained); else unchanged."""
     name = str(name_or_path)
     if name.startswith("zoo:"):
-        from icg.zoo import resolve
-
         return str(resolve(name))
     return name
 
@@ -154,7 +157,6 @@ class ClipTowers(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> ClipTowers:
         """Load a ``CLIPModel``, its tokenizer and image processor (``zoo:clip`` allowed)."""
-        from transformers import AutoTokenizer, CLIPModel
 
         path = resolve_name(name_or_path)
         model = CLIPModel.from_pretrained(path)
@@ -241,10 +243,6 @@ def embed_files(
         cache_file: the ``.safetensors`` cache (``None``: no cache).
         batch_size: images per CLIP forward.
     """
-    import numpy as np
-    from safetensors.torch import load_file, safe_open, save_file
-
-    from icg.data.images import load_image
 
     keys = [cache_key(p) for p in paths]
     fingerprint = towers.fingerprint()

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from icg.artifacts import check_state, read_safetensors
 from icg.io import atomic_path
 from icg.rewards.base import Reward
 
@@ -165,7 +167,6 @@ class MultiReward(nn.Module):
 
     def save_stats(self, path: str | Path) -> None:
         """Write the statistics to a safetensors file atomically."""
-        from safetensors.torch import save_file
 
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in self.stats_state().items()}, str(tmp))
@@ -173,7 +174,6 @@ class MultiReward(nn.Module):
     def load_stats(self, path: str | Path) -> None:
         """Restore statistics saved by :meth:`save_stats`; `icg.artifacts.ArtifactError` names
         the file when it is truncated, holds NaN/inf, or lacks one of this reward's entries."""
-        from icg.artifacts import check_state, read_safetensors
 
         tensors, _ = read_safetensors(path)
         check_state(tensors, {k: v.shape for k, v in self.stats_state().items()}, path)

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, read_yaml_mapping
+from icg.layout import PREFERENCE_RUN, RUN_CONFIG_FILE, STATS_FILE
 from icg.rewards.base import build_reward
 from icg.rewards.clip import ClipTowers
 from icg.rewards.combined import MultiReward
-
-STATS_FILE = "reward_stats.safetensors"  # a run's reward normalisation statistics
 
 
 @dataclass
@@ -57,14 +56,14 @@ def load_run_reward(run: str | Path, clips: dict[str, ClipTowers] | None = None)
     writes). It scores covers for best-of-K sampling. ``clips`` shares loaded CLIPs across runs.
     """
     run = Path(run)
-    config_file, stats_file = run / "config.yaml", run / STATS_FILE
+    config_file, stats_file = run / RUN_CONFIG_FILE, run / STATS_FILE
     for file in (config_file, stats_file):
         if not file.is_file():
             raise FileNotFoundError(f"{file}: missing; expected a finished `icg train reward` run")
     cfg: dict[str, Any] = read_yaml_mapping(config_file)
     preference = cfg.get("preference")
     if preference is not None and not Path(preference).is_dir():
-        preference = run.parent / "preference"  # the run folder moved with its siblings
+        preference = run.parent / PREFERENCE_RUN  # the run folder moved with its siblings
     sources = RewardSources(
         clip=cfg.get("clip", DEFAULT_CLIP),
         aesthetic_predictor=cfg.get("aesthetic_predictor", DEFAULT_AESTHETIC),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
 from icg.config import DEFAULT_CLIP
 from icg.rewards.clip import ClipPreprocess, ClipTowers
@@ -16,8 +18,6 @@ WORDS = (
 
 def tiny_clip_tokenizer(max_length: int = 16):
     """A word-level fast tokenizer over ``WORDS`` (pad, unk, bos, eos first)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<unk>", "<bos>", "<eos>"]
     vocab = {t: i for i, t in enumerate([*specials, *WORDS])}
@@ -35,7 +35,6 @@ def tiny_clip_tokenizer(max_length: int = 16):
 
 def tiny_clip(seed: int = 0, image_size: int = 32, projection_dim: int = 16) -> ClipTowers:
     """A tiny random transformers ``CLIPModel`` (2 layers, width 16) wrapped as `ClipTowers`."""
-    from transformers import CLIPConfig, CLIPModel
 
     tokenizer = tiny_clip_tokenizer()
     config = CLIPConfig(

@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm.auto import tqdm
 
 from icg.checkpoints import (
     latest_checkpoint,
@@ -37,7 +40,10 @@ from icg.checkpoints import (
     write_run_config,
 )
 from icg.config import DEFAULT_BASE, DEFAULT_MLLM
+from icg.data import load_dataset
 from icg.io import atomic_save_dir
+from icg.layout import ADAPTER_DIR, CHECKPOINT_MODEL_DIR, CHECKPOINTS_DIR
+from icg.models.icg_model import ICGModel
 from icg.models.user_prompt import load_style_vocabulary
 from icg.runs import start_run
 from icg.seeding import seed_everything
@@ -182,11 +188,6 @@ class AlignRecipe:
     # -- setup ---------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
         """Load data and models, build or restore the ICG model and the optimizer."""
-        from accelerate import Accelerator
-        from diffusers import DDPMScheduler
-
-        from icg.data import load_dataset
-        from icg.models.icg_model import ICGModel
 
         cfg = self.config
         seed_everything(cfg.seed)
@@ -210,7 +211,7 @@ class AlignRecipe:
         self.data = prepare_align_data(cfg, data, self.vae, self.tokenizer, self.text_encoder, size)
         user_dim = data.embedding_dim
 
-        self.checkpoint_dir = cfg.out / "checkpoints"
+        self.checkpoint_dir = cfg.out / CHECKPOINTS_DIR
         checkpoint = latest_checkpoint(self.checkpoint_dir) if resume else None
         if resume and checkpoint is None:
             logger.warning(
@@ -218,7 +219,7 @@ class AlignRecipe:
             )
         if checkpoint is not None:
             model = ICGModel.from_pretrained(
-                checkpoint / "model", mllm=self._mllm, processor=self._processor
+                checkpoint / CHECKPOINT_MODEL_DIR, mllm=self._mllm, processor=self._processor
             )
         else:
             torch.manual_seed(cfg.seed)
@@ -295,7 +296,6 @@ class AlignRecipe:
     # -- train -----------------------------------------------------------------------------
     def train(self) -> list[float]:
         """Run until ``max_steps``; checkpoint every ``checkpoint_every`` steps."""
-        from tqdm.auto import tqdm
 
         cfg = self.config
         self.model.train()
@@ -346,13 +346,13 @@ class AlignRecipe:
             self.step,
             state=state,
             optimizer=self.optimizer,
-            pretrained={"model": self.icg},
+            pretrained={CHECKPOINT_MODEL_DIR: self.icg},
             keep=self.config.keep_checkpoints,
         )
 
     def save_adapter(self) -> Path:
         """Write the final ICG adapter to ``out/adapter`` (atomically)."""
-        return atomic_save_dir(self.config.out / "adapter", self.icg.save_pretrained)
+        return atomic_save_dir(self.config.out / ADAPTER_DIR, self.icg.save_pretrained)
 
     def cleanup(self) -> None:
         """Remove the adapter's processors from the base UNet and free the accelerator."""

@@ -21,8 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icg.training.click_weights import load_click_weights, preferred_covers, weight_summary
+from icg.data.images import load_image
+from icg.models.preference import PreferenceModel
+from icg.models.user_prompt import UserPrompt, load_style_vocabulary
+from icg.rewards.clip import ClipTowers
+from icg.training.click_weights import (
+    _cover_embeddings,
+    item_variants,
+    load_click_weights,
+    preferred_covers,
+    weight_summary,
+)
 from icg.training.common import clicked_impressions, encode_images, encode_prompt
+from icg.zoo.vocabulary import coverworld_style_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +85,6 @@ def target_examples(config, data) -> tuple[list[str], list[str], list[str], torc
 @torch.no_grad()
 def prepare_align_data(config, data, vae, tokenizer, text_encoder, size: int) -> AlignData:
     """Load and encode stage A's examples."""
-    from icg.data.images import load_image
 
     if data.impressions is None or data.users is None or data.items is None:
         raise ValueError(f"{config.data}: stage A needs items, users and impressions")
@@ -108,10 +118,6 @@ def distil_user_prompt(config, data):
     """The `UserPrompt` of ``config.user_words`` words from the preference model in
     ``config.preference``, over the catalog's cover variants and ``config.style_vocabulary``
     (default: coverworld-tiny's); ``None`` when the preference model reads no user embedding."""
-    from icg.models.preference import PreferenceModel
-    from icg.models.user_prompt import UserPrompt, load_style_vocabulary
-    from icg.rewards.clip import ClipTowers
-    from icg.training.click_weights import _cover_embeddings, item_variants
 
     preference = PreferenceModel.from_pretrained(str(config.preference)).eval()
     if preference.user_proj is None:
@@ -120,8 +126,6 @@ def distil_user_prompt(config, data):
     if config.style_vocabulary is not None:
         vocab = load_style_vocabulary(config.style_vocabulary)
     else:
-        from icg.zoo.vocabulary import coverworld_style_vocabulary
-
         vocab = coverworld_style_vocabulary()
     name = preference.config.clip_name_or_path
     if name is None:

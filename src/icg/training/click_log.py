@@ -22,6 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from icg.data import find_table_file, load_dataset, read_implicit_feedback
+from icg.rewards.clip import ClipTowers, embed_files
+
 if TYPE_CHECKING:
     from icg.training.preference import PreferenceConfig
 
@@ -91,7 +94,6 @@ def time_split(timestamp: torch.Tensor, val_fraction: float) -> tuple[torch.Tens
 
 def detect_source(data_dir: Path) -> str:
     """``impressions`` when the folder has an impressions table, else ``feedback``."""
-    from icg.data import find_table_file
 
     return "impressions" if find_table_file(data_dir, "impressions") is not None else "feedback"
 
@@ -111,8 +113,6 @@ def load_preference_data(
         towers: the CLIP (default: ``ClipTowers.from_pretrained(cfg.clip)``).
         cache_file: the embedding cache (``None``: no cache).
     """
-    from icg.data import load_dataset, read_implicit_feedback
-    from icg.rewards.clip import ClipTowers, embed_files
 
     data_dir = Path(data_dir)
     source = detect_source(data_dir) if cfg.source == "auto" else cfg.source

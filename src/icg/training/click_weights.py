@@ -25,6 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from icg.layout import PREFERENCE_CONFIG_FILE
+from icg.models.preference import PreferenceModel
+from icg.rewards.clip import ClipTowers, embed_files
+from icg.training.preference import CACHE_FILE
+
 logger = logging.getLogger(__name__)
 
 WEIGHTINGS = ("uniform", "ips", "advantage")
@@ -42,7 +47,7 @@ def check_preference_source(
             f"preference: {setting}={kind!r} needs a trained preference model folder "
             "(RUN/preference, from `icg train preference`)"
         )
-    if not (Path(preference) / "config.json").is_file():
+    if not (Path(preference) / PREFERENCE_CONFIG_FILE).is_file():
         raise ValueError(
             f"preference: expected a preference model folder with config.json, "
             f"got {str(preference)!r}"
@@ -162,7 +167,6 @@ def load_click_weights(
         max_weight: clip before normalising.
         towers: the CLIP (default: the one recorded in the preference model).
     """
-    from icg.models.preference import PreferenceModel
 
     if kind not in WEIGHTINGS[1:]:
         raise ValueError(f"click_weighting: expected one of {WEIGHTINGS[1:]}, got {kind!r}")
@@ -191,8 +195,6 @@ def load_click_weights(
 
 def _cover_embeddings(model, preference: Path, paths: list[str], towers) -> dict[str, torch.Tensor]:
     """The preference model's CLIP embeddings of cover files, through its own cache."""
-    from icg.rewards.clip import ClipTowers, embed_files
-    from icg.training.preference import CACHE_FILE
 
     if towers is None:
         name = model.config.clip_name_or_path
@@ -244,7 +246,6 @@ def preferred_covers(
 ) -> list[str]:
     """`preferred_variants` under the preference model saved in ``preference``, with the items'
     variants read from ``impressions`` and the users' embeddings from ``users``."""
-    from icg.models.preference import PreferenceModel
 
     model = PreferenceModel.from_pretrained(str(preference)).eval()
     variants = item_variants(impressions)

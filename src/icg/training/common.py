@@ -14,8 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from PIL import Image
 
+from icg.data.images import load_image
 from icg.models.attention import ICG_TOKENS_KWARG
+from icg.models.mllm import load_mllm
+from icg.models.paths import resolve_model_path
 
 
 # ---- the optimizer step ----------------------------------------------------------------------
@@ -134,9 +139,6 @@ def encode_prompt(tokenizer, text_encoder, text: str) -> torch.Tensor:
 def encode_images(vae, images: Sequence, size: int) -> torch.Tensor:
     """Scaled VAE latents ``(N, C, h, w)`` of images (paths through the safe loader, or PIL),
     resized to ``size``; each distinct entry is encoded once."""
-    from PIL import Image
-
-    from icg.data.images import load_image
 
     keys = [id(im) if isinstance(im, Image.Image) else im for im in images]  # PIL is unhashable
     latents = {}
@@ -265,10 +267,6 @@ def load_frozen_base(
     Returns:
         ``(base, mllm, processor)``.
     """
-    from diffusers import DiffusionPipeline
-
-    from icg.models.mllm import load_mllm
-    from icg.models.paths import resolve_model_path
 
     if base is None:
         if not base_name:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from icg.io import atomic_write_text
+from icg.layout import CURVES_FILE
 
 logger = logging.getLogger(__name__)
 
-CURVES_FILE = "curves.jsonl"
+__all__ = ["CURVES_FILE", "append_curve", "read_curves", "truncate_curves"]
 
 
 def append_curve(path: str | Path, row: dict[str, Any]) -> None:

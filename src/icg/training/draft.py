@@ -1,32 +1,29 @@
-"""DRaFT: differentiable reward fine-tuning through a truncated sampling chain.
+"""Stage B by DRaFT-K: the reward's gradient through the last K steps of the sampling chain.
 
-Small pure functions (Clark et al. 2024, "Directly Fine-Tuning Diffusion Models on
-Differentiable Rewards"; ReFL, Xu et al. 2023) used by the stage-B recipe `icg.training.reward`.
+Covers are sampled with the ICG pipeline for (user, item) pairs drawn from the logs (some users
+dropped to cold start), scored by a `MultiReward` (aesthetic + relevance + personalized
+preference), and the weighted reward is back-propagated through the last K denoising steps
+(DRaFT-K, Clark et al. 2024, Sec. 3; K = 1 is close to ReFL, Xu et al. 2023, Sec. 4.2) into the
+meta tokens, the refiner and the adapter (optionally a UNet LoRA). The truncation point is drawn
+once per trajectory. The loss adds the drift anchor of `icg.training.stage_b.StageBTrainer`.
+
+The recipe reads ``setup → train → save → cleanup``; every random draw of step ``s`` comes from
+``(seed, process, s)``, so ``--resume`` continues exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint as grad_checkpoint
+from tqdm.auto import tqdm
 
-from icg.models.attention import ICG_TOKENS_KWARG
-from icg.models.guidance import mix_user_guidance
+from icg.layout import CURVES_FILE
+from icg.training.curves import append_curve
+from icg.training.stage_b import StageBTrainer
 
-
-def start_step(num_steps: int, strength: float) -> int:
-    """First step run by reference-guided sampling: SDEdit (Meng et al. 2022, Sec. 3) starts from
-    the reference noised to ``strength`` of the schedule; counted as diffusers' img2img does."""
-    return num_steps - min(int(num_steps * strength), num_steps)
-
-
-def truncated_steps(num_steps: int, k: int) -> range:
-    """Steps that carry gradients in DRaFT-K (Clark et al. 2024, Sec. 3): the last ``k``."""
-    if not 1 <= k <= num_steps:
-        raise ValueError(f"k: expected 1 <= k <= num_steps={num_steps}, got {k}")
-    return range(num_steps - k, num_steps)
+logger = logging.getLogger(__name__)
 
 
 def sample_truncation(num_steps: int, k: int, k_max: int | None, generator: torch.Generator) -> int:
@@ -43,124 +40,63 @@ def sample_truncation(num_steps: int, k: int, k_max: int | None, generator: torc
     return int(torch.randint(k, hi + 1, (1,), generator=generator))
 
 
-def token_drift(tokens: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance between ICG tokens and the stage-A model's tokens (a trust region
-    in token space, as the KL/L2 anchors of reward fine-tuning; Fan et al. 2023, Sec. 4)."""
-    return (tokens - reference.detach()).pow(2).mean()
+class DraftTrainer(StageBTrainer):
+    """Stage B, DRaFT-K: every step samples a batch of pairs with gradients through the last K
+    steps and ascends their reward (`StageBTrainer` for ``setup``, ``save`` and ``cleanup``)."""
 
+    def draw(self, step: int) -> dict[str, Any]:
+        """The pairs, cold-start mask, K and initial noise of ``step`` (a function of the step)."""
+        cfg, pool = self.config, self.pool
+        gen = self.generator(step)
+        rows = torch.randint(len(pool.pairs), (cfg.batch_size,), generator=gen).tolist()
+        cold = (torch.rand(cfg.batch_size, generator=gen) < cfg.cold_start_fraction).tolist()
+        k = sample_truncation(cfg.num_inference_steps, cfg.truncation_k, cfg.truncation_k_max, gen)
+        h = pool.size // pool.vae_scale
+        noise = torch.randn(cfg.batch_size, self.unet.config.in_channels, h, h, generator=gen)
+        users = [
+            None if c else pool.pairs.at[r, "user_id"] for r, c in zip(rows, cold, strict=True)
+        ]
+        items = [pool.pairs.at[r, "item_id"] for r in rows]
+        return {"items": items, "users": users, "k": k, "noise": noise}
 
-def denoise(
-    unet: torch.nn.Module,
-    scheduler,
-    latents: torch.Tensor,
-    text_states: torch.Tensor,
-    tokens: torch.Tensor,
-    grad_steps: Sequence[int] | range = (),
-    guidance_scale: float = 1.0,
-    uncond_states: torch.Tensor | None = None,
-    checkpointing: bool = True,
-    start: int = 0,
-    user_guidance: float = 1.0,
-    tokens_without_user: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, list[int]]:
-    """Run the sampling chain on latents, with autograd on only for the steps in ``grad_steps``.
+    def compute_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of ``step``: ``-reward + drift``, and what to log."""
+        cfg = self.config
+        d = self.draw(step)
+        tokens, emb = self.tokens(d["items"], d["users"])
+        without = None
+        if cfg.user_guidance != 1:
+            without, _ = self.tokens(d["items"], [None] * len(d["items"]))
+        images, used = self.sample(d["items"], tokens, d["noise"], d["k"], without)
+        titles = [self.pool.titles[i] for i in d["items"]]
+        reward, info = self.rewards(images, titles, emb, user_ids=d["users"])
+        logs = {f"reward/{k}": float(v.float().mean()) for k, v in info.items()}
+        logs.update(k=d["k"], grad_steps=len(used), cold=sum(u is None for u in d["users"]))
+        loss = -reward.mean() + self.drift(tokens, d["items"], d["users"], step, logs)
+        logs["loss"] = float(loss.detach())
+        return loss, logs
 
-    DRaFT-K (Clark et al. 2024, Sec. 3): the reward's gradient flows back through the last K
-    denoising steps only; the earlier steps run without a graph.
-
-    Args:
-        unet: the base UNet (the ICG adapter installed).
-        scheduler: its ``set_timesteps`` has been called.
-        latents: initial noise ``(B, C, h, w)`` (already scaled by ``init_noise_sigma``).
-        text_states: ``(B, L, C_text)`` title encodings.
-        tokens: ICG tokens ``(B, K', T)`` (may carry gradients).
-        grad_steps: indices of the denoising steps that carry gradients.
-        guidance_scale: CFG weight (> 1 needs ``uncond_states``; the uncond branch gets zero
-            ICG tokens, as `icg.pipeline`).
-        checkpointing: recompute the UNet activations in backward (memory for time).
-        start: first step of the schedule (reference-guided sampling starts part way, from a
-            noised reference latent); step indices count from the start of the full schedule.
-        user_guidance: ``w_u`` of `icg.models.guidance` (needs ``tokens_without_user`` when not 1).
-        tokens_without_user: the same rows' tokens without a user ``(B, K', T)``.
-
-    Returns:
-        Final latents ``(B, C, h, w)``, and the steps whose UNet output required grad.
-    """
-    grad_steps = set(grad_steps)
-    do_cfg = guidance_scale > 1.0
-    if do_cfg and uncond_states is None:
-        raise ValueError("uncond_states: required when guidance_scale > 1")
-    guide_user = user_guidance != 1.0
-    if guide_user and tokens_without_user is None:
-        raise ValueError("tokens_without_user: required when user_guidance != 1")
-    used = []
-
-    def unet_eps(
-        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, tok: torch.Tensor
-    ) -> torch.Tensor:
-        return unet(x, t, text, cross_attention_kwargs={ICG_TOKENS_KWARG: tok}).sample
-
-    for i, t in enumerate(scheduler.timesteps[start:], start=start):
-        with torch.set_grad_enabled(i in grad_steps and torch.is_grad_enabled()):
-            x = scheduler.scale_model_input(latents, t)
-            branches = [(text_states, tokens.to(unet.dtype))]  # the personalized branch last
-            if guide_user:
-                branches.insert(0, (text_states, tokens_without_user.to(unet.dtype)))
-            if do_cfg:
-                branches.insert(0, (uncond_states, torch.zeros_like(branches[0][1])))
-            n = len(branches)
-            text = torch.cat([b[0] for b in branches])  # (n*B, L, C_text)
-            tok = torch.cat([b[1] for b in branches])  # (n*B, K', T)
-            xs = torch.cat([x] * n)
-            if i in grad_steps and checkpointing and torch.is_grad_enabled():
-                eps = grad_checkpoint(unet_eps, xs, t, text, tok, use_reentrant=False)
-            else:
-                eps = unet_eps(xs, t, text, tok)
-            parts = list(eps.chunk(n))
-            eps = parts.pop()
-            if guide_user:
-                eps = mix_user_guidance(parts.pop(), eps, user_guidance)
-            if do_cfg:
-                uncond = parts.pop()
-                eps = uncond + guidance_scale * (eps - uncond)
-            if eps.requires_grad:
-                used.append(i)
-            latents = scheduler.step(eps, t, latents).prev_sample
-    return latents, used
-
-
-def decode(vae: torch.nn.Module, latents: torch.Tensor, checkpointing: bool = True) -> torch.Tensor:
-    """Images ``(B, 3, H, W)`` in [0, 1] from final latents (checkpointed when they need grad)."""
-    z = latents / vae.config.scaling_factor
-
-    def run(z: torch.Tensor) -> torch.Tensor:
-        return vae.decode(z).sample
-
-    if latents.requires_grad and checkpointing:
-        images = grad_checkpoint(run, z, use_reentrant=False)
-    else:
-        images = run(z)
-    return (images / 2 + 0.5).clamp(0, 1)
-
-
-def sample_trajectory(
-    unet: torch.nn.Module,
-    vae: torch.nn.Module,
-    scheduler,
-    latents: torch.Tensor,
-    text_states: torch.Tensor,
-    tokens: torch.Tensor,
-    grad_steps: Sequence[int] | range,
-    guidance_scale: float = 1.0,
-    uncond_states: torch.Tensor | None = None,
-    checkpointing: bool = True,
-    start: int = 0,
-    **guidance: Any,
-) -> tuple[torch.Tensor, list[int]]:
-    """Sample covers: `denoise` then `decode`; returns images ``(B, 3, H, W)`` in [0, 1] and the
-    steps whose UNet output required grad. ``guidance``: `denoise`'s user-guidance arguments."""
-    latents, used = denoise(
-        unet, scheduler, latents, text_states, tokens, grad_steps, guidance_scale,
-        uncond_states, checkpointing, start, **guidance,
-    )  # fmt: skip
-    return decode(vae, latents, checkpointing), used
+    def train(self) -> list[float]:
+        """Run until ``max_steps``; checkpoint every ``checkpoint_every`` steps."""
+        cfg = self.config
+        self.rewards.train()  # running reward statistics update during training only
+        params = self.trainable_parameters()
+        main = self.accelerator.is_main_process
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="reward", disable=None or not main)
+        if self.step == 0 and main:
+            self.run_callbacks(0)
+        while self.step < cfg.max_steps:
+            loss, logs = self.compute_loss(self.step)
+            logs["grad_norm"] = self.optimizer_step(loss, params)
+            self.history.append(logs["reward/reward"])
+            bar.update(1)
+            if main and self.step % cfg.log_every == 0:
+                append_curve(cfg.out / CURVES_FILE, {"step": self.step, **logs})
+                bar.set_postfix(reward=f"{logs['reward/reward']:.3f}")
+            if main and self.step % cfg.probe_every == 0:
+                self.run_callbacks(self.step)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        self.rewards.eval()
+        return self.history

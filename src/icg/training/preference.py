@@ -25,6 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from icg.config import DEFAULT_CLIP
 from icg.io import atomic_write_json, atomic_write_yaml
+from icg.layout import (
+    METRICS_FILE,
+    PREFERENCE_CACHE_FILE,
+    PREFERENCE_CONFIG_FILE,
+    TRAIN_CONFIG_FILE,
+)
 from icg.models.preference import PreferenceModel, ips_loss, pbm_log_likelihood
 from icg.runs import start_run
 from icg.seeding import seed_everything
@@ -32,7 +38,7 @@ from icg.training.click_log import ClickLog, PreferenceData, load_preference_dat
 
 logger = logging.getLogger(__name__)
 
-CACHE_FILE = "cache/cover_embeddings.safetensors"
+CACHE_FILE = PREFERENCE_CACHE_FILE
 MAX_POSITIONS = 50
 
 
@@ -78,6 +84,7 @@ class FitResult:
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC (NaN when only one class is present)."""
+    # import cost: scikit-learn takes seconds to import; only this metric needs it
     from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels).astype(bool)
@@ -352,11 +359,11 @@ def save_preference(result: FitResult, out: str | Path, cfg: PreferenceConfig) -
     never leaves a config beside missing or truncated weights."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "metrics.json", {**result.metrics, "history": result.history})
-    atomic_write_yaml(out / "train_config.yaml", cfg.model_dump())
+    atomic_write_json(out / METRICS_FILE, {**result.metrics, "history": result.history})
+    atomic_write_yaml(out / TRAIN_CONFIG_FILE, cfg.model_dump())
     with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-model-") as tmp:
         result.model.save_pretrained(tmp)
-        for file in sorted(Path(tmp).iterdir(), key=lambda f: f.name == "config.json"):
+        for file in sorted(Path(tmp).iterdir(), key=lambda f: f.name == PREFERENCE_CONFIG_FILE):
             os.replace(file, out / file.name)
     return out
 

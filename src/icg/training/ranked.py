@@ -17,7 +17,7 @@ eligible draws, conditioned on the pair that drew them:
 The draws were made with classifier-free guidance, so the loss is on the guided prediction
 (`icg.training.common.denoising_loss`): the conditional branch learns what makes guided sampling
 reproduce the selected draws, rather than the guided output itself (which guidance at inference
-would then amplify a second time). The anchor against collapse is the stage-B drift of `RewardRecipe.drift` (token drift from stage
+would then amplify a second time). The anchor against collapse is the stage-B drift of `StageBTrainer.drift` (token drift from stage
 A, optionally the stage-A denoising loss on real clicked covers). Everything a round draws derives
 from ``(seed, round)`` and checkpoints are taken at round ends, so ``--resume`` is exact.
 """
@@ -29,12 +29,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+from tqdm.auto import tqdm
 
+from icg.layout import CURVES_FILE
 from icg.training.common import (
     denoising_loss,
 )
-from icg.training.curves import CURVES_FILE, append_curve
-from icg.training.reward import RewardRecipe
+from icg.training.curves import append_curve
+from icg.training.sampling import decode
+from icg.training.stage_b import StageBTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +84,6 @@ def selection_weights(
 
 def pil_to_tensor(images: list, size: int) -> torch.Tensor:
     """PIL images → float ``(N, 3, size, size)`` in [0, 1] (bicubic resize), as generated covers."""
-    from PIL import Image
 
     arrays = [
         np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
@@ -98,12 +102,11 @@ class RoundBuffer:
     weights: torch.Tensor  # (N,) > 0
 
 
-class RankedRecipe(RewardRecipe):
-    """Stage B, reward-ranked: ``setup()`` and ``save`` as `RewardRecipe`; ``train()`` alternates
+class RankedTrainer(StageBTrainer):
+    """Stage B, reward-ranked: ``setup()`` and ``save`` as `StageBTrainer`; ``train()`` alternates
     collecting a round of scored draws and denoising steps on the selected ones."""
 
     def setup(self, resume: bool = False) -> None:
-        from diffusers import DDPMScheduler
 
         super().setup(resume=resume)
         if self.train_scheduler is None:
@@ -116,8 +119,10 @@ class RankedRecipe(RewardRecipe):
         todo = [i for i in dict.fromkeys(items) if i not in self._reference_relevance]
         if todo:
             relevance = self.rewards.rewards["relevance"]
-            images = pil_to_tensor([self.item_images[i] for i in todo], self.size)
-            raw, _ = relevance(images.to(self.accelerator.device), [self.titles[i] for i in todo])
+            images = pil_to_tensor([self.pool.item_images[i] for i in todo], self.pool.size)
+            raw, _ = relevance(
+                images.to(self.accelerator.device), [self.pool.titles[i] for i in todo]
+            )
             self._reference_relevance.update(zip(todo, raw.tolist(), strict=True))
         return torch.tensor([self._reference_relevance[i] for i in items])
 
@@ -125,17 +130,17 @@ class RankedRecipe(RewardRecipe):
     def collect(self, round_index: int) -> tuple[RoundBuffer, dict[str, float]]:
         """Sample, score and select the draws of one round (a function of ``(seed, round)``)."""
         cfg = self.config
-        gen = self._generator(round_index, salt=2)
+        gen = self.generator(round_index, salt=2)
         n_pairs, k = cfg.pairs_per_round, cfg.candidates
-        rows = torch.randint(len(self.pairs), (n_pairs,), generator=gen).tolist()
+        rows = torch.randint(len(self.pool.pairs), (n_pairs,), generator=gen).tolist()
         cold = (torch.rand(n_pairs, generator=gen) < cfg.cold_start_fraction).tolist()
-        pair_items = [self.pairs.at[r, "item_id"] for r in rows]
+        pair_items = [self.pool.pairs.at[r, "item_id"] for r in rows]
         pair_users = [
-            None if c else self.pairs.at[r, "user_id"] for r, c in zip(rows, cold, strict=True)
+            None if c else self.pool.pairs.at[r, "user_id"] for r, c in zip(rows, cold, strict=True)
         ]
         items = [i for i in pair_items for _ in range(k)]  # (P*K,) pair-major
         users = [u for u in pair_users for _ in range(k)]
-        h = self.size // self.vae_scale
+        h = self.pool.size // self.pool.vae_scale
         noise = torch.randn(n_pairs * k, self.unet.config.in_channels, h, h, generator=gen)
         latents, scores, infos = [], [], []
         for start in range(0, len(items), cfg.generation_batch):
@@ -146,7 +151,7 @@ class RankedRecipe(RewardRecipe):
                 without, _ = self.tokens(items[part], [None] * len(items[part]))
             z, _ = self.sample_latents(items[part], tokens, noise[part], 0, without)
             images = self.decode(z)
-            titles = [self.titles[i] for i in items[part]]
+            titles = [self.pool.titles[i] for i in items[part]]
             reward, info = self.rewards(images, titles, emb, user_ids=users[part])
             latents.append(z.cpu())
             scores.append(reward.float().cpu())
@@ -172,8 +177,7 @@ class RankedRecipe(RewardRecipe):
         return buffer, logs
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        from icg.training.draft import decode
-
+        """Covers ``(B, 3, H, W)`` in [0, 1] from final latents (no gradient: no checkpointing)."""
         return decode(self.vae, latents, checkpointing=False)
 
     def ranked_loss(self, buffer: RoundBuffer, step: int) -> tuple[torch.Tensor, dict]:
@@ -182,7 +186,7 @@ class RankedRecipe(RewardRecipe):
         Draws are sampled in proportion to their weights (an unbiased estimate of the weighted
         loss with a uniform mean over the batch)."""
         cfg = self.config
-        gen = self._generator(step, salt=3)
+        gen = self.generator(step, salt=3)
         idx = torch.multinomial(buffer.weights, cfg.batch_size, replacement=True, generator=gen)
         items = [buffer.items[i] for i in idx]
         users = [buffer.users[i] for i in idx]
@@ -193,8 +197,8 @@ class RankedRecipe(RewardRecipe):
             0, self.train_scheduler.config.num_train_timesteps, (len(idx),), generator=gen
         ).to(device)
         tokens, _ = self.tokens(items, users)
-        text = torch.stack([self._text[self.titles[i]] for i in items])  # (B, L, C_text)
-        uncond = self._text[""].expand_as(text) if cfg.guidance_scale > 1 else None
+        text = self.pool.text_states(items)  # (B, L, C_text)
+        uncond = self.pool.text[""].expand_as(text) if cfg.guidance_scale > 1 else None
         loss = denoising_loss(
             self.unet, self.train_scheduler, latents, noise, t, text, tokens,
             guidance_scale=cfg.guidance_scale, uncond_states=uncond,
@@ -208,14 +212,13 @@ class RankedRecipe(RewardRecipe):
     def train(self) -> list[float]:
         """Rounds until ``max_steps``; a checkpoint at every round end that crosses a multiple
         of ``checkpoint_every`` (and at the end)."""
-        from tqdm.auto import tqdm
 
         cfg = self.config
         params = self.trainable_parameters()
         main = self.accelerator.is_main_process
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="reward", disable=None or not main)
         if self.step == 0 and main:
-            self._run_callbacks(0)
+            self.run_callbacks(0)
         while self.step < cfg.max_steps:
             round_index = self.step // cfg.steps_per_round
             self.rewards.train()  # the running statistics follow the draws
@@ -234,7 +237,7 @@ class RankedRecipe(RewardRecipe):
                     append_curve(self.config.out / CURVES_FILE, {"step": self.step, **logs})
                     bar.set_postfix(loss=f"{logs['loss']:.4f}")
                 if main and self.step % cfg.probe_every == 0:
-                    self._run_callbacks(self.step)
+                    self.run_callbacks(self.step)
             if not buffer.items:  # no pair had an eligible draw: the round's steps are skipped
                 bar.update(end - self.step)
                 self.step = end

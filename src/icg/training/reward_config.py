@@ -1,4 +1,4 @@
-"""Stage B's configuration, shared by both trainers (`icg.training.reward`, `icg.training.ranked`)."""
+"""Stage B's configuration, shared by both trainers (`icg.training.draft`, `icg.training.ranked`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, DEFAULT_GUIDANCE, DEFAULT_STEPS
-from icg.training.draft import start_step
+from icg.training.sampling import start_step
 
 # relevance and preference weigh double: at equal weights aesthetic dominates and pulls covers
 # away from their item (the demo's truth probe: fidelity falls)

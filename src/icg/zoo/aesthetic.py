@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from safetensors.torch import load_file
 from torch import nn
 
 ACTIVATIONS = ("none", "relu", "gelu")
@@ -88,8 +89,6 @@ class AestheticMLP(ModelMixin, ConfigMixin):
         if isinstance(weights, Mapping):
             state = dict(weights)
         elif str(weights).endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             state = load_file(str(weights))
         else:
             state = torch.load(str(weights), map_location="cpu", weights_only=True)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
 from icg.world.attributes import NUM_STYLE, STYLE_DIMS
 from icg.world.sampling import sample_covers
@@ -55,7 +57,6 @@ def fresh_covers(n: int, k: int = 0, defect_rate: float = 0.25) -> GateSet:
 
 
 def _load_images(root: Path, rel_paths: list[str]) -> np.ndarray:
-    from PIL import Image
 
     out = []
     for rel in rel_paths:
@@ -73,7 +74,6 @@ def _path_column(columns: list[str]) -> str:
 
 def world_covers(world: Path, limit: int | None = None) -> GateSet:
     """All (or the first `limit`) covers of `world/truth/covers.parquet` with their truth."""
-    import pandas as pd
 
     world = Path(world)
     table = pd.read_parquet(world / "truth" / "covers.parquet")
@@ -105,7 +105,6 @@ def world_covers(world: Path, limit: int | None = None) -> GateSet:
 
 def world_items(world: Path, limit: int | None = None) -> GateSet:
     """Items of `world` (title + reference image) with content from `truth/items.parquet`."""
-    import pandas as pd
 
     world = Path(world)
     items = pd.read_parquet(world / "items.parquet")

@@ -15,6 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from icg.config import load_config
+from icg.zoo.gates import folder_size, gate_passed, read_gates
+
 PREFIX = "zoo:"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # a save_pretrained folder has one of these once the recipe has published it
@@ -74,7 +77,6 @@ class ZooEntry:
 
     def load_config(self, file: str | Path | None = None) -> BaseModel:
         """The recipe's configuration: defaults, overridden by the YAML `file` when given."""
-        from icg.config import load_config
 
         return load_config(self.config_class(), file)
 
@@ -146,7 +148,6 @@ def resolve(name: str) -> str:
 
 def model_info(entry: ZooEntry) -> dict[str, Any]:
     """What `icg zoo list` shows for one entry: presence, parameters, size, gate results."""
-    from icg.zoo.recipes._base import folder_size, read_gates
 
     info: dict[str, Any] = {
         "name": entry.name,
@@ -195,7 +196,6 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Gate metrics of model `name` (the shipped one unless `path`) on `world` (fresh renders
     when None), with the thresholds and whether they hold."""
-    from icg.zoo.recipes._base import gate_passed
 
     entry = get(name)
     target = str(path) if path is not None else resolve(f"{PREFIX}{entry.name}")

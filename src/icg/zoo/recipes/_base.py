@@ -8,7 +8,6 @@ exactly the batches the uninterrupted run would have seen. Checkpoints use the o
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -32,11 +31,14 @@ from icg.checkpoints import (
 )
 from icg.io import atomic_dir, atomic_write_json, atomic_write_text
 from icg.seeding import seed_everything
+from icg.zoo import evaldata
+from icg.zoo.gates import GATES_FILE, gate_passed
+from icg.zoo.gates import folder_size as folder_size  # re-exported: recipes and tests use _base
+from icg.zoo.gates import read_gates as read_gates  # re-exported
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"  # icg.checkpoints folders, inside the output folder
-GATES_FILE = "gates.json"
 CARD_FILE = "README.md"
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -150,11 +152,6 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def folder_size(path: Path) -> int:
-    """Bytes of all files under `path`."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 def write_gates(out: Path, record: dict[str, Any]) -> None:
     """Write `gates.json`: metrics, thresholds, pass/fail, parameters, wall time."""
     atomic_write_json(Path(out) / GATES_FILE, record, sort_keys=True)
@@ -185,19 +182,6 @@ def gate_record(
 def targets_met(metrics: dict[str, float], targets: dict[str, float]) -> dict[str, bool]:
     """Which `targets` (metric -> lower bound) the metrics reach."""
     return {k: bool(metrics[k] >= v) for k, v in targets.items() if k in metrics}
-
-
-def read_gates(path: Path) -> dict[str, Any] | None:
-    """The `gates.json` of a model folder, or None."""
-    file = Path(path) / GATES_FILE
-    if not file.exists():
-        return None
-    return json.loads(file.read_text(encoding="utf-8"))
-
-
-def gate_passed(metrics: dict[str, float], thresholds: dict[str, float]) -> bool:
-    """Every thresholded metric at or above its threshold."""
-    return all(metrics.get(k, float("-inf")) >= v for k, v in thresholds.items())
 
 
 def machine_line() -> str:
@@ -303,7 +287,6 @@ def publish_with_gates(
 
     `targets` are goals beyond the gates: recorded with ``targets_met``, not part of ``passed``.
     """
-    from icg.zoo import evaldata
 
     staged = stage(out, write)
     timer = Timer(before=train_s)

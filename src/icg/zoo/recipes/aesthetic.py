@@ -19,14 +19,17 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
+from transformers import CLIPConfig, CLIPModel
 
 from icg.config import DEFAULT_CLIP
 from icg.io import atomic_path
 from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
+from icg.world.truth import true_aesthetic  # the simulated raters look at the truth
 from icg.zoo import evaldata
 from icg.zoo.aesthetic import AestheticMLP
 from icg.zoo.recipes import _base
+from icg.zoo.recipes.clip import image_embeds
 from icg.zoo.registry import resolve
 
 logger = logging.getLogger(__name__)
@@ -76,7 +79,6 @@ class AestheticRecipeConfig(BaseModel):
 
 def human_ratings(images: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
     """Simulated panel ratings (N,): true aesthetic + Gaussian rater noise."""
-    from icg.world.truth import true_aesthetic  # the simulated raters look at the truth
 
     return true_aesthetic(images) + rng.normal(0.0, noise, len(images))
 
@@ -86,9 +88,6 @@ def clip_image_embeds(
     clip_path: str | Path, images: np.ndarray, batch_size: int = 256
 ) -> torch.Tensor:
     """L2-normalised image embeddings (N, P) of the `clip` model at `clip_path`."""
-    from transformers import CLIPModel
-
-    from icg.zoo.recipes.clip import image_embeds
 
     model = CLIPModel.from_pretrained(str(clip_path)).eval()
     out = [
@@ -126,9 +125,8 @@ def measure(
     path: str | Path, clip_path: str | Path, gate_set: evaldata.GateSet
 ) -> dict[str, float]:
     """Spearman and Pearson correlation of the model's scores with the true aesthetic."""
+    # import cost: scipy.stats is only needed by this gate
     from scipy.stats import pearsonr, spearmanr
-
-    from icg.world.truth import true_aesthetic  # evaluation
 
     model = AestheticMLP.from_pretrained(str(path)).eval()
     with torch.no_grad():
@@ -201,7 +199,6 @@ def train(
 
 
 def _clip_projection_dim(clip_path: str) -> int:
-    from transformers import CLIPConfig
 
     return int(CLIPConfig.from_pretrained(clip_path).projection_dim)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import CLIPModel, CLIPTokenizer
 
 from icg.world.attributes import MOTIFS, PALETTES, STYLE_DIMS
 from icg.zoo import evaldata
@@ -55,7 +56,6 @@ def zero_shot_groups(model, tokenizer, images: np.ndarray, batch_size: int = 256
 
 def measure(path: str | Path, gate_set: evaldata.GateSet) -> dict[str, float]:
     """Gate metrics of the model at `path` on `gate_set`."""
-    from transformers import CLIPModel, CLIPTokenizer
 
     model = CLIPModel.from_pretrained(str(path))
     tokenizer = CLIPTokenizer.from_pretrained(str(path))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
@@ -39,7 +40,6 @@ def tokenizer_corpus(n_titles: int = 8_000) -> list[str]:
 
 def build_processor(vocab_size: int, n_titles: int = 8_000):
     """Train the BPE and wrap it, with a 64px image processor, in a stock CLIPProcessor."""
-    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
 
     vocab, merges = train_clip_bpe(tokenizer_corpus(n_titles), vocab_size)
     pairs = [tuple(m.split(" ")) for m in merges]
@@ -55,7 +55,6 @@ def build_processor(vocab_size: int, n_titles: int = 8_000):
 
 def build_model(cfg: ClipRecipeConfig, tokenizer) -> torch.nn.Module:
     """A fresh tiny CLIPModel sized for `tokenizer`."""
-    from transformers import CLIPConfig, CLIPModel
 
     eos = tokenizer.eos_token_id
     config = CLIPConfig(

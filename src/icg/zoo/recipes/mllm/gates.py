@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from icg.zoo import evaldata
 from icg.zoo.recipes.mllm.chat import encode, parse_answer
@@ -38,7 +39,6 @@ def measure(path: str | Path, gate_set: evaldata.GateSet) -> dict[str, float]:
     ``image_only_motif`` the cover with a blank title; ``title_only_motif`` the title with a
     flat grey image instead of the cover.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(str(path))
     processor = AutoProcessor.from_pretrained(str(path))

@@ -5,6 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from transformers import (
+    CLIPImageProcessor,
+    CLIPModel,
+    GenerationConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    Qwen2Tokenizer,
+)
 
 from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
@@ -33,7 +42,6 @@ def build_processor(
     vocab_size: int, n_titles: int = 6_000, vision_feature_select_strategy: str = "default"
 ):
     """Train the BPE and wrap it with a 64px CLIPImageProcessor in a stock LlavaProcessor."""
-    from transformers import CLIPImageProcessor, LlavaProcessor, Qwen2Tokenizer
 
     s = sample_covers(n_titles, seed=zoo_seed(TOKENIZER_SEED_OFFSET), size=8)
     corpus = [
@@ -69,7 +77,6 @@ def build_processor(
 
 def build_model(cfg: MllmRecipeConfig, tokenizer) -> torch.nn.Module:
     """A fresh tiny LlavaForConditionalGeneration sized for `tokenizer`."""
-    from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration
 
     image_token = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -115,7 +122,6 @@ def build_model(cfg: MllmRecipeConfig, tokenizer) -> torch.nn.Module:
 
 def init_vision_from_clip(model, clip_path: str) -> None:
     """Copy a CLIPModel's image tower into the LLaVA vision tower (configs must agree)."""
-    from transformers import CLIPModel
 
     clip = CLIPModel.from_pretrained(clip_path)
     tower = model.model.vision_tower

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from icg.world.attributes import MOTIFS
 from icg.world.sampling import sample_covers
@@ -84,7 +85,6 @@ def setup_model(cfg: MllmRecipeConfig):
         if cfg.vision_from_pretrained is not None:
             init_vision_from_clip(model, resolve(cfg.vision_from_pretrained))
         return processor, model
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     path = resolve(cfg.init_from)
     processor = AutoProcessor.from_pretrained(path)

@@ -6,6 +6,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from icg.world.attributes import STYLE_DIMS
+from icg.zoo.recipes.clip.texts import style_phrase
 
 # Offsets inside the zoo seed range, one per use, so phases never share renders.
 VAE_DATA_OFFSET = 0  # VAE step k renders with zoo_seed(k)
@@ -119,7 +120,6 @@ def prompts_for(titles: list[str]) -> list[str]:
 def style_phrases(levels: np.ndarray, dims: list[int] | None = None) -> list[str]:
     """The `clip` recipe's words for style levels (S,), e.g. "dark", "on the left", "a thin
     frame"; only the dimensions `dims` (default: all)."""
-    from icg.zoo.recipes.clip.texts import style_phrase
 
     dims = range(len(STYLE_DIMS)) if dims is None else dims
     return [style_phrase(STYLE_DIMS[d], int(levels[d])) for d in dims]

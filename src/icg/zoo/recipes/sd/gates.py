@@ -7,8 +7,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-from icg.world.attributes import STYLE_DIMS
+from icg.world.attributes import MOTIFS, PALETTES, STYLE_DIMS
+from icg.world.readout import style_accuracy, style_levels
+from icg.world.titles import title_ceiling
+from icg.world.truth import read_attributes  # evaluation only
 from icg.zoo import evaldata
 from icg.zoo.recipes import _base
 from icg.zoo.recipes.sd.config import SDRecipeConfig, prompts_for, styled_prompt
@@ -104,12 +108,6 @@ def measure(
     often (0.5 on average), so a value far from 0.5 is a default look every user gets unless
     the prompt or the adapter moves it.
     """
-    from diffusers import StableDiffusionPipeline
-
-    from icg.world.attributes import MOTIFS, PALETTES
-    from icg.world.readout import style_accuracy, style_levels
-    from icg.world.titles import title_ceiling
-    from icg.world.truth import read_attributes  # evaluation only
 
     pipe = StableDiffusionPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
@@ -167,7 +165,6 @@ def evaluate(
         return measure(path, fresh.titles, fresh.motif, fresh.palette, fresh)
     items = evaldata.world_items(Path(world_dir), limit=limit)
     metrics = measure(path, items.titles, items.motif, items.palette, fresh)
-    from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(str(Path(path) / "vae"))
     metrics["roundtrip_psnr_world_items"] = vae_psnr(vae, items.images)

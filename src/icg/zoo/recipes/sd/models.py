@@ -5,6 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 
 from icg.zoo.recipes.sd.config import SDRecipeConfig
 
@@ -18,7 +25,6 @@ def build_vae(cfg: SDRecipeConfig) -> Any:
     tiny KL weight nothing else shrinks it quickly, and unit posterior noise on the latents
     drowns the low-variance colour channels for hundreds of steps.
     """
-    from diffusers import AutoencoderKL
 
     n = len(cfg.vae_channels)
     vae = AutoencoderKL(
@@ -43,7 +49,6 @@ def build_vae(cfg: SDRecipeConfig) -> Any:
 
 def build_unet(cfg: SDRecipeConfig, cross_attention_dim: int) -> Any:
     """A fresh UNet2DConditionModel over (latent_channels, 16, 16) latents."""
-    from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=cfg.latent_size,
@@ -62,7 +67,6 @@ def build_unet(cfg: SDRecipeConfig, cross_attention_dim: int) -> Any:
 
 def build_train_scheduler(cfg: SDRecipeConfig) -> Any:
     """DDPM training schedule: cosine betas (Nichol & Dhariwal 2021, Sec. 3.2), v-prediction."""
-    from diffusers import DDPMScheduler
 
     return DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
@@ -75,7 +79,6 @@ def build_train_scheduler(cfg: SDRecipeConfig) -> Any:
 def build_sample_scheduler(cfg: SDRecipeConfig) -> Any:
     """DDIM sampler over the training betas, trailing spacing so the first step is t=T-1
     (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed", Sec. 3.3)."""
-    from diffusers import DDIMScheduler
 
     return DDIMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
@@ -90,7 +93,6 @@ def build_sample_scheduler(cfg: SDRecipeConfig) -> Any:
 
 def assemble(vae: Any, unet: Any, text_encoder: Any, tokenizer: Any, cfg: SDRecipeConfig) -> Any:
     """The StableDiffusionPipeline of the parts: DDIM sampler, no safety checker."""
-    from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
         vae=vae,

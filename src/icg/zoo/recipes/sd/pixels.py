@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from icg.world.degrade import reconstruct
+from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
 from icg.zoo.recipes.sd.config import HELDOUT_OFFSET
 
@@ -53,6 +54,5 @@ def vae_psnr(vae: Any, images: np.ndarray) -> float:
 
 def heldout_renders(n: int, chunk: int = 0, size: int = 64) -> np.ndarray:
     """Zoo renders no recipe phase trains on (default defect rate, like platform covers)."""
-    from icg.world.sampling import sample_covers
 
     return sample_covers(n, zoo_seed(HELDOUT_OFFSET + chunk), size=size).images

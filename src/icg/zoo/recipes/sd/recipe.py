@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from icg.checkpoints import latest_checkpoint, load_trainer_state
 from icg.config import DEFAULT_CLIP, load_config
 from icg.io import atomic_save_dir
+from icg.zoo import evaldata
 from icg.zoo.recipes import _base
 from icg.zoo.recipes.sd.config import SDRecipeConfig
 from icg.zoo.recipes.sd.gates import measure, write_report
@@ -22,13 +25,13 @@ from icg.zoo.recipes.sd.models import assemble
 from icg.zoo.recipes.sd.state import RecipeState, default_work_dir
 from icg.zoo.recipes.sd.unet import frozen_text_tower, save_text_tower, train_unet, unet_data
 from icg.zoo.recipes.sd.vae import finetune_decoder, train_vae
+from icg.zoo.registry import get
 
 logger = logging.getLogger(__name__)
 
 
 def default_clip_dir() -> Path:
     """The shipped `clip` folder, whose text tower and tokenizer the pipeline uses."""
-    from icg.zoo.registry import get
 
     return get(DEFAULT_CLIP).path
 
@@ -84,7 +87,6 @@ def adopt_vae(work: Path, base: Path, state: RecipeState) -> None:
     its latent space is the phase-1 VAE's: it stands in for both ``vae`` and ``vae_ft``. The
     phase wall times and held-out PSNR are carried over from the base's ``gates.json``.
     """
-    from diffusers import AutoencoderKL
 
     base = Path(base)
     if not (base / "vae" / "config.json").exists():
@@ -94,7 +96,6 @@ def adopt_vae(work: Path, base: Path, state: RecipeState) -> None:
     vae = AutoencoderKL.from_pretrained(base / "vae")
     for name in ("vae", "vae_ft"):
         atomic_save_dir(work / name, vae.save_pretrained)
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     save_text_tower(
         work,
@@ -138,7 +139,6 @@ def publish(
     tokenizer: Any,
 ) -> dict[str, float]:
     """Save the pipeline into `out` (staged, then renamed), measure the gates, write the card."""
-    from icg.zoo import evaldata
 
     out = Path(out)
     t0 = time.time()
@@ -170,7 +170,6 @@ def publish_latest_checkpoint(out: Path, work: Path, cfg: SDRecipeConfig) -> dic
 
     The UNet step it was taken at is recorded in the card and in ``gates.json``.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     state = RecipeState(work / "state.json")
     ckpt = latest_checkpoint(work / "unet_ckpt")

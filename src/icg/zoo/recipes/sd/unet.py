@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import shutil
@@ -11,11 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import UNet2DConditionModel
 from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from icg.checkpoints import latest_checkpoint, load_optimizer_state, load_trainer_state
 from icg.io import atomic_dir, atomic_path, atomic_save_dir
 from icg.seeding import seed_everything
+from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
 from icg.zoo.recipes._base import cosine_lr
 from icg.zoo.recipes.sd.config import LATENT_DATA_OFFSET, SDRecipeConfig, caption_for
@@ -28,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 def load_text_tower(clip_dir: Path) -> tuple[Any, Any]:
     """The frozen text tower (CLIPTextModel) and CLIPTokenizer of the `clip` checkpoint."""
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     if not (Path(clip_dir) / "config.json").exists():
         raise FileNotFoundError(
@@ -45,7 +48,6 @@ def frozen_text_tower(work: Path, clip_dir: Path) -> tuple[Any, Any]:
     The latent/prompt cache, the UNet and the shipped pipeline must all use the very same text
     tower, even if the `clip` folder is retrained while this recipe runs.
     """
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     copy = work / "text_tower"
     if not (copy / "config.json").exists():
@@ -91,7 +93,6 @@ def unet_data(
     Chunks of 512 renders are cached one file each (atomic), so an interrupted cache resumes.
     Returns {"latents": (N, 4, 16, 16) float32, "text": (N, L, D) float16, "uncond": (L, D)}.
     """
-    from icg.world.sampling import sample_covers
 
     final = work / "latents.pt"
     if final.exists():
@@ -186,9 +187,6 @@ def train_unet(
     work: Path, cfg: SDRecipeConfig, state: RecipeState, seed: int, data: dict[str, torch.Tensor]
 ) -> Any:
     """Phase 3: train the UNet on the cached latents; returns the EMA UNet."""
-    import copy
-
-    from diffusers import UNet2DConditionModel
 
     final = work / "unet"
     if final.exists() and state.get("unet_done"):

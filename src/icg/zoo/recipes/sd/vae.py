@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from icg.checkpoints import latest_checkpoint, load_optimizer_state, load_trainer_state
 from icg.io import atomic_save_dir
 from icg.seeding import seed_everything
+from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
 from icg.zoo.recipes._base import cosine_lr
 from icg.zoo.recipes.sd.config import DECODER_DATA_OFFSET, VAE_DATA_OFFSET, SDRecipeConfig
@@ -44,7 +46,6 @@ def random_crops(images: np.ndarray, crop: int, rng: np.random.Generator) -> np.
 
 def vae_batch(step: int, cfg: SDRecipeConfig) -> np.ndarray:
     """The uint8 training images of VAE step `step`: a pure function of the step."""
-    from icg.world.sampling import sample_covers
 
     seed = zoo_seed(VAE_DATA_OFFSET + step)
     if step >= cfg.vae_steps - cfg.vae_full_steps:
@@ -82,7 +83,6 @@ def vae_loss(
 
 def train_vae(work: Path, cfg: SDRecipeConfig, state: RecipeState, seed: int) -> Any:
     """Phase 1: train the AutoencoderKL and set its scaling_factor; returns the final VAE."""
-    from diffusers import AutoencoderKL
 
     final = work / "vae"
     if final.exists() and state.get("vae_done"):
@@ -214,7 +214,6 @@ def latent_scaling_factor(vae: Any, cfg: SDRecipeConfig, n: int = 1024) -> float
 
 def decoder_batch(step: int, cfg: SDRecipeConfig) -> np.ndarray:
     """Whole covers of decoder fine-tuning step `step` (seeds disjoint from `vae_batch`)."""
-    from icg.world.sampling import sample_covers
 
     seed = zoo_seed(DECODER_DATA_OFFSET + step)
     return sample_covers(cfg.decoder_batch, seed, size=cfg.image_size).images
@@ -226,7 +225,6 @@ def finetune_decoder(work: Path, cfg: SDRecipeConfig, state: RecipeState, seed: 
     The latent space the UNet was trained in stays exactly the same; only the reconstruction
     sharpens. Returns the fine-tuned VAE.
     """
-    from diffusers import AutoencoderKL
 
     final = work / "vae_ft"
     if final.exists() and state.get("decoder_done"):

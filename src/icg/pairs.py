@@ -1,4 +1,4 @@
-"""Evaluation pairs: which (user, item) pairs every method draws a cover for.
+"""(User, item) pairs: which pairs `icg generate` and every evaluated method draw a cover for.
 
 Pairs are chosen from observable data only (user embeddings and the click log), never from the
 truth, so an evaluation on real data picks its pairs the same way.
@@ -6,10 +6,15 @@ truth, so an evaluation on real data picks its pairs the same way.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+
+from icg.data.safety import open_regular
+from icg.segments import segment_users
 
 PAIR_COLUMNS = ["user_id", "item_id"]
 
@@ -25,7 +30,6 @@ def choose_pairs(data, n_users: int, n_items: int, seed: int = 0, n_cold: int = 
         seed: the k-means seed and the draw of cold users and items.
         n_cold: users without impressions (cold start) among the ``n_users``.
     """
-    from icg.generation import segment_users
 
     rng = np.random.default_rng(seed)
     users = data.users.reset_index(drop=True)
@@ -49,11 +53,6 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
     Raises:
         ValueError: naming the file: not a regular file, not parquet, or a missing column.
     """
-    import io
-
-    import pyarrow as pa
-
-    from icg.data.safety import open_regular
 
     try:
         with open_regular(path) as fp:  # a FIFO or device is refused before it is opened
