@@ -12,8 +12,6 @@ from icg.zoo.recipes import _base
 from icg.zoo.recipes import mllm as recipe
 from icg.zoo.recipes.mllm.chat import parse_answer
 
-pytestmark = pytest.mark.skipif(not REGISTRY["mllm"].trained, reason="zoo:mllm not trained")
-
 
 @pytest.fixture(scope="module")
 def path() -> str:
