@@ -39,13 +39,29 @@ def measure() -> list[Row]:
         rows.append(
             Row("world", f"render {size} px", rate, "covers/s", "render 64 px", rate / base)
         )
+    small = generate_seconds(5_000)
+    rows.append(Row("world", "generate 500 items x 200 users x 5k impressions", small, "s"))
+    seconds = generate_seconds(50_000)
+    rows.append(
+        Row(
+            "world",
+            "generate 500 items x 200 users x 50k impressions",
+            seconds,
+            "s",
+            "generate 500 items x 200 users x 5k impressions",
+            seconds / small,
+        )  # fmt: skip
+    )  # the ratio: what 10x the impressions costs (rendering is per cover, not per impression)
+    return rows
+
+
+def generate_seconds(n_impressions: int) -> float:
+    """Seconds to generate a 500-item, 200-user world with ``n_impressions``."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        cfg = WorldConfig(n_items=500, n_users=200, n_impressions=50_000, seed=3)
+        cfg = WorldConfig(n_items=500, n_users=200, n_impressions=n_impressions, seed=3)
         generate_world(Path(tmp) / "w", cfg)
-        seconds = time.perf_counter() - start
-    rows.append(Row("world", "generate 500 items x 200 users x 50k impressions", seconds, "s"))
-    return rows
+        return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -7,21 +7,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import ray  # an installed extra under `make test` (icg[ray]): a failing import fails
 from pydantic import SecretStr
 
 from icg.serve import ServeConfig
 from icg.serve.png import png_is_marked
-from icg.serve.server import free_port
-from icg.serve.testing import FakeBackend
-
-ray = pytest.importorskip("ray", reason="ray is not installed here (pip install 'icg[ray]')")
-
-from icg.serve.ray_app import (  # noqa: E402  (after the skip: needs ray)
+from icg.serve.ray_app import (
     REPLICA_HEADER,
     cover_application,
     start_ray_serve,
     stop_ray_serve,
 )
+from icg.serve.server import free_port
+from icg.serve.testing import FakeBackend
 
 pytestmark = pytest.mark.slow  # a local Ray instance: tens of seconds to start
 

@@ -109,9 +109,38 @@ def test_position_bias_misleads_a_naive_learner(tmp_path: Path):
     assert abs(debiased - true) < abs(naive - true) / 3
 
 
-def test_generation_speed_contract_scales(tmp_path: Path):
-    """A smaller cousin of the 500 × 200 × 50k world in the issue (that one is a benchmark)."""
-    generate_world(tmp_path / "w", WorldConfig(n_items=60, n_users=20, n_impressions=5000))
+def test_generation_work_scales_with_items_not_impressions(tmp_path: Path, monkeypatch):
+    """What keeps a 50k-impression world fast (its time is in benchmarks/bench_world.py): every
+    cover is rendered once, and the click model scores all impressions in one vectorised call
+    (and once more for the truth's attractiveness column), so 8x the impressions adds no render
+    and no call, only rows."""
+    import icg.world.generate as gen
+
+    work = {"renders": 0, "logit_calls": 0, "logit_rows": 0}
+    render_once, logit = gen.render, gen.attractiveness_logit
+
+    def counted_render(spec, size):
+        work["renders"] += 1
+        return render_once(spec, size)
+
+    def counted_logit(cfg, relevance, *args):
+        work["logit_calls"] += 1
+        work["logit_rows"] += len(relevance)
+        return logit(cfg, relevance, *args)
+
+    monkeypatch.setattr(gen, "render", counted_render)
+    monkeypatch.setattr(gen, "attractiveness_logit", counted_logit)
+    seen = {}
+    for n in (1000, 8000):
+        work.update(renders=0, logit_calls=0, logit_rows=0)
+        cfg = WorldConfig(n_items=12, n_users=10, n_impressions=n, n_variants=3, seed=5)
+        root = generate_world(tmp_path / f"w{n}", cfg)
+        rows = len(pd.read_parquet(root / "impressions.parquet"))
+        seen[n] = (dict(work), rows)
+    for n, (w, rows) in seen.items():
+        assert w["renders"] == 12 * (1 + 3), w  # a reference and 3 variants per item, once each
+        assert w["logit_calls"] == 2 and w["logit_rows"] == 2 * rows, w
+        assert n <= rows < n + cfg.page_size  # whole pages of impressions
 
 
 def test_oracle_accuracy_on_fresh_renders():

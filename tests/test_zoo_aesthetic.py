@@ -53,7 +53,6 @@ def test_activation_is_validated() -> None:
         AestheticMLP(activation="tanh")
 
 
-@pytest.mark.skipif(not REGISTRY["aesthetic"].trained, reason="zoo:aesthetic not trained")
 def test_shipped_model_gate() -> None:
     from icg.zoo.recipes import aesthetic as recipe
 

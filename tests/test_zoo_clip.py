@@ -13,8 +13,6 @@ from icg.zoo.evaldata import fresh_covers
 from icg.zoo.recipes import _base
 from icg.zoo.recipes import clip as recipe
 
-pytestmark = pytest.mark.skipif(not REGISTRY["clip"].trained, reason="zoo:clip not trained")
-
 
 def margin(p: float, n: int) -> float:
     """Three binomial standard errors at accuracy p over n samples."""

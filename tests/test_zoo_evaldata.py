@@ -23,7 +23,7 @@ def test_fresh_covers_use_world_seeds_never_zoo_seeds() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    generate = pytest.importorskip("icg.world.generate")
+    from icg.world import generate
     from icg.world.config import WorldConfig
 
     out = tmp_path_factory.mktemp("world") / "w"

@@ -22,12 +22,17 @@ def test_resolve_passes_through_paths_and_hub_ids(tmp_path) -> None:
 def test_resolve_zoo_names() -> None:
     with pytest.raises(KeyError, match="unknown zoo model"):
         resolve("zoo:nope")
-    for entry in REGISTRY.values():
-        if entry.trained:
-            assert resolve(f"zoo:{entry.name}") == str(WEIGHTS_DIR / entry.name)
-        else:
-            with pytest.raises(FileNotFoundError, match="icg zoo train"):
-                resolve(f"zoo:{entry.name}")
+    for entry in REGISTRY.values():  # every zoo model ships with the package
+        assert entry.trained, f"{entry.path}: the shipped zoo:{entry.name} is missing"
+        assert resolve(f"zoo:{entry.name}") == str(WEIGHTS_DIR / entry.name)
+
+
+def test_a_missing_zoo_model_says_how_to_train_it(tmp_path, monkeypatch) -> None:
+    import icg.zoo.registry as registry
+
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="icg zoo train"):
+        resolve("zoo:clip")
 
 
 def test_registry_entries() -> None:
@@ -35,8 +40,6 @@ def test_registry_entries() -> None:
     assert get("zoo:clip") is get("clip")
     for entry in REGISTRY.values():
         assert entry.recipe == f"icg.zoo.recipes.{entry.name}"
-        if entry.name == "sd":  # another recipe; it may land later
-            pytest.importorskip("icg.zoo.recipes.sd")
         module = entry.recipe_module()
         assert callable(module.train) and callable(module.evaluate)
 
@@ -45,9 +48,9 @@ def test_list_models_reads_gates() -> None:
     infos = {i["name"]: i for i in list_models()}
     assert set(infos) == set(REGISTRY)
     for name, info in infos.items():
-        if info["present"] and name != "sd":
-            assert info["parameters"] > 0 and info["size_bytes"] > 0
-            assert set(info["thresholds"]) <= set(info["metrics"])
+        assert info["present"], name
+        assert info["parameters"] > 0 and info["size_bytes"] > 0, (name, info)
+        assert set(info["thresholds"]) <= set(info["metrics"])
 
 
 def test_cli_list_and_path() -> None:
@@ -58,10 +61,9 @@ def test_cli_list_and_path() -> None:
         assert name in result.output
     result = runner.invoke(app, ["zoo", "path", "nope"])
     assert result.exit_code != 0 and "unknown zoo model" in result.output
-    if REGISTRY["clip"].trained:
-        result = runner.invoke(app, ["zoo", "path", "clip"])
-        assert result.exit_code == 0
-        assert result.output.strip() == str(WEIGHTS_DIR / "clip")
+    result = runner.invoke(app, ["zoo", "path", "clip"])
+    assert result.exit_code == 0
+    assert result.output.strip() == str(WEIGHTS_DIR / "clip")
 
 
 def test_cli_evaluate_json(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,9 +1,10 @@
 """coverworld-tiny `sd`: recipe pieces on tiny inputs, and the shipped folder in plain diffusers.
 
-The shipped-weight tests are marked `real_weights` and skipped when the folder is absent. The
-gate tests use small fresh samples, so their thresholds are the recipe's gates minus two binomial
-standard errors at the gate value (accuracies) or two standard errors of the mean (PSNR); the
-numbers measured on 512 fresh titles live in `weights/sd/gates.json`.
+The shipped-weight tests are marked `real_weights`; the folder ships with the package, so they
+load it directly and a missing or broken one fails them. The gate tests use small fresh samples,
+so their thresholds are the recipe's gates minus two binomial standard errors at the gate value
+(accuracies) or two standard errors of the mean (PSNR); the numbers measured on 512 fresh titles
+live in `weights/sd/gates.json`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from icg.zoo.recipes import sd
 from icg.zoo.recipes.sd import models, pixels, state, unet, vae
 
 WEIGHTS = REGISTRY["sd"].path
-real_weights = pytest.mark.skipif(
-    not (WEIGHTS / "model_index.json").is_file(), reason="coverworld-tiny sd not trained"
-)
 
 
 def _binomial_tolerance(p: float, n: int) -> float:
@@ -173,7 +171,6 @@ def pipe():
     return p
 
 
-@real_weights
 @pytest.mark.real_weights
 def test_stock_pipeline_loads_and_draws_a_cover(pipe) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -198,7 +195,6 @@ def test_stock_pipeline_loads_and_draws_a_cover(pipe) -> None:
     assert np.isfinite(out).all() and out.std() > 0.02
 
 
-@real_weights
 @pytest.mark.real_weights
 def test_recipe_prompt_embeddings_match_the_pipeline(pipe) -> None:
     prompts = sd.config.prompts_for(["The Crimson Orb", "hidden tales of the teal ring!"])
@@ -211,7 +207,6 @@ def test_recipe_prompt_embeddings_match_the_pipeline(pipe) -> None:
     )
 
 
-@real_weights
 @pytest.mark.real_weights
 def test_vae_psnr_on_fresh_renders(pipe) -> None:
     from icg.zoo import evaldata
@@ -227,7 +222,6 @@ def _shipped_gates_passed() -> bool:
     return file.is_file() and bool(json.loads(file.read_text()).get("passed"))
 
 
-@real_weights
 @pytest.mark.real_weights
 def test_gates_hold_on_a_small_fresh_world(tmp_path: Path) -> None:
     from icg.world.config import WorldConfig
@@ -253,7 +247,7 @@ def test_gates_hold_on_a_small_fresh_world(tmp_path: Path) -> None:
     assert metrics["roundtrip_psnr"] >= sd.THRESHOLDS["roundtrip_psnr"] - 1.0, metrics
 
 
-@real_weights
+@pytest.mark.real_weights
 def test_shipped_folder_records_its_gates() -> None:
     gates = json.loads((WEIGHTS / "gates.json").read_text())
     assert _shipped_gates_passed(), gates["metrics"]
@@ -291,7 +285,7 @@ def test_captions_name_a_subset_of_the_true_style_levels() -> None:
     assert {caption_for("x", levels, rng, off) for _ in range(20)} == {"a cover for x"}
 
 
-@real_weights
+@pytest.mark.real_weights
 def test_vae_from_adopts_a_published_vae_and_text_tower(tmp_path: Path) -> None:
     from diffusers import AutoencoderKL
 
