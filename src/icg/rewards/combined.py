@@ -173,8 +173,7 @@ class MultiReward(nn.Module):
     def load_stats(self, path: str | Path) -> None:
         """Restore statistics saved by :meth:`save_stats`; `icg.artifacts.ArtifactError` names
         the file when it is truncated, holds NaN/inf, or lacks one of this reward's entries."""
-        from icg.artifacts import check_state, read_safetensors
+        from icg.artifacts import read_safetensors
 
-        tensors, _ = read_safetensors(path)
-        check_state(tensors, {k: v.shape for k, v in self.stats_state().items()}, path)
+        tensors, _ = read_safetensors(path, {k: v.shape for k, v in self.stats_state().items()})
         self.load_stats_state(tensors)
