@@ -92,9 +92,13 @@ def read_safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int,
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path}: truncated or not a safetensors file (header is not JSON)") from err
+        raise ArtifactError(
+            f"{path}: truncated or not a safetensors file (header is not JSON)"
+        ) from err
     if not isinstance(header, dict):
-        raise ArtifactError(f"{path}: truncated or not a safetensors file (header is not a JSON object)")
+        raise ArtifactError(
+            f"{path}: truncated or not a safetensors file (header is not a JSON object)"
+        )
     data_bytes, out = size - 8 - length, {}
     for key, entry in header.items():
         if key == "__metadata__":
