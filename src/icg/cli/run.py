@@ -65,6 +65,7 @@ def generate(
     from icg.data.rejects import save_rejects
     from icg.evaluation.pairs import check_pairs, choose_pairs, read_pairs
     from icg.generation import generate_covers, generation_scorer
+    from icg.io import undo_on_disk_full
     from icg.models.paths import resolve_adapter_dir
     from icg.pipeline import ICGPipeline
     from icg.safety import check_name, prepare_output
@@ -88,11 +89,12 @@ def generate(
     except FileNotFoundError as err:
         raise typer.BadParameter(f"--candidates needs --adapter RUN/icg: {err}") from err
     pipe = ICGPipeline.from_pretrained(resolve_adapter_dir(adapter))
-    manifest = generate_covers(
-        pipe, dataset, frame, out, method=method, seed=seed, num_inference_steps=steps,
-        guidance_scale=guidance, batch_size=batch_size, segments=segments, scorer=scorer,
-        strength=strength, candidates=candidates, user_guidance=user_guidance,
-    )  # fmt: skip
+    with undo_on_disk_full(out, "icg generate"):  # no cover left without its manifest
+        manifest = generate_covers(
+            pipe, dataset, frame, out, method=method, seed=seed, num_inference_steps=steps,
+            guidance_scale=guidance, batch_size=batch_size, segments=segments, scorer=scorer,
+            strength=strength, candidates=candidates, user_guidance=user_guidance,
+        )  # fmt: skip
     typer.echo(f"{len(manifest)} covers: {out / 'manifest.parquet'}")
 
 
