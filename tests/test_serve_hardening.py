@@ -222,3 +222,47 @@ def test_sigterm_during_a_burst_answers_every_request_with_json(tmp_path):
                 assert r.headers["content-type"] == "application/json" and r.headers["retry-after"]
                 assert r.json()["error"] == "shutting_down"
     assert exited < grace + RESPONSE_FLUSH_S + 5  # one grace period, not two in a row
+
+
+def test_upload_cache_keys_keep_image_and_title_apart():
+    """(P + "X", "Y") and (P, "XY") once shared a result-cache entry."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from icg.serve.catalog import Catalog
+    from icg.serve.schemas import CoverRequest
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    png = buf.getvalue()
+    catalog = Catalog({}, {}, 0)
+
+    def key(raw: bytes, title: str) -> str:
+        request = CoverRequest(title=title, image=base64.b64encode(raw).decode())
+        return catalog.item(request, 10_000)[0]
+
+    assert key(png + b"X", "Y") != key(png, "XY")
+    assert key(png, "XY") == key(png, "XY")
+
+
+def test_serve_config_errors_never_print_the_key_and_config_host_port_win(tmp_path):
+    from typer.testing import CliRunner
+
+    from icg.cli import build_app
+
+    secret = "sk-very-secret-token-123"
+    file = tmp_path / "serve.yaml"
+    file.write_text(f"api_key: {secret}\nmax_batch: 2\nmax_candidates: 4\n")
+    base = ["serve", "--run", str(tmp_path), "--data", str(tmp_path), "--config", str(file)]
+    result = CliRunner().invoke(build_app(), base)
+    assert result.exit_code == 2 and "max_batch" in result.output
+    assert secret not in result.output
+    file.write_text("host: 127.0.0.2\nport: 8123\n")
+    result = CliRunner().invoke(build_app(), [*base, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    resolved = json.loads(result.output)
+    assert resolved["host"] == "127.0.0.2" and resolved["port"] == 8123
+    result = CliRunner().invoke(build_app(), [*base, "--dry-run", "--port", "9000"])
+    assert json.loads(result.output)["port"] == 9000  # the command line still wins
