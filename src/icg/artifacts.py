@@ -3,7 +3,7 @@ file and the problem, never a traceback from deep inside a loader, and never a s
 
 Checked before any weight reaches a model: the config is a JSON object that builds the class
 (built on the ``meta`` device, so a config cannot make us allocate), the safetensors header
-parses (a truncated file fails here), the key set and every shape match what the config builds,
+parses and every entry's byte range fits the file (read from the header alone), the key set and every shape match what the config builds,
 and every floating-point tensor is finite.
 """
 
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import math
+import os
+import struct
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +54,91 @@ def read_json_object(path: str | Path, what: str = "a JSON object") -> dict[str,
     return value
 
 
-def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every tensor and the metadata of a safetensors file, all floating tensors finite.
+MAX_HEADER_BYTES = 100 * 2**20
+"""The largest safetensors JSON header read (the safetensors library's own limit)."""
+
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{key: (dtype, shape)}`` of a safetensors file, read from its header alone (no tensor
+    is read): the header length is within the file and `MAX_HEADER_BYTES`, every entry's byte
+    range matches its dtype and shape, and the ranges fit in the file.
 
     Raises:
-        ArtifactError: missing, truncated or not safetensors, or a NaN/inf value (naming the
-            tensor).
+        ArtifactError: missing, truncated or not safetensors, naming the file and the entry.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise ArtifactError(f"{path}: truncated or not a safetensors file ({size} bytes)")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise ArtifactError(
+                    f"{path}: truncated or not a safetensors file (header of {length} bytes in a "
+                    f"file of {size})"
+                )
+            raw = f.read(length)
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{path}: missing; expected a safetensors file") from err
+    except OSError as err:
+        raise ArtifactError(f"{path}: unreadable ({err.strerror or err})") from err
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(
+            f"{path}: truncated or not a safetensors file (header is not JSON)"
+        ) from err
+    if not isinstance(header, dict):
+        raise ArtifactError(
+            f"{path}: truncated or not a safetensors file (header is not a JSON object)"
+        )
+    data_bytes, out = size - 8 - length, {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape = entry["dtype"], tuple(int(n) for n in entry["shape"])
+            begin, end = (int(n) for n in entry["data_offsets"])
+            need = math.prod(shape) * _DTYPE_BYTES[dtype]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ArtifactError(f"{path}: tensor {key!r} has a malformed header entry") from err
+        if min(shape, default=0) < 0 or end - begin != need or not 0 <= begin <= end <= data_bytes:
+            raise ArtifactError(
+                f"{path}: truncated or not a safetensors file (tensor {key!r} ({dtype} "
+                f"{shape}) claims bytes {begin}..{end}; the file holds {data_bytes} bytes of data)"
+            )
+        out[key] = (dtype, shape)
+    return out
+
+
+def read_safetensors(
+    path: str | Path, expected: Mapping[str, Sequence[int]] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the metadata of a safetensors file, all floating tensors finite.
+
+    The header is validated first (`read_safetensors_header`), and with ``expected`` (a state
+    dict's shapes) the key set and every shape are checked against it before any tensor is
+    read, so a header that declares a huge tensor never allocates.
+
+    Raises:
+        ArtifactError: missing, truncated or not safetensors, keys or shapes other than
+            ``expected``, or a NaN/inf value (naming the tensor).
     """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; expected a safetensors file")
+    declared = read_safetensors_header(path)
+    if expected is not None:
+        check_shapes({k: shape for k, (_, shape) in declared.items()}, expected, path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -80,16 +156,16 @@ def check_finite(tensors: Mapping[str, torch.Tensor], file: str | Path) -> None:
             raise ArtifactError(f"{file}: tensor {key!r} holds NaN or infinite values")
 
 
-def check_state(
-    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], file: str | Path
+def check_shapes(
+    shapes: Mapping[str, Sequence[int]], expected: Mapping[str, Sequence[int]], file: str | Path
 ) -> None:
-    """The key set and shapes of ``tensors`` equal ``expected`` (a state dict's shapes).
+    """The key set and shapes of ``shapes`` equal ``expected``.
 
     Raises:
         ArtifactError: naming missing and unexpected keys, or the first wrong shape.
     """
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     if missing or unexpected:
         parts = []
         if missing:
@@ -98,11 +174,22 @@ def check_state(
             parts.append(f"unexpected tensor(s) {unexpected[:5]}")
         raise ArtifactError(f"{file}: {'; '.join(parts)}")
     for key, shape in expected.items():
-        if tuple(tensors[key].shape) != tuple(shape):
+        if tuple(shapes[key]) != tuple(shape):
             raise ArtifactError(
-                f"{file}: tensor {key!r} has shape {tuple(tensors[key].shape)}, the config "
+                f"{file}: tensor {key!r} has shape {tuple(shapes[key])}, the config "
                 f"builds {tuple(shape)}"
             )
+
+
+def check_state(
+    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], file: str | Path
+) -> None:
+    """The key set and shapes of ``tensors`` equal ``expected`` (a state dict's shapes).
+
+    Raises:
+        ArtifactError: naming missing and unexpected keys, or the first wrong shape.
+    """
+    check_shapes({k: v.shape for k, v in tensors.items()}, expected, file)
 
 
 def check_module_folder(cls: type, directory: str | Path) -> dict[str, Any]:
@@ -126,8 +213,7 @@ def check_module_folder(cls: type, directory: str | Path) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - any constructor failure means a bad config
         raise ArtifactError(f"{config_file}: not a valid {cls.__name__} config ({err})") from err
     weights = directory / WEIGHTS_NAME
-    tensors, _ = read_safetensors(weights)
-    check_state(tensors, {k: v.shape for k, v in skeleton.state_dict().items()}, weights)
+    read_safetensors(weights, {k: v.shape for k, v in skeleton.state_dict().items()})
     return config
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from icg.artifacts import ArtifactError, check_state, read_json_object, read_safetensors
+from icg.artifacts import ArtifactError, read_json_object, read_safetensors
 from icg.io import atomic_save_dir, atomic_write_yaml
 from icg.layout import RUN_CONFIG_FILE
 
@@ -136,8 +136,7 @@ def load_weights(checkpoint: str | Path, name: str, module: torch.nn.Module) -> 
     """Load ``<name>.safetensors`` of a checkpoint into ``module`` (strict; key set, shapes and
     finite values checked first)."""
     file = Path(checkpoint) / f"{name}.safetensors"
-    tensors, _ = read_safetensors(file)
-    check_state(tensors, {k: v.shape for k, v in module.state_dict().items()}, file)
+    tensors, _ = read_safetensors(file, {k: v.shape for k, v in module.state_dict().items()})
     module.load_state_dict(tensors)
 
 

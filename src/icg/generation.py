@@ -27,7 +27,7 @@ from rich.progress import Progress
 from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.data import load_dataset
 from icg.data.rejects import save_rejects
-from icg.io import atomic_path
+from icg.io import atomic_path, undo_on_disk_full
 from icg.layout import MANIFEST_FILE, REJECTS_DIR
 from icg.marking import DIGITAL_SOURCE_TYPE as DIGITAL_SOURCE_TYPE  # re-exported
 from icg.marking import XMP_TEMPLATE as XMP_TEMPLATE  # re-exported
@@ -391,7 +391,8 @@ def generate_for_run(
     except FileNotFoundError as err:
         raise ValueError(f"candidates > 1 needs the stage-B run folder (RUN/icg): {err}") from err
     pipe = ICGPipeline.from_pretrained(resolve_adapter_dir(adapter))
-    return generate_covers(
-        pipe, dataset, frame, out, method=method, seed=seed, scorer=scorer,
-        candidates=candidates, **options,
-    )  # fmt: skip
+    with undo_on_disk_full(out, "icg generate"):  # no cover left without its manifest
+        return generate_covers(
+            pipe, dataset, frame, out, method=method, seed=seed, scorer=scorer,
+            candidates=candidates, **options,
+        )  # fmt: skip

@@ -7,9 +7,11 @@ leaves at most a ``.tmp-*`` sibling, never a torn artifact.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,3 +100,55 @@ def atomic_save_dir(target: str | Path, write: Callable[[Path], Any]) -> Path:
     with atomic_dir(target) as tmp:
         write(tmp)
     return Path(target)
+
+
+class DiskFullError(OSError):
+    """The disk filled up during a write; what the interrupted command wrote was removed."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is "no space left on device" (or a quota exceeded)."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(err: OSError, what: str, removed: int = 0) -> DiskFullError:
+    """One line for a full disk: where, what was undone, and what to do."""
+    where = f" writing {err.filename}" if err.filename else ""
+    undone = f"; removed the {removed} file(s) it left without a manifest" if removed else ""
+    return DiskFullError(
+        err.errno, f"no space left on the device{where} during {what}{undone}; free some space "
+        "and run the same command again"
+    )  # fmt: skip
+
+
+def _files(root: Path) -> dict[Path, tuple[int, int]]:
+    """Every regular file under ``root`` (symlinks not followed) → (size, mtime_ns)."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not (Path(folder) / d).is_symlink()]
+        for name in files:
+            path = Path(folder) / name
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode):
+                out[path] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@contextmanager
+def undo_on_disk_full(out: str | Path, what: str) -> Iterator[None]:
+    """Run a command's writes into ``out``; when the disk fills up, remove every file the block
+    created or changed there (so no cover is left without its manifest) and raise one
+    `DiskFullError` line instead of a traceback."""
+    out = Path(out)
+    before = _files(out) if out.is_dir() else {}
+    try:
+        yield
+    except OSError as err:
+        if not is_disk_full(err) or isinstance(err, DiskFullError):
+            raise
+        written = (
+            [p for p, sig in _files(out).items() if before.get(p) != sig] if out.is_dir() else []
+        )
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise disk_full_error(err, what, len(written)) from err

@@ -28,10 +28,12 @@ from icg.batch.assign import (
 )
 from icg.batch.config import BatchConfig, resolve
 from icg.batch.engines import run_local, run_ray
-from icg.batch.manifest import finished_partitions, read_manifest
+from icg.batch.manifest import finished_partitions, part_path, read_manifest
+from icg.batch.output import damaged_partitions, prepare_batch_output
 from icg.batch.plan import (
     PLAN_DIR,
     Segments,
+    cover_path,
     load_plan,
     save_plan,
     segment,
@@ -40,8 +42,8 @@ from icg.batch.plan import (
     work_units,
 )
 from icg.batch.tables import read_catalog
-from icg.io import atomic_path, atomic_write_json
-from icg.safety import check_not_inside, output_path
+from icg.io import atomic_path, atomic_write_json, disk_full_error, is_disk_full
+from icg.safety import output_path
 
 logger = logging.getLogger(__name__)
 
@@ -132,16 +134,21 @@ def _pairs(config: BatchConfig, items: pd.DataFrame, users: pd.DataFrame) -> pd.
     )
 
 
-def run_batch(config: BatchConfig, pipe=None) -> BatchResult:
+def run_batch(config: BatchConfig, pipe=None, overwrite: bool = False) -> BatchResult:
     """Draw covers per (segment, item) for every wanted (user, item) pair and assign them.
 
     Args:
         config: the settings (see `BatchConfig`).
         pipe: an `ICGPipeline` for the local engine instead of loading the run's adapter.
+        overwrite: replace a non-empty ``out`` (`icg.batch.output.prepare_batch_output`).
+
+    Raises:
+        OutputExistsError, UnsafePathError: ``out`` is not batch's to write (nothing written).
+        DiskFullError: the disk filled up; covers of unfinished partitions were removed and a
+            second call resumes to the same bytes.
     """
     settings, preference = resolve(config)
     out = config.out
-    check_not_inside(out, [config.data, config.run], "--out")
     # everything that changes which covers are drawn or how (not batch size, engine, workers)
     fingerprint = {
         **settings.model_dump(exclude={"batch_size", "threads"}),
@@ -150,12 +157,28 @@ def run_batch(config: BatchConfig, pipe=None) -> BatchResult:
         "pairs": str(config.pairs.resolve()) if config.pairs else None,
         "pick": preference is not None,
     }
-    if not _check_settings(out, fingerprint):
+    resume = prepare_batch_output(
+        out, inputs=[config.data, config.run], overwrite=overwrite,
+        same_settings=lambda folder: _check_settings(folder, fingerprint),
+    )  # fmt: skip
+    if not resume:
         plan_batch(config, pick=preference is not None)
         atomic_write_json(output_path(out, PLAN_DIR, "settings.json"), fingerprint)
     segments, units = load_plan(out)
     partitions = sorted(int(p) for p in units["partition"].unique())
+
+    def covers_of(partition: int) -> list[str]:
+        rows = units[units["partition"] == partition]
+        return [
+            cover_path(s, i, k)
+            for s, i in zip(rows["segment"], rows["item_id"], strict=True)
+            for k in range(settings.candidates)
+        ]
+
     done = finished_partitions(out)
+    for partition in damaged_partitions(out, read_manifest(out), covers_of) if done else ():
+        part_path(out, partition).unlink()  # drawn again: damaged covers were removed
+        done.discard(partition)
     todo = [p for p in partitions if p not in done]
     logger.info(
         "%d segments, %d units in %d partitions (%d finished): %d candidate(s) each",
@@ -178,13 +201,23 @@ def run_batch(config: BatchConfig, pipe=None) -> BatchResult:
             busy[0] += seconds
 
         kwargs = settings.model_dump()
-        if config.engine == "local":
-            images = run_local(out, kwargs, todo, on_done, pipe=pipe)
-        else:
-            images = run_ray(
-                out, kwargs, todo, on_done,
-                workers=config.workers, address=config.address, num_cpus=config.num_cpus,
-            )  # fmt: skip
+        try:
+            if config.engine == "local":
+                images = run_local(out, kwargs, todo, on_done, pipe=pipe)
+            else:
+                images = run_ray(
+                    out, kwargs, todo, on_done,
+                    workers=config.workers, address=config.address, num_cpus=config.num_cpus,
+                )  # fmt: skip
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            unfinished = [p for p in todo if not part_path(out, p).is_file()]
+            removed = [out / rel for p in unfinished for rel in covers_of(p)]
+            removed = [path for path in removed if path.is_file()]
+            for path in removed:
+                path.unlink()
+            raise disk_full_error(err, "icg batch", len(removed)) from err
     seconds = time.perf_counter() - start
     manifest = read_manifest(out)
     if len(manifest) != len(units) or not manifest["unit"].is_unique:

@@ -42,6 +42,19 @@ def load_candidate_reward(settings: Resolved):
     return None
 
 
+def read_cover(path: Path) -> Image.Image | None:
+    """A cover written before, decoded as RGB; None when it is missing or does not decode
+    (empty, truncated: it is drawn again)."""
+    if not path.is_file():
+        return None
+    try:
+        with Image.open(path, formats=("PNG",)) as im:
+            return im.convert("RGB")
+    except Exception as err:  # noqa: BLE001 - any failure means the cover is drawn again
+        logger.warning("%s: unreadable cover (%s), drawn again", path, type(err).__name__)
+        return None
+
+
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """PIL covers → ``(B, 3, H, W)`` float in [0, 1] (what rewards read)."""
     x = np.stack([np.asarray(im.convert("RGB")) for im in images])  # (B, H, W, 3) uint8
@@ -130,37 +143,34 @@ class CoverWorker:
         return len(units), drawn, time.perf_counter() - start
 
     def _draw_or_read(self, chunk: list) -> list[tuple[Image.Image | None, Image.Image]]:
-        """Each (unit row, candidate)'s cover: ``(new image or None, image)``; covers already
-        on disk (drawn before a kill, written atomically, so whole) are read back instead."""
+        """Each (unit row, candidate)'s cover: ``(new image or None, image)``.
+
+        When every cover of the chunk is on disk and decodes (drawn before a kill or a full
+        disk, written atomically), they are read back. Otherwise the whole chunk is drawn again,
+        as the first run drew it: a UNet call's numerics depend on its batch, so drawing only
+        the missing rows could change a colour level, and a resumed run must write the same
+        bytes as an uninterrupted one.
+        """
         paths = [output_path(self.out, *cover_parts(r.segment, r.item_id, c)) for r, c in chunk]
-        todo = [n for n, path in enumerate(paths) if not path.is_file()]
-        out: list = [None] * len(chunk)
-        for n in sorted(set(range(len(chunk))) - set(todo)):
-            with Image.open(paths[n]) as im:
-                out[n] = (None, im.convert("RGB"))
-        if todo:
-            rows = [chunk[n] for n in todo]
-            seeds = [pair_seed(self.settings.seed, r.key, r.item_id, c) for r, c in rows]
-            images = draw_covers(
-                self.pipe,
-                [r.title for r, _ in rows],
-                [r.image for r, _ in rows],
-                [r.item_id for r, _ in rows],
-                self.embeddings[[r.segment for r, _ in rows]],  # (B, E)
-                seeds,
-                self.settings.num_inference_steps,
-                self.settings.guidance_scale,
-                user_guidance=self.settings.user_guidance,
-            )
-            for n, (r, _), image, seed in zip(todo, rows, images, seeds, strict=True):
-                meta = {
-                    "seed": str(seed),
-                    "item_id": safe_name(r.item_id),
-                    "segment": str(r.segment),
-                }
-                save_generated_png(image, paths[n], method=METHOD, **meta)
-                out[n] = (image, image)
-        return out
+        on_disk = [read_cover(path) for path in paths]
+        if all(image is not None for image in on_disk):
+            return [(None, image) for image in on_disk]
+        seeds = [pair_seed(self.settings.seed, r.key, r.item_id, c) for r, c in chunk]
+        images = draw_covers(
+            self.pipe,
+            [r.title for r, _ in chunk],
+            [r.image for r, _ in chunk],
+            [r.item_id for r, _ in chunk],
+            self.embeddings[[r.segment for r, _ in chunk]],  # (B, E)
+            seeds,
+            self.settings.num_inference_steps,
+            self.settings.guidance_scale,
+            user_guidance=self.settings.user_guidance,
+        )
+        for (r, _), path, image, seed in zip(chunk, paths, images, seeds, strict=True):
+            meta = {"seed": str(seed), "item_id": safe_name(r.item_id), "segment": str(r.segment)}
+            save_generated_png(image, path, method=METHOD, **meta)
+        return [(image, image) for image in images]
 
     @torch.no_grad()
     def _score(self, chunk: list, images: list[Image.Image]) -> np.ndarray:

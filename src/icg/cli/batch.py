@@ -91,6 +91,9 @@ def batch(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace what a non-empty --out holds.")
+    ] = False,
 ) -> None:
     """Draw covers per (user segment, item) and assign one to every (user, item). Resumable.
 
@@ -115,7 +118,7 @@ def batch(
         typer.echo(cfg.model_dump_json(indent=2))
         return
     try:
-        result = run_batch(cfg)
+        result = run_batch(cfg, overwrite=overwrite)
     except (ValueError, KeyError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from err
     typer.echo(

@@ -15,11 +15,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     # deferred: `icg --help` loads this module; icg.runs and icg.artifacts load torch
     from icg.artifacts import ArtifactError
     from icg.data.errors import DataError, ImageLoadError
+    from icg.io import DiskFullError
     from icg.runs import RunConfigError
     from icg.safety import OutputExistsError, UnsafePathError
 
-    return (ArtifactError, DataError, ImageLoadError, OutputExistsError, RunConfigError,
-            UnsafePathError)  # fmt: skip
+    return (ArtifactError, DataError, DiskFullError, ImageLoadError, OutputExistsError,
+            RunConfigError, UnsafePathError)  # fmt: skip
 
 
 def clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,6 +33,13 @@ def clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except user_errors() as err:
             typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from err
+        except OSError as err:  # a full disk anywhere: one line, not a traceback
+            from icg.io import disk_full_error, is_disk_full
+
+            if not is_disk_full(err):
+                raise
+            typer.echo(f"error: {disk_full_error(err, 'this command')}", err=True)
             raise typer.Exit(1) from err
 
     return command

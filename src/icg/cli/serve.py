@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 
 if TYPE_CHECKING:
     # deferred: `icg --help` imports every command module; this loads torch and models
@@ -16,9 +17,12 @@ def serve(
     run: Annotated[Path, typer.Option("--run", help="Stage-B run folder (RUN/icg).")],
     data: Annotated[Path, typer.Option("--data", help="Platform data folder (users, items).")],
     host: Annotated[
-        str, typer.Option("--host", help="Bind address; beyond loopback needs an API key.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8000,
+        str | None,
+        typer.Option(
+            "--host", help="Bind address (default 127.0.0.1); beyond loopback needs a key."
+        ),
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default 8000.")] = None,
     api_key_file: Annotated[
         Path | None,
         typer.Option("--api-key-file", help="File holding the bearer token (else ICG_API_KEY)."),
@@ -64,7 +68,11 @@ def serve(
             queue_size=queue_size, deadline_s=deadline, max_candidates=max_candidates,
             max_steps=max_steps, default_steps=steps,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as err:  # pydantic's ValidationError is a ValueError
+    except ValidationError as err:  # never echo the values: one may be the API key
+        from icg.serve.errors import validation_message
+
+        raise typer.BadParameter(validation_message(err.errors(include_input=False))) from err
+    except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err)) from err
     if replicas != 1 and not use_ray:
         raise typer.BadParameter(f"--replicas {replicas}: expected --ray as well")

@@ -1,5 +1,7 @@
-"""The one safe image loader: allow-listed formats, a pixel limit read from the header before
-decoding, corrupt files as `ImageLoadError`, alpha on white, 16-bit to 8-bit, EXIF orientation.
+"""The one safe image loader: allow-listed formats, the image policy (`icg.data.image_policy`:
+pixels, aspect ratio, size after a processor's resize, file and chunk sizes) read from the header
+before decoding, corrupt files as `ImageLoadError`, alpha on white, 16-bit to 8-bit, EXIF
+orientation.
 
 Every file is opened through the builtin `open` and handed to PIL as a file object; PIL's global
 settings (`Image.MAX_IMAGE_PIXELS`, `ImageFile.LOAD_TRUNCATED_IMAGES`) are never changed.
@@ -8,6 +10,7 @@ settings (`Image.MAX_IMAGE_PIXELS`, `ImageFile.LOAD_TRUNCATED_IMAGES`) are never
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +20,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from icg.data.errors import ImageLoadError
+from icg.data.image_policy import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_POLICY,
+    ImagePolicy,
+    file_size,
+    png_chunk_problem,
+)
 from icg.data.safety import NotRegularFileError, open_regular
 from icg.data.schemas import Reason
 
@@ -25,9 +35,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 50_000_000
-"""Default pixel limit (width × height), about 7000 × 7000: far above any cover, far below a
-decompression bomb."""
+__all__ = [
+    "ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "DEFAULT_POLICY", "ImageChecker", "ImagePolicy",
+    "check_image", "load_image", "load_images_tensor", "sniff_format", "to_rgb",
+]  # fmt: skip
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 """PIL format names we decode. GIF (and animated WEBP) give their first frame."""
@@ -35,6 +46,17 @@ ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
+_OBJECT_REPR = re.compile(r"<[^<>]*(?:object at 0x|name=|_io\.)[^<>]*>")
+
+
+def describe(err: BaseException) -> str:
+    """A decoder's message without object reprs (``<_io.BufferedReader name=16>``)."""
+    text = _OBJECT_REPR.sub("the file", str(err)).strip()
+    return text or type(err).__name__
+
+
+def _policy(policy: ImagePolicy | None, max_pixels: int | None) -> ImagePolicy:
+    return (policy or DEFAULT_POLICY).with_pixels(max_pixels)
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -82,8 +104,9 @@ def _open_file(path: Path):
         raise ImageLoadError(path, Reason.MISSING_IMAGE, f"image not readable: {err}") from err
 
 
-def _open_header(fp, path: Path, max_pixels: int) -> Image.Image:
-    """Open an image lazily (header only) and enforce the format allow-list and pixel limit."""
+def _open_header(fp, path: Path, policy: ImagePolicy) -> Image.Image:
+    """Open an image lazily (header only) and enforce the format allow-list and the policy:
+    pixels, aspect ratio, resized size, file size and (PNG) chunk lengths, before any decoding."""
     head = fp.read(16)
     fp.seek(0)
     if not head:
@@ -95,6 +118,16 @@ def _open_header(fp, path: Path, max_pixels: int) -> Image.Image:
             Reason.DISALLOWED_FORMAT,
             f"format {fmt or 'unknown'} is not allowed, expected one of {', '.join(ALLOWED_FORMATS)}",
         )
+    size = file_size(fp)
+    if size > policy.max_file_bytes:
+        raise ImageLoadError(
+            path, Reason.IMAGE_TOO_LARGE,
+            f"file of {size} bytes, over the limit of {policy.max_file_bytes}",
+        )  # fmt: skip
+    if fmt == "PNG":  # before PIL reads any chunk body
+        problem = png_chunk_problem(fp, size, policy.max_chunk_bytes)
+        if problem is not None:
+            raise ImageLoadError(path, Reason.CORRUPT_IMAGE, problem)
     try:
         with warnings.catch_warnings():
             # Our own limit below is the one that counts; PIL's warning adds nothing.
@@ -102,34 +135,38 @@ def _open_header(fp, path: Path, max_pixels: int) -> Image.Image:
             img = Image.open(fp, formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as err:
         raise ImageLoadError(path, Reason.IMAGE_TOO_LARGE, f"image too large: {err}") from err
-    except (UnidentifiedImageError, *_DECODE_ERRORS) as err:
-        raise ImageLoadError(path, Reason.CORRUPT_IMAGE, f"corrupt {fmt} header: {err}") from err
-    width, height = img.size
-    if width <= 0 or height <= 0:
-        raise ImageLoadError(path, Reason.CORRUPT_IMAGE, f"invalid size {width}x{height}")
-    if width * height > max_pixels:
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(path, Reason.CORRUPT_IMAGE, f"not a readable {fmt} file") from err
+    except _DECODE_ERRORS as err:
         raise ImageLoadError(
-            path,
-            Reason.IMAGE_TOO_LARGE,
-            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
-        )
+            path, Reason.CORRUPT_IMAGE, f"corrupt {fmt} header: {describe(err)}"
+        ) from err
+    width, height = img.size
+    problem = policy.size_problem(width, height) or policy.file_problem(size, width, height)
+    if problem is not None:
+        raise ImageLoadError(path, *problem)
     return img
 
 
 def check_image(
-    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = False
+    path: str | Path,
+    *,
+    max_pixels: int | None = None,
+    decode: bool = False,
+    policy: ImagePolicy | None = None,
 ) -> tuple[str, int, int]:
     """Cheaply check an image file without decoding its pixels.
 
-    Reads the header (format allow-list, size against ``max_pixels``) and runs PIL's
+    Reads the header (format allow-list, the image policy) and runs PIL's
     ``verify()`` (for PNG this checks every chunk's CRC, catching truncation; JPEG truncation is
     only caught when decoding, by `load_image`, which ``decode=True`` also runs).
 
     Args:
         path: the image file.
-        max_pixels: the largest width × height accepted.
+        max_pixels: the largest width × height accepted (overrides the policy's).
         decode: also decode the pixels as `load_image` does (what validation for training uses,
             so an image that passes is one training can load).
+        policy: the limits (default `DEFAULT_POLICY`).
 
     Returns:
         (format, width, height).
@@ -138,16 +175,18 @@ def check_image(
         ImageLoadError: with ``reason`` one of missing_image, corrupt_image, image_too_large,
             disallowed_format.
     """
-    path = Path(path)
+    path, policy = Path(path), _policy(policy, max_pixels)
     with _open_file(path) as fp:
-        img = _open_header(fp, path, max_pixels)
+        img = _open_header(fp, path, policy)
         fmt, (width, height) = img.format or "?", img.size
         try:
             img.verify()
         except _DECODE_ERRORS as err:
-            raise ImageLoadError(path, Reason.CORRUPT_IMAGE, f"corrupt {fmt} data: {err}") from err
+            raise ImageLoadError(
+                path, Reason.CORRUPT_IMAGE, f"corrupt {fmt} data: {describe(err)}"
+            ) from err
     if decode:  # what training will do with it: a truncated JPEG only fails here
-        load_image(path, max_pixels=max_pixels)
+        load_image(path, policy=policy)
     return fmt, width, height
 
 
@@ -155,12 +194,19 @@ class ImageChecker:
     """`check_image` with a cache, so each distinct path is checked once.
 
     Args:
-        max_pixels: the largest width × height accepted.
+        max_pixels: the largest width × height accepted (overrides the policy's).
         decode: decode the pixels too (default), so every image that passes loads in training.
+        policy: the limits (default `DEFAULT_POLICY`).
     """
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> None:
-        self.max_pixels = max_pixels
+    def __init__(
+        self,
+        max_pixels: int | None = None,
+        decode: bool = True,
+        policy: ImagePolicy | None = None,
+    ) -> None:
+        self.policy = _policy(policy, max_pixels)
+        self.max_pixels = self.policy.max_pixels
         self.decode = decode
         self._cache: dict[str, ImageLoadError | None] = {}
 
@@ -168,7 +214,7 @@ class ImageChecker:
         """Return the problem with the image at ``path``, or None when it is fine."""
         if path not in self._cache:
             try:
-                check_image(path, max_pixels=self.max_pixels, decode=self.decode)
+                check_image(path, decode=self.decode, policy=self.policy)
                 self._cache[path] = None
             except ImageLoadError as err:
                 self._cache[path] = err
@@ -215,15 +261,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(
-    path: str | Path, *, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path,
+    *,
+    size: int | None = None,
+    max_pixels: int | None = None,
+    policy: ImagePolicy | None = None,
 ) -> Image.Image:
     """Load an image safely as 8-bit RGB.
 
     Args:
         path: the image file (PNG, JPEG, WEBP, BMP or GIF; GIF gives its first frame).
         size: when given, resize to ``size`` × ``size`` (bicubic).
-        max_pixels: the largest width × height accepted, checked from the header before
-            decoding.
+        max_pixels: the largest width × height accepted (overrides the policy's).
+        policy: the limits checked from the header before decoding (default
+            `DEFAULT_POLICY`: pixels, aspect ratio, size after a resize, file and chunk sizes).
 
     Returns:
         An RGB image with EXIF orientation applied and transparency composited on white.
@@ -232,15 +283,15 @@ def load_image(
         ImageLoadError: missing, truncated or corrupt file, disallowed format, or too many
             pixels; the message names the path.
     """
-    path = Path(path)
+    path, policy = Path(path), _policy(policy, max_pixels)
     with _open_file(path) as fp:
-        img = _open_header(fp, path, max_pixels)
+        img = _open_header(fp, path, policy)
         fmt = img.format
         try:
             img.load()
         except _DECODE_ERRORS as err:
             raise ImageLoadError(
-                path, Reason.CORRUPT_IMAGE, f"corrupt or truncated {fmt} image: {err}"
+                path, Reason.CORRUPT_IMAGE, f"corrupt or truncated {fmt} image: {describe(err)}"
             ) from err
     try:
         img = ImageOps.exif_transpose(img)
@@ -250,7 +301,7 @@ def load_image(
         img = to_rgb(img)
     except _DECODE_ERRORS as err:
         raise ImageLoadError(
-            path, Reason.CORRUPT_IMAGE, f"cannot convert mode {img.mode} to RGB: {err}"
+            path, Reason.CORRUPT_IMAGE, f"cannot convert mode {img.mode} to RGB: {describe(err)}"
         ) from err
     if size is not None:
         if size <= 0:
@@ -260,7 +311,11 @@ def load_image(
 
 
 def load_images_tensor(
-    paths: Sequence[str | Path], size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    paths: Sequence[str | Path],
+    size: int,
+    *,
+    max_pixels: int | None = None,
+    policy: ImagePolicy | None = None,
 ) -> torch.Tensor:
     """Load images into one float tensor.
 
@@ -268,6 +323,7 @@ def load_images_tensor(
         paths: image files.
         size: every image is resized to ``size`` × ``size``.
         max_pixels: per-image pixel limit (see `load_image`).
+        policy: the limits (see `load_image`).
 
     Returns:
         A float32 tensor of shape (B, 3, size, size) with values in [0, 1].
@@ -276,6 +332,8 @@ def load_images_tensor(
 
     if not paths:
         return torch.empty(0, 3, size, size)
-    arrays = [np.asarray(load_image(p, size=size, max_pixels=max_pixels)) for p in paths]
+    arrays = [
+        np.asarray(load_image(p, size=size, max_pixels=max_pixels, policy=policy)) for p in paths
+    ]
     batch = torch.from_numpy(np.stack(arrays))  # (B, H, W, 3) uint8
     return batch.permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # (B, 3, H, W)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from icg.artifacts import check_state, read_safetensors
+from icg.artifacts import read_safetensors
 from icg.io import atomic_path
 from icg.rewards.base import Reward
 
@@ -175,6 +175,5 @@ class MultiReward(nn.Module):
         """Restore statistics saved by :meth:`save_stats`; `icg.artifacts.ArtifactError` names
         the file when it is truncated, holds NaN/inf, or lacks one of this reward's entries."""
 
-        tensors, _ = read_safetensors(path)
-        check_state(tensors, {k: v.shape for k, v in self.stats_state().items()}, path)
+        tensors, _ = read_safetensors(path, {k: v.shape for k, v in self.stats_state().items()})
         self.load_stats_state(tensors)

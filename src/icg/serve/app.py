@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +19,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from icg.serve.auth import bearer_token, key_matches
 from icg.serve.backend import CoverBackend
@@ -24,6 +28,8 @@ from icg.serve.config import ServeConfig
 from icg.serve.errors import APIError, install_error_handlers, validation_message
 from icg.serve.schemas import CoverRequest
 from icg.serve.service import CoverService, ServedCover
+
+logger = logging.getLogger(__name__)
 
 COVER_RESPONSES = {
     200: {
@@ -42,18 +48,77 @@ COVER_RESPONSES = {
 }  # fmt: skip
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (declared or streamed)."""
+INLINE_PARSE_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the event loop; larger ones in a worker thread, so a
+large hostile body never stalls ``/healthz``."""
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (declared or streamed) and with
+    408 when it has not all arrived ``timeout_s`` after the headers (a trickled body)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, "too_large", f"body of {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    chunks, size, stream = [], 0, request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - loop.time(), 0))
+        except StopAsyncIteration:
+            break
+        except TimeoutError as err:
+            raise APIError(
+                408, "request_timeout", f"body not received within {timeout_s:g} s",
+                {"Connection": "close"},
+            ) from err  # fmt: skip
+        except ClientDisconnect as err:
+            logger.info("%s: client disconnected while sending the body", request.url.path)
+            raise APIError(400, "client_disconnected", "the client went away") from err
         size += len(chunk)
         if size > limit:
             raise APIError(413, "too_large", f"body over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+MAX_COLONS = 8192
+"""A request has at most a dozen fields; titles and ids may hold colons, base64 never does. A
+body with more is refused before `json.loads` (which holds the GIL while it parses)."""
+
+
+def parse_request(body: bytes, max_errors: int) -> CoverRequest:
+    """A `CoverRequest` from JSON bytes; unknown fields are refused before pydantic builds an
+    error per key, and at most ``max_errors`` errors are listed.
+
+    Raises:
+        APIError: 422 naming the fields.
+    """
+    colons = body.count(b":")  # one C pass: a JSON object of many keys is refused unparsed
+    if colons > MAX_COLONS:
+        raise APIError(
+            422, "invalid_request",
+            f"body: {colons} ':' characters, over {MAX_COLONS}; expected one CoverRequest object",
+        )  # fmt: skip
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise APIError(422, "invalid_request", "body: expected a JSON object") from err
+    if not isinstance(value, dict):
+        raise APIError(
+            422, "invalid_request", f"body: expected a JSON object, got {type(value).__name__}"
+        )
+    unknown = [k for k in value if k not in CoverRequest.model_fields]
+    if unknown:
+        shown = ", ".join(repr(k[:64]) for k in unknown[:max_errors])
+        more = f" and {len(unknown) - max_errors} more" if len(unknown) > max_errors else ""
+        raise APIError(422, "invalid_request", f"unknown field(s) {shown}{more}")
+    try:
+        return CoverRequest.model_validate(value)
+    except ValidationError as err:
+        raise APIError(
+            422, "invalid_request", validation_message(err.errors(include_url=False), max_errors)
+        ) from err
 
 
 def cover_response(served: ServedCover, as_json: bool) -> Response:
@@ -149,13 +214,11 @@ def create_app(config: ServeConfig, backend: CoverBackend) -> FastAPI:
     async def covers(request: Request) -> Response:
         """A personalized cover for a (user, item) pair; ``Accept: application/json`` for JSON."""
         start = asyncio.get_running_loop().time()
-        body = await read_body(request, config.max_body_bytes)
-        try:
-            cover_request = CoverRequest.model_validate_json(body)
-        except ValidationError as err:
-            raise APIError(
-                422, "invalid_request", validation_message(err.errors(include_url=False))
-            ) from err
+        body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
+        if len(body) <= INLINE_PARSE_BYTES:
+            cover_request = parse_request(body, config.max_error_items)
+        else:  # off the event loop: health checks keep answering
+            cover_request = await run_in_threadpool(parse_request, body, config.max_error_items)
         budget = config.deadline_s - (asyncio.get_running_loop().time() - start)
         served = await service.cover(cover_request, budget)
         as_json = "application/json" in request.headers.get("accept", "")

@@ -80,11 +80,17 @@ class MicroBatcher(Generic[J, R]):
         self.batch_seconds = 1.0  # running mean of a call's duration, for Retry-After
         self.calls_done = 0  # finished calls: the duration estimate means something after one
         self.in_flight = 0  # jobs in the running call
+        self._running: list[_Pending[J, R]] = []  # the running call's jobs
         self._waiting: deque[_Pending[J, R]] = deque()
         self._arrived = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icg-batch")
+
+    @property
+    def closing(self) -> bool:
+        """Whether `close` has been called (new jobs are refused)."""
+        return self._closing
 
     @property
     def queue_depth(self) -> int:
@@ -134,10 +140,12 @@ class MicroBatcher(Generic[J, R]):
 
     async def close(self, grace_s: float) -> None:
         """Refuse new jobs, let queued and running ones finish for up to ``grace_s``, then fail
-        the rest with `ShuttingDown`."""
+        the rest, running ones included, with `ShuttingDown` (their callers answer at once).
+        A second call returns as soon as the first one has finished."""
         self._closing = True
         self._arrived.set()
-        if self._worker is not None:
+        running = self._running
+        if self._worker is not None and not self._worker.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), grace_s)
             except TimeoutError:
@@ -145,8 +153,9 @@ class MicroBatcher(Generic[J, R]):
                     "shutdown: %d running and %d waiting jobs unfinished after %g s",
                     self.in_flight, self.queue_depth, grace_s,
                 )  # fmt: skip
+                running = self._running  # the call still running (its thread is abandoned)
                 self._worker.cancel()
-        for pending in self._waiting:
+        for pending in [*running, *self._waiting]:
             if not pending.future.done():
                 pending.future.set_exception(ShuttingDown("the server shut down"))
         self._waiting.clear()
@@ -200,7 +209,7 @@ class MicroBatcher(Generic[J, R]):
     async def _run(self, batch: list[_Pending[J, R]]) -> None:
         loop = asyncio.get_running_loop()
         jobs = [p.job for p in batch]
-        self.in_flight = len(batch)
+        self.in_flight, self._running = len(batch), batch
         if self.on_batch is not None:
             self.on_batch(len(jobs), sum(self.rows(j) for j in jobs))
         start = time.perf_counter()
@@ -213,7 +222,7 @@ class MicroBatcher(Generic[J, R]):
                     p.future.set_exception(err)
             return
         finally:
-            self.in_flight = 0
+            self.in_flight, self._running = 0, []
             elapsed = time.perf_counter() - start
             first = self.calls_done == 0
             self.batch_seconds = elapsed if first else 0.8 * self.batch_seconds + 0.2 * elapsed

@@ -102,7 +102,10 @@ class Catalog:
             return request.item_id, found.title, found.image
         raw = decode_base64(request.image or "")
         image = load_upload(raw, max_pixels)
-        digest = hashlib.blake2b(raw + (request.title or "").encode(), digest_size=8).hexdigest()
+        h = hashlib.blake2b(digest_size=8)
+        for field in (raw, (request.title or "").encode()):  # length-prefixed: fields never merge
+            h.update(len(field).to_bytes(8, "little") + field)
+        digest = h.hexdigest()
         return f"upload:{digest}", request.title or "", image
 
 

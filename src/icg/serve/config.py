@@ -33,7 +33,13 @@ class ServeConfig(BaseModel):
         queue_size: requests waiting for the pipeline; a full queue answers 429 at once.
         deadline_s: a request's wall-clock budget, queueing included (504 past it).
         feature_cache_size, result_cache_size: entries of the item feature and result LRUs.
-        shutdown_grace_s: how long a shutdown waits for in-flight requests.
+        shutdown_grace_s: the one grace period of a shutdown: running calls finish within it,
+            whatever cannot gets a JSON 503 with ``Retry-After``.
+        header_timeout_s: a connection must send a request's headers within this (else it is
+            closed with 408), also between requests on a kept-alive connection.
+        body_timeout_s: the whole body must arrive within this after the headers (408).
+        max_connections: open connections; one more is answered 503 JSON and closed.
+        max_error_items: validation errors listed in a 422 (the rest are counted).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -56,6 +62,10 @@ class ServeConfig(BaseModel):
     feature_cache_size: int = Field(1024, ge=1)
     result_cache_size: int = Field(256, ge=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    max_connections: int = Field(128, ge=2)
+    max_error_items: int = Field(10, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeConfig:

@@ -39,12 +39,19 @@ def error_response(
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
-def validation_message(errors: list[dict]) -> str:
-    """One line per pydantic error: ``field: message``."""
+MAX_ERROR_ITEMS = 10
+MAX_FIELD_CHARS = 64
+
+
+def validation_message(errors: list[dict], max_items: int = MAX_ERROR_ITEMS) -> str:
+    """``field: message`` per pydantic error, the first ``max_items`` of them (field names cut
+    to 64 characters), then how many more there were: a 422 stays small whatever the body."""
     lines = []
-    for err in errors:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        lines.append(f"{where}: {err.get('msg', 'invalid')}")
+    for err in errors[:max_items]:
+        where = ".".join(str(p)[:MAX_FIELD_CHARS] for p in err.get("loc", ()) if p != "body")
+        lines.append(f"{where or 'body'}: {str(err.get('msg', 'invalid'))[:200]}")
+    if len(errors) > max_items:
+        lines.append(f"and {len(errors) - max_items} more error(s)")
     return "; ".join(lines)
 
 

@@ -108,10 +108,15 @@ class CoverService:
         self.ready = True
         logger.info("ready")
 
-    async def stop(self) -> None:
-        """Finish queued and running requests (up to the grace period), then stop."""
+    async def drain(self) -> None:
+        """Refuse new requests (503) and finish queued and running ones within the grace
+        period; what cannot finish gets `ShuttingDown` (503 with ``Retry-After``)."""
         self.ready = False
         await self.batcher.close(self.config.shutdown_grace_s)
+
+    async def stop(self) -> None:
+        """`drain` (at once when a server drained already), then stop loading."""
+        await self.drain()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
 
@@ -143,6 +148,10 @@ class CoverService:
         """
         settings = self.settings(request)
         catalog = self.backend.catalog
+        if self.batcher.closing:
+            raise APIError(
+                503, "shutting_down", "the server is shutting down", {"Retry-After": "5"}
+            )
         if not self.ready or catalog is None:
             detail = self.load_error or "models are still loading"
             raise APIError(503, "not_ready", detail, {"Retry-After": "5"})
