@@ -71,8 +71,9 @@ def recipes(
             recipes=loaded, baseline=baseline, worlds=_ints(worlds, "--worlds"),
             train_seeds=train_seeds, pairs=pairs, candidates=candidates, **extra,
         )  # fmt: skip
-    except (RecipeError, ValidationError) as err:
-        raise typer.BadParameter(str(err)) from err
+    except (RecipeError, ValidationError) as err:  # one line that names the file and field
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
     if dry_run:
         typer.echo(json.dumps(describe(spec, plan_matrix(spec, out)), indent=2))
         return
