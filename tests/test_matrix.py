@@ -221,6 +221,22 @@ def test_process_engine_runs_a_job_in_its_own_process(tmp_path: Path):
         run_phase([broken], "process", 1, tmp_path)
 
 
+@pytest.mark.slow  # starts a local Ray instance: tens of seconds
+def test_ray_engine_runs_jobs_as_ray_tasks(tmp_path: Path):
+    pytest.importorskip("ray", reason="ray is not installed here (pip install 'icg[ray]')")
+    jobs = [
+        Job("world", tmp_path / "worlds" / f"w{s}",
+            {"seed": s, "n_items": 5, "n_users": 4, "n_impressions": 40})
+        for s in (1, 2)
+    ]  # fmt: skip
+    assert run_phase(jobs, "ray", 2, tmp_path) == 2
+    assert all((j.dir / "world.yaml").is_file() for j in jobs)
+    broken = Job("preference", tmp_path / "preference" / "p",
+                 {"world": "/nonexistent", "config": {"seed": 0}})  # fmt: skip
+    with pytest.raises(MatrixJobError, match="/nonexistent"):
+        run_phase([broken], "ray", 1, tmp_path)
+
+
 # ---- recipe files ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "field"),

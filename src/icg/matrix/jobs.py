@@ -123,7 +123,10 @@ def run_cell(job: Job) -> None:
     _link_preference(run, Path(p["preference"]))
     icg.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if not (icg / "adapter" / "icg_config.json").is_file():
+    from icg.rewards.factory import STATS_FILE
+
+    # both stage-B savers write the adapter, then the reward statistics best of K ranks with
+    if not ((icg / "adapter" / "icg_config.json").is_file() and (icg / STATS_FILE).is_file()):
         (train_stage_b if p["stage_b"] else calibrate_stage_a)(p, icg)
     train_s = time.perf_counter() - t0
     scores = evaluate_cell(Path(p["world"]), run, job.dir / "eval", p["evaluation"])
