@@ -100,7 +100,8 @@ def test_seed_spread_is_max_minus_min_per_world_averaged():
 
 def _cell(recipe: str, world: int, seed: int, one: float, best: float, variant: float = 0.25):
     ctr = {"one_draw": one, "best_of_k": best, "variant_select": variant, "reference": 0.2}
-    return {"recipe": recipe, "world": world, "train_seed": seed, "true_ctr": ctr, "n_pairs": 256}
+    return {"recipe": recipe, "world": world, "train_seed": seed, "true_ctr": ctr, "n_pairs": 256,
+            "seconds": {"stage_b": 10.0 * (seed + 1) if recipe == "b" else None}}  # fmt: skip
 
 
 def test_summary_rows_against_the_baseline():
@@ -116,6 +117,7 @@ def test_summary_rows_against_the_baseline():
     assert b["vs_baseline"]["one_draw"]["mean"] == pytest.approx(0.035)
     assert b["vs_baseline"]["best_of_k"]["mean"] == pytest.approx(0.02)
     assert b["one_draw_vs_variant_select"]["mean"] == pytest.approx(0.095)
+    assert b["stage_b_seconds"] == pytest.approx(15.0) and rows["a"]["stage_b_seconds"] is None
     assert summarise([], ["a"], "a") == {"a": {"cells": 0}}
 
 
@@ -194,6 +196,25 @@ def test_finished_cells_are_skipped_on_resume(tmp_path: Path, monkeypatch):
     (plan.cells[1].job.dir / "result.json").unlink()
     run_matrix(spec, tmp_path)
     assert ran == [f"cell:{plan.cells[1].job.dir.name}"]
+
+
+def test_an_interrupted_training_stage_resumes_from_its_checkpoints(tmp_path: Path, monkeypatch):
+    """A stage-A folder that holds a started run (run.json) continues it; a fresh one starts
+    over (its folder is named by its config's hash, so a started run is always the same run)."""
+    import icg.training.align as align
+
+    calls: list[dict] = []
+    monkeypatch.setattr(align, "run_align", lambda cfg, **kw: calls.append(kw))
+    (tmp_path / "w").mkdir()
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "config.json").write_text("{}")
+    job = Job("align", tmp_path / "a", {"world": str(tmp_path / "w"),
+                                        "preference": str(tmp_path / "p"),
+                                        "config": {"max_steps": 2, "seed": 0}})  # fmt: skip
+    matrix_jobs.run_job(job)
+    (job.dir / "run.json").write_text("{}")
+    matrix_jobs.run_job(job)
+    assert calls == [{"resume": False, "overwrite": True}, {"resume": True, "overwrite": False}]
 
 
 def test_a_failed_cell_leaves_the_others_and_the_table(tmp_path: Path, monkeypatch):
@@ -312,6 +333,7 @@ def test_tiny_matrix_end_to_end(tmp_path: Path):
     for cell in table["cells"]:
         assert cell["n_pairs"] == 4
         assert all(0 < v < 1 for v in cell["true_ctr"].values())
+        assert cell["seconds"]["stage_b"] > 0 and cell["seconds"]["evaluate"] > 0
     # the cells of a training seed share the world, the preference model and stage A
     assert len(list((tmp_path / "align").iterdir())) == 2
     # the same pairs and draws for both recipes; reference and variant-select do not depend on

@@ -116,28 +116,28 @@ def calibrate_stage_a(p: dict[str, Any], out: Path) -> None:
 def run_cell(job: Job) -> None:
     """Train the cell's stage B (or calibrate stage A alone), evaluate it, write result.json."""
     from icg.matrix.evaluate import CELL_METHODS, evaluate_cell
+    from icg.rewards.factory import STATS_FILE
 
     p = job.payload
     run = job.dir / "run"
     icg = run / "icg"
     _link_preference(run, Path(p["preference"]))
     icg.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    from icg.rewards.factory import STATS_FILE
-
+    train_s = None  # seconds of stage B in this call (None: trained by an earlier call)
     # both stage-B savers write the adapter, then the reward statistics best of K ranks with
     if not ((icg / "adapter" / "icg_config.json").is_file() and (icg / STATS_FILE).is_file()):
+        t0 = time.perf_counter()
         (train_stage_b if p["stage_b"] else calibrate_stage_a)(p, icg)
-    train_s = time.perf_counter() - t0
+        train_s = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
     scores = evaluate_cell(Path(p["world"]), run, job.dir / "eval", p["evaluation"])
     result = {
         **p["label"],
         "stage_b": p["stage_b"],
         "n_pairs": len(scores),
         "true_ctr": {c: float(scores[c].mean()) for c in CELL_METHODS.values()},
-        "seconds": {"stage_b": round(train_s, 1), "evaluate": round(time.perf_counter() - t0
-                                                                    - train_s, 1)},
-    }  # fmt: skip
+        "seconds": {"stage_b": train_s, "evaluate": round(time.perf_counter() - t0, 1)},
+    }
     scores.to_parquet(job.dir / "pairs.parquet", index=False)
     atomic_write_json(job.dir / RESULT_FILE, result)
 

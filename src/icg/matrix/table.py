@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from icg.io import atomic_write_json, atomic_write_text
 from icg.matrix.stats import RunKey, paired_difference, seed_spread, t_interval
 
@@ -51,6 +53,13 @@ def summarise(
         for column in COLUMNS:
             row[column] = {"mean": t_interval(list(r[column].values())).mean,
                            "spread": seed_spread(r[column])}  # fmt: skip
+        seconds = [
+            c["seconds"]["stage_b"]
+            for c in cells
+            if c["recipe"] == recipe and (c.get("seconds") or {}).get("stage_b") is not None
+        ]
+        # what stage B cost per run (wall clock, as measured where it ran; None: not measured)
+        row["stage_b_seconds"] = float(np.mean(seconds)) if seconds else None
         one_vs_variant = {k: v - r["variant_select"][k] for k, v in r["one_draw"].items()}
         row["one_draw_vs_variant_select"] = t_interval(list(one_vs_variant.values())).as_dict()
         if recipe != baseline and runs[baseline]["one_draw"]:
@@ -78,12 +87,13 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], baseline: str, text: str) ->
         text,
         "",
         f"| recipe | cells | one draw | spread | best of K | spread | Δ one draw vs {baseline} "
-        f"| Δ best of K vs {baseline} | one draw − variant-select | variant-select | reference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| Δ best of K vs {baseline} | one draw − variant-select | variant-select | reference "
+        "| stage-B s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         if not row.get("cells"):
-            lines.append(f"| {name} | 0 |" + " |" * 9)
+            lines.append(f"| {name} | 0 |" + " |" * 10)
             continue
         vs = row.get("vs_baseline")
         lines.append(
@@ -92,7 +102,8 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], baseline: str, text: str) ->
             f"{_num(row['best_of_k']['spread'])} | {_interval(vs and vs['one_draw'])} | "
             f"{_interval(vs and vs['best_of_k'])} | "
             f"{_interval(row['one_draw_vs_variant_select'])} | "
-            f"{_num(row['variant_select']['mean'])} | {_num(row['reference']['mean'])} |"
+            f"{_num(row['variant_select']['mean'])} | {_num(row['reference']['mean'])} | "
+            f"{'–' if row['stage_b_seconds'] is None else round(row['stage_b_seconds'])} |"
         )
     return "\n".join(lines) + "\n"
 
