@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("", "demo", "icg.cli.run", "demo"),
     ("", "serve", "icg.cli.serve", "serve"),
     ("", "batch", "icg.cli.batch", "batch"),
+    ("bench", "recipes", "icg.cli.bench", "recipes"),
 ]
 
 GROUP_HELP = {
@@ -39,6 +40,7 @@ GROUP_HELP = {
     "data": "Validate catalogs, users and click logs.",
     "zoo": "coverworld-tiny: the embedded default models.",
     "train": "Train the preference model and the ICG adapter (stage A align, stage B reward).",
+    "bench": "Judge training recipes: the recipe matrix over worlds and training seeds.",
 }
 
 

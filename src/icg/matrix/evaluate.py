@@ -1,0 +1,79 @@
+"""A cell's evaluation: per (user, item) pair, the true CTR of one draw, best of K, the
+platform's reference cover and `variant-select`, on the world's truth (evaluation side only).
+
+It draws with the method table of `icg evaluate` (`icg.evaluation.methods`) and scores with
+CoverWorld's `Truth`, without the report's extras (CLIP metrics, downstream recommender, user
+swap), which a matrix of many cells does not read. The pairs and every draw's noise seed come
+from the world's seed alone, so the same pairs and draws are compared across recipes and
+training seeds (common random numbers).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+# method of `icg evaluate` → column of the cell's scores
+CELL_METHODS = {
+    "reference": "reference",
+    "variant-select": "variant_select",
+    "icg-single": "one_draw",
+    "icg": "best_of_k",
+}
+
+
+def evaluate_cell(world: Path, run: Path, out: Path, settings: dict[str, Any]) -> pd.DataFrame:
+    """Draw and score every `CELL_METHODS` method of ``run`` on the world's pairs.
+
+    Args:
+        world: the CoverWorld folder (with ``truth/``).
+        run: the cell's run folder (``icg/`` adapter and reward, ``preference/``).
+        out: where the generated covers go (``covers/<method>/``).
+        settings: ``n_users``, ``n_items``, ``candidates``, ``seed`` (the world's) and the
+            sampling fields of `icg.evaluation.run.EvalConfig`.
+
+    Returns:
+        One row per pair: ``user_id``, ``item_id`` and the true CTR of each method under its
+        `CELL_METHODS` column name.
+    """
+    from icg.data import load_dataset
+    from icg.evaluation.inputs import load_truth
+    from icg.evaluation.methods import (
+        Drawers,
+        RunScorers,
+        load_generators,
+        main_adapter,
+        method_source,
+        select_methods,
+    )
+    from icg.evaluation.pairs import choose_pairs
+    from icg.evaluation.run import EvalConfig, draw_covers
+    from icg.models.icg_model import ICGModel
+
+    truth = load_truth(world)
+    if truth is None:
+        raise FileNotFoundError(f"{world}: no truth/ folder; the matrix needs a CoverWorld")
+    cfg = EvalConfig(methods=list(CELL_METHODS), **settings)
+    data = load_dataset(world)
+    wanted, adapters = select_methods(run, cfg.methods, truth=True, base=None)
+    record = ICGModel.read_config(main_adapter(adapters))
+    base, mllm, processor, size = load_generators(
+        wanted, record.get("base_model"), record.get("mllm")
+    )
+    drawers = Drawers(
+        data=data, covers=out / "covers", size=size, base=base, mllm=mllm,
+        processor=processor, truth=truth, adapters=adapters,
+        run_scorers=RunScorers(run, data, {}),
+    )  # fmt: skip
+    pairs = choose_pairs(data, n_users=cfg.n_users, n_items=cfg.n_items, seed=cfg.seed)
+    scores = pairs[["user_id", "item_id"]].copy()
+    for method, column in CELL_METHODS.items():
+        images, seconds = draw_covers(method, method_source(method, drawers, cfg), pairs)
+        scores[column] = truth.score(images, pairs["user_id"], pairs["item_id"])["ctr"]
+        logger.info("%s: true CTR %.4f (%.1f s)", method, scores[column].mean(), seconds)
+    return scores

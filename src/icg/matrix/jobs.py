@@ -1,0 +1,178 @@
+"""Running one job of the matrix (`icg.matrix.plan.Job`): the demo's stage functions, cached.
+
+A job is done when its folder holds what the stage writes last (the world's ``world.yaml``, the
+preference model's ``config.json``, stage A's adapter record, a cell's ``result.json``, written
+atomically); a done job is skipped. A training stage interrupted midway continues from its
+latest checkpoint (its folder's ``run.json`` names the same config, since the folder is named by
+the config's hash).
+
+``python -m icg.matrix.jobs JOB.json`` runs one job in its own process (`--engine process`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from icg.io import atomic_write_json
+from icg.matrix.plan import Job
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+MARKERS = {
+    "world": "world.yaml",
+    "preference": "config.json",
+    "align": "adapter/icg_config.json",
+    "cell": RESULT_FILE,
+}
+
+
+def job_done(job: Job) -> bool:
+    """Whether ``job``'s folder holds its finished output."""
+    return (job.dir / MARKERS[job.kind]).is_file()
+
+
+def _resume(out: Path) -> bool:
+    """Continue a training stage that started in ``out`` (same config: the folder is its hash)."""
+    return (out / "run.json").is_file()
+
+
+def run_world(job: Job) -> None:
+    """Generate the world (atomically: a half-written world never looks finished)."""
+    from icg.world.config import WorldConfig
+    from icg.world.generate import generate_world
+
+    generate_world(job.dir, WorldConfig(**job.payload), overwrite=True)
+
+
+def run_preference(job: Job) -> None:
+    """Fit the preference model on the world's click log."""
+    from icg.training.preference import PreferenceConfig, train_preference
+
+    p = job.payload
+    train_preference(p["world"], job.dir, PreferenceConfig(**p["config"]), overwrite=True)
+
+
+def run_align_job(job: Job) -> None:
+    """Stage A (resumes from its checkpoints)."""
+    from icg.training.align import AlignConfig, run_align
+
+    p = job.payload
+    cfg = AlignConfig(**p["config"], data=p["world"], out=job.dir, preference=p["preference"])
+    run_align(cfg, resume=_resume(job.dir), overwrite=not _resume(job.dir))
+
+
+def _link_preference(run: Path, preference: Path) -> None:
+    """``run/preference`` → the shared preference model (variant-select and the run's reward read
+    it there), as a relative link so the matrix folder can move."""
+    import os
+
+    link = run / "preference"
+    if link.is_symlink() or link.exists():
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(preference, run), target_is_directory=True)
+
+
+def train_stage_b(p: dict[str, Any], out: Path) -> None:
+    """Stage B from the cell's stage A (resumes from its checkpoints)."""
+    from icg.training.reward import RewardConfig, run_reward
+
+    cfg = RewardConfig(**p["reward"], data=p["world"], init=p["align"], out=out,
+                       preference=p["preference"])  # fmt: skip
+    run_reward(cfg, resume=_resume(out), overwrite=not _resume(out))
+
+
+def calibrate_stage_a(p: dict[str, Any], out: Path) -> None:
+    """Stage A alone as a run folder best-of-K can rank with: stage A's adapter unchanged, and
+    the recipe's reward with statistics measured on ``max_steps`` batches of stage A's own draws
+    (the statistics a stage-B run would start learning from), without any update."""
+    import torch
+
+    from icg.checkpoints import write_run_config
+    from icg.training.reward import RewardConfig, RewardRecipe
+
+    cfg = RewardConfig(**p["reward"], data=p["world"], init=p["align"], out=out,
+                       preference=p["preference"])  # fmt: skip
+    recipe = RewardRecipe(cfg)
+    try:
+        recipe.setup()
+        recipe.rewards.train()  # statistics update on every scored batch
+        with torch.no_grad():
+            for step in range(cfg.max_steps):
+                recipe.compute_loss(step)
+        recipe.rewards.eval()
+        write_run_config(out, cfg)
+        recipe.save()
+    finally:
+        recipe.cleanup()
+
+
+def run_cell(job: Job) -> None:
+    """Train the cell's stage B (or calibrate stage A alone), evaluate it, write result.json."""
+    from icg.matrix.evaluate import CELL_METHODS, evaluate_cell
+    from icg.rewards.factory import STATS_FILE
+
+    p = job.payload
+    run = job.dir / "run"
+    icg = run / "icg"
+    _link_preference(run, Path(p["preference"]))
+    icg.mkdir(parents=True, exist_ok=True)
+    train_s = None  # seconds of stage B in this call (None: trained by an earlier call)
+    # both stage-B savers write the adapter, then the reward statistics best of K ranks with
+    if not ((icg / "adapter" / "icg_config.json").is_file() and (icg / STATS_FILE).is_file()):
+        t0 = time.perf_counter()
+        (train_stage_b if p["stage_b"] else calibrate_stage_a)(p, icg)
+        train_s = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    scores = evaluate_cell(Path(p["world"]), run, job.dir / "eval", p["evaluation"])
+    result = {
+        **p["label"],
+        "stage_b": p["stage_b"],
+        "n_pairs": len(scores),
+        "true_ctr": {c: float(scores[c].mean()) for c in CELL_METHODS.values()},
+        "seconds": {"stage_b": train_s, "evaluate": round(time.perf_counter() - t0, 1)},
+    }
+    scores.to_parquet(job.dir / "pairs.parquet", index=False)
+    atomic_write_json(job.dir / RESULT_FILE, result)
+
+
+RUNNERS = {
+    "world": run_world,
+    "preference": run_preference,
+    "align": run_align_job,
+    "cell": run_cell,
+}
+
+
+def run_job(job: Job | dict[str, Any]) -> str:
+    """Run ``job`` unless it is done; returns its folder. Writes ``job.json`` beside its output
+    (what the job was, for a reader of the matrix folder)."""
+    job = job if isinstance(job, Job) else Job.from_json(job)
+    if job_done(job):
+        logger.info("%s %s: done already, skipped", job.kind, job.dir.name)
+        return str(job.dir)
+    job.dir.mkdir(parents=True, exist_ok=True)
+    if job.kind != "world":  # the world's folder is replaced whole by generate_world
+        atomic_write_json(job.dir / "job.json", job.to_json())
+    logger.info("%s %s ...", job.kind, job.dir.name)
+    RUNNERS[job.kind](job)
+    return str(job.dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m icg.matrix.jobs JOB.json``: run one job (the process engine's worker)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m icg.matrix.jobs JOB.json")
+    run_job(json.loads(Path(args[0]).read_text()))
+
+
+if __name__ == "__main__":
+    main()
