@@ -201,10 +201,8 @@ def test_finished_cells_are_skipped_on_resume(tmp_path: Path, monkeypatch):
 def test_an_interrupted_training_stage_resumes_from_its_checkpoints(tmp_path: Path, monkeypatch):
     """A stage-A folder that holds a started run (run.json) continues it; a fresh one starts
     over (its folder is named by its config's hash, so a started run is always the same run)."""
-    import icg.training.align as align
-
     calls: list[dict] = []
-    monkeypatch.setattr(align, "run_align", lambda cfg, **kw: calls.append(kw))
+    monkeypatch.setattr(matrix_jobs, "run_align", lambda cfg, **kw: calls.append(kw))
     (tmp_path / "w").mkdir()
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "config.json").write_text("{}")

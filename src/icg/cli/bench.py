@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 
 def _ints(text: str, option: str, count: int | None = None) -> list[int]:
@@ -58,8 +59,7 @@ def recipes(
     ] = False,
 ) -> None:
     """Train and evaluate every (recipe, world, training seed) cell; write M/matrix.{json,md}."""
-    from pydantic import ValidationError
-
+    # deferred: every command module is imported for `icg --help`; this one loads torch
     from icg.matrix import MatrixSpec, RecipeError, describe, load_recipe, plan_matrix, run_matrix
 
     if engine not in ("local", "process", "ray"):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from icg.batch.engines import init_ray
 from icg.io import atomic_write_json
 from icg.matrix.jobs import job_done, run_job
 from icg.matrix.plan import Job
@@ -78,8 +79,6 @@ def run_ray(jobs: Sequence[Job], workers: int, root: Path, address: str | None =
     started with ``workers`` CPUs. The matrix folder must be on storage every node sees."""
     # ray is an optional extra (icg[ray]): imported here only, so the other engines run without it
     import ray
-
-    from icg.batch.engines import init_ray
 
     started = init_ray(address, None if address else max(1, workers))
     try:

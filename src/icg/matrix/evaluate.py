@@ -16,6 +16,20 @@ from typing import Any
 
 import pandas as pd
 
+from icg.data import load_dataset
+from icg.evaluation.inputs import load_truth
+from icg.evaluation.methods import (
+    Drawers,
+    RunScorers,
+    load_generators,
+    main_adapter,
+    method_source,
+    select_methods,
+)
+from icg.evaluation.run import EvalConfig, draw_covers
+from icg.models.icg_model import ICGModel
+from icg.pairs import choose_pairs
+
 logger = logging.getLogger(__name__)
 
 # method of `icg evaluate` → column of the cell's scores
@@ -41,20 +55,6 @@ def evaluate_cell(world: Path, run: Path, out: Path, settings: dict[str, Any]) -
         One row per pair: ``user_id``, ``item_id`` and the true CTR of each method under its
         `CELL_METHODS` column name.
     """
-    from icg.data import load_dataset
-    from icg.evaluation.inputs import load_truth
-    from icg.evaluation.methods import (
-        Drawers,
-        RunScorers,
-        load_generators,
-        main_adapter,
-        method_source,
-        select_methods,
-    )
-    from icg.evaluation.pairs import choose_pairs
-    from icg.evaluation.run import EvalConfig, draw_covers
-    from icg.models.icg_model import ICGModel
-
     truth = load_truth(world)
     if truth is None:
         raise FileNotFoundError(f"{world}: no truth/ folder; the matrix needs a CoverWorld")

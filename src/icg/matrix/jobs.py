@@ -13,13 +13,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from icg.checkpoints import write_run_config
 from icg.io import atomic_write_json
+from icg.layout import STATS_FILE
+from icg.matrix.evaluate import CELL_METHODS, evaluate_cell
 from icg.matrix.plan import Job
+from icg.training.align import AlignConfig, run_align
+from icg.training.draft import DraftTrainer
+from icg.training.preference import PreferenceConfig, train_preference
+from icg.training.reward import RewardConfig, run_reward
+from icg.world.config import WorldConfig
+from icg.world.generate import generate_world
 
 logger = logging.getLogger(__name__)
 
@@ -44,24 +56,17 @@ def _resume(out: Path) -> bool:
 
 def run_world(job: Job) -> None:
     """Generate the world (atomically: a half-written world never looks finished)."""
-    from icg.world.config import WorldConfig
-    from icg.world.generate import generate_world
-
     generate_world(job.dir, WorldConfig(**job.payload), overwrite=True)
 
 
 def run_preference(job: Job) -> None:
     """Fit the preference model on the world's click log."""
-    from icg.training.preference import PreferenceConfig, train_preference
-
     p = job.payload
     train_preference(p["world"], job.dir, PreferenceConfig(**p["config"]), overwrite=True)
 
 
 def run_align_job(job: Job) -> None:
     """Stage A (resumes from its checkpoints)."""
-    from icg.training.align import AlignConfig, run_align
-
     p = job.payload
     cfg = AlignConfig(**p["config"], data=p["world"], out=job.dir, preference=p["preference"])
     run_align(cfg, resume=_resume(job.dir), overwrite=not _resume(job.dir))
@@ -70,8 +75,6 @@ def run_align_job(job: Job) -> None:
 def _link_preference(run: Path, preference: Path) -> None:
     """``run/preference`` → the shared preference model (variant-select and the run's reward read
     it there), as a relative link so the matrix folder can move."""
-    import os
-
     link = run / "preference"
     if link.is_symlink() or link.exists():
         return
@@ -81,8 +84,6 @@ def _link_preference(run: Path, preference: Path) -> None:
 
 def train_stage_b(p: dict[str, Any], out: Path) -> None:
     """Stage B from the cell's stage A (resumes from its checkpoints)."""
-    from icg.training.reward import RewardConfig, run_reward
-
     cfg = RewardConfig(**p["reward"], data=p["world"], init=p["align"], out=out,
                        preference=p["preference"])  # fmt: skip
     run_reward(cfg, resume=_resume(out), overwrite=not _resume(out))
@@ -92,14 +93,9 @@ def calibrate_stage_a(p: dict[str, Any], out: Path) -> None:
     """Stage A alone as a run folder best-of-K can rank with: stage A's adapter unchanged, and
     the recipe's reward with statistics measured on ``max_steps`` batches of stage A's own draws
     (the statistics a stage-B run would start learning from), without any update."""
-    import torch
-
-    from icg.checkpoints import write_run_config
-    from icg.training.reward import RewardConfig, RewardRecipe
-
     cfg = RewardConfig(**p["reward"], data=p["world"], init=p["align"], out=out,
                        preference=p["preference"])  # fmt: skip
-    recipe = RewardRecipe(cfg)
+    recipe = DraftTrainer(cfg)
     try:
         recipe.setup()
         recipe.rewards.train()  # statistics update on every scored batch
@@ -115,9 +111,6 @@ def calibrate_stage_a(p: dict[str, Any], out: Path) -> None:
 
 def run_cell(job: Job) -> None:
     """Train the cell's stage B (or calibrate stage A alone), evaluate it, write result.json."""
-    from icg.matrix.evaluate import CELL_METHODS, evaluate_cell
-    from icg.rewards.factory import STATS_FILE
-
     p = job.payload
     run = job.dir / "run"
     icg = run / "icg"

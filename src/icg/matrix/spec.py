@@ -26,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from icg.config import read_yaml_mapping
 from icg.demo import FULL
-from icg.training.reward_config import DEFAULT_REWARDS
+from icg.training.align import AlignConfig
+from icg.training.preference import PreferenceConfig
+from icg.training.reward_config import DEFAULT_REWARDS, RewardConfig
 
 # fields each stage gets from the matrix (its cell), never from a recipe
 RESERVED = {
@@ -128,10 +130,6 @@ def _problems(err: ValidationError, section: str | None = None) -> str:
 def check_recipe(recipe: Recipe, source: str | Path) -> Recipe:
     """Validate every section against the config class it overrides, with placeholder paths for
     the fields the matrix sets. Raises `RecipeError` naming ``source`` and the field."""
-    from icg.training.align import AlignConfig
-    from icg.training.preference import PreferenceConfig
-    from icg.training.reward_config import RewardConfig
-
     sections = {"preference": recipe.preference, "align": recipe.align}
     sections["reward"] = recipe.reward or {}
     for section, values in sections.items():

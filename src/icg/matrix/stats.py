@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import stats
 
 RunKey = tuple[int, int]  # (world seed, training seed)
 
@@ -38,8 +39,6 @@ class Interval:
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     """Mean of ``values`` with the ``confidence`` Student-t interval:
     ``mean ± t_{(1+c)/2, n-1} · sd / sqrt(n)`` (sd with n - 1 degrees of freedom)."""
-    from scipy import stats
-
     x = np.asarray(values, dtype=np.float64)
     n = int(x.size)
     if n == 0:
