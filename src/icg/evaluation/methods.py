@@ -72,11 +72,8 @@ ICG_METHODS = {
 
 def adapter_folder(run: Path, name: str) -> Path | None:
     """``RUN/<name>/adapter`` (or ``RUN/<name>``) when it holds an ICG adapter."""
-    from icg.pipeline import refuse_unet_lora
-
     for folder in (run / name / "adapter", run / name):
         if (folder / "icg_config.json").is_file():
-            refuse_unet_lora(folder)
             return folder
     return None
 
@@ -199,8 +196,17 @@ def load_generators(
     pipe = DiffusionPipeline.from_pretrained(resolve_model_path(base)) if needs_base else None
     needs_mllm = any(m in ICG_METHODS or m == "mllm-prompt" for m in wanted)
     model, processor = load_mllm(resolve_model_path(mllm)) if needs_mllm else (None, None)
-    size = int(pipe.unet.config.sample_size * pipe.vae_scale_factor) if pipe else 64
+    size = int(sample_size(pipe) * pipe.vae_scale_factor) if pipe else 64
     return pipe, model, processor, size
+
+
+def sample_size(pipe) -> int:
+    """The base pipeline's default latent size (UNet ``sample_size``; SD3 / FLUX pipelines
+    record theirs as ``default_sample_size``)."""
+    from icg.models.backbones import denoiser_of
+
+    recorded = getattr(pipe, "default_sample_size", None)
+    return int(recorded or denoiser_of(pipe).config.sample_size)
 
 
 @dataclass
@@ -220,12 +226,14 @@ class IcgSource:
     embedding_users: dict[str, str] | None = None
 
     def __call__(self, pairs: pd.DataFrame) -> np.ndarray:
+        from icg.models.denoiser_lora import find_lora
         from icg.models.icg_model import ICGModel
         from icg.pipeline import ICGPipeline
 
         d, cfg, spec = self.drawers, self.config, ICG_METHODS[self.method]
-        model = ICGModel.from_pretrained(d.adapters[self.method], d.mllm, d.processor)
-        pipe = ICGPipeline(d.base, model)
+        folder = d.adapters[self.method]
+        model = ICGModel.from_pretrained(folder, d.mllm, d.processor)
+        pipe = ICGPipeline(d.base, model, lora=find_lora(folder))  # the run's LoRA, if any
         try:
             k = cfg.candidates if spec.best_of_k else 1
             draw = baselines.generated_source(

@@ -62,7 +62,7 @@ class ICGModel(nn.Module):
     @classmethod
     def build(
         cls,
-        unet: nn.Module,
+        unet: nn.Module,  # the denoiser: a UNet, or an SD3 / FLUX transformer
         mllm: nn.Module,
         processor,
         *,
@@ -78,7 +78,8 @@ class ICGModel(nn.Module):
         global_conditioning: bool = False,
         read_image: bool = True,
     ) -> ICGModel:
-        """A fresh, zero-initialised ICG model for ``unet`` and ``mllm``."""
+        """A fresh, zero-initialised ICG model for the denoiser ``unet`` and ``mllm`` (the
+        adapter's family follows the denoiser: `icg.models.backbones`)."""
         hidden = mllm.get_input_embeddings().embedding_dim
         extra = {"prompt_template": prompt_template} if prompt_template else {}
         encoder = MetaTokenEncoder(
@@ -97,7 +98,9 @@ class ICGModel(nn.Module):
                 user_dim=user_dim,
                 hidden_dim=refiner_hidden_dim,
             )
-        adapter = CoverAdapter.from_unet(
+        from icg.models.backbones import build_adapter
+
+        adapter = build_adapter(
             unet,
             feature_dim=hidden,
             num_feature_tokens=num_meta_tokens,
@@ -197,13 +200,15 @@ class ICGModel(nn.Module):
             processor: the MLLM's processor.
             torch_dtype: dtype for an MLLM loaded by name.
         """
+        from icg.models.backbones import adapter_class
         from icg.models.mllm import load_mllm
         from icg.models.paths import resolve_model_path
 
         directory = Path(directory)
         config = cls.read_config(directory)
+        classes = {**PART_CLASSES, "adapter": adapter_class(directory / "adapter")}
         for part in config["parts"]:  # every part checked before the MLLM is loaded
-            check_module_folder(PART_CLASSES[part], directory / part)
+            check_module_folder(classes[part], directory / part)
         if mllm is None or isinstance(mllm, str):
             name = mllm or config["mllm"]
             if name is None:
@@ -211,7 +216,7 @@ class ICGModel(nn.Module):
             mllm, loaded = load_mllm(resolve_model_path(name), torch_dtype=torch_dtype)
             processor = processor or loaded
         encoder = MetaTokenEncoder.load(directory / "meta_tokens", mllm=mllm, processor=processor)
-        adapter = CoverAdapter.from_pretrained(directory / "adapter")
+        adapter = classes["adapter"].from_pretrained(directory / "adapter")
         refiner = None
         if "refiner" in config["parts"]:  # recorded: a missing folder is an error, not "no user"
             refiner = UserRefiner.from_pretrained(directory / "refiner")
