@@ -262,3 +262,18 @@ def test_a_trained_stage_b_lora_run_is_drawn_by_generate_covers(stage_b_world, t
         pipe.remove_adapter()
         covers[name] = [(tmp_path / name / p).read_bytes() for p in manifest["path"]]
     assert len(covers["with"]) == 2 and covers["with"] != covers["without"]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_user_guidance_reaches_the_transformer(family):
+    """`user_guidance` runs through ``joint_attention_kwargs``: 0 is the no-user draw to the bit,
+    2 pushes past the plain personalized draw."""
+    base, model = tiny_icg_for(family)
+    perturb_(model)
+    pipe = ICGPipeline(base, model)
+    users = torch.randn(2, 6)
+    cold = _draw(pipe, family)
+    assert torch.equal(_draw(pipe, family, users=users, user_guidance=0.0), cold)
+    plain = _draw(pipe, family, users=users)
+    pushed = _draw(pipe, family, users=users, user_guidance=2.0)
+    assert not torch.equal(plain, cold) and not torch.equal(pushed, plain)

@@ -109,8 +109,11 @@ def build_adapter(denoiser: nn.Module, **kwargs) -> CoverAdapter:
 
 
 def adapter_class(directory: str | Path) -> type[CoverAdapter]:
-    """The adapter class a saved adapter folder records (``config.json``'s ``_class_name``)."""
+    """The adapter class a saved adapter folder records (``config.json``'s ``_class_name``);
+    `CoverAdapter` when there is no config (then its folder check names what is missing)."""
     file = Path(directory) / "config.json"
+    if not file.is_file():
+        return CoverAdapter
     name = read_json_object(file, "the adapter config").get("_class_name") or "CoverAdapter"
     if name not in ADAPTER_CLASSES:
         raise ArtifactError(
