@@ -16,6 +16,7 @@ from icg.training.flow import (
     flux_image_ids,
     logit_normal_sigmas,
     pack_latents,
+    sample_flow,
     unpack_latents,
 )
 
@@ -76,3 +77,61 @@ def test_one_flow_matching_step_changes_the_adapter_and_nothing_else(family):
     assert "time_cond.weight" in changed
     assert all(torch.equal(transformer.state_dict()[k], v) for k, v in frozen.items())
     adapter.remove(transformer)
+
+
+def _trained_sd3_pipeline():
+    from backbone_fixtures import tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline()
+    torch.manual_seed(0)
+    adapter = build_adapter(pipe.transformer, feature_dim=16, num_feature_tokens=3)
+    with torch.no_grad():
+        for layer in adapter.attn_layers.values():
+            layer.to_v_icg.weight.normal_()
+    adapter.install(pipe.transformer)
+    tokens = adapter(torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(1)))
+    embeds = pipe.encode_prompt(
+        prompt=["red cat", "blue sea"], prompt_2=None, prompt_3=None, max_sequence_length=8
+    )  # (text, uncond text, pooled, uncond pooled)
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    return pipe, adapter, tokens.detach(), embeds, noise
+
+
+def test_the_flow_sampler_is_the_sd3_pipelines_loop_with_icg_tokens():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe, _, tokens, (text, uncond, pooled, uncond_pooled), noise = _trained_sd3_pipeline()
+    expected = pipe(
+        prompt_embeds=text, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
+        negative_pooled_prompt_embeds=uncond_pooled, latents=noise, num_inference_steps=3,
+        guidance_scale=5.0, output_type="latent",
+        joint_attention_kwargs={"icg_tokens": torch.cat([torch.zeros_like(tokens), tokens])},
+    ).images  # fmt: skip
+    with torch.no_grad():
+        out = sample_flow(
+            pipe.transformer, FlowMatchEulerDiscreteScheduler(), noise, text, pooled, tokens, 3,
+            guidance_scale=5.0, uncond_states=uncond, uncond_pooled=uncond_pooled,
+        )  # fmt: skip
+    assert torch.equal(out, expected)
+
+
+def test_only_the_last_k_flow_steps_carry_gradients_to_the_adapter():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe, adapter, _, (text, _, pooled, _), noise = _trained_sd3_pipeline()
+    pipe.transformer.requires_grad_(False)
+    features = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(1))
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    frozen = sample_flow(pipe.transformer, scheduler, noise, text, pooled, adapter(features), 3)
+    assert not frozen.requires_grad  # K = 0: no graph at all
+    out = sample_flow(
+        pipe.transformer, scheduler, noise, text, pooled, adapter(features), 3, grad_steps=1
+    )
+    torch.testing.assert_close(out.detach(), frozen, atol=0, rtol=0)  # the same draw
+    out.square().mean().backward()
+    grads = [p.grad for p in adapter.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    with pytest.raises(ValueError, match="grad_steps"):
+        sample_flow(
+            pipe.transformer, scheduler, noise, text, pooled, adapter(features), 3, grad_steps=4
+        )

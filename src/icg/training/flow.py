@@ -64,7 +64,7 @@ def flux_image_ids(h: int, w: int, device=None) -> torch.Tensor:
 def predict_velocity(
     transformer: nn.Module,
     noisy: torch.Tensor,
-    sigmas: torch.Tensor,
+    timesteps: torch.Tensor,
     text_states: torch.Tensor,
     pooled: torch.Tensor,
     tokens: torch.Tensor,
@@ -72,14 +72,16 @@ def predict_velocity(
 ) -> torch.Tensor:
     """The transformer's velocity for latents ``(B, C, h, w)`` with ICG tokens ``(B, K', T)``.
 
-    SD3 reads the latent grid and ``timestep = 1000 sigma``; FLUX reads packed latents, position
-    ids and ``timestep = sigma`` (it scales by 1000 itself), and ``guidance`` when distilled.
+    ``timesteps`` ``(B,)`` are on the scheduler's scale (``1000 sigma``). SD3 reads the latent
+    grid and the timesteps as they are; FLUX reads packed latents, position ids and
+    ``timesteps / 1000`` (it scales by 1000 itself), and ``guidance`` when distilled, exactly as
+    ``StableDiffusion3Pipeline`` / ``FluxPipeline`` call them.
     """
     kwargs = {"joint_attention_kwargs": {ICG_TOKENS_KWARG: tokens}}
     if type(transformer).__name__ != "FluxTransformer2DModel":
         return transformer(
             hidden_states=noisy,
-            timestep=sigmas * 1000,
+            timestep=timesteps,
             encoder_hidden_states=text_states,
             pooled_projections=pooled,
             **kwargs,
@@ -87,10 +89,10 @@ def predict_velocity(
     h, w = noisy.shape[-2:]
     extra = {}
     if transformer.config.guidance_embeds:
-        extra["guidance"] = torch.full_like(sigmas, 3.5 if guidance is None else guidance)
+        extra["guidance"] = torch.full_like(timesteps, 3.5 if guidance is None else guidance)
     out = transformer(
         hidden_states=pack_latents(noisy),
-        timestep=sigmas,
+        timestep=timesteps / 1000,
         encoder_hidden_states=text_states,
         pooled_projections=pooled,
         img_ids=flux_image_ids(h, w, noisy.device),
@@ -121,5 +123,54 @@ def flow_matching_loss(
         tokens: ICG tokens ``(B, K', T)``.
     """
     noisy = flow_noised(latents, noise, sigmas)
-    pred = predict_velocity(transformer, noisy, sigmas, text_states, pooled, tokens)
+    pred = predict_velocity(transformer, noisy, sigmas * 1000, text_states, pooled, tokens)
     return torch.nn.functional.mse_loss(pred.float(), flow_target(latents, noise).float())
+
+
+def sample_flow(
+    transformer: nn.Module,
+    scheduler,
+    noise: torch.Tensor,
+    text_states: torch.Tensor,
+    pooled: torch.Tensor,
+    tokens: torch.Tensor,
+    num_steps: int,
+    *,
+    grad_steps: int = 0,
+    guidance_scale: float = 1.0,
+    uncond_states: torch.Tensor | None = None,
+    uncond_pooled: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Euler integration of the flow ODE with ICG tokens, as ``StableDiffusion3Pipeline`` runs it
+    (``FlowMatchEulerDiscreteScheduler``; CFG on ``[uncond, cond]`` halves with zero ICG tokens
+    in the unconditional half). The last ``grad_steps`` steps carry gradients, the earlier ones
+    run without (DRaFT-K, Clark et al. 2024, Sec. 3), so stage B can differentiate a reward of
+    the returned latents ``(B, C, h, w)`` through them.
+
+    Args:
+        noise: the starting latents ``(B, C, h, w)`` (pure noise at sigma 1).
+        text_states, pooled: the prompt's states ``(B, L, D)`` and pooled embedding ``(B, P)``.
+        tokens: ICG tokens ``(B, K', T)``.
+        grad_steps: ``K``, between 0 and ``num_steps``.
+        guidance_scale: CFG weight (above 1 needs ``uncond_states`` and ``uncond_pooled``).
+    """
+    if not 0 <= grad_steps <= num_steps:
+        raise ValueError(f"grad_steps: expected 0..{num_steps}, got {grad_steps}")
+    cfg = guidance_scale > 1
+    if cfg:
+        if uncond_states is None or uncond_pooled is None:
+            raise ValueError("uncond_states, uncond_pooled: required when guidance_scale > 1")
+        text_states = torch.cat([uncond_states, text_states])  # (2B, L, D)
+        pooled = torch.cat([uncond_pooled, pooled])
+        tokens = torch.cat([torch.zeros_like(tokens), tokens])  # (2B, K', T)
+    scheduler.set_timesteps(num_steps, device=noise.device)
+    latents = noise
+    for i, t in enumerate(scheduler.timesteps):
+        with torch.set_grad_enabled(i >= num_steps - grad_steps):
+            x = torch.cat([latents] * 2) if cfg else latents
+            v = predict_velocity(transformer, x, t.expand(x.shape[0]), text_states, pooled, tokens)
+            if cfg:
+                uncond, cond = v.chunk(2)
+                v = uncond + guidance_scale * (cond - uncond)
+            latents = scheduler.step(v, t, latents, return_dict=False)[0]
+    return latents
