@@ -87,7 +87,7 @@ class StubPipe:
     """What `generate_covers` needs of an `ICGPipeline`: a device and solid-colour images."""
 
     def __init__(self) -> None:
-        self.base = SimpleNamespace(unet=SimpleNamespace(device="cpu"))
+        self.denoiser = SimpleNamespace(device="cpu")
 
     def __call__(self, titles, images, **kwargs):
         pics = [

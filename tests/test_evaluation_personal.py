@@ -139,7 +139,7 @@ def recorded(monkeypatch):
     calls = []
 
     class FakePipe:
-        def __init__(self, base, model) -> None:
+        def __init__(self, base, model, lora=None) -> None:
             pass
 
         def remove_adapter(self) -> None:

@@ -193,7 +193,7 @@ class RecordingPipe:
     def __init__(self) -> None:
         import torch
 
-        self.base = type("Base", (), {"unet": type("U", (), {"device": torch.device("cpu")})()})()
+        self.denoiser = type("U", (), {"device": torch.device("cpu")})()
         self.calls: list[dict] = []
 
     def __call__(self, titles, images, **kwargs):

@@ -155,20 +155,18 @@ def test_user_guidance_hook_mixes_with_and_without_user_predictions():
     assert not torch.equal(eps(with_user), guided)  # the hook is gone afterwards
 
 
-def test_an_adapter_trained_with_a_unet_lora_is_refused_not_drawn_without_it(tmp_path):
+def test_evaluation_finds_the_adapter_and_the_lora_of_a_lora_run(tmp_path):
     from icg.evaluation.methods import adapter_folder
-    from icg.pipeline import ICGPipeline
-    from icg.training.lora import LORA_FILE
+    from icg.models.denoiser_lora import LORA_FILE, find_lora
 
     run = tmp_path / "run"
     (run / "icg" / "adapter").mkdir(parents=True)
     (run / "icg" / "adapter" / "icg_config.json").write_text("{}")
     assert adapter_folder(run, "icg") == run / "icg" / "adapter"
-    (run / "icg" / LORA_FILE).write_bytes(b"")  # stage B with --lora-rank > 0 writes it here
-    with pytest.raises(ValueError, match="UNet LoRA"):
-        ICGPipeline.from_pretrained(run / "icg" / "adapter")
-    with pytest.raises(ValueError, match="UNet LoRA"):
-        adapter_folder(run, "icg")
+    assert find_lora(run / "icg" / "adapter") is None
+    (run / "icg" / LORA_FILE).write_bytes(b"")  # stage B with lora_rank > 0 writes it here
+    assert adapter_folder(run, "icg") == run / "icg" / "adapter"  # drawn with it, not refused
+    assert find_lora(run / "icg" / "adapter") == run / "icg" / LORA_FILE
 
 
 def test_sampling_defaults_are_icg_config_everywhere():

@@ -71,7 +71,7 @@ def draw_covers(
 ) -> list[Image.Image]:
     """One pipeline call: cover b from noise seed ``seeds[b]`` (its own generator, so a cover
     does not depend on the batch it is drawn in), user embeddings ``(B, E)`` or ``None``."""
-    generators = [torch.Generator(device=pipe.base.unet.device).manual_seed(s) for s in seeds]
+    generators = [torch.Generator(device=pipe.denoiser.device).manual_seed(s) for s in seeds]
     extra = {"strength": strength} if strength < 1.0 else {}
     return pipe(
         titles,

@@ -28,8 +28,9 @@ from PIL import Image
 
 from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.data.images import load_image
-from icg.layout import LORA_FILE
 from icg.models.attention import ICG_TOKENS_KWARG
+from icg.models.backbones import backbone_of, batch_has_cfg, denoiser_of
+from icg.models.denoiser_lora import attach_lora, find_lora, remove_lora
 from icg.models.guidance import user_guidance_hook
 from icg.models.icg_model import ICGModel
 from icg.models.paths import resolve_model_path
@@ -68,19 +69,6 @@ def cfg_tokens(tokens: torch.Tensor, do_cfg: bool) -> torch.Tensor:
     return torch.cat([torch.zeros_like(tokens), tokens]) if do_cfg else tokens
 
 
-def refuse_unet_lora(adapter_dir: str | Path) -> None:
-    """Refuse an adapter whose stage-B run also trained a UNet LoRA (``--lora-rank > 0``):
-    drawing without it would silently give other covers than the run was trained and scored on.
-    Loading it is not implemented yet."""
-    adapter_dir = Path(adapter_dir)
-    for folder in (adapter_dir, adapter_dir.parent):
-        if (folder / LORA_FILE).is_file():
-            raise ValueError(
-                f"{folder / LORA_FILE}: this run trained a UNet LoRA, which drawing does not load "
-                "yet; retrain stage B with lora_rank 0"
-            )
-
-
 def generator_seeds(generator: torch.Generator | Sequence[torch.Generator] | None):
     """The initial seed of each generator (one generator: a one-element list; none: ``None``)."""
     if generator is None:
@@ -108,15 +96,28 @@ class ICGPipeline:
     """Personalized cover generation: a base diffusers pipeline plus an ICG model.
 
     Args:
-        base: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (left untouched except
-            for the adapter's attention processors, removed again by :meth:`remove_adapter`).
+        base: a diffusers pipeline of a supported family (`icg.models.backbones`: SD1.x/2.x,
+            SDXL, SD3, FLUX), left untouched except for the adapter's attention processors,
+            removed again by :meth:`remove_adapter`.
         model: the ICG model (encoder with its MLLM, optional refiner, adapter).
+        lora: a stage-B LoRA of the denoiser (``unet_lora.safetensors``) to draw with, added to
+            the base's denoiser here and removed again by :meth:`remove_adapter`.
     """
 
-    def __init__(self, base, model: ICGModel) -> None:
+    def __init__(self, base, model: ICGModel, lora: str | Path | None = None) -> None:
         self.base = base
-        self.model = model.to(device=base.unet.device)
-        self.model.adapter.install(base.unet)
+        self.denoiser = denoiser_of(base)  # base.unet, or base.transformer (SD3, FLUX)
+        self.tokens_kwargs = backbone_of(base).kwargs_name
+        self.lora = Path(lora) if lora is not None else None
+        if self.lora is not None:
+            attach_lora(self.denoiser, self.lora)
+        self.model = model.to(device=self.denoiser.device)
+        try:
+            self.model.adapter.install(self.denoiser)
+        except Exception:
+            if self.lora is not None:  # leave the base as it was given
+                remove_lora(self.denoiser)
+            raise
         self._cache: dict[tuple[str, str, str], torch.Tensor] = {}
         self._img2img = None  # built on first use of strength < 1
         self.items_encoded = 0  # items sent through the MLLM (cache misses)
@@ -130,7 +131,8 @@ class ICGPipeline:
         mllm=None,
         torch_dtype: torch.dtype | None = None,
     ) -> ICGPipeline:
-        """Load an ICG adapter and the base pipeline and MLLM it records (or the ones given).
+        """Load an ICG adapter and the base pipeline and MLLM it records (or the ones given), and
+        the denoiser LoRA its stage-B run trained, when there is one (`find_lora`).
 
         Args:
             adapter_dir: a directory written by ``ICGModel.save_pretrained``.
@@ -138,7 +140,6 @@ class ICGPipeline:
             mllm: a name/path of the MLLM, or ``None`` for the one the adapter records.
             torch_dtype: dtype for the models loaded here.
         """
-        refuse_unet_lora(adapter_dir)
         config = ICGModel.read_config(adapter_dir)
         if base is None or isinstance(base, str | Path):
             name = str(base or config["base_model"] or "")
@@ -147,15 +148,18 @@ class ICGPipeline:
             kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
             base = DiffusionPipeline.from_pretrained(resolve_model_path(name), **kwargs)
         model = ICGModel.from_pretrained(adapter_dir, mllm=mllm, torch_dtype=torch_dtype)
-        return cls(base, model)
+        return cls(base, model, lora=find_lora(adapter_dir))
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Save the ICG adapter (trainable parts only)."""
         self.model.save_pretrained(directory)
 
     def remove_adapter(self) -> None:
-        """Restore the base UNet's original attention processors."""
-        self.model.adapter.remove(self.base.unet)
+        """Restore the base denoiser: its original attention processors, and no LoRA."""
+        self.model.adapter.remove(self.denoiser)
+        if self.lora is not None:
+            remove_lora(self.denoiser)
+            self.lora = None
 
     def set_feature_cache(self, cache: MutableMapping[tuple[str, str, str], torch.Tensor]) -> None:
         """Keep item features in ``cache`` from now on (a server passes a bounded LRU mapping;
@@ -216,7 +220,7 @@ class ICGPipeline:
 
     # ---- generation ----------------------------------------------------------------------
     def _do_cfg(self, guidance_scale: float) -> bool:
-        return guidance_scale > 1.0 and self.base.unet.config.time_cond_proj_dim is None
+        return batch_has_cfg(self.base, guidance_scale)
 
     @torch.no_grad()
     def __call__(
@@ -268,7 +272,7 @@ class ICGPipeline:
             images = [images]
         titles = list(titles)
         features = self.encode_items(titles, images, item_keys)  # (B, K, D)
-        unet = self.base.unet
+        unet = self.denoiser
         device = unet.device
         features = features.to(device)
         if user_embeddings is not None and user_guidance != 0:
@@ -280,7 +284,7 @@ class ICGPipeline:
         guide = contextlib.nullcontext()
         if user_embeddings is not None and user_guidance != 1:
             without = cfg_tokens(self.model(features), do_cfg).to(unet.dtype)  # (B', K', T)
-            guide = user_guidance_hook(unet, without, user_guidance)
+            guide = user_guidance_hook(unet, without, user_guidance, self.tokens_kwargs)
         previous = self.model.adapter.scale
         if icg_scale is not None:
             self.model.adapter.set_scale(icg_scale)
@@ -312,7 +316,7 @@ class ICGPipeline:
                     guidance_scale=guidance_scale,
                     generator=generator,
                     output_type=output_type,
-                    cross_attention_kwargs={ICG_TOKENS_KWARG: tokens},
+                    **{self.tokens_kwargs: {ICG_TOKENS_KWARG: tokens}},
                     **base_kwargs,
                 )
         finally:
@@ -354,7 +358,7 @@ class ICGPipeline:
         titles = list(titles)
         self.encode_items(titles, images, item_keys)  # warm the cache once
         users = [None] if user_embeddings is None else list(torch.as_tensor(user_embeddings))
-        device = self.base.unet.device
+        device = self.denoiser.device
         grid = []
         for user in users:
             generator = torch.Generator(device=device).manual_seed(seed)

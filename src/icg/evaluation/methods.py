@@ -25,11 +25,13 @@ from icg.evaluation import baselines
 from icg.evaluation.baselines import CoverSource
 from icg.generation import Scorer, reward_scorer
 from icg.layout import ADAPTER_DIR, ICG_CONFIG_FILE, PREFERENCE_CONFIG_FILE, PREFERENCE_RUN
+from icg.models.backbones import denoiser_of
+from icg.models.denoiser_lora import find_lora
 from icg.models.icg_model import ICGModel
 from icg.models.mllm import load_mllm
 from icg.models.paths import resolve_model_path
 from icg.models.preference import PreferenceModel
-from icg.pipeline import ICGPipeline, refuse_unet_lora
+from icg.pipeline import ICGPipeline
 from icg.rewards import ClipTowers, PreferenceReward
 from icg.rewards.factory import load_run_reward
 
@@ -81,10 +83,8 @@ ICG_METHODS = {
 
 def adapter_folder(run: Path, name: str) -> Path | None:
     """``RUN/<name>/adapter`` (or ``RUN/<name>``) when it holds an ICG adapter."""
-
     for folder in (run / name / ADAPTER_DIR, run / name):
         if (folder / ICG_CONFIG_FILE).is_file():
-            refuse_unet_lora(folder)
             return folder
     return None
 
@@ -199,8 +199,15 @@ def load_generators(
     pipe = DiffusionPipeline.from_pretrained(resolve_model_path(base)) if needs_base else None
     needs_mllm = any(m in ICG_METHODS or m == "mllm-prompt" for m in wanted)
     model, processor = load_mllm(resolve_model_path(mllm)) if needs_mllm else (None, None)
-    size = int(pipe.unet.config.sample_size * pipe.vae_scale_factor) if pipe else 64
+    size = int(sample_size(pipe) * pipe.vae_scale_factor) if pipe else 64
     return pipe, model, processor, size
+
+
+def sample_size(pipe) -> int:
+    """The base pipeline's default latent size (UNet ``sample_size``; SD3 / FLUX pipelines
+    record theirs as ``default_sample_size``)."""
+    recorded = getattr(pipe, "default_sample_size", None)
+    return int(recorded or denoiser_of(pipe).config.sample_size)
 
 
 @dataclass
@@ -222,8 +229,9 @@ class IcgSource:
     def __call__(self, pairs: pd.DataFrame) -> np.ndarray:
 
         d, cfg, spec = self.drawers, self.config, ICG_METHODS[self.method]
-        model = ICGModel.from_pretrained(d.adapters[self.method], d.mllm, d.processor)
-        pipe = ICGPipeline(d.base, model)
+        folder = d.adapters[self.method]
+        model = ICGModel.from_pretrained(folder, d.mllm, d.processor)
+        pipe = ICGPipeline(d.base, model, lora=find_lora(folder))  # the run's LoRA, if any
         try:
             k = cfg.candidates if spec.best_of_k else 1
             draw = baselines.generated_source(

@@ -30,9 +30,10 @@ def mix_user_guidance(
 
 
 class _UserGuidanceHook:
-    def __init__(self, without_user: torch.Tensor, scale: float) -> None:
+    def __init__(self, without_user: torch.Tensor, scale: float, kwargs_name: str) -> None:
         self.without_user = without_user
         self.scale = scale
+        self.kwargs_name = kwargs_name
         self.active = False
 
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict, output):
@@ -40,9 +41,9 @@ class _UserGuidanceHook:
             return output
         self.active = True
         try:
-            extra = {**(kwargs.get("cross_attention_kwargs") or {})}
+            extra = {**(kwargs.get(self.kwargs_name) or {})}
             extra[ICG_TOKENS_KWARG] = self.without_user
-            base = module(*args, **{**kwargs, "cross_attention_kwargs": extra})
+            base = module(*args, **{**kwargs, self.kwargs_name: extra})
         finally:
             self.active = False
         if isinstance(output, tuple):
@@ -53,7 +54,10 @@ class _UserGuidanceHook:
 
 @contextmanager
 def user_guidance_hook(
-    unet: torch.nn.Module, without_user_tokens: torch.Tensor, scale: float
+    unet: torch.nn.Module,
+    without_user_tokens: torch.Tensor,
+    scale: float,
+    kwargs_name: str = "cross_attention_kwargs",
 ) -> Iterator[None]:
     """While active, every ``unet(...)`` call returns the user-guided prediction.
 
@@ -62,9 +66,11 @@ def user_guidance_hook(
         without_user_tokens: the ICG tokens of the same rows without a user, laid out exactly
             as the tokens the pipeline passes (CFG: ``[zeros, tokens]``).
         scale: ``w_u``.
+        kwargs_name: the denoiser keyword that carries the tokens (``joint_attention_kwargs`` for
+            SD3 / FLUX transformers).
     """
     handle = unet.register_forward_hook(
-        _UserGuidanceHook(without_user_tokens, scale), with_kwargs=True
+        _UserGuidanceHook(without_user_tokens, scale, kwargs_name), with_kwargs=True
     )
     try:
         yield

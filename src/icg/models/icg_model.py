@@ -19,6 +19,7 @@ from torch import nn
 from icg.artifacts import ArtifactError, check_module_folder, read_json_object
 from icg.layout import ICG_CONFIG_FILE
 from icg.models.adapter import CoverAdapter
+from icg.models.backbones import adapter_class, build_adapter
 from icg.models.meta_tokens import MetaTokenEncoder
 from icg.models.mllm import load_mllm
 from icg.models.paths import resolve_model_path
@@ -65,7 +66,7 @@ class ICGModel(nn.Module):
     @classmethod
     def build(
         cls,
-        unet: nn.Module,
+        unet: nn.Module,  # the denoiser: a UNet, or an SD3 / FLUX transformer
         mllm: nn.Module,
         processor,
         *,
@@ -81,7 +82,8 @@ class ICGModel(nn.Module):
         global_conditioning: bool = False,
         read_image: bool = True,
     ) -> ICGModel:
-        """A fresh, zero-initialised ICG model for ``unet`` and ``mllm``."""
+        """A fresh, zero-initialised ICG model for the denoiser ``unet`` and ``mllm`` (the
+        adapter's family follows the denoiser: `icg.models.backbones`)."""
         hidden = mllm.get_input_embeddings().embedding_dim
         extra = {"prompt_template": prompt_template} if prompt_template else {}
         encoder = MetaTokenEncoder(
@@ -100,7 +102,7 @@ class ICGModel(nn.Module):
                 user_dim=user_dim,
                 hidden_dim=refiner_hidden_dim,
             )
-        adapter = CoverAdapter.from_unet(
+        adapter = build_adapter(
             unet,
             feature_dim=hidden,
             num_feature_tokens=num_meta_tokens,
@@ -203,8 +205,9 @@ class ICGModel(nn.Module):
 
         directory = Path(directory)
         config = cls.read_config(directory)
+        classes = {**PART_CLASSES, "adapter": adapter_class(directory / "adapter")}
         for part in config["parts"]:  # every part checked before the MLLM is loaded
-            check_module_folder(PART_CLASSES[part], directory / part)
+            check_module_folder(classes[part], directory / part)
         if mllm is None or isinstance(mllm, str):
             name = mllm or config["mllm"]
             if name is None:
@@ -212,7 +215,7 @@ class ICGModel(nn.Module):
             mllm, loaded = load_mllm(resolve_model_path(name), torch_dtype=torch_dtype)
             processor = processor or loaded
         encoder = MetaTokenEncoder.load(directory / "meta_tokens", mllm=mllm, processor=processor)
-        adapter = CoverAdapter.from_pretrained(directory / "adapter")
+        adapter = classes["adapter"].from_pretrained(directory / "adapter")
         refiner = None
         if "refiner" in config["parts"]:  # recorded: a missing folder is an error, not "no user"
             refiner = UserRefiner.from_pretrained(directory / "refiner")

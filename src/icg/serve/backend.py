@@ -123,7 +123,7 @@ class PipelineBackend:
             raise RuntimeError("generate before load")
         settings = jobs[0].settings
         rows = [(job, k) for job in jobs for k in range(job.rows)]
-        device = pipe.base.unet.device
+        device = pipe.denoiser.device
         generators = [torch.Generator(device=device).manual_seed(job.seeds[k]) for job, k in rows]
         users = self._user_matrix([job for job, _ in rows])  # (N, E) NaN rows: cold, or None
         images = pipe(
