@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("", "demo", "icg.cli.run", "demo"),
     ("", "serve", "icg.cli.serve", "serve"),
     ("", "batch", "icg.cli.batch", "batch"),
+    ("ab", "report", "icg.cli.ab", "report"),
 ]
 
 GROUP_HELP = {
@@ -39,6 +40,7 @@ GROUP_HELP = {
     "data": "Validate catalogs, users and click logs.",
     "zoo": "coverworld-tiny: the embedded default models.",
     "train": "Train the preference model and the ICG adapter (stage A align, stage B reward).",
+    "ab": "A/B analysis of impression logs with an arm column.",
 }
 
 

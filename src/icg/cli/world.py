@@ -18,6 +18,10 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="world seed")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML WorldConfig")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+    chunk_impressions: Annotated[
+        int | None,
+        typer.Option(help="impressions simulated at once (bounds memory; same world for any)"),
+    ] = None,
 ) -> None:
     """Generate a CoverWorld: platform data, covers and the hidden truth/."""
     from icg.config import load_config
@@ -29,7 +33,7 @@ def generate(
     overrides = {"n_items": items, "n_users": users, "n_impressions": impressions, "seed": seed}
     cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     cfg = WorldConfig(**cfg.model_dump())  # validate the overrides
-    generate_world(out, cfg, overwrite=overwrite)
+    generate_world(out, cfg, overwrite=overwrite, chunk_impressions=chunk_impressions)
     print_summary(platform_summary(out), f"CoverWorld at {out}")
 
 
