@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("world", "generate", "icg.cli.world", "generate"),
     ("world", "train-oracle", "icg.cli.world", "train_oracle"),
     ("world", "evaluate-oracle", "icg.cli.world", "evaluate_oracle"),
+    ("world", "ab", "icg.cli.world", "ab"),
     ("data", "validate", "icg.cli.data", "validate"),
     ("zoo", "list", "icg.cli.zoo", "list_"),
     ("zoo", "path", "icg.cli.zoo", "path"),

@@ -98,3 +98,35 @@ def evaluate_oracle(
     for name, row in report.items():
         table.add_row(name, *(f"{row[c]:.3f}" for c in columns))
     Console().print(table)
+
+
+def ab(
+    data: Annotated[Path, typer.Option(help="the CoverWorld to run the experiment on")],
+    arm: Annotated[
+        list[str],
+        typer.Option(help="NAME=reference or NAME=MANIFEST (repeatable; the first is control)"),
+    ],
+    out: Annotated[Path, typer.Option(help="the new platform folder (impressions carry 'arm')")],
+    impressions: Annotated[int, typer.Option(help="impressions to simulate")] = 100_000,
+    seed: Annotated[int, typer.Option(help="experiment seed (and randomisation salt)")] = 0,
+    chunk_impressions: Annotated[
+        int, typer.Option(help="impressions simulated at once (same log for any)")
+    ] = 100_000,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """Simulate an online A/B test of cover arms on a world's traffic (then: icg ab report)."""
+    from icg.world.ab import simulate_ab
+
+    arms = {}
+    for spec in arm:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value:
+            raise typer.BadParameter(
+                f"--arm: expected NAME=reference or NAME=MANIFEST, got {spec!r}"
+            )
+        arms[name] = value
+    summary = simulate_ab(data, arms, impressions, seed, out, chunk_impressions=chunk_impressions,
+                          overwrite=overwrite)  # fmt: skip
+    print_summary({f"users in {a}": n for a, n in summary["users"].items()}
+                  | {"impressions": summary["impressions"], "pairs": summary["pairs"]},
+                  f"A/B log at {out}: icg ab report --data {out} --control {next(iter(arms))}")  # fmt: skip
