@@ -18,8 +18,8 @@ from pathlib import Path
 SIZES = [(1000, 500, 1_000_000), (5000, 2000, 200_000), (5000, 2000, 1_000_000)]
 
 
-def run(items: int, users: int, impressions: int) -> tuple[float, float]:
-    """(seconds, peak RSS in GiB) of one `icg world generate` in a child process."""
+def run(items: int, users: int, impressions: int) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in GiB) of one `icg world generate` in a child process."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             sys.executable, "-m", "icg", "world", "generate", "--out", str(Path(tmp) / "w"),
@@ -32,14 +32,18 @@ def run(items: int, users: int, impressions: int) -> tuple[float, float]:
         seconds = time.perf_counter() - start
         if status != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 2**20  # Linux: ru_maxrss is in KiB
+    cpu = usage.ru_utime + usage.ru_stime  # the machine's load does not inflate it
+    return seconds, cpu, usage.ru_maxrss / 2**20  # Linux: ru_maxrss is in KiB
 
 
 def main(sizes: list[tuple[int, int, int]]) -> None:
-    print(f"{'items':>7} {'users':>7} {'impressions':>12} {'seconds':>9} {'peak GiB':>9}")
+    print(
+        f"{'items':>7} {'users':>7} {'impressions':>12} {'wall s':>8} {'CPU s':>8} {'peak GiB':>9}"
+    )
     for items, users, impressions in sizes:
-        seconds, peak = run(items, users, impressions)
-        print(f"{items:>7} {users:>7} {impressions:>12} {seconds:>9.1f} {peak:>9.2f}", flush=True)
+        seconds, cpu, peak = run(items, users, impressions)
+        print(f"{items:>7} {users:>7} {impressions:>12} {seconds:>8.1f} {cpu:>8.1f} {peak:>9.2f}",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -95,12 +95,14 @@ def test_users_keep_their_arm_across_experiments_of_one_seed(world, same, tmp_pa
 
 
 def test_better_covers_win_online_and_identical_ones_do_not(world, best, same, tmp_path):
-    simulate_ab(world, {"control": "reference", "icg": best}, 20_000, 3, tmp_path / "best_ab")
-    report = ab_report(load_log(tmp_path / "best_ab", "arm"), "arm", control="control")
+    summary = simulate_ab(world, {"control": "reference", "icg": best}, 20_000, 3, tmp_path / "b")
+    assert summary["offline_lift"]["icg"] > 0.1  # the truth's best covers, scored offline
+    report = ab_report(load_log(tmp_path / "b", "arm"), "arm", control="control")
     assert report["lift"]["icg"]["ctr"]["low"] > 0
     assert not report["srm"]["mismatch"]
-    simulate_ab(world, {"control": "reference", "icg": same}, 20_000, 3, tmp_path / "same_ab")
-    report = ab_report(load_log(tmp_path / "same_ab", "arm"), "arm", control="control")
+    summary = simulate_ab(world, {"control": "reference", "icg": same}, 20_000, 3, tmp_path / "s")
+    assert summary["offline_lift"]["icg"] == pytest.approx(0.0, abs=1e-6)
+    report = ab_report(load_log(tmp_path / "s", "arm"), "arm", control="control")
     assert report["lift"]["icg"]["ctr"]["low"] < 0 < report["lift"]["icg"]["ctr"]["high"]
 
 

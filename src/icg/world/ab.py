@@ -141,17 +141,25 @@ def simulate_ab(
                          weights=None if weights is None else [weights[a] for a in names])  # fmt: skip
     # the cover each user sees for each item: their arm's
     grids = {a: _cover_of(covers[a], users, items) for a in names}
-    shown = pd.concat([grids[a].iloc[np.flatnonzero(np.repeat(arm_of == k, len(items)))]
-                       for k, a in enumerate(names)]).sort_index()  # fmt: skip
-    available = shown["path"].notna().to_numpy().reshape(len(users), len(items))  # (U, I)
+    # a pair is in the experiment when every arm has a cover for it
+    available = np.logical_and.reduce([g["path"].notna().to_numpy() for g in grids.values()])
+    ok = available  # (U * I,)
+    scores = {a: _score(truth, grids[a][ok], cfg.image_size) for a in names}
+    # offline: every arm's covers scored by the truth on every pair, whoever saw them
+    offline = {a: float(scores[a][0].mean()) for a in names}
+    row_arm = arm_of.repeat(len(items))  # (U * I,) the arm each pair's user is in
+    shown = pd.concat([grids[a][row_arm == k] for k, a in enumerate(names)]).sort_index()
     shown = shown.fillna({"path": "", "cover_id": ""})
     attract, bright = np.zeros(len(shown)), np.zeros(len(shown))
-    ok = available.ravel()
-    attract[ok], bright[ok] = _score(truth, shown[ok], cfg.image_size)
+    for k, a in enumerate(names):
+        mine = row_arm[ok] == k
+        attract[ok & (row_arm == k)] = scores[a][0][mine]
+        bright[ok & (row_arm == k)] = scores[a][1][mine]
+    available = available.reshape(len(users), len(items))  # (U, I)
     attract, bright = attract.reshape(available.shape), bright.reshape(available.shape)
     popularity = truth.items.loc[items, "popularity"].to_numpy()
     with atomic_dir(out) as tmp:
-        shown_arm = np.asarray(names)[arm_of.repeat(len(items))][ok]
+        shown_arm = np.asarray(names)[row_arm][ok]
         paths = _copy_platform(world, tmp, shown[ok], shown_arm)
         cover_path = np.full(len(shown), "", dtype=object)
         cover_path[ok] = paths
@@ -164,6 +172,8 @@ def simulate_ab(
             "world": str(world), "arms": arms, "control": names[0], "seed": seed,
             "impressions": n, "users": {a: int((arm_of == k).sum()) for k, a in enumerate(names)},
             "items": len(items), "pairs": int(available.sum()),
+            "offline_true_ctr": offline,
+            "offline_lift": {a: offline[a] / offline[names[0]] - 1 for a in names[1:]},
             "randomisation": f"sha256('world-ab:{seed}:' + user_id)",
         }  # fmt: skip
         (tmp / "experiment.json").write_text(json.dumps(summary, indent=2))
