@@ -177,3 +177,26 @@ def test_bad_rows_are_named(tmp_path: Path):
 def test_unknown_control_is_refused():
     with pytest.raises(ValueError, match="control: 'ctrl' is not an arm"):
         ab_report(_log(7, n_users=50), "arm", control="ctrl")
+
+
+def test_few_users_are_warned_about():
+    report = ab_report(_log(8, n_users=12), "arm", control="control", bootstrap=100)
+    assert any("unreliable" in w for w in report["warnings"])
+    boot = report["lift"]["icg"]["bootstrap"]
+    assert -1 < boot["low"] < boot["high"] < 100 and boot["replicates"] <= 100
+
+
+def test_cli_writes_the_report(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from icg.cli import build_app
+
+    (tmp_path / "log").mkdir()
+    _log(9, n_users=300, lift_=0.3).to_parquet(tmp_path / "log" / "impressions.parquet")
+    args = ["ab", "report", "--data", str(tmp_path / "log"), "--control", "control",
+            "--out", str(tmp_path / "ab"), "--split", "control=1,icg=1"]  # fmt: skip
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ab" / "ab.json").read_text())["warnings"] == []
+    bad = CliRunner().invoke(build_app(), [*args[:-2], "--control", "nope"])
+    assert bad.exit_code != 0 and "nope" in bad.output

@@ -12,6 +12,7 @@ from PIL import Image
 from icg.ab import ab_report, load_log
 from icg.data import load_dataset
 from icg.generation import is_marked_generated, save_generated_png
+from icg.safety import OutputExistsError
 from icg.world.ab import simulate_ab
 from icg.world.config import WorldConfig
 from icg.world.generate import generate_world
@@ -107,7 +108,7 @@ def test_better_covers_win_online_and_identical_ones_do_not(world, best, same, t
 
 
 def test_bad_arms_are_refused(world, tmp_path):
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputExistsError, match="not empty"):
         (tmp_path / "x").mkdir()
         (tmp_path / "x" / "f").write_text("")
         simulate_ab(world, {"control": "reference"}, 10, 0, tmp_path / "x")
@@ -117,3 +118,23 @@ def test_bad_arms_are_refused(world, tmp_path):
     )
     with pytest.raises(ValueError, match="lacks columns"):
         simulate_ab(world, {"control": "reference", "icg": str(manifest)}, 10, 0, tmp_path / "y")
+
+
+def test_cli_runs_the_experiment_and_its_report(world, same, tmp_path):
+    from typer.testing import CliRunner
+
+    from icg.cli import build_app
+
+    app, runner = build_app(), CliRunner()
+    args = ["world", "ab", "--data", str(world), "--arm", "control=reference", "--arm",
+            f"icg={same}", "--impressions", "2000", "--seed", "4", "--out", str(tmp_path / "ab")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "not empty" in again.output
+    report = runner.invoke(app, ["ab", "report", "--data", str(tmp_path / "ab"), "--control",
+                                 "control", "--out", str(tmp_path / "r")])  # fmt: skip
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "r" / "ab.html").is_file()
+    bad = runner.invoke(app, [*args[:4], "--arm", "icg", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "NAME=reference" in bad.output

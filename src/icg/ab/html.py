@@ -103,6 +103,7 @@ def render_html(report: dict) -> str:
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px}}</style>
 </head><body>
 <h1>A/B report: {escape(report["arm_column"])}, control {escape(report["control"])}</h1>
+{"".join(f"<p><b>Warning:</b> {escape(w)}</p>" for w in report.get("warnings", []))}
 <h2>Arms</h2>{arms}
 <h2>Lift over control (clustered by user, delta method)</h2>{lifts}
 <p>Sample-ratio check: chi² {srm["chi2"]:.2f}, p = {srm["p_value"]:.3g}: {verdict}.</p>

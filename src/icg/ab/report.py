@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 REQUIRED = ("user_id", "clicked")
 ACTIVITY_BUCKETS = 4
+# With fewer users in an arm, a variance estimated over users is itself too noisy to trust.
+MIN_USERS = 10
 DAY = 86_400
 
 
@@ -179,6 +181,11 @@ def ab_report(
         "examination": {"source": exam_source,
                         "curve": None if examination is None else [float(e) for e in examination]},
     }  # fmt: skip
+    few = [a for a, s in report["arms"].items() if s["users"] < MIN_USERS]
+    report["warnings"] = [f"{a}: {report['arms'][a]['users']} users (< {MIN_USERS}); intervals "
+                          "clustered by user are unreliable with so few" for a in few]  # fmt: skip
+    for line in report["warnings"]:
+        logger.warning(line)
     mean_imps = users.groupby("arm")["impressions"].mean()
     for arm, row in report["lift"].items():
         t, c = (users[users["arm"] == a] for a in (arm, control))
@@ -207,12 +214,23 @@ def ab_report(
     return report
 
 
+def _finite(value):
+    """`value` with every NaN or infinite float as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def write_report(report: dict, out: Path | str) -> Path:
     """Write OUT/ab.json and OUT/ab.html (self-contained, an inline SVG plot)."""
     from icg.ab.html import render_html
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "ab.json", report, indent=2)
+    atomic_write_json(out / "ab.json", _finite(report), indent=2)
     atomic_write_text(out / "ab.html", render_html(report))
     return out

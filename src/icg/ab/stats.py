@@ -67,6 +67,10 @@ def lift(treatment: RatioStats, control: RatioStats, level: float = 0.95) -> dic
     The interval is exp(d +- z se) - 1 for d = log(R_t / R_c), se^2 = Var(log R_t) + Var(log R_c)
     (independent arms: users are randomised), which keeps the interval's lower end above -1.
     """
+    if not (treatment.value > 0 and control.value > 0):  # no click in an arm: no log-ratio
+        nan = float("nan")
+        return {"lift": nan, "low": nan, "high": nan, "log_ratio": nan, "se_log_ratio": nan,
+                "p_value": nan, "level": level}  # fmt: skip
     d = float(np.log(treatment.value / control.value))
     se = float(np.sqrt(treatment.var_log + control.var_log))
     z = float(stats.norm.ppf(0.5 + level / 2))
@@ -92,14 +96,17 @@ def bootstrap_lift(
     """Percentile interval of the relative lift from a Poisson bootstrap over users: each user's
     (num, den) sums get a Poisson(1) weight per replicate (Chamandy et al. 2012, Sec. 3)."""
     rng = np.random.default_rng(seed)
-    ratios = []
+    ratios, valid = [], np.ones(replicates, dtype=bool)
     for num, den in (treatment, control):
         w = rng.poisson(1.0, (replicates, len(num))).astype(np.float64)  # (B, U)
-        ratios.append((w @ num) / np.maximum(w @ den, 1e-12))  # (B,)
-    lifts = ratios[0] / np.maximum(ratios[1], 1e-12) - 1.0
+        num_b, den_b = w @ num, w @ den  # (B,)
+        valid &= (den_b > 0) & (num_b > 0)  # a replicate that drew no impression (or click)
+        ratios.append(num_b / np.maximum(den_b, 1e-12))
+    lifts = ratios[0][valid] / ratios[1][valid] - 1.0
     a = (1 - level) / 2
-    low, high = np.quantile(lifts, [a, 1 - a])
-    return {"low": float(low), "high": float(high), "replicates": replicates, "level": level}
+    low, high = np.quantile(lifts, [a, 1 - a]) if len(lifts) else (float("nan"),) * 2
+    return {"low": float(low), "high": float(high), "replicates": int(valid.sum()),
+            "level": level}  # fmt: skip
 
 
 def sample_size(
@@ -108,6 +115,8 @@ def sample_size(
     """Users per arm (equal arms) for a two-sided test at `alpha` to detect the observed
     log-ratio with probability `power`: n = (z_{1-a/2} + z_power)^2 (v_t + v_c) / d^2, where
     v = U Var(log R) is each arm's per-user variance of log R. Infinite for no effect."""
+    if not (treatment.value > 0 and control.value > 0):
+        return float("inf")
     d = np.log(treatment.value / control.value)
     if not np.isfinite(d) or d == 0:
         return float("inf")

@@ -50,6 +50,10 @@ def report(
 
     segments = segment_column or []
     log = load_log(data, arm_column, segments)
+    arms = sorted(log[arm_column].unique())
+    if control not in arms:
+        raise typer.BadParameter(f"{control!r} is not an arm of {arm_column!r}: {arms}",
+                                 param_hint="--control")  # fmt: skip
     exam = None
     if preference is not None:
         exam = _preference_examination(preference, int(log["position"].max()) + 1)

@@ -30,7 +30,7 @@ from icg.ab.randomise import assign_arms
 from icg.config import load_config
 from icg.data.images import load_image
 from icg.io import atomic_dir
-from icg.safety import output_path, safe_name
+from icg.safety import OutputExistsError, output_path, safe_name
 from icg.world.attributes import STYLE_DIMS
 from icg.world.clicks import examination
 from icg.world.config import WorldConfig
@@ -125,7 +125,7 @@ def simulate_ab(
     """
     world, out = Path(world), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True)")
+        raise OutputExistsError(f"{out} exists and is not empty (pass --overwrite)")
     cfg = load_config(WorldConfig, world / "world.yaml")
     truth = Truth(world)
     names = list(arms)
