@@ -138,3 +138,21 @@ def test_cli_runs_the_experiment_and_its_report(world, same, tmp_path):
     assert (tmp_path / "r" / "ab.html").is_file()
     bad = runner.invoke(app, [*args[:4], "--arm", "icg", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "NAME=reference" in bad.output
+
+
+def test_the_preference_model_learns_from_the_a_b_log_without_reading_truth(
+    world, best, tmp_path, monkeypatch
+):
+    """`icg train preference` on an A/B log: generated covers are covers like any other, and
+    the log's truth/ stays unread (the simulator wrote it; training never opens it)."""
+    from open_spy import spy_on_opens
+
+    from icg.rewards.testing import tiny_clip
+    from icg.training.preference import PreferenceConfig, train_preference
+
+    simulate_ab(world, {"control": "reference", "icg": best}, 3000, 6, tmp_path / "ab")
+    opened = spy_on_opens(monkeypatch)
+    cfg = PreferenceConfig(epochs=1, batch_size=64, rank=4, hidden_dim=8)
+    result = train_preference(tmp_path / "ab", tmp_path / "pref", cfg, towers=tiny_clip())
+    assert any("/images/ab/icg/" in p for p in result.data.cover_paths)
+    assert not [p for p in opened if "/truth/" in p or p.endswith("/truth")]
