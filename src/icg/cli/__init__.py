@@ -34,6 +34,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("", "serve", "icg.cli.serve", "serve"),
     ("", "batch", "icg.cli.batch", "batch"),
     ("ab", "report", "icg.cli.ab", "report"),
+    ("", "loop", "icg.cli.loop", "loop"),
 ]
 
 GROUP_HELP = {
