@@ -9,8 +9,9 @@ import pytest
 from open_spy import spy_on_opens
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "icg"
-# Packages that train or serve models: they must not reach the truth.
-TRAINING = ["data", "models", "rewards", "training", "pipeline.py", "generation.py", "batch"]
+# Packages that train or serve models, and the A/B analysis of real logs: they must not reach
+# the truth.
+TRAINING = ["data", "models", "rewards", "training", "pipeline.py", "generation.py", "batch", "ab"]
 TRUTH_MODULES = (
     "icg.world.truth",
     "icg.world.readout",

@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("world", "generate", "icg.cli.world", "generate"),
     ("world", "train-oracle", "icg.cli.world", "train_oracle"),
     ("world", "evaluate-oracle", "icg.cli.world", "evaluate_oracle"),
+    ("world", "ab", "icg.cli.world", "ab"),
     ("data", "validate", "icg.cli.data", "validate"),
     ("zoo", "list", "icg.cli.zoo", "list_"),
     ("zoo", "path", "icg.cli.zoo", "path"),
@@ -33,6 +34,8 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("", "serve", "icg.cli.serve", "serve"),
     ("", "batch", "icg.cli.batch", "batch"),
     ("bench", "recipes", "icg.cli.bench", "recipes"),
+    ("ab", "report", "icg.cli.ab", "report"),
+    ("", "loop", "icg.cli.loop", "loop"),
 ]
 
 GROUP_HELP = {
@@ -41,6 +44,7 @@ GROUP_HELP = {
     "zoo": "coverworld-tiny: the embedded default models.",
     "train": "Train the preference model and the ICG adapter (stage A align, stage B reward).",
     "bench": "Judge training recipes: the recipe matrix over worlds and training seeds.",
+    "ab": "A/B analysis of impression logs with an arm column.",
 }
 
 

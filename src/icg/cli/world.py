@@ -19,6 +19,10 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="world seed")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML WorldConfig")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+    chunk_impressions: Annotated[
+        int | None,
+        typer.Option(help="impressions simulated at once (bounds memory; same world for any)"),
+    ] = None,
 ) -> None:
     """Generate a CoverWorld: platform data, covers and the hidden truth/."""
     # deferred: `icg --help` imports every command module; this loads torch and models
@@ -31,7 +35,7 @@ def generate(
     overrides = {"n_items": items, "n_users": users, "n_impressions": impressions, "seed": seed}
     cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     cfg = WorldConfig(**cfg.model_dump())  # validate the overrides
-    generate_world(out, cfg, overwrite=overwrite)
+    generate_world(out, cfg, overwrite=overwrite, chunk_impressions=chunk_impressions)
     print_summary(platform_summary(out), f"CoverWorld at {out}")
 
 
@@ -97,3 +101,36 @@ def evaluate_oracle(
     for name, row in report.items():
         table.add_row(name, *(f"{row[c]:.3f}" for c in columns))
     Console().print(table)
+
+
+def ab(
+    data: Annotated[Path, typer.Option(help="the CoverWorld to run the experiment on")],
+    arm: Annotated[
+        list[str],
+        typer.Option(help="NAME=reference or NAME=MANIFEST (repeatable; the first is control)"),
+    ],
+    out: Annotated[Path, typer.Option(help="the new platform folder (impressions carry 'arm')")],
+    impressions: Annotated[int, typer.Option(help="impressions to simulate")] = 100_000,
+    seed: Annotated[int, typer.Option(help="experiment seed (and randomisation salt)")] = 0,
+    chunk_impressions: Annotated[
+        int, typer.Option(help="impressions simulated at once (same log for any)")
+    ] = 100_000,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """Simulate an online A/B test of cover arms on a world's traffic (then: icg ab report)."""
+    # deferred: every command module is imported for `icg --help`; this one loads torch
+    from icg.world.ab import simulate_ab
+
+    arms = {}
+    for spec in arm:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value:
+            raise typer.BadParameter(
+                f"--arm: expected NAME=reference or NAME=MANIFEST, got {spec!r}"
+            )
+        arms[name] = value
+    summary = simulate_ab(data, arms, impressions, seed, out, chunk_impressions=chunk_impressions,
+                          overwrite=overwrite)  # fmt: skip
+    print_summary({f"users in {a}": n for a, n in summary["users"].items()}
+                  | {"impressions": summary["impressions"], "pairs": summary["pairs"]},
+                  f"A/B log at {out}: icg ab report --data {out} --control {next(iter(arms))}")  # fmt: skip

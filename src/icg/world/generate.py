@@ -18,9 +18,15 @@ from rich.progress import Progress
 
 from icg.io import atomic_dir
 from icg.world.attributes import MOTIFS, PALETTES, STYLE_DIMS
-from icg.world.clicks import attractiveness_logit, examination, sigmoid, simulate
+from icg.world.clicks import (
+    ImpressionLog,
+    attractiveness_logit,
+    examination,
+    sigmoid,
+    simulate_chunks,
+)
 from icg.world.config import WorldConfig
-from icg.world.readout import aesthetic_from_readout, read
+from icg.world.readout import Readout, aesthetic_from_readout, concat_readouts, read
 from icg.world.render import render
 from icg.world.sampling import random_spec
 from icg.world.seeds import world_seed
@@ -35,18 +41,109 @@ def _write(table: dict, path: Path, schema: pa.Schema | None = None) -> None:
     pq.write_table(pa.Table.from_pydict(table, schema=schema), path)
 
 
-def generate_world(out: Path | str, cfg: WorldConfig, overwrite: bool = False) -> Path:
+# Covers rendered and read at once: a multiple of `read`'s oracle batch (512), so that reading
+# in chunks reads every cover exactly as one call over all of them would.
+READ_CHUNK = 2048
+
+IMPRESSIONS_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("cover", pa.string()),
+        ("position", pa.int64()),
+        ("clicked", pa.bool_()),
+        ("timestamp", pa.int64()),
+    ]
+)
+TRUTH_IMPRESSIONS_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("p_click", pa.float64()),
+        ("examination", pa.float64()),
+        ("attractiveness", pa.float64()),
+    ]
+)
+
+
+def generate_world(
+    out: Path | str,
+    cfg: WorldConfig,
+    overwrite: bool = False,
+    chunk_impressions: int | None = None,
+) -> Path:
     """Generate a world into `out` atomically: built in a temporary sibling that replaces `out`
-    (an existing world, with ``overwrite``) only once complete."""
+    (an existing world, with ``overwrite``) only once complete.
+
+    ``chunk_impressions`` bounds the impressions simulated and held at once (see
+    `icg.world.clicks.simulate_chunks`); the world is the same whatever it is.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True)")
     with atomic_dir(out) as tmp:
-        _generate_into(tmp, cfg)
+        _generate_into(tmp, cfg, chunk_impressions)
     return out
 
 
-def _generate_into(root: Path, cfg: WorldConfig) -> None:
+def _render_and_read(root: Path, specs: list, paths: list[str], size: int) -> Readout:
+    """Render every cover to `root/path` and read it, `READ_CHUNK` covers at a time."""
+    parts = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("rendering covers", total=len(specs))
+        for start in range(0, len(specs), READ_CHUNK):
+            chunk = specs[start : start + READ_CHUNK]
+            images = np.empty((len(chunk), size, size, 3), dtype=np.uint8)
+            for k, spec in enumerate(chunk):
+                images[k] = render(spec, size)
+                Image.fromarray(images[k]).save(root / paths[start + k], compress_level=1)
+                progress.advance(task)
+            parts.append(read(images))
+    return concat_readouts(parts)
+
+
+class _ImpressionWriter:
+    """Appends simulated chunks to impressions.parquet and truth/impressions.parquet."""
+
+    def __init__(self, root: Path, user_ids: list[str], item_ids: list[str], var_paths) -> None:
+        self.users = np.array(user_ids, dtype=object)
+        self.items = np.array(item_ids, dtype=object)
+        self.var_paths = var_paths  # (I, V) object array of cover paths
+        self.public = pq.ParquetWriter(root / "impressions.parquet", IMPRESSIONS_SCHEMA)
+        self.truth = pq.ParquetWriter(
+            root / "truth" / "impressions.parquet", TRUTH_IMPRESSIONS_SCHEMA
+        )
+        self.n = 0
+        self.clicks = 0
+
+    def write(self, log: ImpressionLog, attractiveness: np.ndarray, decay: float) -> None:
+        events = [f"e{k:08d}" for k in range(self.n, self.n + len(log.user))]
+        public = {
+            "event_id": events,
+            "user_id": self.users[log.user],
+            "item_id": self.items[log.item],
+            "cover": self.var_paths[log.item, log.variant],
+            "position": log.position.astype(np.int64),
+            "clicked": log.clicked,
+            "timestamp": log.timestamp.astype(np.int64),
+        }
+        self.public.write_table(pa.Table.from_pydict(public, schema=IMPRESSIONS_SCHEMA))
+        truth = {
+            "event_id": events,
+            "p_click": log.p_click,
+            "examination": examination(log.position, decay),
+            "attractiveness": attractiveness,
+        }
+        self.truth.write_table(pa.Table.from_pydict(truth, schema=TRUTH_IMPRESSIONS_SCHEMA))
+        self.n += len(log.user)
+        self.clicks += int(log.clicked.sum())
+
+    def close(self) -> None:
+        self.public.close()
+        self.truth.close()
+
+
+def _generate_into(root: Path, cfg: WorldConfig, chunk_impressions: int | None = None) -> None:
     rng = np.random.default_rng(world_seed(cfg.seed))
     (root / "images" / "ref").mkdir(parents=True)
     (root / "images" / "var").mkdir(parents=True)
@@ -71,15 +168,7 @@ def _generate_into(root: Path, cfg: WorldConfig) -> None:
             paths.append(f"images/var/{item_ids[i]}_v{v}.png")
             owners.append(i)
             kinds.append("variant")
-    images = np.empty((len(specs), size, size, 3), dtype=np.uint8)
-    with Progress(transient=True) as progress:
-        task = progress.add_task("rendering covers", total=len(specs))
-        for k, (spec, rel) in enumerate(zip(specs, paths, strict=True)):
-            images[k] = render(spec, size)
-            Image.fromarray(images[k]).save(root / rel, compress_level=1)
-            progress.advance(task)
-
-    readout = read(images)
+    readout = _render_and_read(root, specs, paths, size)
     owners_a = np.array(owners)
     cover_rel = relevance_from_readout(readout, motif[owners_a], palette[owners_a])
     cover_aes = aesthetic_from_readout(readout)
@@ -101,9 +190,16 @@ def _generate_into(root: Path, cfg: WorldConfig) -> None:
         )
 
     brightness = readout.style[var_idx, STYLE_DIMS.index("brightness")]  # (I, V)
-    log = simulate(cfg, rng, active, popularity, brightness, logit_fn)
-    event_ids = [f"e{k:08d}" for k in range(len(log.user))]
-    var_paths = np.array(paths)[var_idx]  # (I, V)
+    var_paths = np.array(paths, dtype=object)[var_idx]  # (I, V)
+    writer = _ImpressionWriter(root, user_ids, item_ids, var_paths)
+    try:
+        for log in simulate_chunks(
+            cfg, rng, active, popularity, brightness, logit_fn, chunk_impressions
+        ):
+            attractiveness = sigmoid(logit_fn(log.user, log.item, log.variant))
+            writer.write(log, attractiveness, cfg.position_decay)
+    finally:
+        writer.close()
 
     _write(
         {
@@ -118,18 +214,6 @@ def _generate_into(root: Path, cfg: WorldConfig) -> None:
         {"user_id": user_ids, "embedding": [e.tolist() for e in pop.embedding]},
         root / "users.parquet",
         pa.schema([("user_id", pa.string()), ("embedding", pa.list_(pa.float32()))]),
-    )
-    _write(
-        {
-            "event_id": event_ids,
-            "user_id": [user_ids[u] for u in log.user],
-            "item_id": [item_ids[i] for i in log.item],
-            "cover": var_paths[log.item, log.variant].tolist(),
-            "position": log.position.astype(np.int64),
-            "clicked": log.clicked,
-            "timestamp": log.timestamp.astype(np.int64),
-        },
-        root / "impressions.parquet",
     )
     # truth
     _write(
@@ -171,17 +255,8 @@ def _generate_into(root: Path, cfg: WorldConfig) -> None:
         },
         root / "truth" / "covers.parquet",
     )
-    _write(
-        {
-            "event_id": event_ids,
-            "p_click": log.p_click,
-            "examination": examination(log.position, cfg.position_decay),
-            "attractiveness": sigmoid(logit_fn(log.user, log.item, log.variant)),
-        },
-        root / "truth" / "impressions.parquet",
-    )
     (root / "world.yaml").write_text(cfg.to_yaml())
     logger.info(
         "world: %d items, %d users (%d cold-start), %d impressions, CTR %.3f",
-        n_i, cfg.n_users, int(pop.cold_start.sum()), len(log.user), float(log.clicked.mean()),
+        n_i, cfg.n_users, int(pop.cold_start.sum()), writer.n, writer.clicks / max(writer.n, 1),
     )  # fmt: skip

@@ -191,3 +191,18 @@ def style_appeal(levels: np.ndarray) -> np.ndarray:
     for d, appeal in STYLE_APPEAL.items():
         out = out + np.asarray(appeal)[levels[..., STYLE_DIMS.index(d)]]
     return out / len(STYLE_APPEAL)
+
+
+def concat_readouts(parts: list[Readout]) -> Readout:
+    """One readout of several, in order (the readouts of consecutive chunks of images)."""
+    return Readout(
+        motif_probs=np.concatenate([r.motif_probs for r in parts]),
+        palette_probs=np.concatenate([r.palette_probs for r in parts]),
+        style=np.concatenate([r.style for r in parts]),
+        style_probs={
+            d: np.concatenate([r.style_probs[d] for r in parts]) for d in parts[0].style_probs
+        },
+        sharpness=np.concatenate([r.sharpness for r in parts]),
+        noise=np.concatenate([r.noise for r in parts]),
+        contrast=np.concatenate([r.contrast for r in parts]),
+    )
