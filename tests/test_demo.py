@@ -28,6 +28,8 @@ def demo(tmp_path_factory) -> Path:
     result = CliRunner().invoke(build_app(), ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert f"report: {out / 'eval' / 'report.html'}" in result.output
+    # its console says the budget is a smoke test and that `make demo` gives the result
+    assert "Smoke test, not a result" in result.output and "`make demo`" in result.output
     return out
 
 
@@ -46,6 +48,10 @@ def test_quick_demo_writes_every_method_and_stage(demo: Path):
     html = (demo / "eval" / "report.html").read_text()
     assert all(m in html for m in METHODS) and "data:image/png;base64" in html
     assert "Personal gain" in html
+    # the report opens with the same warning, ahead of its verdict; metrics.json has no trace
+    banner = html.index("<div class='banner'>Smoke test, not a result")
+    assert banner < html.index("class='verdict'") < html.index("<h2>Metrics")
+    assert "smoke" not in (demo / "eval" / "metrics.json").read_text().lower()
     for stage in ("align", "icg", "icg-aesthetic", "icg-relevance", "icg-preference"):
         assert (demo / "run" / stage / "config.yaml").is_file(), stage
     rows = [json.loads(line) for line in (demo / "run" / "icg" / "curves.jsonl").open()]

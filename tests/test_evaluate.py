@@ -96,9 +96,19 @@ def test_evaluate_methods_writes_metrics_and_report(world: Path, tmp_path: Path)
     assert saved["methods"]["oracle"]["n_pairs"] == 12
     # 3 warm users × 3 items; covers that ignore the user gain nothing
     assert saved["personal_gain"] == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 9}
+    # every method's true CTR with its interval over the 12 pairs, for the report's chart
+    for name, m in saved["methods"].items():
+        ci = saved["intervals"][name]["true_ctr"]
+        assert ci["n"] == 12 and ci["mean"] == pytest.approx(m["true_ctr"])
+        assert ci["ci_low"] <= ci["mean"] <= ci["ci_high"]
     html = (tmp_path / "eval" / "report.html").read_text()
+    # it opens with the verdict: the only non-oracle method wins, the oracle is the headroom
+    assert html.index("the platform's reference covers has the highest true CTR over 12") < (
+        html.index("<h2>Metrics")
+    )
+    assert f"oracle (the truth's best cover) reaches {orc['true_ctr']:.3f}" in html
     assert "cold start" in html and "Downstream model" in html
-    assert "Personal gain" in html and "true_taste_match" in html
+    assert "Personal gain" in html and "true_<wbr>taste_<wbr>match" in html  # a metrics column
 
 
 def test_vae_roundtrip_is_the_base_models_encode_decode_of_the_reference(world: Path, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
+from icg.evaluation.metrics import diversity, lift_fraction, pair_intervals, truth_metrics
 from icg.evaluation.recsys import ndcg_at_k, soft_auc, train_rec_model
 
 
@@ -52,6 +52,17 @@ def test_truth_metrics_columns():
     m = truth_metrics(scores, np.array([1, 1, 0, 0, 0, 0], bool))
     assert m["fidelity_motif"] == 1.0 and m["fidelity_palette"] == 0.0
     assert m["true_ctr_coldstart"] == pytest.approx(0.1)
+
+
+def test_pair_intervals_are_normal_intervals_of_each_mean_over_pairs():
+    ctr = np.array([0.1, 0.3, 0.2, 0.4])
+    out = pair_intervals({"icg": {"true_ctr": ctr, "preference_score": np.full(4, 0.5)}})
+    half = 1.959964 * ctr.std(ddof=1) / 2.0  # z_0.975 * s.d. / sqrt(4)
+    ci = out["icg"]["true_ctr"]
+    assert ci["n"] == 4 and ci["mean"] == pytest.approx(0.25)
+    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((0.25 - half, 0.25 + half), abs=1e-5)
+    flat = out["icg"]["preference_score"]
+    assert flat["ci_low"] == flat["mean"] == flat["ci_high"] == pytest.approx(0.5)
 
 
 def test_rec_model_learns_user_image_interaction():

@@ -75,6 +75,17 @@ QUICK = DemoPlan(
 )  # fmt: skip
 
 
+def smoke_test_banner(plan: DemoPlan) -> str:
+    """What the quick demo's report and console say first: its budget is a smoke test."""
+    return (
+        f"Smoke test, not a result: `icg demo --quick` trains on a {plan.n_items}-item world for "
+        f"{plan.align_steps} stage-A and {plan.reward_steps} stage-B steps, keeps the best of "
+        f"{plan.candidates} draws and scores {plan.eval_users * plan.eval_items} pairs. It shows "
+        "that every stage runs; how the methods rank here says nothing about ICG. "
+        "`make demo` (`icg demo`, the full recipe) gives the result."
+    )
+
+
 def run_demo(
     out: Path | str,
     *,
@@ -107,12 +118,16 @@ def run_demo(
     from icg.world.config import WorldConfig
     from icg.world.generate import generate_world
 
+    smoke_test = quick and plan is None  # the quick budget, whatever its ablations
     plan = plan or (QUICK if quick else FULL)
     train_seed = seed if train_seed is None else train_seed
     if ablations is not None:
         plan = replace(plan, ablations=ablations)
     out = Path(out)
     console = Console(stderr=True)
+    banner = smoke_test_banner(plan) if smoke_test else ""
+    if banner:
+        console.print(f"[bold yellow]{banner}[/]", highlight=False, soft_wrap=True)
     world, run = out / "world", out / "run"
     timings: dict[str, float] = {}
 
@@ -188,8 +203,14 @@ def run_demo(
         strength=plan.strength, candidates=plan.candidates, seed=seed,
         user_guidance=plan.user_guidance,
     )  # fmt: skip
-    stage("evaluate", False, lambda: evaluate_run(world, run, evaluation, eval_cfg, overwrite=True))
+    stage(
+        "evaluate",
+        False,
+        lambda: evaluate_run(world, run, evaluation, eval_cfg, overwrite=True, banner=banner),
+    )
     logger.info("demo plan %s, stage seconds %s", asdict(plan), timings)
+    if banner:  # again at the end, beside the report's path
+        console.print(f"[bold yellow]{banner}[/]", highlight=False, soft_wrap=True)
     return evaluation / "report.html"
 
 

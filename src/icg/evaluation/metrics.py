@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from icg.evaluation.personal import mean_interval
+
 
 def truth_metrics(scores: dict[str, np.ndarray], cold_start: np.ndarray) -> dict[str, float]:
     """Aggregate `Truth.score` outputs (arrays (N,)) into the report's truth columns."""
@@ -41,3 +43,13 @@ def diversity(embeddings: np.ndarray, groups: np.ndarray) -> float:
         iu = np.triu_indices(len(x), 1)
         vals.append(float(np.mean(1.0 - sim[iu])))
     return float(np.mean(vals)) if vals else 0.0
+
+
+def pair_intervals(samples: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, dict]]:
+    """``{method: {metric: {"mean", "ci_low", "ci_high", "n"}}}`` from per-pair values
+    ``{method: {metric: (N,)}}``: each mean with its normal 95% interval over the pairs
+    (`mean_interval`); the report's headline chart draws them."""
+    return {
+        method: {metric: mean_interval(np.asarray(v, dtype=float)) for metric, v in per.items()}
+        for method, per in samples.items()
+    }

@@ -1,4 +1,5 @@
-"""A self-contained HTML report: cover grid, metrics table, training curves and configs."""
+"""A self-contained HTML report: verdict and headline chart first, then the metrics table,
+cover grid, training curves and configs."""
 
 from __future__ import annotations
 
@@ -6,17 +7,25 @@ import base64
 import html
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from icg.evaluation.report_chart import ChartRow, interval_chart
 from icg.io import atomic_write_text
 
 # Metrics where lower is better; every other column marks its maximum.
 LOWER_IS_BETTER = {"seconds"}
 HIDDEN_COLUMNS = {"n_pairs"}
+# The ICG methods that keep the best of K draws (`methods.ICG_METHODS` with ``best_of_k``; a test
+# keeps the two in step), and the covers a platform has without ICG.
+BEST_OF_K = ("icg", "icg-nouser")
+PLATFORM = ("reference", "variant-select")
+# The verdict's metric: the truth's CTR where the data has a truth, else the first model-side one.
+MODEL_SIDE = ("preference_score", "aesthetic_reward", "clipscore")
 
 
 def png_data_uri(image: np.ndarray, scale: int = 2) -> str:
@@ -78,7 +87,8 @@ def metrics_table(methods: dict[str, dict[str, float]]) -> str:
         }
         if vals:
             best[c] = (min if c in LOWER_IS_BETTER else max)(vals.values())
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    # long names may break after an underscore, so the table fits the page
+    head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in columns)
     body = []
     for name, vals in methods.items():
         cells = []
@@ -91,7 +101,123 @@ def metrics_table(methods: dict[str, dict[str, float]]) -> str:
             mark = name != "oracle" and c in best and v == best[c]
             cells.append(f'<td class="{"best" if mark else ""}">{text}</td>')
         body.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>")
-    return f"<table class='metrics'><tr><th>method</th>{head}</tr>{''.join(body)}</table>"
+    return (
+        f"<div class='scroll'><table class='metrics'><tr><th>method</th>{head}</tr>"
+        f"{''.join(body)}</table></div>"
+    )
+
+
+def method_role(name: str, candidates: int | None) -> str:
+    """How the chart draws a method (`report_chart.STYLES`)."""
+    if name in PLATFORM:
+        return "platform"
+    if name.startswith("icg"):
+        best_of = name in BEST_OF_K and (candidates or 0) > 1
+        return "best_of_k" if best_of else "one_draw"
+    return "other"
+
+
+def headline_metric(methods: dict[str, dict]) -> str | None:
+    """``true_ctr`` where the evaluation had a truth, else the first model-side metric."""
+    columns = {c for m in methods.values() for c in m}
+    return next((c for c in ("true_ctr", *MODEL_SIDE) if c in columns), None)
+
+
+def _number(v) -> float:
+    return float(v) if isinstance(v, (int, float)) else math.nan
+
+
+def _interval(metrics: dict, method: str, metric: str) -> tuple[float, float]:
+    """(low, high) of ``metrics["intervals"][method][metric]``, NaN where it is absent."""
+    ci = metrics.get("intervals", {}).get(method, {}).get(metric, {})
+    return _number(ci.get("ci_low")), _number(ci.get("ci_high"))
+
+
+def _value(metrics: dict, method: str, metric: str) -> str:
+    mean = _number(metrics["methods"][method].get(metric))
+    low, high = _interval(metrics, method, metric)
+    ci = f" [{low:.3f}, {high:.3f}]" if math.isfinite(low) and math.isfinite(high) else ""
+    return f"{mean:.3f}{ci}"
+
+
+def verdict(metrics: dict, candidates: int | None = None) -> str:
+    """The report's opening paragraph: which method wins on the headline metric, ICG's one draw
+    and best of K against the platform's covers, and the oracle's headroom."""
+    methods = metrics["methods"]
+    metric = headline_metric(methods)
+    scored = {
+        m: v
+        for m, vals in methods.items()
+        if m != "oracle" and math.isfinite(v := _number(vals.get(metric)))
+    }
+    if metric is None or not scored:
+        return "<p class='verdict'>No metric that compares the methods was recorded.</p>"
+    k = f"best of {candidates}" if candidates and candidates > 1 else "one draw"
+    names = {
+        "icg": f"ICG ({k})",
+        "icg-single": "ICG's one draw",
+        "reference": "the platform's reference covers",
+        "variant-select": "<code>variant-select</code> (the platform's covers, picked per user)",
+    }
+    best = max(scored, key=scored.get)
+    others = [
+        f"{names[m]} {_value(metrics, m, metric)}"
+        for m in ("icg", "icg-single", "reference", "variant-select")
+        if m in scored and m != best and not (m == "icg-single" and candidates == 1)
+    ]
+    winner = names.get(best, f"<code>{html.escape(best)}</code>")
+    n = methods[best].get("n_pairs")
+    over = f" over {n} (user, item) pairs" if n else ""
+    if metric == "true_ctr":
+        lead = f"<b>{winner} has the highest true CTR{over}: {_value(metrics, best, metric)}</b>"
+        oracle = _number(methods.get("oracle", {}).get(metric))
+        tail = (
+            f"; the oracle (the truth's best cover) reaches {oracle:.3f}, {oracle - scored[best]:.3f}"
+            " of headroom above the best method."
+            if math.isfinite(oracle)
+            else "."
+        )
+    else:
+        lead = (
+            "This data has no truth (only a CoverWorld folder has <code>truth/</code>), so true "
+            f"CTR is not available; on the model-side <code>{metric}</code>, which the models "
+            f"being compared are trained on, <b>{winner} leads{over}: "
+            f"{_value(metrics, best, metric)}</b>"
+        )
+        tail = "."
+    against = f", against {', '.join(others)}" if others else ""
+    return f"<p class='verdict'>{lead}{against}{tail}</p>"
+
+
+def headline_chart(metrics: dict, candidates: int | None = None) -> str:
+    """The headline metric per method with its 95% interval (`report_chart`) and a caption that
+    says where the intervals come from."""
+    methods = metrics["methods"]
+    metric = headline_metric(methods)
+    if metric is None:
+        return ""
+    rows = [
+        ChartRow(m, mean, *_interval(metrics, m, metric), role=method_role(m, candidates))
+        for m, vals in methods.items()
+        if m != "oracle" and math.isfinite(mean := _number(vals.get(metric)))
+    ]
+    oracle = _number(methods.get("oracle", {}).get(metric))
+    chart = interval_chart(
+        rows, metric=metric, ceiling=("oracle", oracle) if math.isfinite(oracle) else None
+    )
+    if any(math.isfinite(r.low) for r in rows):
+        source = (
+            "whiskers: a normal 95% interval of the mean over the pairs (mean ± 1.96 s.d./√n, "
+            "<code>intervals</code> in metrics.json). Each interval is one method's own, not a "
+            "paired difference: methods on the same pairs can differ beyond what overlapping "
+            "intervals suggest (paired intervals: <code>benchmarks/base_comparison.py</code>)."
+        )
+    else:
+        source = "no intervals: this metrics.json has no per-pair <code>intervals</code>."
+    return (
+        f"<figure class='headline'>{chart}<figcaption><code>{metric}</code> per method; dot: "
+        f"the mean over the evaluation's pairs; {source}</figcaption></figure>"
+    )
 
 
 def personal_gain_line(gain: dict | None) -> str:
@@ -120,24 +246,43 @@ def cover_grid(grid: list[dict]) -> str:
         )
         label = f"{html.escape(row['label'])}<br><small>{html.escape(row['title'])}</small>"
         rows.append(f"<tr><th class='rowlabel'>{label}</th>{cells}</tr>")
-    return f"<table class='grid'><tr><th>user / item</th>{head}</tr>{''.join(rows)}</table>"
+    return (
+        f"<div class='scroll'><table class='grid'><tr><th>user / item</th>{head}</tr>"
+        f"{''.join(rows)}</table></div>"
+    )
 
 
-# Marks <body data-images-loaded="ok/total"> once the page has loaded, for headless checks.
+# Marks <body data-images-loaded="ok/total" data-scroll-width data-viewport-width> once the
+# page has loaded, for headless checks (the page must not scroll sideways).
 LOAD_CHECK = (
     "<script>window.addEventListener('load',()=>{const i=[...document.images];"
-    "document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});"
+    "const d=document.body.dataset,e=document.documentElement;"
+    "d.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;"
+    "d.scrollWidth=e.scrollWidth;d.viewportWidth=e.clientWidth;});"
     "</script>"
 )
 
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222}
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:8px 0 24px}
 td,th{border:1px solid #ddd;padding:4px 6px;font-size:13px;text-align:center}
 td.best{font-weight:bold;background:#e8f5e9}
-th.rowlabel{text-align:left;max-width:220px;font-weight:normal}
+th.rowlabel{text-align:left;font-weight:normal;overflow-wrap:anywhere}
+div.scroll{max-width:100%;overflow-x:auto}
+table.metrics tr>th:first-child{white-space:nowrap;text-align:left}
+table.grid{table-layout:fixed;width:100%}
+table.grid th:first-child{width:150px}
+table.grid img{width:100%;max-width:128px;height:auto;margin:auto}
 img{display:block;image-rendering:pixelated}
+img.figure{image-rendering:auto;max-width:100%;height:auto}
 pre{background:#f6f6f6;padding:8px;font-size:12px;overflow:auto}
+p.verdict{font-size:15px;line-height:1.5;max-width:1000px}
+div.banner{background:#fff3e0;border:2px solid #e65100;padding:10px 14px;margin:12px 0;
+  max-width:1000px;font-size:15px}
+figure.headline{margin:8px 0 24px}
+figure.headline svg{max-width:100%;height:auto}
+figure.headline svg text.axis{fill:#555}
+figcaption{font-size:12px;color:#555;max-width:800px}
 """
 
 
@@ -149,13 +294,23 @@ def write_report(
     curves: dict[str, list[dict]],
     configs: dict[str, dict],
     notes: Sequence[str] = (),
+    banner: str = "",
 ) -> Path:
-    """Write a self-contained report.html (every image embedded as a data URI), atomically."""
+    """Write a self-contained report.html (every image embedded as a data URI), atomically.
+
+    It opens with ``banner`` (plain text, e.g. the quick demo's smoke-test warning) when given,
+    then the verdict (`verdict`) and the headline chart (`headline_chart`).
+    """
     figure = curves_figure(curves)
+    candidates = configs.get("evaluation", {}).get("candidates")
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>icg evaluation</title>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>icg evaluation report</h1>",
+        f"<div class='banner'>{html.escape(banner)}</div>" if banner else "",
+        verdict(metrics, candidates),
+        headline_chart(metrics, candidates),
         "<h2>Metrics</h2>",
         metrics_table(metrics["methods"]),
         personal_gain_line(metrics.get("personal_gain")),
@@ -163,7 +318,9 @@ def write_report(
         "<h2>Covers: users × items, every method side by side</h2>",
         cover_grid(grid),
         "<h2>Training curves</h2>",
-        f'<img src="{figure}" alt="training curves">' if figure else "<p>No curves recorded.</p>",
+        f'<img class="figure" src="{figure}" alt="training curves">'
+        if figure
+        else "<p>No curves recorded.</p>",
         "<h2>Configs</h2>",
         "".join(
             f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(cfg, indent=2, default=str))}</pre>"

@@ -39,7 +39,7 @@ from icg.evaluation.methods import (
     select_methods,
     swap_draw,
 )
-from icg.evaluation.metrics import diversity, lift_fraction, truth_metrics
+from icg.evaluation.metrics import diversity, lift_fraction, pair_intervals, truth_metrics
 from icg.evaluation.pairs import check_pairs, choose_pairs
 from icg.evaluation.personal import SwapControl
 from icg.evaluation.recsys import RecModel
@@ -125,14 +125,17 @@ def score_covers(
     clip=None,
     rec: RecModel | None = None,
     scorers: dict[str, Scorer] | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """One method's metrics: truth columns, CLIP diversity and CLIPScore, downstream ranking
-    (needs the truth's CTR as labels) and the mean of every model-side scorer."""
+    (needs the truth's CTR as labels) and the mean of every model-side scorer; and the per-pair
+    values (N,) of ``true_ctr`` and of every scorer, for their intervals (`pair_intervals`)."""
     m: dict[str, float] = {}
+    per_pair: dict[str, np.ndarray] = {}
     scores = None
     if truth is not None:
         scores = truth.score(images, pairs["user_id"], pairs["item_id"])
         m |= truth_metrics(scores, cold)
+        per_pair["true_ctr"] = np.asarray(scores["ctr"], dtype=float)
     if clip is not None:
         emb = embed_images(clip, images)
         m["diversity"] = diversity(emb, pairs["item_id"].to_numpy())
@@ -145,7 +148,8 @@ def score_covers(
     for metric, scorer in (scorers or {}).items():
         values = scorer(pairs["user_id"].tolist(), pairs["item_id"].tolist(), images)
         m[metric] = float(np.mean(values))
-    return m
+        per_pair[metric] = np.asarray(values, dtype=float)
+    return m, per_pair
 
 
 def add_lift_fraction(results: dict[str, dict]) -> None:
@@ -170,6 +174,7 @@ def evaluate_methods(
     seed: int = 0,
     notes: Sequence[str] = (),
     swap: SwapControl | None = None,
+    banner: str = "",
 ) -> dict:
     """Draw every method's covers for `pairs`, score them, write metrics.json and report.html.
 
@@ -188,6 +193,7 @@ def evaluate_methods(
         notes: paragraphs for the report (how the methods were drawn).
         swap: the user-swap control (`SwapControl`): the top-level ``personal_gain`` of
             ``icg``'s single draw (reusing ``icg-single``'s covers when it is a method), or None.
+        banner: a warning the report opens with (`write_report`), e.g. a smoke-test budget.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,18 +205,24 @@ def evaluate_methods(
         notes.append(downstream_note(logged_auc))
     results: dict[str, dict] = {}
     covers: dict[str, np.ndarray] = {}
+    samples: dict[str, dict[str, np.ndarray]] = {}
     for name, source in sources.items():
         covers[name], seconds = draw_covers(name, source, pairs)
         m: dict[str, float] = {"n_pairs": len(pairs), "seconds": seconds}
-        m |= score_covers(
+        scored, samples[name] = score_covers(
             covers[name], pairs, data, cold=cold, truth=truth, clip=clip, rec=rec, scorers=scorers
         )
+        m |= scored
         results[name] = m
         rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
         logger.info("%s: %s", name, rounded)
     if truth is not None and "reference" in results and "oracle" in results:
         add_lift_fraction(results)
-    metrics = {"world": (configs or {}).get("world", {}), "methods": results}
+    metrics = {
+        "world": (configs or {}).get("world", {}),
+        "methods": results,
+        "intervals": pair_intervals(samples),
+    }
     gain = swap(pairs, cold, covers.get("icg-single")) if swap is not None else None
     if gain is not None:
         metrics["personal_gain"] = gain
@@ -223,6 +235,7 @@ def evaluate_methods(
         curves=curves or {},
         configs=configs or {},
         notes=notes,
+        banner=banner,
     )
     return metrics
 
@@ -281,6 +294,7 @@ def evaluate_run(
     *,
     pairs: pd.DataFrame | None = None,
     overwrite: bool = False,
+    banner: str = "",
 ) -> dict:
     """Score every method of a run folder on the same (user, item) pairs (`icg evaluate`).
 
@@ -292,6 +306,7 @@ def evaluate_run(
         pairs: user_id, item_id rows (default: `choose_pairs` with the config's sizes).
         overwrite: replace a previous evaluation in ``out`` (`icg.safety.prepare_output`);
             without it a non-empty ``out`` is refused before anything loads.
+        banner: a warning report.html opens with (the quick demo's smoke-test budget).
     """
     from icg.data import load_dataset
     from icg.data.rejects import save_rejects
@@ -343,5 +358,5 @@ def evaluate_run(
         data, pairs, sources, out, clip=towers, truth=truth, scorers=scorers,
         image_size=size, configs=configs, curves=report_curves(run), seed=cfg.seed,
         notes=[sampling_note(cfg)] + ([VARIANT_NOTE] if "variant-select" in wanted else []),
-        swap=swap,
+        swap=swap, banner=banner,
     )  # fmt: skip
