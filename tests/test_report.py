@@ -93,7 +93,7 @@ def test_report_opens_with_the_verdict_then_the_chart(tmp_path: Path):
     assert "over 96 (user, item) pairs: 0.358 [0.318, 0.398]" in text
     assert "ICG (best of 8) 0.338 [0.298, 0.378]" in text
     assert "ICG's one draw 0.293 [0.253, 0.333]" in text
-    assert "the platform's reference covers 0.268 [0.228, 0.308]" in text
+    assert "ICG's one draw 0.293 [0.253, 0.333] and the platform's reference covers 0.268" in text
     assert "the oracle (the truth's best cover) reaches 0.634, 0.276 of headroom" in text
 
 

@@ -185,7 +185,8 @@ def verdict(metrics: dict, candidates: int | None = None) -> str:
             f"{_value(metrics, best, metric)}</b>"
         )
         tail = "."
-    against = f", against {', '.join(others)}" if others else ""
+    listed = ", ".join(others[:-1]) + " and " + others[-1] if len(others) > 1 else "".join(others)
+    against = f", against {listed}" if others else ""
     return f"<p class='verdict'>{lead}{against}{tail}</p>"
 
 
