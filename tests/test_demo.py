@@ -14,6 +14,10 @@ from icg.cli import build_app
 from icg.evaluation.methods import METHODS
 from icg.generation import is_marked_generated
 
+# the module's fixture runs the whole quick demo (minutes on 2 cores), and every test but the
+# last reads its folder
+pytestmark = pytest.mark.slow
+
 KEYS = (
     "fidelity_motif", "fidelity_palette", "true_aesthetic", "true_taste_match", "true_ctr",
     "lift_fraction",
@@ -177,8 +181,9 @@ def test_train_seed_trains_on_the_same_world_and_draws(tmp_path: Path, monkeypat
     def fake_reward(cfg, resume, callbacks):
         seen.setdefault("reward", cfg.seed)
 
-    def fake_evaluate(world, run, out, cfg, overwrite):
+    def fake_evaluate(world, run, out, cfg, overwrite, banner):
         seen["evaluate"] = cfg.seed
+        seen["banner"] = banner
 
     monkeypatch.setattr(preference, "train_preference", fake_preference)
     monkeypatch.setattr(align, "run_align", fake_align)
@@ -186,5 +191,10 @@ def test_train_seed_trains_on_the_same_world_and_draws(tmp_path: Path, monkeypat
     monkeypatch.setattr(evaluation, "evaluate_run", fake_evaluate)
     monkeypatch.setattr("icg.evaluation.preference_eval.TruthProbe", lambda *a, **k: None)
     run_demo(tmp_path, quick=True, seed=3, train_seed=103, ablations=False)
+    assert seen.pop("banner").startswith("Smoke test, not a result: `icg demo --quick`")
     assert seen == {"preference": 103, "align": 103, "reward": 103, "evaluate": 3}
     assert "seed: 3" in (tmp_path / "world" / "world.yaml").read_text()
+    from icg.demo import QUICK
+
+    run_demo(tmp_path, plan=QUICK, seed=3, train_seed=103)  # a chosen plan: no smoke-test banner
+    assert seen["banner"] == ""

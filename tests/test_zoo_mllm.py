@@ -49,6 +49,7 @@ def test_loads_and_generates_with_stock_classes(path: str) -> None:
     assert hidden.shape[-1] == model.config.text_config.hidden_size
 
 
+@pytest.mark.slow  # the shipped MLLM answers on every fresh cover (over a minute on 2 cores)
 def test_gate_on_fresh_items(path: str) -> None:
     n = 200
     metrics = recipe.measure(path, fresh_covers(n, k=1))
