@@ -195,6 +195,7 @@ def test_every_image_loads_and_nothing_scrolls_sideways_at_1280px(tmp_path: Path
     scroll = int(re.search(r'data-scroll-width="(\d+)"', dom).group(1))
     viewport = int(re.search(r'data-viewport-width="(\d+)"', dom).group(1))
     assert viewport == 1280 and scroll <= viewport, (scroll, viewport)
+    assert 'data-tables-scrolling="0"' in dom  # the 16-column metrics table and the grid fit
     shot = tmp_path / "shot.png"
     subprocess.run(
         [_browser(), *flags, f"--screenshot={shot}", path.as_uri()],

@@ -253,13 +253,16 @@ def cover_grid(grid: list[dict]) -> str:
     )
 
 
-# Marks <body data-images-loaded="ok/total" data-scroll-width data-viewport-width> once the
-# page has loaded, for headless checks (the page must not scroll sideways).
+# Marks <body data-images-loaded="ok/total" data-scroll-width data-viewport-width
+# data-tables-scrolling> once the page has loaded, for headless checks: the page must not scroll
+# sideways, and at a desktop width no table should need its scroll wrapper either.
 LOAD_CHECK = (
     "<script>window.addEventListener('load',()=>{const i=[...document.images];"
     "const d=document.body.dataset,e=document.documentElement;"
     "d.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;"
-    "d.scrollWidth=e.scrollWidth;d.viewportWidth=e.clientWidth;});"
+    "d.scrollWidth=e.scrollWidth;d.viewportWidth=e.clientWidth;"
+    "d.tablesScrolling=[...document.querySelectorAll('div.scroll')]"
+    ".filter(x=>x.scrollWidth>x.clientWidth).length;});"
     "</script>"
 )
 
@@ -270,6 +273,7 @@ td,th{border:1px solid #ddd;padding:4px 6px;font-size:13px;text-align:center}
 td.best{font-weight:bold;background:#e8f5e9}
 th.rowlabel{text-align:left;font-weight:normal;overflow-wrap:anywhere}
 div.scroll{max-width:100%;overflow-x:auto}
+table.metrics td,table.metrics th{padding:3px 5px;font-size:12px}
 table.metrics tr>th:first-child{white-space:nowrap;text-align:left}
 table.grid{table-layout:fixed;width:100%}
 table.grid th:first-child{width:150px}
