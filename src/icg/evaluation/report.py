@@ -180,8 +180,8 @@ def verdict(metrics: dict, candidates: int | None = None) -> str:
     else:
         lead = (
             "This data has no truth (only a CoverWorld folder has <code>truth/</code>), so true "
-            f"CTR is not available; on the model-side <code>{metric}</code>, which the models "
-            f"being compared are trained on, <b>{winner} leads{over}: "
+            f"CTR is not available; on the model-side <code>{metric}</code> (scored by models "
+            f"that ICG's own reward is built from, so it favours ICG) <b>{winner} leads{over}: "
             f"{_value(metrics, best, metric)}</b>"
         )
         tail = "."
