@@ -300,6 +300,7 @@ def ray_instance():
     ray.shutdown()
 
 
+@pytest.mark.slow  # starts a local Ray instance (tens of seconds) and two Ray Data workers
 def test_ray_engine_draws_the_same_covers_with_two_workers(setup, local_run, ray_instance):
     out, result, _ = local_run
     ray_out = out.parent / "ray"

@@ -35,6 +35,7 @@ def world(tmp_path_factory):
     return generate_world(root, WorldConfig(n_items=120, n_users=60, n_impressions=30000, seed=3))
 
 
+@pytest.mark.slow  # two preference fits on 30k impressions, and it builds the world: > 30 s
 def test_debiased_beats_naive_on_coverworld(world):
     torch.set_num_threads(1)
     towers = _zoo_clip()

@@ -137,8 +137,10 @@ def test_best_of_k_methods_match_the_method_table():
 
 
 def test_smoke_test_banner_comes_first(tmp_path: Path):
-    html = _report(tmp_path, banner="Smoke test <quick> budget").read_text()
-    banner = html.index("<div class='banner'>Smoke test &lt;quick&gt; budget</div>")
+    html = _report(tmp_path, banner="Smoke test <quick> budget: `make demo`").read_text()
+    banner = html.index(
+        "<div class='banner'>Smoke test &lt;quick&gt; budget: <code>make demo</code></div>"
+    )
     assert html.index("<h1>") < banner < html.index("class='verdict'")
     assert "class='banner'" not in _report(tmp_path).read_text()
 

@@ -86,6 +86,7 @@ def _fixed_eval(recipe: DraftTrainer, n: int = 3) -> list[dict]:
     return out
 
 
+@pytest.mark.slow  # 50 stage-B steps on the tiny models: over 30 s on 2 cores
 def test_combined_reward_rises_over_50_steps(stage_b_world, tmp_path):
     torch.set_num_threads(1)
     cfg = _config(

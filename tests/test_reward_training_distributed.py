@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from stage_b_fixtures import stage_b_config as _config
 from stage_b_fixtures import stage_b_parts as _parts
@@ -51,7 +50,6 @@ def _names(recipe) -> list[str]:
     return [names[id(p)] for p in recipe.trainable_parameters()]
 
 
-@pytest.mark.slow  # two forked processes (a few seconds; deselect with -m "not slow")
 def test_two_cpu_processes_train_in_sync(stage_b_world, tmp_path):
     from accelerate.launchers import debug_launcher
 

@@ -51,7 +51,9 @@ def test_concurrent_requests_share_one_pipeline_call():
         rs = await asyncio.gather(*(cover(client, user_id=f"u{k % 3}", seed=k) for k in range(6)))
         assert all(r.status_code == 200 for r in rs)
 
-    with_app(backend, test, max_batch=8, batch_wait_ms=200)
+    # the call waits until its batch is full (6 rows), not for a timer: batch_wait_ms is only a
+    # safety bound here, so a slow machine cannot split the batch
+    with_app(backend, test, max_batch=6, batch_wait_ms=10_000)
     assert [len(call) for call in backend.calls] == [6]
 
 
@@ -137,36 +139,50 @@ def test_shutdown_finishes_queued_work_then_refuses():
     asyncio.run(main())
 
 
+def wait_until(condition: Callable[[], bool], limit_s: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``limit_s`` passes (a safety bound, not a check)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def test_uvicorn_graceful_shutdown_finishes_in_flight_requests():
-    backend = FakeBackend(delay_s=0.5)
+    backend = FakeBackend(delay_s=HELD)
     port = free_port()
     config = ServeConfig(
-        api_key=SecretStr("k"), port=port, max_batch=1, max_candidates=1, shutdown_grace_s=5
+        api_key=SecretStr("k"), port=port, max_batch=1, max_candidates=1, shutdown_grace_s=HELD
     )
     server = uvicorn_server(config, backend, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.02)
+    assert wait_until(lambda: _answers(url)), "the server never became ready"
     results: list[httpx.Response] = []
     body = {"item_id": "i0", "seed": 1}
     request = threading.Thread(
         target=lambda: results.append(
-            httpx.post(f"{url}/v1/covers", json=body, headers=AUTH, timeout=10)
+            httpx.post(f"{url}/v1/covers", json=body, headers=AUTH, timeout=2 * HELD)
         )
     )
     request.start()
-    while not backend.calls:
-        time.sleep(0.01)
+    assert wait_until(lambda: bool(backend.calls))  # the request holds the pipeline
     server.should_exit = True  # what SIGTERM does
-    request.join(timeout=10)
-    thread.join(timeout=10)
+    # shutting down: no new connection is answered, and the held request is still running
+    assert wait_until(lambda: not _answers(url)), "the server kept answering after shutdown"
+    assert not results and backend.completed == 0
+    backend.release.set()
+    request.join(timeout=2 * HELD)
+    thread.join(timeout=2 * HELD)
     assert not thread.is_alive()
     assert results and results[0].status_code == 200
     assert backend.completed == 1

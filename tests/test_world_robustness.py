@@ -86,6 +86,7 @@ def test_evaluate_oracle_cli_prints_json() -> None:
     assert all(0.0 <= row["motif"] <= 1.0 for row in report.values())
 
 
+@pytest.mark.slow  # 200 fresh renders per listed degradation through the oracle: > 30 s
 def test_the_shipped_truth_reads_every_listed_degradation() -> None:
     """#13's bar: motif read right on at least 97% of degraded fresh renders, per degradation
     (here on 200 renders, so two binomial standard errors below it)."""

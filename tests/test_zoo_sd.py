@@ -223,6 +223,7 @@ def _shipped_gates_passed() -> bool:
 
 
 @pytest.mark.real_weights
+@pytest.mark.slow  # the shipped sd draws covers for 64 fresh titles: minutes on 2 cores
 def test_gates_hold_on_a_small_fresh_world(tmp_path: Path) -> None:
     from icg.world.config import WorldConfig
     from icg.world.generate import generate_world

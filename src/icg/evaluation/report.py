@@ -8,6 +8,7 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -180,8 +181,8 @@ def verdict(metrics: dict, candidates: int | None = None) -> str:
     else:
         lead = (
             "This data has no truth (only a CoverWorld folder has <code>truth/</code>), so true "
-            f"CTR is not available; on the model-side <code>{metric}</code>, which the models "
-            f"being compared are trained on, <b>{winner} leads{over}: "
+            f"CTR is not available; on the model-side <code>{metric}</code> (scored by models "
+            f"that ICG's own reward is built from, so it favours ICG) <b>{winner} leads{over}: "
             f"{_value(metrics, best, metric)}</b>"
         )
         tail = "."
@@ -291,6 +292,11 @@ figcaption{font-size:12px;color:#555;max-width:800px}
 """
 
 
+def banner_html(text: str) -> str:
+    """Plain text with `backticked` spans as code, everything else escaped."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def write_report(
     path: Path | str,
     *,
@@ -303,8 +309,8 @@ def write_report(
 ) -> Path:
     """Write a self-contained report.html (every image embedded as a data URI), atomically.
 
-    It opens with ``banner`` (plain text, e.g. the quick demo's smoke-test warning) when given,
-    then the verdict (`verdict`) and the headline chart (`headline_chart`).
+    It opens with ``banner`` when given (plain text with `code` spans, e.g. the quick demo's
+    smoke-test warning), then the verdict (`verdict`) and the headline chart (`headline_chart`).
     """
     figure = curves_figure(curves)
     candidates = configs.get("evaluation", {}).get("candidates")
@@ -313,7 +319,7 @@ def write_report(
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>icg evaluation report</h1>",
-        f"<div class='banner'>{html.escape(banner)}</div>" if banner else "",
+        f"<div class='banner'>{banner_html(banner)}</div>" if banner else "",
         verdict(metrics, candidates),
         headline_chart(metrics, candidates),
         "<h2>Metrics</h2>",
