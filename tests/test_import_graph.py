@@ -25,10 +25,8 @@ REASON_PENDING = {
     "icg.batch.worker",
     "icg.data.images",
     "icg.data.safety",
-    "icg.demo",
-    "icg.evaluation.report",
 }
-REASON_PENDING_PREFIXES = ("icg.serve.", "icg.world.")
+REASON_PENDING_PREFIXES = ("icg.serve.",)
 
 
 def module_files(root: Path, package: str) -> dict[str, Path]:

@@ -18,8 +18,35 @@ from pathlib import Path
 
 from rich.console import Console
 
-from icg.config import DEFAULT_BASE, DEFAULT_GUIDANCE, DEFAULT_MLLM, DEFAULT_STEPS
+from icg.config import (
+    DEFAULT_BASE,
+    DEFAULT_GUIDANCE,
+    DEFAULT_MLLM,
+    DEFAULT_STEPS,
+    read_yaml_mapping,
+)
+from icg.data import load_dataset
+from icg.evaluation.preference_eval import TruthProbe
+from icg.evaluation.run import EvalConfig, evaluate_run
+from icg.layout import (
+    ADAPTER_DIR,
+    ALIGN_RUN,
+    CHECKPOINTS_DIR,
+    ICG_CONFIG_FILE,
+    PREFERENCE_CONFIG_FILE,
+    PREFERENCE_RUN,
+    REJECTS_DIR,
+    REPORT_FILE,
+    RUN_CONFIG_FILE,
+    WORLD_CONFIG_FILE,
+)
+from icg.models.icg_model import ICGModel
+from icg.training.align import AlignConfig, run_align
+from icg.training.preference import PreferenceConfig, train_preference
+from icg.training.reward import RewardConfig, run_reward
 from icg.training.reward_config import DEFAULT_REWARDS
+from icg.world.config import WorldConfig
+from icg.world.generate import generate_world
 
 logger = logging.getLogger(__name__)
 
@@ -109,15 +136,6 @@ def run_demo(
         DemoFolderError: when ``out`` holds a stage A built on other models than
             ``base``/``mllm`` or trained with another seed than ``train_seed``.
     """
-    from icg.data import load_dataset
-    from icg.evaluation.preference_eval import TruthProbe
-    from icg.evaluation.run import EvalConfig, evaluate_run
-    from icg.training.align import AlignConfig, run_align
-    from icg.training.preference import PreferenceConfig, train_preference
-    from icg.training.reward import RewardConfig, run_reward
-    from icg.world.config import WorldConfig
-    from icg.world.generate import generate_world
-
     smoke_test = quick and plan is None  # the quick budget, whatever its ablations
     plan = plan or (QUICK if quick else FULL)
     train_seed = seed if train_seed is None else train_seed
@@ -146,44 +164,44 @@ def run_demo(
     )
     stage(
         "world",
-        (world / "world.yaml").is_file(),
+        (world / WORLD_CONFIG_FILE).is_file(),
         lambda: generate_world(world, cfg, overwrite=True),
     )
-    data = load_dataset(world, rejects_dir=out / "rejects")
+    data = load_dataset(world, rejects_dir=out / REJECTS_DIR)
     if not data.report.usable:
         raise RuntimeError(
             f"{world}: the generated world is not usable: {data.report.problems[:3]}"
         )
     stage(
         "preference",
-        (run / "preference" / "config.json").is_file(),
-        lambda: train_preference(world, run / "preference", PreferenceConfig(seed=train_seed)),
+        (run / PREFERENCE_RUN / PREFERENCE_CONFIG_FILE).is_file(),
+        lambda: train_preference(world, run / PREFERENCE_RUN, PreferenceConfig(seed=train_seed)),
     )
-    align_record = run / "align" / "adapter" / "icg_config.json"
+    align_record = run / ALIGN_RUN / ADAPTER_DIR / ICG_CONFIG_FILE
     if align_record.is_file():
-        _check_stage_a(run / "align", base=base, mllm=mllm, seed=train_seed)
+        _check_stage_a(run / ALIGN_RUN, base=base, mllm=mllm, seed=train_seed)
     stage(
         "align",
         align_record.is_file(),
         lambda: run_align(
             AlignConfig(
                 data=world,
-                out=run / "align",
+                out=run / ALIGN_RUN,
                 max_steps=plan.align_steps,
                 seed=train_seed,
-                preference=run / "preference",
+                preference=run / PREFERENCE_RUN,
                 base=base,
                 mllm=mllm,
             ),  # fmt: skip
-            resume=(run / "align" / "checkpoints").is_dir(),
+            resume=(run / ALIGN_RUN / CHECKPOINTS_DIR).is_dir(),
         ),
     )
     # monitoring only: the probe's truth metrics are logged, never part of a loss
     probe = [TruthProbe(world, num_pairs=plan.probe_pairs)]
     for name, weights in {**plan.rewards, **(ABLATIONS if plan.ablations else {})}.items():
         reward_cfg = RewardConfig(
-            data=world, init=run / "align", out=run / name, rewards=weights, seed=train_seed,
-            preference=run / "preference", max_steps=plan.reward_steps,
+            data=world, init=run / ALIGN_RUN, out=run / name, rewards=weights, seed=train_seed,
+            preference=run / PREFERENCE_RUN, max_steps=plan.reward_steps,
             batch_size=plan.reward_batch, num_inference_steps=plan.num_inference_steps,
             guidance_scale=plan.guidance_scale, learning_rate=plan.reward_lr,
             drift_token_weight=plan.drift_token_weight, strength=plan.strength,
@@ -191,9 +209,9 @@ def run_demo(
         )  # fmt: skip
         stage(
             f"reward {name}",
-            (run / name / "adapter" / "icg_config.json").is_file(),
+            (run / name / ADAPTER_DIR / ICG_CONFIG_FILE).is_file(),
             lambda c=reward_cfg: run_reward(
-                c, resume=(c.out / "checkpoints").is_dir(), callbacks=probe
+                c, resume=(c.out / CHECKPOINTS_DIR).is_dir(), callbacks=probe
             ),
         )
     evaluation = out / "eval"
@@ -211,7 +229,7 @@ def run_demo(
     logger.info("demo plan %s, stage seconds %s", asdict(plan), timings)
     if banner:  # again at the end, beside the report's path
         console.print(f"[bold yellow]{banner}[/]", highlight=False, soft_wrap=True)
-    return evaluation / "report.html"
+    return evaluation / REPORT_FILE
 
 
 class DemoFolderError(ValueError):
@@ -221,11 +239,8 @@ class DemoFolderError(ValueError):
 def _check_stage_a(align_dir: Path, *, base: str, mllm: str, seed: int) -> None:
     """Refuse to continue a demo folder whose stage A was built on other models or trained
     with another seed (its later stages would silently be the other run's)."""
-    from icg.config import read_yaml_mapping
-    from icg.models.icg_model import ICGModel
-
-    record = ICGModel.read_config(align_dir / "adapter")
-    config = align_dir / "config.yaml"
+    record = ICGModel.read_config(align_dir / ADAPTER_DIR)
+    config = align_dir / RUN_CONFIG_FILE
     if config.is_file():
         record["seed"] = read_yaml_mapping(config).get("seed")
     wanted = {"base_model": base, "mllm": mllm, "seed": seed}

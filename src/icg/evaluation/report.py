@@ -49,10 +49,11 @@ def curves_figure(curves: dict[str, list[dict]]) -> str | None:
     series = {k: v for k, v in series.items() if len(v[0]) > 1}
     if not series:
         return None
+    # import cost: matplotlib takes about a second to import; only the curves figure needs it
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display backend
 
     keys = sorted({key for _, key in series})
     cols = min(3, len(keys))

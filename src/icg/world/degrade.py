@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 Degradation = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, 3) -> uint8 (N, H, W, 3)
 
@@ -46,8 +47,6 @@ def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
 
 def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
     """JPEG encode and decode each image at `quality` (Pillow, 4:2:0 chroma subsampling)."""
-    from PIL import Image
-
     out = np.empty_like(images)
     for i, im in enumerate(images):
         buf = io.BytesIO()
@@ -110,6 +109,7 @@ def random_degradation(images: np.ndarray, rng: np.random.Generator) -> np.ndarr
 
 def vae_roundtrip(vae_dir: Path) -> Degradation:
     """A degradation that encodes (posterior mode) and decodes through an AutoencoderKL folder."""
+    # import cost: diffusers takes seconds to import; only this degradation needs it
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -93,8 +94,6 @@ def train_oracle(
     noise, resampling, or nothing), so the truth reads generated covers as it reads renders.
     Returns the accuracy per head on fresh ORACLE-seed renders (never used for training).
     """
-    from rich.progress import Progress
-
     seed_everything(seed)
     start = time.perf_counter()
     train = sample_covers(n_train, seed=oracle_seed(2 * seed), defect_rate=0.4)

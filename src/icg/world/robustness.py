@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
+from icg.io import atomic_path
 from icg.world.attributes import MOTIFS, PALETTES
 from icg.world.degrade import REPORT_DEGRADATIONS, Degradation
 from icg.world.oracle import OracleNet
@@ -86,10 +88,6 @@ def degradation_report(
 def disagreement_grid(misread: Mapping[str, list[tuple[np.ndarray, str]]], out: Path) -> None:
     """A PNG with one row per degradation that has misread covers: up to 8 of them at 2x, each
     captioned with the truth and the reading (``star/red read circle/red``)."""
-    from PIL import Image, ImageDraw
-
-    from icg.io import atomic_path
-
     tile, caption, label = 128, 32, 110
     cols = max([len(v) for v in misread.values()] + [1])
     rows = [name for name, shown in misread.items() if shown]
