@@ -1,4 +1,5 @@
-"""The CLI contract of `icg world generate`, `icg data validate` and `icg demo --quick`."""
+"""The CLI contract of `icg world generate` and `icg data validate` (`icg demo --quick` is
+tests/test_demo.py's module fixture: one quick demo for the whole suite)."""
 
 from __future__ import annotations
 
@@ -36,9 +37,3 @@ def test_world_generate_from_yaml(tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     assert len(pd.read_parquet(tmp_path / "W" / "items.parquet")) == 12
-
-
-def test_demo_quick(tmp_path: Path):
-    result = runner.invoke(build_app(), ["demo", "--quick", "--out", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "world" / "truth").is_dir()

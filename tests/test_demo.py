@@ -32,6 +32,7 @@ def demo(tmp_path_factory) -> Path:
     result = CliRunner().invoke(build_app(), ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert f"report: {out / 'eval' / 'report.html'}" in result.output
+    assert (out / "world" / "truth").is_dir()
     # its console says the budget is a smoke test and that `make demo` gives the result
     assert "Smoke test, not a result" in result.output and "`make demo`" in result.output
     return out

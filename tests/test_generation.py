@@ -84,6 +84,7 @@ def test_segments_share_covers_and_scorer_picks(setup, tmp_path: Path):
     assert (picked["segment"] == 1).all()
 
 
+@pytest.mark.slow  # K draws per pair through the tiny pipeline: over 30 s on 2 cores
 def test_best_of_k_keeps_the_scorers_pick_with_its_own_seed(setup, tmp_path: Path):
     root, data, pipe = setup
     pairs = _pairs(data, n_users=2, n_items=2)
