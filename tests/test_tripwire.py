@@ -257,3 +257,28 @@ def test_stage_b_ema_resumes_and_null_saves_raw_weights(stage_b_world, tmp_path)
     }
     adapter = folder_tensors(raw / "adapter")
     assert_bitwise_equal(adapter, model)
+
+
+def test_cli_exposes_the_ema_and_the_tripwire(stage_b_world, tmp_path):
+    from typer.testing import CliRunner
+
+    from icg.cli import build_app
+
+    data, init = stage_b_world
+    a, b = _preference_folder(tmp_path / "a", 0), _preference_folder(tmp_path / "b", 1)
+    base = ["train", "reward", "--data", str(data), "--init", str(init), "--out", str(tmp_path)]
+    base += ["--preference", str(a), "--dry-run"]
+    options = ["--tripwire-preference", str(b), "--tripwire-every", "5", "--no-ema"]
+    result = CliRunner().invoke(build_app(), [*base, *options])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads(result.output)
+    assert cfg["ema_decay"] is None and cfg["tripwire_every"] == 5
+    assert cfg["tripwire_preference"] == str(b) and cfg["tripwire_patience"] == 3
+    result = CliRunner().invoke(build_app(), [*base, "--ema-decay", "0.9"])
+    assert result.exit_code == 0 and json.loads(result.output)["ema_decay"] == 0.9
+    same = ["--tripwire-preference", str(a)]
+    result = CliRunner().invoke(build_app(), [*base, *same])
+    assert result.exit_code != 0 and "same log half" in result.output
+    args = ["train", "preference", "--data", str(data), "--out", str(tmp_path / "p")]
+    result = CliRunner().invoke(build_app(), [*args, "--log-half", "1", "--dry-run"])
+    assert result.exit_code == 0 and json.loads(result.output)["log_half"] == 1

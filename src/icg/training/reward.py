@@ -8,6 +8,9 @@ pair pool, sampling, the drift anchor, saving) is `icg.training.stage_b.StageBTr
 - ``draft`` (`icg.training.draft.DraftTrainer`): DRaFT-K, the reward's gradient through the
   last K sampling steps.
 
+Every trainer runs inside the same guard rails (`icg.training.guards`): an EMA of the weights,
+saved as the adapter, and the held-out reward-hacking tripwire (`icg.training.tripwire`).
+
 A new trainer is a `StageBTrainer` subclass with a ``train()`` loop, registered in `TRAINERS`
 (and allowed by `RewardConfig.trainer`).
 """
