@@ -5,6 +5,7 @@
         optimizer.safetensors     # optimizer state tensors + the torch RNG; param groups in metadata
         <name>.safetensors        # ``weights={name: module}``: a plain state_dict
         <name>/                   # ``pretrained={name: obj}``: ``obj.save_pretrained(folder)``
+        <name>.safetensors        # ``tensors={name: {key: tensor}}``: named tensors (e.g. an EMA)
 
 A checkpoint is written in a temporary folder and renamed into place (`icg.io.atomic_save_dir`),
 so a folder named ``checkpoint-<8 digits>`` is always complete; other names are never listed.
@@ -35,6 +36,7 @@ _NAME = re.compile(rf"^{PREFIX}(\d{{8}})$")
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 _RNG_KEY = "rng.torch"
+EMA_TENSORS = "ema"  # ``<checkpoint>/ema.safetensors``: a run's EMA weights (`icg.training.ema`)
 
 
 def checkpoint_name(step: int) -> str:
@@ -91,6 +93,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     weights: Mapping[str, torch.nn.Module] | None = None,
     pretrained: Mapping[str, Any] | None = None,
+    tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     keep: int = 2,
 ) -> Path:
     """Save a checkpoint atomically, then prune all but the newest ``keep``.
@@ -102,12 +105,16 @@ def save_checkpoint(
         optimizer: saved with the torch RNG state.
         weights: modules saved as plain state dicts (``<name>.safetensors``).
         pretrained: objects with ``save_pretrained(folder)`` (``<name>/``).
+        tensors: named tensors saved as they are (``<name>.safetensors``), e.g. an EMA's weights.
         keep: how many checkpoints to keep (0: keep all).
     """
 
     def write(tmp: Path) -> None:
         for name, module in (weights or {}).items():
             save_file(_state_dict(module), str(tmp / f"{name}.safetensors"))
+        for name, values in (tensors or {}).items():
+            clean = {k: v.detach().contiguous().clone() for k, v in values.items()}
+            save_file(clean, str(tmp / f"{name}.safetensors"))
         for name, obj in (pretrained or {}).items():
             obj.save_pretrained(tmp / name)
         if optimizer is not None:
@@ -138,6 +145,15 @@ def load_weights(checkpoint: str | Path, name: str, module: torch.nn.Module) -> 
     file = Path(checkpoint) / f"{name}.safetensors"
     tensors, _ = read_safetensors(file, {k: v.shape for k, v in module.state_dict().items()})
     module.load_state_dict(tensors)
+
+
+def load_tensors(
+    checkpoint: str | Path, name: str, expected: Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """The named tensors saved by ``save_checkpoint(tensors={name: ...})`` (with ``expected``,
+    ``{key: shape}``, the key set and shapes are checked before any tensor is read)."""
+    tensors, _ = read_safetensors(Path(checkpoint) / f"{name}.safetensors", expected)
+    return tensors
 
 
 def load_optimizer_state(

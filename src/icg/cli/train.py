@@ -15,6 +15,11 @@ from icg.layout import CURVES_FILE
 logger = logging.getLogger(__name__)
 
 
+def _without_ema(cfg):
+    """``cfg`` with ``ema_decay: null`` (``--no-ema``: the adapter holds the raw weights)."""
+    return cfg.model_copy(update={"ema_decay": None})
+
+
 def align(
     data: Annotated[
         Path, typer.Option("--data", help="Platform data folder (items, users, impressions).")
@@ -87,6 +92,13 @@ def align(
             help="The MLLM reads the reference image with the title (default: on).",
         ),
     ] = None,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option("--ema-decay", help="Largest decay of the EMA saved as the adapter."),
+    ] = None,
+    no_ema: Annotated[
+        bool, typer.Option("--no-ema", help="Save the raw trained weights (no EMA).")
+    ] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
     ] = False,
@@ -120,9 +132,11 @@ def align(
             style_vocabulary=style_vocabulary,
             global_conditioning=global_conditioning,
             read_image=read_image,
+            ema_decay=ema_decay,
         )
     except (ValidationError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err
+    cfg = _without_ema(cfg) if no_ema else cfg
     if dry_run:
         typer.echo(cfg.model_dump_json(indent=2))
         return
@@ -147,6 +161,13 @@ def preference(
         str | None, typer.Option("--debias", help="pbm (default), ips or none.")
     ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override epochs.")] = None,
+    log_half: Annotated[
+        int | None,
+        typer.Option(
+            "--log-half",
+            help="Fit on half 0 or 1 of the click log only (the tripwire's two models).",
+        ),
+    ] = None,
     compare_naive: Annotated[
         bool,
         typer.Option(
@@ -166,7 +187,9 @@ def preference(
     from icg.training.preference import PreferenceConfig, train_preference
 
     try:
-        cfg = load_config(PreferenceConfig, config, clip=clip, debias=debias, epochs=epochs)
+        cfg = load_config(
+            PreferenceConfig, config, clip=clip, debias=debias, epochs=epochs, log_half=log_half
+        )
     except (ValidationError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err
     if dry_run:
@@ -223,6 +246,31 @@ def reward(
     user_guidance: Annotated[
         float | None, typer.Option("--user-guidance", help="User guidance while sampling.")
     ] = None,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option("--ema-decay", help="Largest decay of the EMA saved as the adapter."),
+    ] = None,
+    no_ema: Annotated[
+        bool, typer.Option("--no-ema", help="Save the raw trained weights (no EMA).")
+    ] = False,
+    tripwire_preference: Annotated[
+        Path | None,
+        typer.Option(
+            "--tripwire-preference",
+            help="Held-out preference model (fitted on the other --log-half than --preference): "
+            "stop at the best held-out reward when it falls while the training reward rises.",
+        ),
+    ] = None,
+    tripwire_every: Annotated[
+        int | None, typer.Option("--tripwire-every", help="Steps between tripwire evaluations.")
+    ] = None,
+    tripwire_patience: Annotated[
+        int | None,
+        typer.Option(
+            "--tripwire-patience",
+            help="Evaluations in a row with held-out down and training up before stopping.",
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
     ] = False,
@@ -244,10 +292,13 @@ def reward(
             RewardConfig,
             config, data=data, init=init, out=out, preference=preference,
             rewards=parse_weights(rewards) if rewards else None, max_steps=max_steps,
-            trainer=trainer, user_guidance=user_guidance,
+            trainer=trainer, user_guidance=user_guidance, ema_decay=ema_decay,
+            tripwire_preference=tripwire_preference, tripwire_every=tripwire_every,
+            tripwire_patience=tripwire_patience,
         )  # fmt: skip
     except (ValidationError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err
+    cfg = _without_ema(cfg) if no_ema else cfg
     if dry_run:
         typer.echo(cfg.model_dump_json(indent=2))
         return
@@ -256,4 +307,6 @@ def reward(
     result = run_reward(cfg, resume=resume, callbacks=callbacks, overwrite=overwrite)
     last = result.rewards[-1] if result.rewards else float("nan")
     typer.echo(f"adapter: {result.adapter_dir} ({result.steps} steps, last reward {last:.4f})")
+    if result.tripwire_step is not None:
+        typer.echo(f"tripwire: fired at step {result.tripwire_step}; kept the best held-out step")
     typer.echo(f"curves: {cfg.out / CURVES_FILE}")

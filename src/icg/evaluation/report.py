@@ -39,12 +39,49 @@ def png_data_uri(image: np.ndarray, scale: int = 2) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+TRIPWIRE_CURVES = {"reward/tripwire_train": "training half", "reward/tripwire_heldout": "held-out"}
+TRIPWIRE_FIRED = "reward/tripwire_fired"  # its row's step: where it fired; its value: the kept step
+TRIPWIRE_PANEL = "reward-hacking tripwire (preference, probe set)"
+
+
+def tripwire_marks(curves: dict[str, list[dict]]) -> dict[str, tuple[int, int]]:
+    """Per run whose tripwire fired: ``(step it fired at, step it kept)``."""
+    return {
+        run: (row["step"], int(row[TRIPWIRE_FIRED]))
+        for run, rows in curves.items()
+        for row in rows
+        if isinstance(row.get(TRIPWIRE_FIRED), int | float)
+    }
+
+
+def _plot_tripwire(ax, curves: dict[str, list[dict]], marks: dict[str, tuple[int, int]]) -> None:
+    """Both tripwire curves of every run in one panel, a line where it fired, a dot where it kept."""
+    for run, rows in curves.items():
+        for key, label in TRIPWIRE_CURVES.items():
+            x = [r["step"] for r in rows if key in r]
+            y = [r[key] for r in rows if key in r]
+            if len(x) < 2:
+                continue
+            style = "-" if key.endswith("heldout") else "--"
+            (line,) = ax.plot(x, y, style, label=f"{run}: {label}", linewidth=1.2)
+            if run in marks and key.endswith("heldout"):
+                fired, kept = marks[run]
+                ax.axvline(fired, color="tab:red", linestyle=":", linewidth=1.0)
+                ax.annotate("tripwire", (fired, max(y)), fontsize=6, color="tab:red")
+                if kept in x:
+                    ax.plot([kept], [y[x.index(kept)]], "o", color=line.get_color())
+
+
 def curves_figure(curves: dict[str, list[dict]]) -> str | None:
-    """Plot training curves {run name: [{"step": s, key: value, ...}, ...]} as one PNG data URI."""
+    """Plot training curves {run name: [{"step": s, key: value, ...}, ...]} as one PNG data URI.
+
+    The tripwire's two curves share one panel, with a dotted line where it fired and a dot on
+    the held-out curve at the step it kept (`icg.training.tripwire`)."""
     series = {
         (run, key): ([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r])
         for run, rows in curves.items()
         for key in sorted({k for r in rows for k in r if k != "step"})
+        if key != TRIPWIRE_FIRED
     }
     series = {k: v for k, v in series.items() if len(v[0]) > 1}
     if not series:
@@ -55,11 +92,13 @@ def curves_figure(curves: dict[str, list[dict]]) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after use("Agg"): no display backend
 
-    keys = sorted({key for _, key in series})
+    keys = sorted({TRIPWIRE_PANEL if key in TRIPWIRE_CURVES else key for _, key in series})
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, key in zip(axes.ravel(), keys, strict=False):
+        if key == TRIPWIRE_PANEL:
+            _plot_tripwire(ax, curves, tripwire_marks(curves))
         for (run, k), (x, y) in series.items():
             if k == key:
                 ax.plot(x, y, label=run, linewidth=1.2)
@@ -333,6 +372,11 @@ def write_report(
         f'<img class="figure" src="{figure}" alt="training curves">'
         if figure
         else "<p>No curves recorded.</p>",
+        "".join(
+            f"<p>Reward-hacking tripwire of {html.escape(run)}: fired at step {fired} (held-out "
+            f"reward down while the training reward rose); the adapter is step {kept}'s.</p>"
+            for run, (fired, kept) in tripwire_marks(curves).items()
+        ),
         "<h2>Configs</h2>",
         "".join(
             f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(cfg, indent=2, default=str))}</pre>"

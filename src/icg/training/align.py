@@ -62,6 +62,7 @@ from icg.training.common import (
     vae_scale_factor,
     without_users,
 )
+from icg.training.ema import WeightEMA, ema_checkpoint_parts, named_parameters_of, restore_ema
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,10 @@ class AlignConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    ema_decay: float | None = Field(
+        0.999, gt=0, lt=1, description="the saved adapter is the EMA of the trained weights, "
+        "this its largest decay (warm-up: icg.training.ema); null: the raw weights",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check_paths(self) -> AlignConfig:
@@ -246,10 +251,15 @@ class AlignRecipe:
             icg_parameter_groups(model, cfg.learning_rate, cfg.refiner_lr),
             weight_decay=cfg.weight_decay,
         )
+        self.ema = None
+        if cfg.ema_decay is not None:
+            trained = named_parameters_of(model, model.trainable_parameters())
+            self.ema = WeightEMA(trained, cfg.ema_decay)
         if checkpoint is not None:
             load_optimizer_state(checkpoint, optimizer)
             state = load_trainer_state(checkpoint)
             self.step, self.losses = int(state["step"]), list(state["losses"])
+            restore_ema(self.ema, checkpoint, state)
             logger.info("resumed from %s at step %d", checkpoint, self.step)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
 
@@ -308,6 +318,8 @@ class AlignRecipe:
             norm = self.accelerator.clip_grad_norm_(self.icg.trainable_parameters(), cfg.grad_clip)
             check_finite_grad_norm(norm, self.step)
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
             self.step += 1
             self.losses.append(float(loss.item()))
             bar.update(1)
@@ -317,6 +329,8 @@ class AlignRecipe:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
+        if self.ema is not None:  # from here on the model holds the weights that draw
+            self.ema.copy_to_model()
         self.user_effect = self.measure_user_effect()
         if self.user_effect is not None:
             logger.info("stage A: user effect on the tokens %.5f", self.user_effect)
@@ -335,11 +349,13 @@ class AlignRecipe:
         return user_token_effect(self.icg, feats, users)  # feats: (I, K, D)
 
     def save_checkpoint(self) -> Path:
-        """Atomically save model, optimizer and trainer state; prune older checkpoints."""
+        """Atomically save the raw model, EMA, optimizer and trainer state; prune old ones."""
+        ema_state, ema_tensors = ema_checkpoint_parts(self.ema)
         state = {
             "step": self.step,
             "losses": self.losses,
             "config": self.config.model_dump(mode="json"),
+            **ema_state,
         }
         return save_checkpoint(
             self.checkpoint_dir,
@@ -347,11 +363,13 @@ class AlignRecipe:
             state=state,
             optimizer=self.optimizer,
             pretrained={CHECKPOINT_MODEL_DIR: self.icg},
+            tensors=ema_tensors,
             keep=self.config.keep_checkpoints,
         )
 
     def save_adapter(self) -> Path:
-        """Write the final ICG adapter to ``out/adapter`` (atomically)."""
+        """Write the final ICG adapter (after `train`: the EMA weights) to ``out/adapter``
+        (atomically)."""
         return atomic_save_dir(self.config.out / ADAPTER_DIR, self.icg.save_pretrained)
 
     def cleanup(self) -> None:

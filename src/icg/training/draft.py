@@ -77,15 +77,18 @@ class DraftTrainer(StageBTrainer):
         return loss, logs
 
     def train(self) -> list[float]:
-        """Run until ``max_steps``; checkpoint every ``checkpoint_every`` steps."""
+        """Run until ``max_steps`` (or the tripwire); checkpoint every ``checkpoint_every``
+        steps."""
         cfg = self.config
         self.rewards.train()  # running reward statistics update during training only
         params = self.trainable_parameters()
         main = self.accelerator.is_main_process
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="reward", disable=None or not main)
-        if self.step == 0 and main:
-            self.run_callbacks(0)
-        while self.step < cfg.max_steps:
+        if self.step == 0:
+            if main:
+                self.run_callbacks(0)
+            self.guards.check()  # the tripwire's first point: stage A
+        while self.step < cfg.max_steps and not self.guards.stopped:
             loss, logs = self.compute_loss(self.step)
             logs["grad_norm"] = self.optimizer_step(loss, params)
             self.history.append(logs["reward/reward"])
@@ -95,8 +98,10 @@ class DraftTrainer(StageBTrainer):
                 bar.set_postfix(reward=f"{logs['reward/reward']:.3f}")
             if main and self.step % cfg.probe_every == 0:
                 self.run_callbacks(self.step)
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+            stop = self.guards.check()
+            if stop or self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
         self.rewards.eval()
+        self.guards.finish()  # the model now holds the weights the run saves
         return self.history

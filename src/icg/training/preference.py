@@ -35,6 +35,7 @@ from icg.models.preference import PreferenceModel, ips_loss, pbm_log_likelihood
 from icg.runs import start_run
 from icg.seeding import seed_everything
 from icg.training.click_log import ClickLog, PreferenceData, load_preference_data, time_split
+from icg.training.log_split import keep_log_half
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class PreferenceConfig(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     embed_batch_size: int = Field(256, ge=1)
+    log_half: int | None = Field(
+        None, ge=0, le=1, description="fit on one half of the click log only (0 or 1, by a "
+        "stable hash of the event: icg.training.log_split), e.g. the tripwire's held-out model",
+    )  # fmt: skip
 
 
 @dataclass
@@ -304,6 +309,7 @@ def fit_preference(
         The model (eval mode), per-epoch history and final metrics (val AUC, log loss).
     """
     seed_everything(cfg.seed)
+    data = keep_log_half(data, cfg.log_half)
     train_idx, val_idx = time_split(data.log.timestamp, cfg.val_fraction)
     train, val = data.log.subset(train_idx), data.log.subset(val_idx)
     model = build_model(data, train, cfg, clip_name)

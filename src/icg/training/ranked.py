@@ -217,9 +217,11 @@ class RankedTrainer(StageBTrainer):
         params = self.trainable_parameters()
         main = self.accelerator.is_main_process
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="reward", disable=None or not main)
-        if self.step == 0 and main:
-            self.run_callbacks(0)
-        while self.step < cfg.max_steps:
+        if self.step == 0:
+            if main:
+                self.run_callbacks(0)
+            self.guards.check()  # the tripwire's first point: stage A
+        while self.step < cfg.max_steps and not self.guards.stopped:
             round_index = self.step // cfg.steps_per_round
             self.rewards.train()  # the running statistics follow the draws
             buffer, round_logs = self.collect(round_index)
@@ -229,7 +231,8 @@ class RankedTrainer(StageBTrainer):
                 append_curve(self.config.out / CURVES_FILE, {"step": self.step, **round_logs})
             before = self.step
             end = min(cfg.max_steps, (round_index + 1) * cfg.steps_per_round)
-            while self.step < end and len(buffer.items):
+            stop = False
+            while self.step < end and len(buffer.items) and not stop:
                 loss, logs = self.ranked_loss(buffer, self.step)
                 logs["grad_norm"] = self.optimizer_step(loss, params)
                 bar.update(1)
@@ -238,11 +241,13 @@ class RankedTrainer(StageBTrainer):
                     bar.set_postfix(loss=f"{logs['loss']:.4f}")
                 if main and self.step % cfg.probe_every == 0:
                     self.run_callbacks(self.step)
+                stop = self.guards.check()
             if not buffer.items:  # no pair had an eligible draw: the round's steps are skipped
                 bar.update(end - self.step)
                 self.step = end
             crossed = self.step // cfg.checkpoint_every > before // cfg.checkpoint_every
-            if crossed or self.step == cfg.max_steps:
+            if stop or crossed or self.step == cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
+        self.guards.finish()  # the model now holds the weights the run saves
         return self.history

@@ -8,6 +8,9 @@ pair pool, sampling, the drift anchor, saving) is `icg.training.stage_b.StageBTr
 - ``draft`` (`icg.training.draft.DraftTrainer`): DRaFT-K, the reward's gradient through the
   last K sampling steps.
 
+Every trainer runs inside the same guard rails (`icg.training.guards`): an EMA of the weights,
+saved as the adapter, and the held-out reward-hacking tripwire (`icg.training.tripwire`).
+
 A new trainer is a `StageBTrainer` subclass with a ``train()`` loop, registered in `TRAINERS`
 (and allowed by `RewardConfig.trainer`).
 """
@@ -15,6 +18,8 @@ A new trainer is a `StageBTrainer` subclass with a ``train()`` loop, registered 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from icg.checkpoints import write_run_config
@@ -22,9 +27,20 @@ from icg.runs import start_run
 from icg.training.draft import DraftTrainer
 from icg.training.ranked import RankedTrainer
 from icg.training.reward_config import RewardConfig
-from icg.training.stage_b import Callback, RewardResult, StageBTrainer
+from icg.training.stage_b import Callback, StageBTrainer
 
 __all__ = ["TRAINERS", "RewardConfig", "RewardResult", "run_reward", "trainer_class"]
+
+
+@dataclass
+class RewardResult:
+    """What a finished stage-B run returns."""
+
+    rewards: list[float]  # combined (normalised, weighted) reward per step (per round: ranked)
+    adapter_dir: Path
+    steps: int
+    tripwire_step: int | None = None  # the step the tripwire fired at (None: it did not)
+
 
 TRAINERS: dict[str, type[StageBTrainer]] = {
     "ranked": RankedTrainer,
@@ -64,4 +80,8 @@ def run_reward(
         adapter_dir = trainer.save()
     finally:
         trainer.cleanup()
-    return RewardResult(rewards=history, adapter_dir=adapter_dir, steps=trainer.step)
+    tripwire = trainer.guards.tripwire
+    return RewardResult(
+        rewards=history, adapter_dir=adapter_dir, steps=trainer.step,
+        tripwire_step=None if tripwire is None else tripwire.state.fired_step,
+    )  # fmt: skip

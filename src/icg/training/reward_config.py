@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.training.sampling import start_step
+from icg.training.tripwire import check_disjoint_halves
 
 # relevance and preference weigh double: at equal weights aesthetic dominates and pulls covers
 # away from their item (the demo's truth probe: fidelity falls)
@@ -93,6 +94,25 @@ class RewardConfig(BaseModel):
     log_every: int = Field(1, ge=1)
     probe_every: int = Field(25, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    ema_decay: float | None = Field(
+        0.99,
+        gt=0,
+        lt=1,
+        description="the saved adapter is the EMA of the trained weights, this its largest "
+        "decay (warm-up (1 + t) / (10 + t): icg.training.ema); null: the raw weights",
+    )
+    # the reward-hacking tripwire (icg.training.tripwire)
+    tripwire_preference: Path | None = Field(
+        None,
+        description="a preference model fitted on the other half of the click log than "
+        "preference (log_half); it scores a fixed probe set every tripwire_every steps, and the "
+        "run stops at its best when that score falls while the training one rises; None: off",
+    )
+    tripwire_every: int = Field(10, ge=1, description="steps between tripwire evaluations")
+    tripwire_patience: int = Field(
+        3, ge=1, description="evaluations in a row with held-out down and training up to stop"
+    )
+    tripwire_pairs: int = Field(16, ge=1, description="(user, item) pairs of the probe set")
 
     @model_validator(mode="after")
     def _check(self) -> RewardConfig:
@@ -115,4 +135,8 @@ class RewardConfig(BaseModel):
             )
         if self.truncation_k_max is not None and self.truncation_k_max < self.truncation_k:
             raise ValueError(f"truncation_k_max: expected >= truncation_k={self.truncation_k}")
+        if self.tripwire_preference is not None:
+            if self.preference is None:
+                raise ValueError("tripwire_preference: needs preference (the training half)")
+            check_disjoint_halves(self.preference, self.tripwire_preference)
         return self

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +49,7 @@ from icg.training.common import (
     step_generator,
 )
 from icg.training.curves import append_curve, truncate_curves
+from icg.training.guards import StageBGuards
 from icg.training.lora import add_unet_lora, load_unet_lora, remove_unet_lora, save_unet_lora
 from icg.training.reward_config import RewardConfig
 from icg.training.rollout import PairPool, build_pool
@@ -58,15 +58,6 @@ from icg.training.sampling import decode, denoise, start_step, token_drift, trun
 logger = logging.getLogger(__name__)
 
 Callback = Callable[["StageBTrainer", int], dict | None]
-
-
-@dataclass
-class RewardResult:
-    """What a finished stage-B run returns."""
-
-    rewards: list[float]  # combined (normalised, weighted) reward per step (per round: ranked)
-    adapter_dir: Path
-    steps: int
 
 
 class _RunState:
@@ -93,6 +84,7 @@ class StageBTrainer:
         rewards: a `MultiReward` (default: built from ``config.rewards``).
         callbacks: called as ``callback(trainer, step)`` every ``probe_every`` steps on the main
             process (monitoring only: their results are logged, never used by the loss).
+        heldout_reward: the tripwire's held-out reward (default: from ``tripwire_preference``).
     """
 
     def __init__(
@@ -103,10 +95,11 @@ class StageBTrainer:
         processor=None,
         rewards=None,
         callbacks: Sequence[Callback] = (),
+        heldout_reward=None,
     ) -> None:
         self.config = config
         self._base, self._mllm, self._processor = base, mllm, processor
-        self.rewards = rewards
+        self.rewards, self._heldout_reward = rewards, heldout_reward
         self.callbacks = list(callbacks)
         self.step = 0
         self.history: list[float] = []
@@ -162,11 +155,11 @@ class StageBTrainer:
             self.lora_parameters = add_unet_lora(self.unet, cfg.lora_rank)
             if saved is not None and (saved / LORA_FILE).is_file():
                 load_unet_lora(self.unet, saved / LORA_FILE)
+        sources = RewardSources(
+            clip=cfg.clip, aesthetic_predictor=cfg.aesthetic_predictor,
+            relevance_scale=cfg.relevance_scale, preference=cfg.preference,
+        )  # fmt: skip
         if self.rewards is None:
-            sources = RewardSources(
-                clip=cfg.clip, aesthetic_predictor=cfg.aesthetic_predictor,
-                relevance_scale=cfg.relevance_scale, preference=cfg.preference,
-            )  # fmt: skip
             self.rewards = build_rewards(cfg.rewards, sources)
         self.rewards.to(device)
         self.rewards.gather = self.accelerator.gather
@@ -176,11 +169,13 @@ class StageBTrainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
+        self.guards = StageBGuards(self, sources, self._heldout_reward)  # EMA, tripwire
         if ckpt is not None:
             load_optimizer_state(ckpt, self.optimizer)
             state = load_trainer_state(ckpt)
             self.step, self.history = int(state["step"]), list(state["rewards"])
             self.rewards.load_stats(saved / STATS_FILE)
+            self.guards.restore(ckpt, state)
             logger.info("resumed from %s at step %d", ckpt, self.step)
         if self.accelerator.is_main_process:
             truncate_curves(self.config.out / CURVES_FILE, self.step)
@@ -348,6 +343,7 @@ class StageBTrainer:
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         check_finite_grad_norm(norm, self.step)
         self.optimizer.step()
+        self.guards.after_step()
         self.step += 1
         return float(norm)
 
@@ -364,19 +360,22 @@ class StageBTrainer:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
+        guard_state, tensors = self.guards.checkpoint_parts()
         state = {
             "step": self.step,
             "rewards": self.history,
             "config": self.config.model_dump(mode="json"),
+            **guard_state,
         }
         return save_checkpoint(
             self.checkpoint_dir, self.step, state=state, optimizer=self.optimizer,
-            pretrained={CHECKPOINT_MODEL_DIR: _RunState(self)},
+            pretrained={CHECKPOINT_MODEL_DIR: _RunState(self)}, tensors=tensors,
             keep=self.config.keep_checkpoints,
         )  # fmt: skip
 
     def save(self) -> Path:
-        """Write the final ICG adapter to ``out/adapter`` and the reward stats (and LoRA) beside."""
+        """Write the final ICG adapter to ``out/adapter`` and the reward stats (and LoRA) beside
+        (after ``train``: the weights that draw, `StageBGuards.finish`)."""
         out = self.config.out
         if self.accelerator.is_main_process:
             atomic_save_dir(out / ADAPTER_DIR, self.icg.save_pretrained)
