@@ -134,7 +134,7 @@ def _tripwire_config(world, out, **kw):
         preference=_preference_folder(halves / "a", 0),
         tripwire_preference=_preference_folder(halves / "b", 1),
         tripwire_every=1, tripwire_patience=2, tripwire_pairs=3, max_steps=8,
-        checkpoint_every=3, num_inference_steps=2,
+        checkpoint_every=3, num_inference_steps=2, ema_decay=0.99,
     )  # fmt: skip
     values.update(kw)
     return stage_b_config(world, out, **values)
