@@ -28,6 +28,7 @@ import torch
 
 from icg.data.images import load_image
 from icg.generation import generate_covers
+from icg.models.backbones import denoiser_of
 from icg.pipeline import ICGPipeline
 
 CoverSource = Callable[[pd.DataFrame], np.ndarray]
@@ -56,6 +57,7 @@ class PromptDrawer:
 
     def __init__(self, base, template: str = PROMPT_TEMPLATE, writer=None) -> None:
         self.base = base
+        self.denoiser = denoiser_of(base)  # where `generate_covers` seeds its generators
         self.template = template
         self.writer = writer
 
