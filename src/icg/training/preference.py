@@ -69,6 +69,11 @@ class PreferenceConfig(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     embed_batch_size: int = Field(256, ge=1)
+    cover_encoder: Literal["clip", "conv", "patches", "spectrum"] = "clip"  # models.preference
+    pixel_size: int = Field(64, ge=8, description="conv, spectrum: side of the pixel input")
+    patch_layer: int = Field(-1, description="patches: CLIP vision hidden layer (-1: last)")
+    encoder_width: int = Field(16, ge=1, description="width of the cover encoder's features")
+    spectrum_bins: tuple[int, int] = Field((12, 8), description="spectrum: bands, orientations")
 
 
 @dataclass
@@ -97,13 +102,15 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def build_model(
     data: PreferenceData, train: ClickLog, cfg: PreferenceConfig, clip_name: str | None
 ) -> PreferenceModel:
-    """A fresh model sized for the data; the user table holds users with training history."""
+    """A fresh model sized for the data (users with history, cover encoder of the inputs)."""
     max_pos = int(data.log.position.max()) + 1 if len(data.log) else 1
     num_positions = cfg.num_positions or min(max_pos, MAX_POSITIONS)
     seen = sorted(set(train.user[train.user >= 0].tolist()))
     user_dim = 0 if data.user_embeddings is None else data.user_embeddings.shape[1]
+    layout = data.input_layout or {"image_dim": data.cover_embeddings.shape[1]}  # none: "clip"
     model = PreferenceModel(
-        image_dim=data.cover_embeddings.shape[1],
+        **layout,
+        encoder_width=cfg.encoder_width,
         user_dim=user_dim,
         num_users=len(seen),
         num_items=len(data.item_ids),
@@ -115,6 +122,7 @@ def build_model(
         user_ids=[data.user_ids[u] for u in seen],
         item_ids=list(data.item_ids),
     )
+    model.set_extra_normalisation(data.cover_embeddings)
     if data.user_embeddings is not None:
         emb = data.user_embeddings
         finite = torch.isfinite(emb).all(-1)
