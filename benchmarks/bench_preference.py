@@ -33,6 +33,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clip", default="zoo:clip", help="falls back to a tiny random CLIP")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument(
+        "--cover-encoder",
+        default=None,
+        choices=["clip", "conv", "patches", "spectrum"],
+        help="what the model reads of a cover (default: PreferenceConfig's)",
+    )
     parser.add_argument("--naive", action="store_true", help="also fit the naive model")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     return parser
@@ -61,8 +67,9 @@ def measure(args: argparse.Namespace) -> list[Row]:
         towers, clip_name = ClipTowers.from_pretrained(args.clip), args.clip
     except (FileNotFoundError, KeyError, OSError, ValueError):
         towers, clip_name = tiny_clip(image_size=64), "tiny random CLIP (zoo:clip absent)"
-    cfg = PreferenceConfig(**({"epochs": args.epochs} if args.epochs else {}))
-    cache = args.world.parent / f"{args.world.name}_cover_cache.safetensors"
+    overrides = {"epochs": args.epochs, "cover_encoder": args.cover_encoder}
+    cfg = PreferenceConfig(**{k: v for k, v in overrides.items() if v is not None})
+    cache = args.world.parent / f"{args.world.name}_{cfg.cover_encoder}_cache.safetensors"
     t = time.perf_counter()
     data = load_preference_data(args.world, cfg, towers=towers, cache_file=cache)
     load_s = time.perf_counter() - t
@@ -83,6 +90,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
         "load_seconds_first": load_s,
         "load_seconds_cached": cached_s,
         "epochs": cfg.epochs,
+        "cover_encoder": cfg.cover_encoder,
         "models": rows,
     }
     if args.out:

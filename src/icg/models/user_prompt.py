@@ -96,7 +96,7 @@ class UserPrompt(CheckedLoadMixin, ModelMixin, ConfigMixin):
         Args:
             preference: a `icg.models.preference.PreferenceModel` that reads user embeddings.
             cover_embeddings: ``(C, E)`` L2-normalised CLIP embeddings of the catalog's covers
-                (the preference model's CLIP).
+                (the preference model's CLIP), or its wider image inputs, which start with them.
             level_text_embeddings: per group, ``(L_g, E)`` CLIP text embeddings of its levels.
             groups, phrases, top_k: as in the constructor.
         """
@@ -105,7 +105,8 @@ class UserPrompt(CheckedLoadMixin, ModelMixin, ConfigMixin):
         taste, _ = preference.image_features(cover_embeddings)  # (C, rank)
         directions = []
         for text in level_text_embeddings:
-            tags = (cover_embeddings @ text.T).argmax(1)  # (C,) zero-shot level per cover
+            clip = cover_embeddings[:, : text.shape[1]]  # (C, E): inputs start with CLIP's
+            tags = (clip @ text.T).argmax(1)  # (C,) zero-shot level per cover
             for level in range(len(text)):
                 tagged = tags == level
                 directions.append(

@@ -3,7 +3,8 @@
 ICG (EMNLP 2025, Sec. 3.4). The reward is the attractiveness logit ``a(user, cover)``: the
 click model with examination factored out (where a cover is shown is not the cover's merit)
 and without the item bias (constant for a given item, and unknown for new items). Pixels →
-CLIP image tower → normalised embedding → preference model, all differentiable in the pixels.
+`CoverInputs` (CLIP image tower → normalised embedding, plus the pixels or patch tokens the
+model's cover encoder reads) → preference model, all differentiable in the pixels.
 Cold-start users (``users=None`` or a NaN row, unknown id) get the population mean taste.
 """
 
@@ -18,6 +19,7 @@ import torch
 from icg.models.preference import PreferenceModel
 from icg.rewards.base import Reward, register_reward
 from icg.rewards.clip import ClipTowers
+from icg.rewards.cover_inputs import CoverInputs
 
 OUTPUTS = ("logit", "probability")
 
@@ -28,8 +30,9 @@ class PreferenceReward(Reward):
 
     Args:
         model: a `PreferenceModel` or the folder it was saved to (``RUN/preference``).
-        clip: `ClipTowers` or name/path; default the CLIP recorded in the model's config. It must
-            be the CLIP the model was trained on.
+        clip: `ClipTowers` (or `CoverInputs`) or name/path; default the CLIP recorded in the
+            model's config. It must be the CLIP the model was trained on. ``self.clip`` is the
+            `CoverInputs` the model reads (``image_embeds`` gives its image input).
         output: ``"logit"`` (default; unbounded, well-scaled gradients) or ``"probability"``
             (P(click | examined)).
     """
@@ -37,7 +40,7 @@ class PreferenceReward(Reward):
     def __init__(
         self,
         model: PreferenceModel | str | Path,
-        clip: ClipTowers | str | None = None,
+        clip: ClipTowers | CoverInputs | str | None = None,
         output: str = "logit",
     ) -> None:
         super().__init__()
@@ -50,11 +53,14 @@ class PreferenceReward(Reward):
             if clip is None:
                 raise ValueError("clip: the preference model records no CLIP; pass clip=")
         self.model = model
-        self.clip = clip if isinstance(clip, ClipTowers) else ClipTowers.from_pretrained(clip)
-        if self.clip.embed_dim != model.config.image_dim:
+        if isinstance(clip, CoverInputs):
+            clip = clip.towers
+        towers = clip if isinstance(clip, ClipTowers) else ClipTowers.from_pretrained(clip)
+        self.clip = CoverInputs.for_model(towers, model.config)
+        if self.clip.embed_dim != model.input_dim:
             raise ValueError(
-                f"clip: embeddings of width {self.clip.embed_dim}, but the preference model "
-                f"expects {model.config.image_dim}"
+                f"clip: image inputs of width {self.clip.embed_dim}, but the preference model "
+                f"expects {model.input_dim} (cover_encoder={model.config.cover_encoder!r})"
             )
         self.output = output
         self.freeze()
@@ -77,7 +83,7 @@ class PreferenceReward(Reward):
         """Args beyond the contract: ``user_ids`` (``B`` ids or ``None``) adds each known user's
         learned vector (users with history)."""
         self.check_inputs(images, titles, users)
-        emb = self.clip.image_embeds(images)  # (B, E)
+        emb = self.clip.image_embeds(images)  # (B, input_dim)
         index = None
         if user_ids is not None:
             index = self.model.user_index(["" if u is None else u for u in user_ids]).to(emb.device)

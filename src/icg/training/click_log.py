@@ -7,7 +7,8 @@ Two kinds of logs:
   (`icg.data.read_implicit_feedback`), the cover is the item's reference image, and there is no
   position (everything is at position 0, so debiasing is a no-op).
 
-Each distinct cover is embedded once by CLIP, through a safetensors cache.
+Each distinct cover is embedded once (`icg.rewards.cover_inputs.CoverInputs`: the CLIP
+embedding, plus pixels or patch tokens by ``cfg.cover_encoder``), through a safetensors cache.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from icg.data import find_table_file, load_dataset, read_implicit_feedback
 from icg.rewards.clip import ClipTowers, embed_files
+from icg.rewards.cover_inputs import CoverInputs
 
 if TYPE_CHECKING:
     from icg.training.preference import PreferenceConfig
@@ -70,11 +72,14 @@ class PreferenceData:
 
     Args:
         log: the click log.
-        cover_embeddings: ``(C, E)`` L2-normalised CLIP image embeddings.
+        cover_embeddings: ``(C, E)`` L2-normalised CLIP image embeddings, or the preference
+            model's wider image inputs (`CoverInputs`) as ``input_layout`` says.
         user_ids: ``U`` user ids (``log.user`` indexes them).
         item_ids: ``I`` item ids.
         user_embeddings: ``(U, D)`` platform embeddings (NaN rows: none), or ``None``.
         cover_paths: ``C`` cover files (informational).
+        input_layout: `PreferenceModel` config fields that read ``cover_embeddings``
+            (``cover_encoder``, ``image_dim``, ...); ``None``: plain CLIP embeddings.
     """
 
     log: ClickLog
@@ -83,6 +88,23 @@ class PreferenceData:
     item_ids: list[str]
     user_embeddings: torch.Tensor | None = None
     cover_paths: list[str] = field(default_factory=list)
+    input_layout: dict | None = None
+
+
+def input_layout(inputs: CoverInputs) -> dict:
+    """The `PreferenceModel` config fields that read what ``inputs`` computes."""
+    tokens, width = inputs.patch_shape
+    patches = inputs.cover_encoder == "patches"
+    return {
+        "cover_encoder": inputs.cover_encoder,
+        "image_dim": inputs.towers.embed_dim,
+        "pixel_size": inputs.pixel_size,
+        "patch_tokens": tokens if patches else 0,
+        "patch_dim": width if patches else 0,
+        "patch_layer": inputs.patch_layer,
+        "spectrum_bands": inputs.bands,
+        "spectrum_orientations": inputs.orientations,
+    }
 
 
 def time_split(timestamp: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +131,7 @@ def load_preference_data(
     Args:
         data_dir: a platform folder (items, users, impressions) or a folder with items, optional
             users and an implicit feedback table.
-        cfg: the config (``source``, ``clip``, negatives).
+        cfg: the config (``source``, ``clip``, ``cover_encoder``, negatives).
         towers: the CLIP (default: ``ClipTowers.from_pretrained(cfg.clip)``).
         cache_file: the embedding cache (``None``: no cache).
     """
@@ -145,8 +167,11 @@ def load_preference_data(
     cover_codes, cover_paths = pd.factorize(covers)
     if towers is None:
         towers = ClipTowers.from_pretrained(cfg.clip)
+    inputs = CoverInputs(
+        towers, cfg.cover_encoder, cfg.pixel_size, cfg.patch_layer, *cfg.spectrum_bins
+    )  # fmt: skip
     t0 = time.perf_counter()
-    embeddings = embed_files(towers, list(cover_paths), cache_file, cfg.embed_batch_size)  # (C, E)
+    embeddings = embed_files(inputs, list(cover_paths), cache_file, cfg.embed_batch_size)  # (C, D)
     logger.info("cover embeddings: %d covers in %.1fs", len(cover_paths), time.perf_counter() - t0)
     user_emb = None
     if data.users is not None and data.embedding_dim > 0:
@@ -161,8 +186,9 @@ def load_preference_data(
         event_id=event_id,
     )
     return PreferenceData(
-        log, embeddings, user_ids, item_ids, user_emb, [str(p) for p in cover_paths]
-    )
+        log, embeddings, user_ids, item_ids, user_emb, [str(p) for p in cover_paths],
+        input_layout(inputs),
+    )  # fmt: skip
 
 
 def _codes(values: pd.Series, vocabulary: list[str]) -> np.ndarray:

@@ -28,6 +28,7 @@ import torch
 from icg.layout import PREFERENCE_CONFIG_FILE
 from icg.models.preference import PreferenceModel
 from icg.rewards.clip import ClipTowers, embed_files
+from icg.rewards.cover_inputs import CoverInputs
 from icg.training.preference import CACHE_FILE
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def click_advantages(
         model: a `icg.models.preference.PreferenceModel`.
         clicks: ``N`` clicked impressions (``user_id``, ``item_id``, ``cover``).
         variants: the covers of each item (`item_variants`).
-        cover_embeddings: the model's CLIP embedding ``(E,)`` of every cover named.
+        cover_embeddings: the model's image input ``(input_dim,)`` of every cover named.
         user_embeddings: the clickers' platform embeddings ``(N, user_dim)`` (NaN rows: none).
     """
     row, taste, appeal = cover_features(model, cover_embeddings)
@@ -194,14 +195,16 @@ def load_click_weights(
 
 
 def _cover_embeddings(model, preference: Path, paths: list[str], towers) -> dict[str, torch.Tensor]:
-    """The preference model's CLIP embeddings of cover files, through its own cache."""
+    """The preference model's image inputs (`CoverInputs`: the CLIP embedding first) of cover
+    files, through its own cache."""
 
     if towers is None:
         name = model.config.clip_name_or_path
         if name is None:
             raise ValueError(f"preference: {preference} records no CLIP to embed covers with")
         towers = ClipTowers.from_pretrained(name)
-    emb = embed_files(towers, paths, preference / CACHE_FILE)  # (C, E)
+    inputs = CoverInputs.for_model(getattr(towers, "towers", towers), model.config)
+    emb = embed_files(inputs, paths, preference / CACHE_FILE)  # (C, input_dim)
     return dict(zip(paths, emb, strict=True))
 
 
@@ -225,7 +228,7 @@ def preferred_variants(
         model: a `icg.models.preference.PreferenceModel`.
         pairs: ``N`` rows of ``user_id``, ``item_id``.
         variants: the covers of each item (`item_variants`).
-        cover_embeddings: the model's CLIP embedding ``(E,)`` of every cover named.
+        cover_embeddings: the model's image input ``(input_dim,)`` of every cover named.
         user_embeddings: the users' platform embeddings ``(N, user_dim)`` (NaN rows: none).
     """
     row, taste, appeal = cover_features(model, cover_embeddings)

@@ -16,14 +16,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
-from icg.config import DEFAULT_CLIP
 from icg.io import atomic_write_json, atomic_write_yaml
 from icg.layout import (
     METRICS_FILE,
@@ -36,44 +33,12 @@ from icg.runs import start_run
 from icg.seeding import seed_everything
 from icg.training.click_log import ClickLog, PreferenceData, load_preference_data, time_split
 from icg.training.log_split import keep_log_half
+from icg.training.preference_config import PreferenceConfig as PreferenceConfig  # re-exported
 
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = PREFERENCE_CACHE_FILE
 MAX_POSITIONS = 50
-
-
-class PreferenceConfig(BaseModel):
-    """Hyper-parameters of `icg train preference` (YAML files override any subset)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    clip: str = DEFAULT_CLIP
-    source: Literal["auto", "impressions", "feedback"] = "auto"
-    negatives_per_positive: int = Field(4, ge=1)
-    debias: Literal["pbm", "ips", "none"] = "pbm"
-    propensities: list[float] | None = Field(
-        None, description="IPS: known examination per position; None: estimated by a PBM fit"
-    )
-    ips_clip: float = Field(0.05, gt=0, le=1)
-    num_positions: int | None = Field(None, ge=1, description="default: max logged position + 1")
-    rank: int = Field(32, ge=1)
-    hidden_dim: int = Field(128, ge=1)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(8192, ge=1)
-    learning_rate: float = Field(2e-2, gt=0)
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay of the linear maps")
-    examination_lr_scale: float = Field(
-        5.0, gt=0, description="the examination parameters learn this much faster"
-    )
-    table_l2: float = Field(1e-4, ge=0, description="L2 on per-user vectors and item biases")
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
-    embed_batch_size: int = Field(256, ge=1)
-    log_half: int | None = Field(
-        None, ge=0, le=1, description="fit on one half of the click log only (0 or 1, by a "
-        "stable hash of the event: icg.training.log_split), e.g. the tripwire's held-out model",
-    )  # fmt: skip
 
 
 @dataclass
@@ -102,13 +67,15 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def build_model(
     data: PreferenceData, train: ClickLog, cfg: PreferenceConfig, clip_name: str | None
 ) -> PreferenceModel:
-    """A fresh model sized for the data; the user table holds users with training history."""
+    """A fresh model sized for the data (users with history, cover encoder of the inputs)."""
     max_pos = int(data.log.position.max()) + 1 if len(data.log) else 1
     num_positions = cfg.num_positions or min(max_pos, MAX_POSITIONS)
     seen = sorted(set(train.user[train.user >= 0].tolist()))
     user_dim = 0 if data.user_embeddings is None else data.user_embeddings.shape[1]
+    layout = data.input_layout or {"image_dim": data.cover_embeddings.shape[1]}  # none: "clip"
     model = PreferenceModel(
-        image_dim=data.cover_embeddings.shape[1],
+        **layout,
+        encoder_width=cfg.encoder_width,
         user_dim=user_dim,
         num_users=len(seen),
         num_items=len(data.item_ids),
@@ -120,6 +87,7 @@ def build_model(
         user_ids=[data.user_ids[u] for u in seen],
         item_ids=list(data.item_ids),
     )
+    model.set_extra_normalisation(data.cover_embeddings)
     if data.user_embeddings is not None:
         emb = data.user_embeddings
         finite = torch.isfinite(emb).all(-1)
