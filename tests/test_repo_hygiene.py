@@ -153,3 +153,14 @@ def test_no_tracked_text_file_names_a_path_of_a_build_machine() -> None:
         "write paths relative to the repository or as the command's arguments "
         "(demo-out/world, not /work/main/demo-out/world):\n" + "\n".join(found)
     )
+
+
+def test_no_source_file_exceeds_400_lines() -> None:
+    """Short files with one job each (docs/ARCHITECTURE.md): a file that grows past 400 lines
+    is split where its jobs part."""
+    lines = {
+        str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in sorted((ROOT / "src" / "icg").rglob("*.py"))
+    }
+    long = {name: n for name, n in lines.items() if n > 400}
+    assert not long, f"files over 400 lines: {long}"
