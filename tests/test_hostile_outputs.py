@@ -12,6 +12,7 @@ import pytest
 from hostile_fixtures import StubPipe, Workspace
 from typer.testing import CliRunner
 
+from icg.batch.plan import cover_path
 from icg.cli import build_app
 from icg.data import load_dataset
 from icg.generation import generate_covers
@@ -63,6 +64,21 @@ def test_safe_names_and_stems():
         assert name != bad and len(name) <= 100
     stems = file_stems([("a_b", "c"), ("a", "b_c"), ("X", "y"), ("x", "y"), ("u", "i", "")])
     assert len(set(stems.values())) == 5 and stems[("u", "i", "")] == "u_i"
+
+
+def test_ids_differing_only_in_case_get_distinct_names_on_a_case_insensitive_disk():
+    """``A1`` and ``a1`` (and an id crafted to look like ``A1``'s hashed name) never share a
+    file name once case is folded: in `safe_name`, `file_stems` and batch cover paths."""
+    crafted = safe_name("A1").lower()  # "a1-<hash of A1>": plain, but shaped like a hashed name
+    ids = ["a1", "A1", crafted, "B00XYZ", "b00xyz", "i0", "I0"]
+    names = [safe_name(i) for i in ids]
+    assert len({n.lower() for n in names}) == len(ids), names
+    assert safe_name("a1") == "a1" and safe_name("A1").startswith("A1-")  # readable slugs
+    assert safe_name(crafted) != crafted
+    stems = file_stems([("u", i) for i in ids])
+    assert len({s.lower() for s in stems.values()}) == len(ids), stems
+    covers = [cover_path(0, i, 0) for i in ids]
+    assert len({c.lower() for c in covers}) == len(ids), covers
 
 
 def test_method_names_and_symlinked_output_folders_are_refused(ws: Workspace):
