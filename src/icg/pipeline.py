@@ -26,6 +26,7 @@ from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from icg.artifacts import refuse_pickle_weights
 from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.data.images import load_image
 from icg.layout import LORA_FILE
@@ -139,6 +140,7 @@ class ICGPipeline:
             torch_dtype: dtype for the models loaded here.
         """
         refuse_unet_lora(adapter_dir)
+        refuse_pickle_weights(adapter_dir, "adapter")
         config = ICGModel.read_config(adapter_dir)
         if base is None or isinstance(base, str | Path):
             name = str(base or config["base_model"] or "")
