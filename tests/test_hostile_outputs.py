@@ -151,3 +151,50 @@ def test_evaluate_refuses_a_non_empty_out_before_loading(ws: Workspace, tmp_path
     with pytest.raises(OutputExistsError, match="metrics.json"):
         evaluate_run(ws.data, tmp_path / "no-run", ws.out)
     assert (ws.out / "metrics.json").read_text() == "{}" and ws.unchanged()
+
+
+def test_concurrent_manifest_merges_into_one_folder_keep_every_row(tmp_path, monkeypatch):
+    """Two writers (as two ``generate --overwrite`` runs into one folder) each read the manifest,
+    then write it merged: each read is held open long enough for the other to read too, so
+    without the lock one writer's rows would be lost."""
+    import threading
+    import time
+
+    from icg import generation
+    from icg.layout import MANIFEST_FILE, MANIFEST_LOCK_FILE
+
+    path = tmp_path / MANIFEST_FILE
+
+    def rows(user: str) -> pd.DataFrame:
+        frame = pd.DataFrame([{c: None for c in generation.MANIFEST_COLUMNS}])
+        return frame.assign(user_id=user, item_id="i0", method="icg", path=f"icg/{user}.png")
+
+    generation.write_manifest(rows("u0"), path)
+    read = pd.read_parquet
+
+    def slow_read(*args, **kwargs):
+        frame = read(*args, **kwargs)
+        time.sleep(0.3)  # the other writer reads now, unless the lock holds it back
+        return frame
+
+    monkeypatch.setattr(generation.pd, "read_parquet", slow_read)
+    errors: list[BaseException] = []
+
+    def write(user: str) -> None:
+        try:
+            generation.write_manifest(rows(user), path)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(u,)) for u in ("u1", "u2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(read(path)["user_id"]) == ["u0", "u1", "u2"]
+    assert (tmp_path / MANIFEST_LOCK_FILE).is_file()  # left in place (see icg.io.file_lock)
+    only_lock = tmp_path / "only-lock"
+    only_lock.mkdir()
+    (only_lock / MANIFEST_LOCK_FILE).touch()
+    prepare_output(only_lock, kind="generate")  # a lock alone is not contents to refuse

@@ -42,6 +42,7 @@ REPORT_FILE = "report.html"
 REJECTS_DIR = "rejects"  # rows a loader refused, with the reason
 COVERS_DIR = "covers"
 MANIFEST_FILE = "manifest.parquet"  # `icg generate`: one row per (user, item) cover
+MANIFEST_LOCK_FILE = ".manifest.lock"  # flock'd around a manifest merge (`icg.io.file_lock`)
 PLAN_DIR = "plan"  # `icg batch`: segments, units and settings of a batch
 
 # ---- CoverWorld -------------------------------------------------------------------------------

@@ -23,11 +23,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from icg.io import TMP_PREFIX, atomic_write_json
+from icg.layout import MANIFEST_LOCK_FILE
 
 logger = logging.getLogger(__name__)
 
 MARKER = ".icg-output.json"
 """Written into every output folder icg creates; ``--overwrite`` clears only such folders."""
+_BOOKKEEPING = {MARKER, MANIFEST_LOCK_FILE}  # never counted as contents, never removed
 
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
@@ -219,7 +221,7 @@ def prepare_output(
         raise UnsafePathError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out)
-    held = sorted(e.name for e in out.iterdir() if e.name != MARKER)
+    held = sorted(e.name for e in out.iterdir() if e.name not in _BOOKKEEPING)
     if held and not overwrite:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise OutputExistsError(
