@@ -143,9 +143,11 @@ def test_cold_start_unknown_user_unknown_item_and_bad_uploads(client):
     assert_json_error(
         client.post("/v1/covers", json={"item_id": "nothing"}, headers=AUTH), 404, "unknown_item"
     )
-    for image in ("not base64!", base64.b64encode(b"GIF89a broken").decode(), ""):
+    corrupt_png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64).decode()
+    for image in ("not base64!", base64.b64encode(b"GIF89a broken").decode(), "", corrupt_png):
         r = client.post("/v1/covers", json={"title": "t", "image": image}, headers=AUTH)
-        assert_json_error(r, 422)
+        detail = assert_json_error(r, 422)["detail"]
+        assert "<" not in detail and "_io." not in detail  # no object reprs
     emb = client.post(
         "/v1/covers", json={"user_embedding": [0.1, 0.2], "item_id": "i0"}, headers=AUTH
     )

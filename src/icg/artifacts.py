@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from icg.io import describe_error
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -93,7 +95,7 @@ def read_json_object(path: str | Path, what: str = "a JSON object") -> dict[str,
     except FileNotFoundError as err:
         raise ArtifactError(f"{path}: missing; expected {what}") from err
     except (OSError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path}: unreadable ({err})") from err
+        raise ArtifactError(f"{path}: unreadable ({describe_error(err)})") from err
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -193,7 +195,9 @@ def read_safetensors(
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise ArtifactError(f"{path}: truncated or not a safetensors file ({err})") from err
+        raise ArtifactError(
+            f"{path}: truncated or not a safetensors file ({describe_error(err)})"
+        ) from err
     check_finite(tensors, path)
     return tensors, metadata
 
@@ -260,7 +264,9 @@ def check_module_folder(cls: type, directory: str | Path) -> dict[str, Any]:
         with torch.device("meta"):  # shapes only: nothing is allocated, whatever the config says
             skeleton = cls.from_config(config)
     except Exception as err:  # noqa: BLE001 - any constructor failure means a bad config
-        raise ArtifactError(f"{config_file}: not a valid {cls.__name__} config ({err})") from err
+        raise ArtifactError(
+            f"{config_file}: not a valid {cls.__name__} config ({describe_error(err)})"
+        ) from err
     weights = directory / WEIGHTS_NAME
     read_safetensors(weights, {k: v.shape for k, v in skeleton.state_dict().items()})
     return config
@@ -282,4 +288,6 @@ class CheckedLoadMixin:
         except ArtifactError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-            raise ArtifactError(f"{path}: cannot load {cls.__name__} ({err})") from err
+            raise ArtifactError(
+                f"{path}: cannot load {cls.__name__} ({describe_error(err)})"
+            ) from err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -26,6 +27,15 @@ except ImportError:  # Windows: no flock; concurrent merges into one folder are 
     fcntl = None  # type: ignore[assignment]
 
 TMP_PREFIX = ".tmp-"
+_OBJECT_REPR = re.compile(r"<(?:[A-Za-z_][\w.]*(?:\s[^<>]*)?|[^<>]*object at 0x[^<>]*)>")
+
+
+def describe_error(err: BaseException) -> str:
+    """A library's error message fit for ours: object reprs a decoder or reader puts in it
+    (``<_io.BufferedReader name=16>``, ``'<Buffer>'``, ``<Foo object at 0x...>``) become "the
+    file", so a message names our file (the caller adds it), never a Python object."""
+    text = _OBJECT_REPR.sub("the file", str(err)).strip()
+    return text or type(err).__name__
 
 
 def _umask() -> int:
