@@ -187,8 +187,12 @@ def test_training_validation_is_data_validate_and_decodes_images(ws: Workspace, 
     import icg.data
 
     real = icg.data.load_dataset
-    monkeypatch.setattr(icg.data, "load_dataset", lambda *a, **k: seen.append(k) or real(*a, **k))
+    spy = lambda *a, **k: seen.append(k) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(icg.data, "load_dataset", spy)
+    from icg.training import click_log
     from icg.training.click_log import load_preference_data
+
+    monkeypatch.setattr(click_log, "load_dataset", spy)  # bound at import, whatever the order
     from icg.training.preference import PreferenceConfig
 
     with pytest.raises(Exception):  # noqa: B017 - stops at the CLIP, after validation
