@@ -195,3 +195,36 @@ def test_a_burst_past_the_measured_capacity_gets_fast_429s_not_504s():
         assert sorted(codes) == [200] * (8 - len(refused)) + [429] * len(refused), codes
 
     with_app(backend, test, max_batch=1, max_candidates=1, deadline_s=3, batch_wait_ms=0)
+
+
+def test_a_partial_call_waits_for_requests_being_read_and_only_for_them():
+    """A closed loop of max_batch clients once split its calls: the answers of one call come
+    back milliseconds apart, and the first new request started a call alone. A request the
+    server is reading (`arriving`) now holds a partial call until it is queued; one that fails
+    before it is queued releases the hold; with nothing arriving, nothing waits."""
+    calls: list[list[int]] = []
+
+    def run(jobs: list[int]) -> list[int]:
+        calls.append(jobs)
+        return jobs
+
+    async def main() -> None:
+        batcher = MicroBatcher(run, max_batch=4, max_wait_s=0.0, queue_size=8)
+        batcher.start()
+        await batcher.submit(0, timeout_s=5)  # one measured call
+        batcher.batch_seconds = 100.0  # a hold of 10 s: far longer than any step below
+        with batcher.arriving() as reading:
+            first = asyncio.create_task(batcher.submit(1, timeout_s=1000))
+            await asyncio.sleep(0.05)
+            assert calls == [[0]]  # job 1 waits for the request being read
+            await batcher.submit(2, timeout_s=1000, arrival=reading)
+        assert await first == 1 and calls[-1] == [1, 2]
+        with batcher.arriving():  # this one fails before it is queued (e.g. a 422)
+            alone = asyncio.create_task(batcher.submit(3, timeout_s=1000))
+            await asyncio.sleep(0.05)
+            assert calls[-1] == [1, 2]
+        assert await asyncio.wait_for(alone, 5) == 3 and calls[-1] == [3]
+        assert await batcher.submit(4, timeout_s=1000) == 4 and calls[-1] == [4]  # no hold
+        await batcher.close(grace_s=1)
+
+    asyncio.run(main())

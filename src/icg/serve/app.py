@@ -228,13 +228,14 @@ def create_app(config: ServeConfig, backend: CoverBackend) -> FastAPI:
     async def covers(request: Request) -> Response:
         """A personalized cover for a (user, item) pair; ``Accept: application/json`` for JSON."""
         start = asyncio.get_running_loop().time()
-        body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
-        if len(body) <= INLINE_PARSE_BYTES:
-            cover_request = parse_request(body, config.max_error_items)
-        else:  # off the event loop: health checks keep answering
-            cover_request = await run_in_threadpool(parse_request, body, config.max_error_items)
-        budget = config.deadline_s - (asyncio.get_running_loop().time() - start)
-        served = await service.cover(cover_request, budget)
+        with service.batcher.arriving() as arrival:  # a partial call may wait for this one
+            body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
+            if len(body) <= INLINE_PARSE_BYTES:
+                cover_request = parse_request(body, config.max_error_items)
+            else:  # off the event loop: health checks keep answering
+                cover_request = await run_in_threadpool(parse_request, body, config.max_error_items)
+            budget = config.deadline_s - (asyncio.get_running_loop().time() - start)
+            served = await service.cover(cover_request, budget, arrival)
         as_json = "application/json" in request.headers.get("accept", "")
         return cover_response(served, as_json)
 
