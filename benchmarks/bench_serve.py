@@ -8,9 +8,11 @@ It starts `icg serve` on 127.0.0.1 (a free port, a random key) and loads the sam
 this process. Both first see every item once (the item-feature caches are warm on both sides),
 then ``--rounds`` rounds alternate a raw round (``--requests`` covers in pipeline calls of
 ``--max-batch``, fresh seeds, the server's steps and CFG) with a served round (as many requests
-in a closed loop of ``--clients`` clients, default twice ``--max-batch`` so a full batch is
-always waiting), and the ratio of the summed rates is printed: alternating rounds share the
-machine's load, which matters on a busy machine. Then open-loop load at multiples of the served
+in a closed loop of ``--clients`` clients, default ``--max-batch``), and each round's ratio, the
+rows the server's calls held (from ``/metrics``) and the mean ratio are printed: alternating
+rounds share the machine's load, which matters on a busy machine. Set ``OMP_NUM_THREADS=1`` on a
+machine shared with other work: two intra-op threads that wait for each other collapse under
+contention on both sides. Then open-loop load at multiples of the served
 capacity. Every phase has a fixed request count and a time limit, and the server is stopped
 with SIGTERM at the end. Not a test; prints markdown.
 """
@@ -214,6 +216,17 @@ class Raw:
         return n / (time.perf_counter() - start)
 
 
+async def batch_rows(load: Load) -> tuple[float, float]:
+    """(rows, calls) the server's pipeline calls have held so far (from /metrics)."""
+    text = (await load.client.get("/metrics")).text
+    values = {
+        line.split()[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(("icg_batch_rows_sum", "icg_batch_rows_count"))
+    }
+    return values.get("icg_batch_rows_sum", 0.0), values.get("icg_batch_rows_count", 0.0)
+
+
 async def compare(args, load: Load, raw: Raw) -> float:
     """Alternating raw and served rounds; prints each and the ratio; returns the served rate."""
     items, warm = iter(raw.items), Phase("warm-up", 0.0)
@@ -224,17 +237,22 @@ async def compare(args, load: Load, raw: Raw) -> float:
 
     await asyncio.gather(*(warm_worker() for _ in range(args.clients)))
     raw.warm(args.max_batch)
-    print("| round | raw ICGPipeline covers/s | served 200s/s | served / raw |\n|---|---|---|---|")
+    print(
+        "| round | raw ICGPipeline covers/s | served 200s/s | served / raw | served rows/call |"
+        "\n|---|---|---|---|---|"
+    )
     raw_rates, served_rates = [], []
     for k in range(args.rounds):
         raw_rates.append(raw.round(args.requests, args.max_batch))
-        phase = Phase("served", 0.0)
+        phase, (rows0, calls0) = Phase("served", 0.0), await batch_rows(load)
         await load.closed(phase, args.requests, args.clients, args.limit)
+        rows1, calls1 = await batch_rows(load)
         served_rates.append(phase.count(200) / phase.wall_s)
         print(f"| {k + 1} | {raw_rates[-1]:.2f} | {served_rates[-1]:.2f} | "
-              f"{served_rates[-1] / raw_rates[-1]:.2f}x |")  # fmt: skip
+              f"{served_rates[-1] / raw_rates[-1]:.2f}x | "
+              f"{(rows1 - rows0) / max(calls1 - calls0, 1):.2f} |")  # fmt: skip
     served, raw_rate = float(np.mean(served_rates)), float(np.mean(raw_rates))
-    print(f"| mean | {raw_rate:.2f} | {served:.2f} | {served / raw_rate:.2f}x |\n")
+    print(f"| mean | {raw_rate:.2f} | {served:.2f} | {served / raw_rate:.2f}x | |\n")
     return served
 
 
@@ -287,7 +305,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=80, help="requests per load level")
     parser.add_argument("--levels", type=float, nargs="*", default=[1, 2, 4])
     parser.add_argument("--rounds", type=int, default=2, help="raw/served rounds (0: none)")
-    parser.add_argument("--clients", type=int, default=0, help="closed-loop clients (0: 2x batch)")
+    parser.add_argument(
+        "--clients", type=int, default=0, help="closed-loop clients (0: --max-batch)"
+    )
     parser.add_argument("--limit", type=float, default=120, help="seconds per level at most")
     parser.add_argument("--soak", type=float, default=0, help="soak seconds (0: none)")
     parser.add_argument("--max-batch", type=int, default=8)
@@ -295,7 +315,7 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=30)
     parser.add_argument("--ready-timeout", type=float, default=120)
     args = parser.parse_args()
-    args.clients = args.clients or 2 * args.max_batch
+    args.clients = args.clients or args.max_batch
     key, port = secrets.token_urlsafe(16), free_port()
     proc, ready_s = start_server(args, key, port)
     print(f"server ready in {ready_s:.1f} s (pid {proc.pid}, 127.0.0.1:{port})\n")

@@ -228,3 +228,29 @@ def test_a_partial_call_waits_for_requests_being_read_and_only_for_them():
         await batcher.close(grace_s=1)
 
     asyncio.run(main())
+
+
+def test_after_a_call_the_callers_it_answered_get_the_batch_window_again():
+    """Two half calls used to alternate in a closed loop of max_batch clients: a job that had
+    waited through a call started alone the moment it ended. Its window now reopens when the
+    call ends, so the caller answered by that call joins it."""
+    calls: list[list[str]] = []
+
+    def run(jobs: list[str]) -> list[str]:
+        calls.append(jobs)
+        if jobs == ["a"]:
+            time.sleep(1.0)  # longer than the 0.5 s window of the job that waits through it
+        return jobs
+
+    async def main() -> None:
+        batcher = MicroBatcher(run, max_batch=2, max_wait_s=0.5, queue_size=8)
+        batcher.start()
+        a = asyncio.create_task(batcher.submit("a", timeout_s=30))
+        await asyncio.sleep(0.6)  # "a" has started alone (its window passed)
+        b = asyncio.create_task(batcher.submit("b", timeout_s=30))  # waits through "a"'s call
+        await a
+        assert await batcher.submit("a2", timeout_s=30) == "a2"  # a's caller, straight back
+        assert await b == "b" and calls == [["a"], ["b", "a2"]]
+        await batcher.close(grace_s=1)
+
+    asyncio.run(main())
