@@ -1,11 +1,20 @@
-"""Bounded load test of `icg serve` on loopback: throughput, latency percentiles, 429 share and
-server memory at 1x, 2x and 4x capacity, and a soak mode that prints memory over time.
+"""Bounded load test of `icg serve` on loopback: served throughput against the raw batched
+`ICGPipeline` in the same run, then latency percentiles, 429 share and server memory at 1x, 2x
+and 4x capacity, and a soak mode that prints memory over time.
 
     python benchmarks/bench_serve.py --run RUN/icg --data WORLD [--requests 80] [--soak 300]
 
-It starts `icg serve` on 127.0.0.1 (a free port, a random key), measures capacity with a closed
-loop, then offers open-loop load at multiples of it. Every phase has a fixed request count and a
-time limit, and the server is stopped with SIGTERM at the end. Not a test; prints markdown.
+It starts `icg serve` on 127.0.0.1 (a free port, a random key) and loads the same pipeline in
+this process. Both first see every item once (the item-feature caches are warm on both sides),
+then ``--rounds`` rounds alternate a raw round (``--requests`` covers in pipeline calls of
+``--max-batch``, fresh seeds, the server's steps and CFG) with a served round (as many requests
+in a closed loop of ``--clients`` clients, default ``--max-batch``), and each round's ratio, the
+rows the server's calls held (from ``/metrics``) and the mean ratio are printed: alternating
+rounds share the machine's load, which matters on a busy machine. Set ``OMP_NUM_THREADS=1`` on a
+machine shared with other work: two intra-op threads that wait for each other collapse under
+contention on both sides. Then open-loop load at multiples of the served
+capacity. Every phase has a fixed request count and a time limit, and the server is stopped
+with SIGTERM at the end. Not a test; prints markdown.
 """
 
 from __future__ import annotations
@@ -26,7 +35,10 @@ import httpx
 import numpy as np
 import pandas as pd
 import psutil
+import torch
 
+from icg.serve.backend import PipelineBackend
+from icg.serve.config import ServeConfig
 from icg.serve.server import free_port
 
 print = functools.partial(print, flush=True)  # progress shows while it runs
@@ -83,11 +95,11 @@ class Load:
         self.rng = np.random.default_rng(0)
         self.seed = 0
 
-    async def one(self, phase: Phase) -> None:
+    async def one(self, phase: Phase, item_id: str | None = None) -> None:
         self.seed += 1
         body = {
             "user_id": str(self.rng.choice(self.users)),
-            "item_id": str(self.rng.choice(self.items)),
+            "item_id": item_id or str(self.rng.choice(self.items)),
             "seed": self.seed,  # fresh: measure generation, not the result cache
         }
         start = time.perf_counter()
@@ -158,23 +170,116 @@ def start_server(args, key: str, port: int) -> tuple[subprocess.Popen, float]:
     raise SystemExit(f"not ready within {args.ready_timeout} s")
 
 
+class Raw:
+    """The same pipeline in this process, called directly in batches (no HTTP, no batcher, no
+    PNG): what the server's throughput is measured against."""
+
+    def __init__(self, args) -> None:
+        self.backend = PipelineBackend(args.run, args.data)
+        self.backend.load()
+        config = ServeConfig()
+        self.steps, self.cfg = config.default_steps, config.guidance_scale
+        self.users = list(self.backend.catalog.users)
+        self.items = list(self.backend.catalog.items)
+        self.rng = np.random.default_rng(1)
+        self.seed = 10**6
+
+    @torch.no_grad()
+    def call(self, item_ids: list[str]) -> None:
+        """One pipeline call for these items, each with a random user and a fresh seed."""
+        catalog, pipe = self.backend.catalog, self.backend.pipe
+        users = [str(self.rng.choice(self.users)) for _ in item_ids]
+        emb = torch.from_numpy(np.stack([catalog.users[u] for u in users]))  # (B, E)
+        self.seed += len(item_ids)
+        generators = [torch.Generator().manual_seed(self.seed + k) for k in range(len(item_ids))]
+        pipe(
+            [catalog.items[i].title for i in item_ids],
+            [catalog.items[i].image for i in item_ids],
+            user_embeddings=emb,
+            item_keys=item_ids,
+            num_inference_steps=self.steps,
+            guidance_scale=self.cfg,
+            generator=generators,
+            output_type="pil",
+        )
+
+    def warm(self, batch: int) -> None:
+        """Every item's features once (the MLLM runs once per item, as in the server)."""
+        for start in range(0, len(self.items), batch):
+            self.call(self.items[start : start + batch])
+
+    def round(self, n: int, batch: int) -> float:
+        """Covers per second over ``n`` covers in calls of ``batch``."""
+        start = time.perf_counter()
+        for done in range(0, n, batch):
+            self.call([str(i) for i in self.rng.choice(self.items, min(batch, n - done))])
+        return n / (time.perf_counter() - start)
+
+
+async def batch_rows(load: Load) -> tuple[float, float]:
+    """(rows, calls) the server's pipeline calls have held so far (from /metrics)."""
+    text = (await load.client.get("/metrics")).text
+    values = {
+        line.split()[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(("icg_batch_rows_sum", "icg_batch_rows_count"))
+    }
+    return values.get("icg_batch_rows_sum", 0.0), values.get("icg_batch_rows_count", 0.0)
+
+
+async def compare(args, load: Load, raw: Raw) -> float:
+    """Alternating raw and served rounds; prints each and the ratio; returns the served rate."""
+    items, warm = iter(raw.items), Phase("warm-up", 0.0)
+
+    async def warm_worker() -> None:  # every item once: the server's feature cache is warm too
+        for item in items:
+            await load.one(warm, item_id=item)
+
+    await asyncio.gather(*(warm_worker() for _ in range(args.clients)))
+    raw.warm(args.max_batch)
+    print(
+        "| round | raw ICGPipeline covers/s | served 200s/s | served / raw | served rows/call |"
+        "\n|---|---|---|---|---|"
+    )
+    raw_rates, served_rates = [], []
+    for k in range(args.rounds):
+        raw_rates.append(raw.round(args.requests, args.max_batch))
+        phase, (rows0, calls0) = Phase("served", 0.0), await batch_rows(load)
+        await load.closed(phase, args.requests, args.clients, args.limit)
+        rows1, calls1 = await batch_rows(load)
+        served_rates.append(phase.count(200) / phase.wall_s)
+        print(f"| {k + 1} | {raw_rates[-1]:.2f} | {served_rates[-1]:.2f} | "
+              f"{served_rates[-1] / raw_rates[-1]:.2f}x | "
+              f"{(rows1 - rows0) / max(calls1 - calls0, 1):.2f} |")  # fmt: skip
+    served, raw_rate = float(np.mean(served_rates)), float(np.mean(raw_rates))
+    print(f"| mean | {raw_rate:.2f} | {served:.2f} | {served / raw_rate:.2f}x | |\n")
+    return served
+
+
 async def bench(args, url: str, key: str, pid: int) -> None:
     load = Load(url, key, Path(args.data), timeout_s=args.deadline + 10)
-    capacity = Phase("capacity (closed loop)", 0.0)
-    await load.closed(capacity, args.requests // 2, args.max_batch, args.limit)
-    rate = capacity.count(200) / capacity.wall_s
+    rate = 0.0
+    if args.rounds:
+        rate = await compare(args, load, Raw(args))
+    capacity = Phase(f"capacity (closed loop, {args.clients} clients)", 0.0)
+    await load.closed(capacity, args.requests // 2, args.clients, args.limit)
+    rate = rate or capacity.count(200) / capacity.wall_s
     if rate == 0:
         raise SystemExit(f"no cover within {args.limit} s at capacity; raise --limit")
-    capacity.offered_rps, capacity.rss_mb = rate, rss_mb(pid)
+    capacity.offered_rps, capacity.rss_mb = capacity.count(200) / capacity.wall_s, rss_mb(pid)
     phases = [capacity]
+    if not args.levels:
+        print(HEADER)
+        print(capacity.row())
     for multiple in args.levels:
         phase = Phase(f"{multiple}x capacity", multiple * rate)
         await load.open(phase, args.requests, args.limit)
         phase.rss_mb = rss_mb(pid)
         phases.append(phase)
-    print(HEADER)
-    for phase in phases:
-        print(phase.row())
+    if args.levels:
+        print(HEADER)
+        for phase in phases:
+            print(phase.row())
     if args.soak:
         await soak(load, rate, args.soak, pid)
     await load.client.aclose()
@@ -198,7 +303,11 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="stage-B run folder (RUN/icg)")
     parser.add_argument("--data", type=Path, required=True, help="platform data folder")
     parser.add_argument("--requests", type=int, default=80, help="requests per load level")
-    parser.add_argument("--levels", type=float, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--levels", type=float, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--rounds", type=int, default=2, help="raw/served rounds (0: none)")
+    parser.add_argument(
+        "--clients", type=int, default=0, help="closed-loop clients (0: --max-batch)"
+    )
     parser.add_argument("--limit", type=float, default=120, help="seconds per level at most")
     parser.add_argument("--soak", type=float, default=0, help="soak seconds (0: none)")
     parser.add_argument("--max-batch", type=int, default=8)
@@ -206,6 +315,7 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=30)
     parser.add_argument("--ready-timeout", type=float, default=120)
     args = parser.parse_args()
+    args.clients = args.clients or args.max_batch
     key, port = secrets.token_urlsafe(16), free_port()
     proc, ready_s = start_server(args, key, port)
     print(f"server ready in {ready_s:.1f} s (pid {proc.pid}, 127.0.0.1:{port})\n")

@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 
 from icg.cli import build_app
 from icg.data import DataError, load_dataset
+from icg.data.readers import read_raw
 from icg.data.safety import Caps
+from icg.io import describe_error
 
 
 @pytest.fixture
@@ -185,8 +187,12 @@ def test_training_validation_is_data_validate_and_decodes_images(ws: Workspace, 
     import icg.data
 
     real = icg.data.load_dataset
-    monkeypatch.setattr(icg.data, "load_dataset", lambda *a, **k: seen.append(k) or real(*a, **k))
+    spy = lambda *a, **k: seen.append(k) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(icg.data, "load_dataset", spy)
+    from icg.training import click_log
     from icg.training.click_log import load_preference_data
+
+    monkeypatch.setattr(click_log, "load_dataset", spy)  # bound at import, whatever the order
     from icg.training.preference import PreferenceConfig
 
     with pytest.raises(Exception):  # noqa: B017 - stops at the CLIP, after validation
@@ -239,3 +245,25 @@ def test_validate_cli_prints_clear_errors_without_markup_injection(ws: Workspace
     assert "missing required column(s) ['title']" in result.output
     assert "[red]x" in result.output  # printed as text, not interpreted as rich markup
     assert ws.unchanged()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "cannot identify image file <_io.BufferedReader name=16>",
+        "Could not open Parquet input source '<Buffer>': magic bytes not found",
+        "bad value <icg.Thing object at 0x7f00deadbeef> here",
+    ],
+)
+def test_library_messages_lose_their_object_reprs(message):
+    text = describe_error(ValueError(message))
+    assert "<" not in text and ">" not in text and "0x7f" not in text and "the file" in text
+
+
+def test_a_corrupt_table_names_the_file_not_a_buffer(tmp_path):
+    path = tmp_path / "items.parquet"
+    path.write_bytes(b"not a parquet file at all")
+    with pytest.raises(DataError) as info:
+        read_raw(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: unreadable parquet table") and "<" not in message

@@ -12,6 +12,7 @@ import pytest
 from hostile_fixtures import StubPipe, Workspace
 from typer.testing import CliRunner
 
+from icg.batch.plan import cover_path
 from icg.cli import build_app
 from icg.data import load_dataset
 from icg.generation import generate_covers
@@ -63,6 +64,21 @@ def test_safe_names_and_stems():
         assert name != bad and len(name) <= 100
     stems = file_stems([("a_b", "c"), ("a", "b_c"), ("X", "y"), ("x", "y"), ("u", "i", "")])
     assert len(set(stems.values())) == 5 and stems[("u", "i", "")] == "u_i"
+
+
+def test_ids_differing_only_in_case_get_distinct_names_on_a_case_insensitive_disk():
+    """``A1`` and ``a1`` (and an id crafted to look like ``A1``'s hashed name) never share a
+    file name once case is folded: in `safe_name`, `file_stems` and batch cover paths."""
+    crafted = safe_name("A1").lower()  # "a1-<hash of A1>": plain, but shaped like a hashed name
+    ids = ["a1", "A1", crafted, "B00XYZ", "b00xyz", "i0", "I0"]
+    names = [safe_name(i) for i in ids]
+    assert len({n.lower() for n in names}) == len(ids), names
+    assert safe_name("a1") == "a1" and safe_name("A1").startswith("A1-")  # readable slugs
+    assert safe_name(crafted) != crafted
+    stems = file_stems([("u", i) for i in ids])
+    assert len({s.lower() for s in stems.values()}) == len(ids), stems
+    covers = [cover_path(0, i, 0) for i in ids]
+    assert len({c.lower() for c in covers}) == len(ids), covers
 
 
 def test_method_names_and_symlinked_output_folders_are_refused(ws: Workspace):
@@ -135,3 +151,50 @@ def test_evaluate_refuses_a_non_empty_out_before_loading(ws: Workspace, tmp_path
     with pytest.raises(OutputExistsError, match="metrics.json"):
         evaluate_run(ws.data, tmp_path / "no-run", ws.out)
     assert (ws.out / "metrics.json").read_text() == "{}" and ws.unchanged()
+
+
+def test_concurrent_manifest_merges_into_one_folder_keep_every_row(tmp_path, monkeypatch):
+    """Two writers (as two ``generate --overwrite`` runs into one folder) each read the manifest,
+    then write it merged: each read is held open long enough for the other to read too, so
+    without the lock one writer's rows would be lost."""
+    import threading
+    import time
+
+    from icg import generation
+    from icg.layout import MANIFEST_FILE, MANIFEST_LOCK_FILE
+
+    path = tmp_path / MANIFEST_FILE
+
+    def rows(user: str) -> pd.DataFrame:
+        frame = pd.DataFrame([{c: None for c in generation.MANIFEST_COLUMNS}])
+        return frame.assign(user_id=user, item_id="i0", method="icg", path=f"icg/{user}.png")
+
+    generation.write_manifest(rows("u0"), path)
+    read = pd.read_parquet
+
+    def slow_read(*args, **kwargs):
+        frame = read(*args, **kwargs)
+        time.sleep(0.3)  # the other writer reads now, unless the lock holds it back
+        return frame
+
+    monkeypatch.setattr(generation.pd, "read_parquet", slow_read)
+    errors: list[BaseException] = []
+
+    def write(user: str) -> None:
+        try:
+            generation.write_manifest(rows(user), path)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(u,)) for u in ("u1", "u2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(read(path)["user_id"]) == ["u0", "u1", "u2"]
+    assert (tmp_path / MANIFEST_LOCK_FILE).is_file()  # left in place (see icg.io.file_lock)
+    only_lock = tmp_path / "only-lock"
+    only_lock.mkdir()
+    (only_lock / MANIFEST_LOCK_FILE).touch()
+    prepare_output(only_lock, kind="generate")  # a lock alone is not contents to refuse

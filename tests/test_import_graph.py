@@ -15,19 +15,6 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# Modules whose function-level imports were not yet given a reason when this rule started
-# (owned by parallel work on serving, batch workers, the demo, CoverWorld and the report);
-# each should leave this set once its deferred imports say why.
-REASON_PENDING = {
-    "icg.artifacts",
-    "icg.batch.manifest",
-    "icg.batch.run",
-    "icg.batch.worker",
-    "icg.data.images",
-    "icg.data.safety",
-}
-REASON_PENDING_PREFIXES = ("icg.serve.",)
-
 
 def module_files(root: Path, package: str) -> dict[str, Path]:
     """Dotted module name -> file, for every ``.py`` file of ``root/package``."""
@@ -157,8 +144,6 @@ def unexplained_function_imports(root: Path, package: str) -> list[str]:
     modules = module_files(root, package)
     missing = []
     for name, found in imports_of(modules).items():
-        if name in REASON_PENDING or name.startswith(REASON_PENDING_PREFIXES):
-            continue
         lines = modules[name].read_text(encoding="utf-8").splitlines()
         for line in sorted({line for _, line, in_function, _ in found if in_function}):
             here, above = lines[line - 1], lines[line - 2].strip() if line > 1 else ""

@@ -143,9 +143,11 @@ def test_cold_start_unknown_user_unknown_item_and_bad_uploads(client):
     assert_json_error(
         client.post("/v1/covers", json={"item_id": "nothing"}, headers=AUTH), 404, "unknown_item"
     )
-    for image in ("not base64!", base64.b64encode(b"GIF89a broken").decode(), ""):
+    corrupt_png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64).decode()
+    for image in ("not base64!", base64.b64encode(b"GIF89a broken").decode(), "", corrupt_png):
         r = client.post("/v1/covers", json={"title": "t", "image": image}, headers=AUTH)
-        assert_json_error(r, 422)
+        detail = assert_json_error(r, 422)["detail"]
+        assert "<" not in detail and "_io." not in detail  # no object reprs
     emb = client.post(
         "/v1/covers", json={"user_embedding": [0.1, 0.2], "item_id": "i0"}, headers=AUTH
     )
@@ -193,9 +195,36 @@ def test_metrics_report_requests_queue_batches_caches_and_429s(client):
 
 
 def test_openapi_documents_the_cover_request(client):
-    spec = client.get("/openapi.json").json()
+    spec = client.get("/openapi.json", headers=AUTH).json()
     op = spec["paths"]["/v1/covers"]["post"]
     schema = op["requestBody"]["content"]["application/json"]["schema"]
     assert {"user_id", "item_id", "candidates", "seed"} <= set(schema["properties"])
     assert {"200", "401", "429", "504"} <= set(op["responses"])
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs", headers=AUTH).status_code == 200
+
+
+def test_docs_and_openapi_need_the_key_and_load_nothing_from_elsewhere(client):
+    """With a key set, /docs and /openapi.json are 401 without it; the docs page is one
+    self-contained HTML document: no script, no http(s) URL, a CSP that fetches nothing."""
+    for path in ("/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"):
+        response = client.get(path)
+        assert response.status_code in (401, 404), (path, response.status_code)
+    for path in ("/docs", "/openapi.json"):
+        assert_json_error(client.get(path), 401, "unauthorized")
+        assert_json_error(client.get(path, headers={"Authorization": "Bearer x"}), 401)
+    page = client.get("/docs", headers=AUTH)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert (
+        page.headers["content-security-policy"] == "default-src 'none'; style-src 'unsafe-inline'"
+    )
+    text = page.text
+    assert "http://" not in text and "https://" not in text and "<script" not in text.lower()
+    assert "/v1/covers" in text and "item_id" in text and "candidates" in text
+    assert "429" in text  # the responses are listed
+
+
+def test_docs_are_open_without_a_key():
+    app = create_app(ServeConfig(), FakeBackend())
+    with TestClient(app) as open_client:
+        assert open_client.get("/docs").status_code == 200
+        assert open_client.get("/openapi.json").json()["info"]["title"] == "icg serve"

@@ -30,8 +30,10 @@ from icg.serve import ServeConfig, uvicorn_server
 from icg.serve.testing import FakeBackend
 settings = json.loads(sys.argv[1])
 delay = settings.pop("delay_s")
+level = settings.pop("log_level", "warning")
+logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
 config = ServeConfig(api_key=SecretStr("test-key"), **settings)
-uvicorn_server(config, FakeBackend(delay_s=delay), log_level="warning").run()
+uvicorn_server(config, FakeBackend(delay_s=delay), log_level=level).run()
 """
 
 
@@ -266,3 +268,25 @@ def test_serve_config_errors_never_print_the_key_and_config_host_port_win(tmp_pa
     assert resolved["host"] == "127.0.0.2" and resolved["port"] == 8123
     result = CliRunner().invoke(build_app(), [*base, "--dry-run", "--port", "9000"])
     assert json.loads(result.output)["port"] == 9000  # the command line still wins
+
+
+def test_a_client_disconnecting_mid_body_is_one_log_line():
+    """Once ~60 lines of traceback at ERROR; now one INFO line, and the server keeps serving."""
+    with server(log_level="info", body_timeout_s=30.0) as (url, _, proc):
+        for _ in range(3):
+            sock = connect(url, timeout=10)
+            head = (
+                f"POST /v1/covers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            )
+            sock.sendall(head.encode() + b'{"item_id": "i0", ')
+            time.sleep(0.2)  # the app is waiting for the rest of the body
+            sock.close()
+        ok = httpx.post(f"{url}/v1/covers", json={"item_id": "i0"}, headers=AUTH, timeout=30)
+        assert ok.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0].decode()
+    lines = [line for line in output.splitlines() if "disconnect" in line.lower()]
+    assert len(lines) == 3, output
+    assert all(line.startswith("INFO ") for line in lines), lines
+    assert "Traceback" not in output and "ERROR" not in output, output

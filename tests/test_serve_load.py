@@ -211,3 +211,62 @@ def test_a_burst_past_the_measured_capacity_gets_fast_429s_not_504s():
         assert sorted(codes) == [200] * (8 - len(refused)) + [429] * len(refused), codes
 
     with_app(backend, test, max_batch=1, max_candidates=1, deadline_s=3, batch_wait_ms=0)
+
+
+def test_a_partial_call_waits_for_requests_being_read_and_only_for_them():
+    """A closed loop of max_batch clients once split its calls: the answers of one call come
+    back milliseconds apart, and the first new request started a call alone. A request the
+    server is reading (`arriving`) now holds a partial call until it is queued; one that fails
+    before it is queued releases the hold; with nothing arriving, nothing waits."""
+    calls: list[list[int]] = []
+
+    def run(jobs: list[int]) -> list[int]:
+        calls.append(jobs)
+        return jobs
+
+    async def main() -> None:
+        batcher = MicroBatcher(run, max_batch=4, max_wait_s=0.0, queue_size=8)
+        batcher.start()
+        await batcher.submit(0, timeout_s=5)  # one measured call
+        batcher.batch_seconds = 100.0  # a hold of 10 s: far longer than any step below
+        with batcher.arriving() as reading:
+            first = asyncio.create_task(batcher.submit(1, timeout_s=1000))
+            await asyncio.sleep(0.05)
+            assert calls == [[0]]  # job 1 waits for the request being read
+            await batcher.submit(2, timeout_s=1000, arrival=reading)
+        assert await first == 1 and calls[-1] == [1, 2]
+        with batcher.arriving():  # this one fails before it is queued (e.g. a 422)
+            alone = asyncio.create_task(batcher.submit(3, timeout_s=1000))
+            await asyncio.sleep(0.05)
+            assert calls[-1] == [1, 2]
+        assert await asyncio.wait_for(alone, 5) == 3 and calls[-1] == [3]
+        assert await batcher.submit(4, timeout_s=1000) == 4 and calls[-1] == [4]  # no hold
+        await batcher.close(grace_s=1)
+
+    asyncio.run(main())
+
+
+def test_after_a_call_the_callers_it_answered_get_the_batch_window_again():
+    """Two half calls used to alternate in a closed loop of max_batch clients: a job that had
+    waited through a call started alone the moment it ended. Its window now reopens when the
+    call ends, so the caller answered by that call joins it."""
+    calls: list[list[str]] = []
+
+    def run(jobs: list[str]) -> list[str]:
+        calls.append(jobs)
+        if jobs == ["a"]:
+            time.sleep(1.0)  # longer than the 0.5 s window of the job that waits through it
+        return jobs
+
+    async def main() -> None:
+        batcher = MicroBatcher(run, max_batch=2, max_wait_s=0.5, queue_size=8)
+        batcher.start()
+        a = asyncio.create_task(batcher.submit("a", timeout_s=30))
+        await asyncio.sleep(0.6)  # "a" has started alone (its window passed)
+        b = asyncio.create_task(batcher.submit("b", timeout_s=30))  # waits through "a"'s call
+        await a
+        assert await batcher.submit("a2", timeout_s=30) == "a2"  # a's caller, straight back
+        assert await b == "b" and calls == [["a"], ["b", "a2"]]
+        await batcher.close(grace_s=1)
+
+    asyncio.run(main())

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+
+from icg.io import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,56 @@ CONFIG_NAME = "config.json"
 
 class ArtifactError(ValueError):
     """A saved model, checkpoint or statistics file that cannot be used as it is."""
+
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
+"""Weight files in a pickle format: never handed to a loader (``torch.load`` would unpickle)."""
+PICKLE_SCAN_DEPTH = 3
+"""How deep `refuse_pickle_weights` looks: a pipeline folder, its component folders, a level more."""
+
+
+def refuse_pickle_weights(name_or_path: str | Path, what: str = "model") -> None:
+    """Refuse a local model file or folder that holds pickle-format weights, before any loader
+    (diffusers, transformers, ``torch.load``) sees it. A name that is not a local path (a hub
+    id) is left to the loader.
+
+    Args:
+        name_or_path: what the user named (``--base``, ``--mllm``, ``--clip``, an adapter, or the
+            ``base_model`` / ``mllm`` an ``icg_config.json`` records).
+        what: how the message names it.
+
+    Raises:
+        ArtifactError: naming the first pickle file found (``.bin``, ``.ckpt``, ``.pt``,
+            ``.pth``, ``.pkl``, ``.pickle``) and what to do instead.
+    """
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if not path.exists():
+        return
+    found = _pickle_file(path, PICKLE_SCAN_DEPTH)
+    if found is not None:
+        shown = found.relative_to(path) if found != path else found.name
+        raise ArtifactError(
+            f"{what} {path}: holds pickle-format weights ({shown}); icg loads only safetensors "
+            "and never unpickles a file: convert it to .safetensors or remove it"
+        )
+
+
+def _pickle_file(path: Path, depth: int) -> Path | None:
+    if path.name.lower().endswith(PICKLE_SUFFIXES) and not path.is_dir():
+        return path
+    if depth <= 0 or not path.is_dir():
+        return None
+    try:
+        entries = sorted(path.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.name.startswith("."):  # .git, .cache: not what a loader reads
+            continue
+        found = _pickle_file(entry, depth - 1)
+        if found is not None:
+            return found
+    return None
 
 
 def read_json_object(path: str | Path, what: str = "a JSON object") -> dict[str, Any]:
@@ -42,7 +95,7 @@ def read_json_object(path: str | Path, what: str = "a JSON object") -> dict[str,
     except FileNotFoundError as err:
         raise ArtifactError(f"{path}: missing; expected {what}") from err
     except (OSError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path}: unreadable ({err})") from err
+        raise ArtifactError(f"{path}: unreadable ({describe_error(err)})") from err
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -131,8 +184,6 @@ def read_safetensors(
         ArtifactError: missing, truncated or not safetensors, keys or shapes other than
             ``expected``, or a NaN/inf value (naming the tensor).
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; expected a safetensors file")
@@ -144,7 +195,9 @@ def read_safetensors(
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise ArtifactError(f"{path}: truncated or not a safetensors file ({err})") from err
+        raise ArtifactError(
+            f"{path}: truncated or not a safetensors file ({describe_error(err)})"
+        ) from err
     check_finite(tensors, path)
     return tensors, metadata
 
@@ -211,7 +264,9 @@ def check_module_folder(cls: type, directory: str | Path) -> dict[str, Any]:
         with torch.device("meta"):  # shapes only: nothing is allocated, whatever the config says
             skeleton = cls.from_config(config)
     except Exception as err:  # noqa: BLE001 - any constructor failure means a bad config
-        raise ArtifactError(f"{config_file}: not a valid {cls.__name__} config ({err})") from err
+        raise ArtifactError(
+            f"{config_file}: not a valid {cls.__name__} config ({describe_error(err)})"
+        ) from err
     weights = directory / WEIGHTS_NAME
     read_safetensors(weights, {k: v.shape for k, v in skeleton.state_dict().items()})
     return config
@@ -233,4 +288,6 @@ class CheckedLoadMixin:
         except ArtifactError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-            raise ArtifactError(f"{path}: cannot load {cls.__name__} ({err})") from err
+            raise ArtifactError(
+                f"{path}: cannot load {cls.__name__} ({describe_error(err)})"
+            ) from err

@@ -27,8 +27,8 @@ from rich.progress import Progress
 from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.data import load_dataset
 from icg.data.rejects import save_rejects
-from icg.io import atomic_path, undo_on_disk_full
-from icg.layout import MANIFEST_FILE, REJECTS_DIR
+from icg.io import atomic_path, file_lock, undo_on_disk_full
+from icg.layout import MANIFEST_FILE, MANIFEST_LOCK_FILE, REJECTS_DIR
 from icg.marking import DIGITAL_SOURCE_TYPE as DIGITAL_SOURCE_TYPE  # re-exported
 from icg.marking import XMP_TEMPLATE as XMP_TEMPLATE  # re-exported
 from icg.marking import is_marked_generated as is_marked_generated  # re-exported
@@ -260,15 +260,16 @@ def _pick(requests, paths, scorer: Scorer | None) -> list[tuple[tuple, float]]:
 
 
 def write_manifest(manifest: pd.DataFrame, path: Path) -> None:
-    """Append-safe atomic parquet write of a manifest (merging with an existing one)."""
-    if path.exists():
-        old = pd.read_parquet(path)
-        keep = ~old.set_index(["user_id", "item_id", "method"]).index.isin(
-            manifest.set_index(["user_id", "item_id", "method"]).index
-        )
-        manifest = pd.concat([old[keep], manifest], ignore_index=True)
-    with atomic_path(path) as tmp:
-        manifest.to_parquet(tmp, index=False)
+    """Atomic write of a manifest merged with an existing one, under a lock (no row lost)."""
+    with file_lock(output_path(path.parent, MANIFEST_LOCK_FILE)):
+        if path.exists():
+            old = pd.read_parquet(path)
+            keep = ~old.set_index(["user_id", "item_id", "method"]).index.isin(
+                manifest.set_index(["user_id", "item_id", "method"]).index
+            )
+            manifest = pd.concat([old[keep], manifest], ignore_index=True)
+        with atomic_path(path) as tmp:
+            manifest.to_parquet(tmp, index=False)
 
 
 def reward_scorer(reward, data, output: str | None = None) -> Scorer:

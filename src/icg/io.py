@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -20,7 +21,21 @@ from typing import Any
 
 import yaml
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent merges into one folder are not locked there
+    fcntl = None  # type: ignore[assignment]
+
 TMP_PREFIX = ".tmp-"
+_OBJECT_REPR = re.compile(r"<(?:[A-Za-z_][\w.]*(?:\s[^<>]*)?|[^<>]*object at 0x[^<>]*)>")
+
+
+def describe_error(err: BaseException) -> str:
+    """A library's error message fit for ours: object reprs a decoder or reader puts in it
+    (``<_io.BufferedReader name=16>``, ``'<Buffer>'``, ``<Foo object at 0x...>``) become "the
+    file", so a message names our file (the caller adds it), never a Python object."""
+    text = _OBJECT_REPR.sub("the file", str(err)).strip()
+    return text or type(err).__name__
 
 
 def _umask() -> int:
@@ -100,6 +115,23 @@ def atomic_save_dir(target: str | Path, write: Callable[[Path], Any]) -> Path:
     with atomic_dir(target) as tmp:
         write(tmp)
     return Path(target)
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``path`` for the block: processes
+    and threads that lock the same file run their blocks one at a time (a read-merge-write of a
+    manifest, so concurrent writers into one folder keep every row). The lock file is created
+    if missing (never through a symlink) and left in place: removing it would let a second
+    writer lock a new file while the first still holds the old one."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class DiskFullError(OSError):

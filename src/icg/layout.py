@@ -42,7 +42,17 @@ REPORT_FILE = "report.html"
 REJECTS_DIR = "rejects"  # rows a loader refused, with the reason
 COVERS_DIR = "covers"
 MANIFEST_FILE = "manifest.parquet"  # `icg generate`: one row per (user, item) cover
+MANIFEST_LOCK_FILE = ".manifest.lock"  # flock'd around a manifest merge (`icg.io.file_lock`)
 PLAN_DIR = "plan"  # `icg batch`: segments, units and settings of a batch
+PLAN_SETTINGS_FILE = "settings.json"  # inside PLAN_DIR: what --resume must match
+PLAN_PAIRS_FILE = "pairs.parquet"  # inside PLAN_DIR: the wanted (user, item) pairs
+PLAN_SEGMENTS_FILE = "segments.parquet"  # inside PLAN_DIR: segment keys and embeddings
+PLAN_USERS_FILE = "users.parquet"  # inside PLAN_DIR: each user's segment(s)
+PLAN_UNITS_FILE = "units.parquet"  # inside PLAN_DIR: one row per (segment, item) unit
+BATCH_MANIFEST_DIR = "manifest"  # `icg batch`: partition=NNNNN/PART_FILE, one per partition
+BATCH_PART_FILE = "part.parquet"
+ASSIGNMENTS_FILE = "assignments.parquet"  # `icg batch`: each (user, item)'s cover
+SUMMARY_FILE = "summary.json"  # `icg batch`: counts and timings
 
 # ---- CoverWorld -------------------------------------------------------------------------------
 WORLD_CONFIG_FILE = "world.yaml"

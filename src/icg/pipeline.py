@@ -26,6 +26,7 @@ from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from icg.artifacts import refuse_pickle_weights
 from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.data.images import load_image
 from icg.models.attention import ICG_TOKENS_KWARG
@@ -140,6 +141,7 @@ class ICGPipeline:
             mllm: a name/path of the MLLM, or ``None`` for the one the adapter records.
             torch_dtype: dtype for the models loaded here.
         """
+        refuse_pickle_weights(adapter_dir, "adapter")
         config = ICGModel.read_config(adapter_dir)
         if base is None or isinstance(base, str | Path):
             name = str(base or config["base_model"] or "")

@@ -23,14 +23,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from icg.io import TMP_PREFIX, atomic_write_json
+from icg.layout import MANIFEST_LOCK_FILE
 
 logger = logging.getLogger(__name__)
 
 MARKER = ".icg-output.json"
 """Written into every output folder icg creates; ``--overwrite`` clears only such folders."""
+_BOOKKEEPING = {MARKER, MANIFEST_LOCK_FILE}  # never counted as contents, never removed
 
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+_HASHED = re.compile(r"-[0-9a-f]{12}$")  # how a `safe_name` with a hash ends
 _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{k}" for k in range(10))}
 _RESERVED |= {f"LPT{k}" for k in range(10)}
 _OLD_PREFIX = f"{TMP_PREFIX}old-"
@@ -48,20 +51,26 @@ def _plain(text: str) -> bool:
     return bool(_PLAIN.match(text)) and text.split(".")[0].upper() not in _RESERVED
 
 
+def _digest(text: str, size: int = 6) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).hexdigest()
+
+
 def safe_name(value: object) -> str:
-    """A file-name component for an id: the id itself when it is plain (ASCII letters, digits,
-    ``.``, ``_``, ``-``, at most 100 characters, not starting with a dot, not a reserved device
-    name), else a slug of it plus 12 hex digits of its BLAKE2b hash (distinct ids, distinct names).
+    """A file-name component for an id, distinct for distinct ids even on a case-insensitive
+    file system: the id itself when it is plain (ASCII lower-case letters, digits, ``.``, ``_``,
+    ``-``, at most 100 characters, not starting with a dot, not a reserved device name, not
+    ending like a hashed name), else a slug of it plus ``-`` and 12 hex digits of its BLAKE2b
+    hash. So ``a1`` stays ``a1`` and ``A1`` becomes ``A1-<hash>``: a kept name never ends like a
+    hashed one, and two hashed names differ in their (lower-case) hash.
 
     Args:
         value: the id (any value; its ``str`` is used).
     """
     text = str(value)
-    if _plain(text):
+    if _plain(text) and text == text.lower() and not _HASHED.search(text):
         return text
     slug = _UNSAFE_RUN.sub("_", text).strip("._-")[:48] or "id"
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
-    return f"{slug}-{digest}"
+    return f"{slug}-{_digest(text)}"
 
 
 def file_stems(keys: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
@@ -72,15 +81,17 @@ def file_stems(keys: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
     """
     keys = list(dict.fromkeys(keys))
     stems = {key: "_".join(safe_name(part) for part in key if part) for key in keys}
-    groups: dict[str, list[tuple[str, ...]]] = {}
-    for key, stem in stems.items():
-        groups.setdefault(stem.lower(), []).append(key)
-    for group in groups.values():
-        if len(group) > 1:
+    for size in (6, 16):  # a longer hash only if a hashed stem met another stem (2**-48)
+        groups: dict[str, list[tuple[str, ...]]] = {}
+        for key, stem in stems.items():
+            groups.setdefault(stem.lower(), []).append(key)
+        clashing = [group for group in groups.values() if len(group) > 1]
+        if not clashing:
+            return stems
+        for group in clashing:
             for key in group:
-                digest = hashlib.blake2b(repr(key).encode(), digest_size=6).hexdigest()
-                stems[key] = f"{stems[key][:150]}-{digest}"
-    return stems
+                stems[key] = f"{stems[key][:150]}-{_digest(repr(key), size)}"
+    raise UnsafePathError(f"cannot give distinct file names to {len(clashing)} group(s) of ids")
 
 
 def check_name(value: str, what: str) -> str:
@@ -210,7 +221,7 @@ def prepare_output(
         raise UnsafePathError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out)
-    held = sorted(e.name for e in out.iterdir() if e.name != MARKER)
+    held = sorted(e.name for e in out.iterdir() if e.name not in _BOOKKEEPING)
     if held and not overwrite:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise OutputExistsError(

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from icg.data import write_parquet
+from icg.layout import BATCH_MANIFEST_DIR, BATCH_PART_FILE
 from icg.safety import output_path
 
-MANIFEST_DIR = "manifest"
+MANIFEST_DIR = BATCH_MANIFEST_DIR
 MANIFEST_SCHEMA = pa.schema(
     [
         ("unit", pa.int64()),
@@ -33,7 +35,7 @@ MANIFEST_SCHEMA = pa.schema(
 
 
 def part_path(out: Path, partition: int) -> Path:
-    return output_path(out, MANIFEST_DIR, f"partition={partition:05d}", "part.parquet")
+    return output_path(out, MANIFEST_DIR, f"partition={partition:05d}", BATCH_PART_FILE)
 
 
 def finished_partitions(out: Path) -> set[int]:
@@ -56,10 +58,8 @@ def write_part(out: Path, partition: int, rows: pd.DataFrame) -> Path:
 
 def read_manifest(out: Path) -> pd.DataFrame:
     """Every finished partition's rows, with a ``partition`` column, in unit order."""
-    import pyarrow.dataset as ds
-
     root = Path(out) / MANIFEST_DIR
-    files = sorted(root.glob("partition=*/part.parquet"))
+    files = sorted(root.glob(f"partition=*/{BATCH_PART_FILE}"))
     if not files:
         return pd.DataFrame(columns=["partition", *MANIFEST_SCHEMA.names])
     key = ds.partitioning(pa.schema([("partition", pa.int64())]), flavor="hive")

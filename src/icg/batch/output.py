@@ -23,6 +23,15 @@ from pathlib import Path
 from PIL import Image
 
 from icg.io import TMP_PREFIX, atomic_write_json
+from icg.layout import (
+    ASSIGNMENTS_FILE,
+    BATCH_MANIFEST_DIR,
+    COVERS_DIR,
+    PLAN_DIR,
+    PLAN_SETTINGS_FILE,
+    REJECTS_DIR,
+    SUMMARY_FILE,
+)
 from icg.safety import (
     MARKER,
     OutputExistsError,
@@ -34,7 +43,7 @@ from icg.safety import (
 logger = logging.getLogger(__name__)
 
 KIND = "batch"
-ENTRIES = ("plan", "covers", "manifest", "rejects", "assignments.parquet", "summary.json")
+ENTRIES = (PLAN_DIR, COVERS_DIR, BATCH_MANIFEST_DIR, REJECTS_DIR, ASSIGNMENTS_FILE, SUMMARY_FILE)
 """What batch writes under OUT; ``--overwrite`` of a foreign folder removes only these."""
 
 
@@ -48,7 +57,7 @@ def _marker_kind(out: Path) -> str | None:
 def _symlinks(out: Path) -> list[str]:
     """Entries batch writes that are symlinks, and symlinks anywhere below ``covers/``."""
     found = [name for name in ENTRIES if (out / name).is_symlink()]
-    covers = out / "covers"
+    covers = out / COVERS_DIR
     if covers.is_dir() and not covers.is_symlink():
         for folder, dirs, files in os.walk(covers):
             for name in dirs + files:
@@ -97,7 +106,9 @@ def prepare_batch_output(
         if out.is_dir()
         else []
     )
-    ours = _marker_kind(out) == KIND or (not held or (out / "plan" / "settings.json").is_file())
+    ours = _marker_kind(out) == KIND or (
+        not held or (out / PLAN_DIR / PLAN_SETTINGS_FILE).is_file()
+    )
     if held and not ours and not overwrite:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise OutputExistsError(

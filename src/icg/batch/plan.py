@@ -17,7 +17,13 @@ import pandas as pd
 
 from icg.generation import pair_seed
 from icg.io import atomic_path
-from icg.layout import PLAN_DIR
+from icg.layout import (
+    COVERS_DIR,
+    PLAN_DIR,
+    PLAN_SEGMENTS_FILE,
+    PLAN_UNITS_FILE,
+    PLAN_USERS_FILE,
+)
 from icg.safety import output_path, safe_name
 from icg.segments import Segments, nearest_segments, segment, user_choices
 
@@ -73,7 +79,7 @@ def unit_table(
 def cover_parts(segment: int, item_id: str, candidate: int) -> tuple[str, str, str]:
     """The path components of candidate k of (segment, item) under OUT (the item id through
     `icg.safety.safe_name`)."""
-    return "covers", f"s{segment:05d}", f"{safe_name(item_id)}_c{candidate}.png"
+    return COVERS_DIR, f"s{segment:05d}", f"{safe_name(item_id)}_c{candidate}.png"
 
 
 def cover_path(segment: int, item_id: str, candidate: int) -> str:
@@ -84,37 +90,37 @@ def cover_path(segment: int, item_id: str, candidate: int) -> str:
 def save_plan(out: Path, segments: Segments, units: pd.DataFrame) -> None:
     """Write the plan (segments, users' segments, units) under ``OUT/plan/`` atomically."""
     for name, frame in (
-        ("segments", segments.table),
-        ("users", segments.users),
-        ("units", units),
+        (PLAN_SEGMENTS_FILE, segments.table),
+        (PLAN_USERS_FILE, segments.users),
+        (PLAN_UNITS_FILE, units),
     ):
-        with atomic_path(output_path(out, PLAN_DIR, f"{name}.parquet")) as tmp:
+        with atomic_path(output_path(out, PLAN_DIR, name)) as tmp:
             frame.to_parquet(tmp, index=False, row_group_size=UNIT_ROW_GROUP)
 
 
 def load_segments(out: Path) -> Segments:
     """The segments of the plan written by `save_plan`."""
     root = Path(out) / PLAN_DIR
-    table = pd.read_parquet(root / "segments.parquet")
+    table = pd.read_parquet(root / PLAN_SEGMENTS_FILE)
     table["embedding"] = [np.asarray(e, dtype=np.float32) for e in table["embedding"]]
-    return Segments(table, pd.read_parquet(root / "users.parquet"))
+    return Segments(table, pd.read_parquet(root / PLAN_USERS_FILE))
 
 
 def load_plan(out: Path) -> tuple[Segments, pd.DataFrame]:
     """The plan written by `save_plan`: segments and every unit."""
-    return load_segments(out), pd.read_parquet(Path(out) / PLAN_DIR / "units.parquet")
+    return load_segments(out), pd.read_parquet(Path(out) / PLAN_DIR / PLAN_UNITS_FILE)
 
 
 def partition_units(out: Path, partition: int) -> pd.DataFrame:
     """One partition's units, read alone: units are stored in partition order in row groups
     of `UNIT_ROW_GROUP` rows, so the filter skips the other row groups by their statistics."""
-    path = Path(out) / PLAN_DIR / "units.parquet"
+    path = Path(out) / PLAN_DIR / PLAN_UNITS_FILE
     return pd.read_parquet(path, filters=[("partition", "=", partition)])
 
 
 def plan_partitions(out: Path) -> list[int]:
     """Every partition of the plan, in order."""
-    path = Path(out) / PLAN_DIR / "units.parquet"
+    path = Path(out) / PLAN_DIR / PLAN_UNITS_FILE
     return sorted(
         int(p) for p in pd.read_parquet(path, columns=["partition"])["partition"].unique()
     )

@@ -43,6 +43,13 @@ from icg.batch.plan import (
 )
 from icg.batch.tables import read_catalog
 from icg.io import atomic_path, atomic_write_json, disk_full_error, is_disk_full
+from icg.layout import (
+    ASSIGNMENTS_FILE,
+    PLAN_PAIRS_FILE,
+    PLAN_SETTINGS_FILE,
+    REJECTS_DIR,
+    SUMMARY_FILE,
+)
 from icg.safety import output_path
 
 logger = logging.getLogger(__name__)
@@ -87,7 +94,7 @@ def read_pairs_file(path: Path) -> pd.DataFrame:
 
 def _check_settings(out: Path, fingerprint: dict) -> bool:
     """Whether OUT holds a plan; raises if it was made with other settings."""
-    file = out / PLAN_DIR / "settings.json"
+    file = out / PLAN_DIR / PLAN_SETTINGS_FILE
     if not file.is_file():
         return False
     recorded = json.loads(file.read_text(encoding="utf-8"))
@@ -100,7 +107,7 @@ def _check_settings(out: Path, fingerprint: dict) -> bool:
 
 def plan_batch(config: BatchConfig, pick: bool) -> None:
     """Segment the users, find the units the pairs need and write OUT/plan/ (atomically)."""
-    items, users = read_catalog(config.data, config.out / "rejects")
+    items, users = read_catalog(config.data, config.out / REJECTS_DIR)
     segments = segment(users, config.segment_by, config.segments, config.seed)
     pairs = _pairs(config, items, segments.users)
     choices = user_choices(segments, users, config.pick_segments if pick else 1)
@@ -108,7 +115,7 @@ def plan_batch(config: BatchConfig, pick: bool) -> None:
     frame = unit_table(units, segments.table, items, config.partition_size, config.seed)
     save_plan(config.out, segments, frame)
     if config.pairs is not None:
-        with atomic_path(output_path(config.out, PLAN_DIR, "pairs.parquet")) as tmp:
+        with atomic_path(output_path(config.out, PLAN_DIR, PLAN_PAIRS_FILE)) as tmp:
             pairs.to_parquet(tmp, index=False)
 
 
@@ -163,7 +170,7 @@ def run_batch(config: BatchConfig, pipe=None, overwrite: bool = False) -> BatchR
     )  # fmt: skip
     if not resume:
         plan_batch(config, pick=preference is not None)
-        atomic_write_json(output_path(out, PLAN_DIR, "settings.json"), fingerprint)
+        atomic_write_json(output_path(out, PLAN_DIR, PLAN_SETTINGS_FILE), fingerprint)
     segments, units = load_plan(out)
     partitions = sorted(int(p) for p in units["partition"].unique())
 
@@ -224,7 +231,7 @@ def run_batch(config: BatchConfig, pipe=None, overwrite: bool = False) -> BatchR
         raise RuntimeError(f"manifest: {len(manifest)} rows for {len(units)} units in {out}")
     assignments = assign(config, out, segments, manifest, settings.candidates, preference)
     atomic_write_json(
-        output_path(out, "summary.json"),
+        output_path(out, SUMMARY_FILE),
         {
             "segments": len(segments.table),
             "units": len(units),
@@ -253,7 +260,7 @@ def assign(
     """Build and write OUT/assignments.parquet (see `icg.batch.assign`): every wanted (user,
     item) pair, its segment's cover, or the preference model's pick when ``preference``."""
     if config.pairs is not None:
-        pairs = pd.read_parquet(out / PLAN_DIR / "pairs.parquet")
+        pairs = pd.read_parquet(out / PLAN_DIR / PLAN_PAIRS_FILE)
     else:
         items = manifest["item_id"].drop_duplicates().sort_values()
         users = segments.users["user_id"]
@@ -267,11 +274,11 @@ def assign(
     if preference is None:
         frame = segment_covers(pairs, own, manifest)
     else:
-        _, users = read_catalog(config.data, out / "rejects", check_images=False)
+        _, users = read_catalog(config.data, out / REJECTS_DIR, check_images=False)
         users = users.set_index("user_id").loc[own.index].reset_index()
         users["segment"] = own.to_numpy()
         choices = user_choices(segments, users, config.pick_segments)
         picker = PreferencePicker(preference, out)
         frame = preference_picks(pairs, users, choices, manifest, candidates, picker)
-    write_assignments(frame, output_path(out, "assignments.parquet"))
+    write_assignments(frame, output_path(out, ASSIGNMENTS_FILE))
     return frame

@@ -21,6 +21,9 @@ from icg.batch.config import Resolved
 from icg.batch.manifest import part_path, write_part
 from icg.batch.plan import cover_parts, cover_path, load_segments, partition_units
 from icg.generation import draw_covers, pair_seed, save_generated_png
+from icg.pipeline import ICGPipeline
+from icg.rewards import PreferenceReward
+from icg.rewards.factory import load_run_reward
 from icg.safety import output_path, safe_name
 
 logger = logging.getLogger(__name__)
@@ -32,12 +35,8 @@ def load_candidate_reward(settings: Resolved):
     """The reward that keeps a segment's best candidate (``None`` for one draw): the run's own
     (`load_run_reward`) or the preference model's attractiveness logit."""
     if settings.scorer == "run":
-        from icg.rewards.factory import load_run_reward
-
         return load_run_reward(settings.scorer_path)
     if settings.scorer == "preference":
-        from icg.rewards import PreferenceReward
-
         return PreferenceReward(settings.scorer_path).eval()
     return None
 
@@ -77,8 +76,6 @@ class CoverWorker:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         if pipe is None:
-            from icg.pipeline import ICGPipeline
-
             pipe = ICGPipeline.from_pretrained(self.settings.adapter)
             pipe.base.set_progress_bar_config(disable=True)
         self.pipe = pipe

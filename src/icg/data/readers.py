@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from icg.data.errors import DataError
 from icg.data.safety import TRUTH_DIR, file_kind, has_undecodable, open_regular
+from icg.io import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,9 @@ def read_raw(path: Path) -> RawTable:
         with open_regular(path) as fp:
             data = fp.read()
     except OSError as err:
-        raise DataError(f"{path}: cannot read table file: {err}", file=path) from err
+        raise DataError(
+            f"{path}: cannot read table file: {describe_error(err)}", file=path
+        ) from err
     try:
         if fmt == "parquet":
             table = _read_parquet(path, data)
@@ -109,7 +112,9 @@ def read_raw(path: Path) -> RawTable:
     except DataError:
         raise
     except (pa.ArrowException, csv.Error, OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable {fmt} table: {err}", file=path) from err
+        raise DataError(
+            f"{path}: unreadable {fmt} table: {describe_error(err)}", file=path
+        ) from err
     duplicated = sorted({c for c in table.frame.columns if list(table.frame.columns).count(c) > 1})
     if duplicated:
         raise DataError(f"{path}: duplicate column(s) {duplicated}", file=path, field=duplicated[0])
@@ -129,7 +134,9 @@ def _read_csv(path: Path, text: str) -> RawTable:
     try:
         header = next(reader, None)
     except csv.Error as err:
-        raise DataError(f"{path}: unreadable CSV header row: {err}", file=path) from err
+        raise DataError(
+            f"{path}: unreadable CSV header row: {describe_error(err)}", file=path
+        ) from err
     if header is None:
         raise DataError(f"{path}: empty CSV file, expected a header row", file=path)
     header = [h.strip() for h in header]
@@ -145,7 +152,9 @@ def _read_csv(path: Path, text: str) -> RawTable:
         except StopIteration:
             break
         except csv.Error as err:
-            malformed.append((n, f"<line {reader.line_num}>", f"unparsable CSV record: {err}"))
+            malformed.append(
+                (n, f"<line {reader.line_num}>", f"unparsable CSV record: {describe_error(err)}")
+            )
             n += 1
             continue
         if not record or (len(record) == 1 and not record[0].strip()):

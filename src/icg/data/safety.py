@@ -19,9 +19,7 @@ import numpy as np
 import pandas as pd
 
 from icg.data.schemas import ColumnSpec, Kind, Reason
-
-TRUTH_DIR = "truth"
-"""The simulator's hidden ground truth lives in ``<data>/truth``; nothing here reads it."""
+from icg.layout import TRUTH_DIR  # the simulator's hidden ground truth; nothing here reads it
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from transformers import (
 )
 from transformers.processing_utils import ProcessorMixin
 
+from icg.artifacts import refuse_pickle_weights
+
 logger = logging.getLogger(__name__)
 
 
@@ -87,7 +89,9 @@ def load_mllm(name_or_path: str, torch_dtype: torch.dtype | None = None):
     Returns:
         ``(model, processor)``, the model in eval mode with ``requires_grad=False``.
     """
+    refuse_pickle_weights(name_or_path, "mllm")
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    kwargs["use_safetensors"] = True  # a hub id never falls back to pickle weights
     model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
     model.eval().requires_grad_(False)
     return model, load_processor(name_or_path)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 from transformers import AutoTokenizer, CLIPModel
 
+from icg.artifacts import refuse_pickle_weights
 from icg.data.images import load_image
 from icg.io import atomic_path
 from icg.zoo import resolve
@@ -93,10 +94,12 @@ class ClipPreprocess:
 
 
 def resolve_name(name_or_path: str | Path) -> str:
-    """``zoo:NAME`` → the shipped folder (``FileNotFoundError`` when not trained); else unchanged."""
+    """``zoo:NAME`` → the shipped folder (``FileNotFoundError`` when not trained); else unchanged.
+    A local path holding pickle-format weights is an ``ArtifactError``."""
     name = str(name_or_path)
     if name.startswith("zoo:"):
-        return str(resolve(name))
+        name = str(resolve(name))
+    refuse_pickle_weights(name, "clip")  # before any loader sees a pickle
     return name
 
 

@@ -1,4 +1,6 @@
-"""The FastAPI app: ``POST /v1/covers``, ``/healthz``, ``/readyz``, ``/metrics``, ``/docs``.
+"""The FastAPI app: ``POST /v1/covers``, ``/healthz``, ``/readyz``, ``/metrics``, ``/docs``
+(a self-contained page, no CDN) and ``/openapi.json``; with an API key, all but the health
+endpoints need it.
 
     app = create_app(ServeConfig(run=RUN, data=DATA), PipelineBackend(RUN, DATA))
 
@@ -17,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -25,6 +27,7 @@ from starlette.requests import ClientDisconnect
 from icg.serve.auth import bearer_token, key_matches
 from icg.serve.backend import CoverBackend
 from icg.serve.config import ServeConfig
+from icg.serve.docs_page import CSP, docs_html
 from icg.serve.errors import APIError, install_error_handlers, validation_message
 from icg.serve.schemas import CoverRequest
 from icg.serve.service import CoverService, ServedCover
@@ -157,6 +160,9 @@ def create_app(config: ServeConfig, backend: CoverBackend) -> FastAPI:
         summary="Personalized cover images (ICG) over HTTP.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served below: behind the key, and without Swagger UI's CDN assets
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.service = service
     install_error_handlers(app)
@@ -199,6 +205,14 @@ def create_app(config: ServeConfig, backend: CoverBackend) -> FastAPI:
         """Prometheus text exposition."""
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorize)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(authorize)])
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html(app.openapi()), headers={"Content-Security-Policy": CSP})
+
     @app.post(
         "/v1/covers",
         tags=["covers"],
@@ -214,13 +228,14 @@ def create_app(config: ServeConfig, backend: CoverBackend) -> FastAPI:
     async def covers(request: Request) -> Response:
         """A personalized cover for a (user, item) pair; ``Accept: application/json`` for JSON."""
         start = asyncio.get_running_loop().time()
-        body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
-        if len(body) <= INLINE_PARSE_BYTES:
-            cover_request = parse_request(body, config.max_error_items)
-        else:  # off the event loop: health checks keep answering
-            cover_request = await run_in_threadpool(parse_request, body, config.max_error_items)
-        budget = config.deadline_s - (asyncio.get_running_loop().time() - start)
-        served = await service.cover(cover_request, budget)
+        with service.batcher.arriving() as arrival:  # a partial call may wait for this one
+            body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
+            if len(body) <= INLINE_PARSE_BYTES:
+                cover_request = parse_request(body, config.max_error_items)
+            else:  # off the event loop: health checks keep answering
+                cover_request = await run_in_threadpool(parse_request, body, config.max_error_items)
+            budget = config.deadline_s - (asyncio.get_running_loop().time() - start)
+            served = await service.cover(cover_request, budget, arrival)
         as_json = "application/json" in request.headers.get("accept", "")
         return cover_response(served, as_json)
 

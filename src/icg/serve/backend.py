@@ -16,6 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from icg.data import load_dataset
+from icg.models.paths import resolve_adapter_dir
+from icg.pipeline import ICGPipeline
+from icg.rewards.factory import load_run_reward
 from icg.serve.cache import LRUCache
 from icg.serve.catalog import Catalog
 from icg.serve.png import encode_marked_png
@@ -83,17 +87,11 @@ class PipelineBackend:
             return
         if self.run is None or self.data is None:
             raise ValueError("PipelineBackend.load needs run and data folders")
-        from icg.data import load_dataset
-        from icg.models.paths import resolve_adapter_dir
-        from icg.pipeline import ICGPipeline
-
         with tempfile.TemporaryDirectory(prefix="icg-serve-rejects-") as rejects:
             data = load_dataset(self.data, rejects_dir=rejects, require=("items", "users"))
         pipe = ICGPipeline.from_pretrained(resolve_adapter_dir(self.run))
         reward = None
         try:
-            from icg.rewards.factory import load_run_reward
-
             reward = load_run_reward(self.run)
         except FileNotFoundError as err:
             logger.warning("no reward for best-of-K (candidates > 1 refused): %s", err)

@@ -6,6 +6,7 @@ import logging
 import socket
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from icg.serve.app import create_app
 from icg.serve.auth import is_loopback
@@ -71,8 +72,6 @@ def uvicorn_server(
     Raises:
         ValueError: a non-loopback host without an API key (see `check_bind`).
     """
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
     check_bind(config)
     app = create_app(config, backend if backend is not None else pipeline_backend(config))
     protocol = guarded_protocol(AutoHTTPProtocol, config.header_timeout_s, config.max_connections)

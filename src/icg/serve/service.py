@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 
 from icg.serve.backend import CoverBackend
-from icg.serve.batcher import DeadlineExceeded, MicroBatcher, QueueFull, ShuttingDown
+from icg.serve.batcher import (
+    Arrival,
+    DeadlineExceeded,
+    MicroBatcher,
+    QueueFull,
+    ShuttingDown,
+)
 from icg.serve.cache import LRUCache
 from icg.serve.catalog import resolve
 from icg.serve.config import ServeConfig
@@ -139,8 +145,11 @@ class CoverService:
             raise APIError(422, "invalid_request", "candidates > 1: this run has no reward")
         return Settings(steps, cfg.guidance_scale, request.user_guidance)
 
-    async def cover(self, request: CoverRequest, budget_s: float) -> ServedCover:
-        """The cover of a request within ``budget_s`` seconds.
+    async def cover(
+        self, request: CoverRequest, budget_s: float, arrival: Arrival | None = None
+    ) -> ServedCover:
+        """The cover of a request within ``budget_s`` seconds (``arrival``: from
+        `MicroBatcher.arriving`, closed once the job is queued).
 
         Raises:
             APIError: 404 unknown user or item; 413/422 caps and bad uploads; 429 queue full
@@ -156,15 +165,17 @@ class CoverService:
             detail = self.load_error or "models are still loading"
             raise APIError(503, "not_ready", detail, {"Retry-After": "5"})
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        job = await run_in_threadpool(
-            resolve, catalog, request, settings, seed, self.config.max_image_pixels
-        )
+        args = (catalog, request, settings, seed, self.config.max_image_pixels)
+        if request.image is None:  # look-ups only: no thread hop
+            job = resolve(*args)
+        else:  # an upload is decoded off the event loop
+            job = await run_in_threadpool(resolve, *args)
         key = (job.user_key, job.item_key, tuple(job.seeds), settings)
         cached = self.results.get(key)
         if cached is not None:
             return ServedCover(cached, job, seed, cached=True)
         try:
-            result = await self.batcher.submit(job, budget_s)
+            result = await self.batcher.submit(job, budget_s, arrival)
         except QueueFull as err:
             self.metrics.rejected.inc()
             raise APIError(
