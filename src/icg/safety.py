@@ -229,19 +229,22 @@ def prepare_output(
             "contents, or choose an empty folder"
         )
     if held:
-        ours = _marker_kind(out) == kind
-        for name in held if ours else [n for n in replace if n in held]:
-            entry = out / name
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        if not ours:
-            logger.warning(
-                "%s: --overwrite into a folder icg did not create; kept other files", out
-            )
+        replace_entries(out, held, replace, ours=_marker_kind(out) == kind)
     atomic_write_json(out / MARKER, {"kind": kind, "format": 1})
     return out
+
+
+def replace_entries(out: Path, held: list[str], replace, *, ours: bool) -> None:
+    """What ``--overwrite`` removes from ``out``: everything ``held`` in a folder icg created
+    (``ours``), else only the entries named in ``replace`` (a user's other files stay)."""
+    for name in held if ours else [n for n in replace if n in held]:
+        entry = out / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    if not ours:
+        logger.warning("%s: --overwrite into a folder icg did not create; kept other files", out)
 
 
 def _marker_kind(out: Path) -> str | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from icg.safety import (
     UnsafePathError,
     check_not_inside,
     clean_leftovers,
+    replace_entries,
 )
 
 logger = logging.getLogger(__name__)
@@ -118,16 +118,7 @@ def prepare_batch_output(
     resume = ours and not overwrite and held and same_settings(out)  # raises on other settings
     # every check has run: from here on, writes
     if overwrite and held:
-        for name in held if ours else [n for n in ENTRIES if n in held]:
-            entry = out / name
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        if not ours:
-            logger.warning(
-                "%s: --overwrite into a folder icg did not create; kept other files", out
-            )
+        replace_entries(out, held, ENTRIES, ours=ours)
     out.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out, depth=4)  # OUT/covers/sNNNNN/.tmp-*, OUT/manifest/partition=*/.tmp-*
     if _marker_kind(out) != KIND:

@@ -162,13 +162,20 @@ class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
             base_prompt=base_prompt,
             time_embed_dim=time_embedding_dim(unet) if global_conditioning else None,
         )
-        with torch.no_grad():
-            for name in layers:
-                attn = unet.get_submodule(name.removesuffix(".processor"))
-                weights = adapter.attn_layers[layer_key(name)]
-                if attn.to_k.weight.shape == weights.to_k_icg.weight.shape:
-                    weights.to_k_icg.weight.copy_(attn.to_k.weight)
+        adapter.copy_key_projections(unet, "to_k")
         return adapter.to(device=unet.device)
+
+    @torch.no_grad()
+    def copy_key_projections(self, model: nn.Module, source: str) -> None:
+        """Start each layer's ICG key projection from the base layer's ``source`` projection
+        where the shapes agree (IP-Adapter's initialisation, Ye et al. 2023, Sec. 3.2); the
+        value projections stay zero, so the adapter still adds nothing."""
+        for name in self.config.layers:
+            attn = model.get_submodule(name.removesuffix(".processor"))
+            weights = self.attn_layers[layer_key(name)]
+            base = getattr(attn, source).weight
+            if base.shape == weights.to_k_icg.weight.shape:
+                weights.to_k_icg.weight.copy_(base)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Map personalized context ``(B, K, D)`` to ICG tokens ``(B, K', token_dim)``."""

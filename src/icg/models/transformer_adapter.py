@@ -17,7 +17,6 @@ unchanged. The tokens travel as ``transformer(..., joint_attention_kwargs={"icg_
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from icg.models.adapter import CoverAdapter, layer_key
@@ -87,12 +86,7 @@ class JointCoverAdapter(CoverAdapter):
             base_prompt=base_prompt,
             time_embed_dim=pooled_embedding_dim(transformer) if global_conditioning else None,
         )
-        with torch.no_grad():
-            for name in layers:
-                attn = transformer.get_submodule(name.removesuffix(".processor"))
-                weights = adapter.attn_layers[layer_key(name)]
-                if attn.add_k_proj.weight.shape == weights.to_k_icg.weight.shape:
-                    weights.to_k_icg.weight.copy_(attn.add_k_proj.weight)
+        adapter.copy_key_projections(transformer, "add_k_proj")
         return adapter.to(device=transformer.device)
 
     def install(self, transformer: nn.Module) -> None:
