@@ -140,7 +140,7 @@ def test_generate_best_of_k_with_the_runs_reward(demo: Path, tmp_path: Path):
     # an adapter folder without the run's reward cannot rank candidates
     args[2], args[6] = str(run / "icg" / "adapter"), str(tmp_path / "other")  # a fresh --out
     result = CliRunner().invoke(build_app(), args)
-    assert result.exit_code != 0 and "--candidates needs --adapter RUN/icg" in result.output
+    assert result.exit_code != 0 and "needs the stage-B run folder" in result.output
 
 
 def test_evaluate_rejects_unknown_methods_and_missing_runs(demo: Path, tmp_path: Path):
@@ -163,10 +163,7 @@ def test_evaluate_rejects_unknown_methods_and_missing_runs(demo: Path, tmp_path:
 def test_train_seed_trains_on_the_same_world_and_draws(tmp_path: Path, monkeypatch) -> None:
     """`--train-seed` reaches the preference model and both stages; the world and the
     evaluation keep `--seed` (so two demos differ only by their training)."""
-    import icg.evaluation.run as evaluation
-    import icg.training.align as align
-    import icg.training.preference as preference
-    import icg.training.reward as reward
+    import icg.demo as demo
     from icg.demo import run_demo
 
     seen: dict[str, int] = {}
@@ -186,11 +183,11 @@ def test_train_seed_trains_on_the_same_world_and_draws(tmp_path: Path, monkeypat
         seen["evaluate"] = cfg.seed
         seen["banner"] = banner
 
-    monkeypatch.setattr(preference, "train_preference", fake_preference)
-    monkeypatch.setattr(align, "run_align", fake_align)
-    monkeypatch.setattr(reward, "run_reward", fake_reward)
-    monkeypatch.setattr(evaluation, "evaluate_run", fake_evaluate)
-    monkeypatch.setattr("icg.evaluation.preference_eval.TruthProbe", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "train_preference", fake_preference)
+    monkeypatch.setattr(demo, "run_align", fake_align)
+    monkeypatch.setattr(demo, "run_reward", fake_reward)
+    monkeypatch.setattr(demo, "evaluate_run", fake_evaluate)
+    monkeypatch.setattr(demo, "TruthProbe", lambda *a, **k: None)
     run_demo(tmp_path, quick=True, seed=3, train_seed=103, ablations=False)
     assert seen.pop("banner").startswith("Smoke test, not a result: `icg demo --quick`")
     assert seen == {"preference": 103, "align": 103, "reward": 103, "evaluate": 3}
