@@ -115,8 +115,10 @@ def test_clip_preprocess_matches_the_image_processor_at_native_size():
     assert x.grad.abs().sum() > 0
 
 
-def test_laion_layout_loads_from_pth_and_safetensors(tmp_path):
+def test_laion_layout_loads_from_safetensors_and_a_pickle_is_refused(tmp_path):
     from safetensors.torch import save_file
+
+    from icg.artifacts import ArtifactError
 
     state = _laion_state(16)
     torch.save(state, tmp_path / "laion.pth")
@@ -128,9 +130,10 @@ def test_laion_layout_loads_from_pth_and_safetensors(tmp_path):
     ).eval()  # fmt: skip
     ref.load_state_dict({k.removeprefix("layers."): v for k, v in state.items()})
     x = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
-    for file in ("laion.pth", "laion.safetensors"):
-        mlp = load_aesthetic_predictor(tmp_path / file).eval()
-        torch.testing.assert_close(mlp(x), ref(x))
+    mlp = load_aesthetic_predictor(tmp_path / "laion.safetensors").eval()
+    torch.testing.assert_close(mlp(x), ref(x))
+    with pytest.raises(ArtifactError, match="aesthetic predictor .*laion.pth.*safetensors"):
+        load_aesthetic_predictor(tmp_path / "laion.pth")
 
 
 def test_clip_score_scales():

@@ -23,9 +23,9 @@ from icg.zoo.aesthetic import AestheticMLP
 
 def load_aesthetic_predictor(name_or_path: str | Path) -> nn.Module:
     """An `AestheticMLP` from a ``save_pretrained`` folder, ``zoo:aesthetic``, or a LAION
-    ``.pth``/``.safetensors`` state dict (read with ``weights_only=True``)."""
-
-    path = Path(resolve_name(name_or_path))
+    ``.safetensors`` state dict. A pickle-format ``.pth`` is refused (`ArtifactError`): convert
+    a checkpoint you trust once, e.g. ``save_file(torch.load(p, weights_only=True), out)``."""
+    path = Path(resolve_name(name_or_path, "aesthetic predictor"))
     if path.is_dir():
         return AestheticMLP.from_pretrained(path)
     if path.is_file():

@@ -93,13 +93,13 @@ class ClipPreprocess:
         return cls(size, (size, size))
 
 
-def resolve_name(name_or_path: str | Path) -> str:
+def resolve_name(name_or_path: str | Path, what: str = "clip") -> str:
     """``zoo:NAME`` → the shipped folder (``FileNotFoundError`` when not trained); else unchanged.
     A local path holding pickle-format weights is an ``ArtifactError``."""
     name = str(name_or_path)
     if name.startswith("zoo:"):
         name = str(resolve(name))
-    refuse_pickle_weights(name, "clip")  # before any loader sees a pickle
+    refuse_pickle_weights(name, what)  # before any loader sees a pickle
     return name
 
 

@@ -83,15 +83,15 @@ class AestheticMLP(ModelMixin, ConfigMixin):
         """Load the published LAION predictor layout (`layers.{0,2,4,6,7}.*`), sizes from shapes.
 
         Args:
-            weights: a state dict, a `.safetensors` file, or a `.pth` state dict (read with
-                `torch.load(weights_only=True)`).
+            weights: a state dict or a `.safetensors` file (icg never unpickles a file: convert
+                the published `.pth` once, see `load_aesthetic_predictor`).
         """
         if isinstance(weights, Mapping):
             state = dict(weights)
         elif str(weights).endswith(".safetensors"):
             state = load_file(str(weights))
         else:
-            state = torch.load(str(weights), map_location="cpu", weights_only=True)
+            raise ValueError(f"{weights}: expected a .safetensors file of the LAION layout")
         state = {k.removeprefix("module."): v for k, v in state.items()}
         linear = sorted(
             (int(k.split(".")[1]), v)
