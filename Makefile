@@ -10,12 +10,13 @@
 # Then everything else at the exact versions in constraints.txt.
 PYTHONS ?= python3.11 python3.12 python3.13 python3
 PY_SUPPORTED := 3.11 3.12 3.13
+VERSION_PROBE := -c 'import sys; print("%d.%d" % sys.version_info[:2])'
 ifeq ($(origin PY),undefined)
 PY := $(shell for p in $(PYTHONS); do \
-	  v=$$($$p -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue; \
+	  v=$$($$p $(VERSION_PROBE) 2>/dev/null) || continue; \
 	  if echo " $(PY_SUPPORTED) " | grep -q " $$v "; then echo "$$p"; break; fi; done)
 endif
-PY_VERSION := $(if $(PY),$(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null))
+PY_VERSION := $(if $(PY),$(shell $(PY) $(VERSION_PROBE) 2>/dev/null))
 PY_TAG := cp$(subst .,,$(PY_VERSION))
 
 TORCH_VERSION := 2.13.0
