@@ -240,9 +240,14 @@ class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
                 f"unet: timestep embedding of width {time_embedding_dim(unet)}, but the adapter "
                 f"conditions width {self.config.time_embed_dim}. Was it built for this base?"
             )
+        self._hook_time_conditioning(unet, unet.time_embedding, "cross_attention_kwargs")
+
+    def _hook_time_conditioning(self, model: nn.Module, embedding: nn.Module, kwarg: str) -> None:
+        """``model``'s call hands the ``icg_tokens`` in its ``kwarg`` dict to ``embedding``'s
+        output, which gains ``scale · time_cond(mean token)`` (zero at init)."""
 
         def take_tokens(module, args, kwargs):
-            extra = kwargs.get("cross_attention_kwargs") or {}
+            extra = kwargs.get(kwarg) or {}
             self._pending_tokens = extra.get(ICG_TOKENS_KWARG)
 
         def add_tokens(module, args, emb):
@@ -253,8 +258,8 @@ class CoverAdapter(CheckedLoadMixin, ModelMixin, ConfigMixin):
             return emb + self._scale * shift.to(emb.dtype)
 
         self._hooks = [
-            unet.register_forward_pre_hook(take_tokens, with_kwargs=True),
-            unet.time_embedding.register_forward_hook(add_tokens),
+            model.register_forward_pre_hook(take_tokens, with_kwargs=True),
+            embedding.register_forward_hook(add_tokens),
         ]
 
     def remove(self, unet: nn.Module) -> None:

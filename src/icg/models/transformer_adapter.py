@@ -20,7 +20,7 @@ from __future__ import annotations
 from torch import nn
 
 from icg.models.adapter import CoverAdapter, layer_key
-from icg.models.attention import ICG_TOKENS_KWARG, PassthroughProcessor
+from icg.models.attention import PassthroughProcessor
 from icg.models.joint_attention import JointICGAttnProcessor, context_dim, joint_attention_layers
 
 TOKENS_KWARGS = "joint_attention_kwargs"
@@ -135,18 +135,4 @@ class JointCoverAdapter(CoverAdapter):
         """Hooks: the transformer's call hands its ``icg_tokens`` to ``time_text_embed``'s output
         (one transformer call at a time, as every caller here makes them)."""
 
-        def take_tokens(module, args, kwargs):
-            extra = kwargs.get(TOKENS_KWARGS) or {}
-            self._pending_tokens = extra.get(ICG_TOKENS_KWARG)
-
-        def add_tokens(module, args, emb):
-            tokens, self._pending_tokens = self._pending_tokens, None
-            if tokens is None:
-                return emb
-            shift = self.time_cond(tokens.mean(1).to(self.time_cond.weight.dtype))  # (B, E)
-            return emb + self._scale * shift.to(emb.dtype)
-
-        self._hooks = [
-            transformer.register_forward_pre_hook(take_tokens, with_kwargs=True),
-            transformer.time_text_embed.register_forward_hook(add_tokens),
-        ]
+        self._hook_time_conditioning(transformer, transformer.time_text_embed, TOKENS_KWARGS)
