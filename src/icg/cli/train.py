@@ -15,6 +15,14 @@ from icg.layout import CURVES_FILE
 logger = logging.getLogger(__name__)
 
 
+# the EMA options of both training stages (icg.training.ema)
+EmaDecay = Annotated[
+    float | None,
+    typer.Option("--ema-decay", help="Largest decay of the EMA saved as the adapter."),
+]
+NoEma = Annotated[bool, typer.Option("--no-ema", help="Save the raw trained weights (no EMA).")]
+
+
 def _without_ema(cfg):
     """``cfg`` with ``ema_decay: null`` (``--no-ema``: the adapter holds the raw weights)."""
     return cfg.model_copy(update={"ema_decay": None})
@@ -92,13 +100,8 @@ def align(
             help="The MLLM reads the reference image with the title (default: on).",
         ),
     ] = None,
-    ema_decay: Annotated[
-        float | None,
-        typer.Option("--ema-decay", help="Largest decay of the EMA saved as the adapter."),
-    ] = None,
-    no_ema: Annotated[
-        bool, typer.Option("--no-ema", help="Save the raw trained weights (no EMA).")
-    ] = False,
+    ema_decay: EmaDecay = None,
+    no_ema: NoEma = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
     ] = False,
@@ -246,13 +249,8 @@ def reward(
     user_guidance: Annotated[
         float | None, typer.Option("--user-guidance", help="User guidance while sampling.")
     ] = None,
-    ema_decay: Annotated[
-        float | None,
-        typer.Option("--ema-decay", help="Largest decay of the EMA saved as the adapter."),
-    ] = None,
-    no_ema: Annotated[
-        bool, typer.Option("--no-ema", help="Save the raw trained weights (no EMA).")
-    ] = False,
+    ema_decay: EmaDecay = None,
+    no_ema: NoEma = False,
     tripwire_preference: Annotated[
         Path | None,
         typer.Option(
