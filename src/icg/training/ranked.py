@@ -126,18 +126,25 @@ class RankedTrainer(StageBTrainer):
             self._reference_relevance.update(zip(todo, raw.tolist(), strict=True))
         return torch.tensor([self._reference_relevance[i] for i in items])
 
+    def draw_pairs(self, gen: torch.Generator) -> tuple[list[str], list[str | None]]:
+        """``pairs_per_round`` (item, user) pairs of the pool drawn with ``gen``, some users
+        dropped to cold start (``None``) at ``cold_start_fraction``."""
+        cfg = self.config
+        rows = torch.randint(len(self.pool.pairs), (cfg.pairs_per_round,), generator=gen).tolist()
+        cold = (torch.rand(cfg.pairs_per_round, generator=gen) < cfg.cold_start_fraction).tolist()
+        items = [self.pool.pairs.at[r, "item_id"] for r in rows]
+        users = [
+            None if c else self.pool.pairs.at[r, "user_id"] for r, c in zip(rows, cold, strict=True)
+        ]
+        return items, users
+
     @torch.no_grad()
     def collect(self, round_index: int) -> tuple[RoundBuffer, dict[str, float]]:
         """Sample, score and select the draws of one round (a function of ``(seed, round)``)."""
         cfg = self.config
         gen = self.generator(round_index, salt=2)
         n_pairs, k = cfg.pairs_per_round, cfg.candidates
-        rows = torch.randint(len(self.pool.pairs), (n_pairs,), generator=gen).tolist()
-        cold = (torch.rand(n_pairs, generator=gen) < cfg.cold_start_fraction).tolist()
-        pair_items = [self.pool.pairs.at[r, "item_id"] for r in rows]
-        pair_users = [
-            None if c else self.pool.pairs.at[r, "user_id"] for r, c in zip(rows, cold, strict=True)
-        ]
+        pair_items, pair_users = self.draw_pairs(gen)
         items = [i for i in pair_items for _ in range(k)]  # (P*K,) pair-major
         users = [u for u in pair_users for _ in range(k)]
         h = self.pool.size // self.pool.vae_scale
