@@ -244,7 +244,9 @@ def reward(
     ] = None,
     trainer: Annotated[
         str | None,
-        typer.Option("--trainer", help="ranked (own best draws) or draft (DRaFT-K)."),
+        typer.Option(
+            "--trainer", help="draft (DRaFT-K), ranked (own best draws) or nft (DiffusionNFT)."
+        ),
     ] = None,
     user_guidance: Annotated[
         float | None, typer.Option("--user-guidance", help="User guidance while sampling.")

@@ -102,6 +102,24 @@ class RoundBuffer:
     weights: torch.Tensor  # (N,) > 0
 
 
+@dataclass
+class Rollout:
+    """Every draw of one round, pair-major: ``P`` pairs × ``K`` candidates, ``N = P * K``."""
+
+    latents: torch.Tensor  # (N, C, h, w) final latents
+    items: list[str]  # (N,)
+    users: list[str | None]  # (N,)
+    scores: torch.Tensor  # (P, K) combined rewards
+    eligible: torch.Tensor  # (P, K) bool: meets the hard constraints (the relevance floor)
+    info: dict[str, torch.Tensor]  # each reward's values (N,)
+
+    def logs(self) -> dict[str, float]:
+        """The round's curve entries: each reward's mean and the eligible fraction."""
+        logs = {f"round/{key}": float(v.mean()) for key, v in self.info.items()}
+        logs["round/eligible"] = float(self.eligible.float().mean())
+        return logs
+
+
 class RankedTrainer(StageBTrainer):
     """Stage B, reward-ranked: ``setup()`` and ``save`` as `StageBTrainer`; ``train()`` alternates
     collecting a round of scored draws and denoising steps on the selected ones."""
@@ -139,8 +157,8 @@ class RankedTrainer(StageBTrainer):
         return items, users
 
     @torch.no_grad()
-    def collect(self, round_index: int) -> tuple[RoundBuffer, dict[str, float]]:
-        """Sample, score and select the draws of one round (a function of ``(seed, round)``)."""
+    def rollout(self, round_index: int) -> Rollout:
+        """Sample and score every draw of one round (a function of ``(seed, round)``)."""
         cfg = self.config
         gen = self.generator(round_index, salt=2)
         n_pairs, k = cfg.pairs_per_round, cfg.candidates
@@ -163,7 +181,6 @@ class RankedTrainer(StageBTrainer):
             latents.append(z.cpu())
             scores.append(reward.float().cpu())
             infos.append({key: v.float().cpu() for key, v in info.items()})
-        latents = torch.cat(latents)
         scores = torch.cat(scores).view(n_pairs, k)
         info = {key: torch.cat([i[key] for i in infos]) for key in infos[0]}
         eligible = torch.ones(n_pairs, k, dtype=torch.bool)
@@ -171,14 +188,21 @@ class RankedTrainer(StageBTrainer):
             reference = self.reference_relevance(pair_items)  # (P,)
             floor = reference - (1 - cfg.relevance_floor) * reference.abs()
             eligible = info["relevance"].view(n_pairs, k) >= floor[:, None]
+        return Rollout(torch.cat(latents), items, users, scores, eligible, info)
+
+    def collect(self, round_index: int) -> tuple[RoundBuffer, dict[str, float]]:
+        """Sample, score and select the draws of one round (a function of ``(seed, round)``)."""
+        cfg = self.config
+        draws = self.rollout(round_index)
+        scores, eligible = draws.scores, draws.eligible
         weights = selection_weights(scores, eligible, cfg.selection, cfg.advantage_clip).flatten()
         keep = weights > 0
         idx = keep.nonzero().flatten().tolist()
         buffer = RoundBuffer(
-            latents[keep], [items[i] for i in idx], [users[i] for i in idx], weights[keep]
-        )
-        logs = {f"round/{key}": float(v.mean()) for key, v in info.items()}
-        logs["round/eligible"] = float(eligible.float().mean())
+            draws.latents[keep], [draws.items[i] for i in idx], [draws.users[i] for i in idx],
+            weights[keep],
+        )  # fmt: skip
+        logs = draws.logs()
         logs["round/selected_reward"] = float((scores.flatten() * weights).sum() / weights.sum())
         logs["round/pairs_used"] = float(eligible.any(dim=1).float().mean())
         return buffer, logs
@@ -215,6 +239,10 @@ class RankedTrainer(StageBTrainer):
         logs["loss"] = float(loss.detach())
         return loss, logs
 
+    def step_loss(self, buffer: RoundBuffer, step: int) -> tuple[torch.Tensor, dict]:
+        """The loss of ``step`` on the round's buffer (here `ranked_loss`; a subclass's own)."""
+        return self.ranked_loss(buffer, step)
+
     # -- train -----------------------------------------------------------------------------
     def train(self) -> list[float]:
         """Rounds until ``max_steps``; a checkpoint at every round end that crosses a multiple
@@ -240,7 +268,7 @@ class RankedTrainer(StageBTrainer):
             end = min(cfg.max_steps, (round_index + 1) * cfg.steps_per_round)
             stop = False
             while self.step < end and len(buffer.items) and not stop:
-                loss, logs = self.ranked_loss(buffer, self.step)
+                loss, logs = self.step_loss(buffer, self.step)
                 logs["grad_norm"] = self.optimizer_step(loss, params)
                 bar.update(1)
                 if main and self.step % cfg.log_every == 0:

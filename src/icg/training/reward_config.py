@@ -1,4 +1,4 @@
-"""Stage B's configuration, shared by both trainers (`icg.training.draft`, `icg.training.ranked`)."""
+"""Stage B's configuration, shared by every trainer (`icg.training.reward.TRAINERS`)."""
 
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ class RewardConfig(BaseModel):
     clip: str = DEFAULT_CLIP
     aesthetic_predictor: str = DEFAULT_AESTHETIC
     relevance_scale: Literal["cosine", "clipscore"] = "cosine"
-    trainer: Literal["ranked", "draft"] = Field(
+    trainer: Literal["ranked", "draft", "nft"] = Field(
         "draft",
         description="ranked: train the denoiser on its own best draws (RAFT / advantage-weighted); "
-        "draft: back-propagate the reward through the last sampling steps (DRaFT-K)",
+        "draft: back-propagate the reward through the last sampling steps (DRaFT-K); "
+        "nft: DiffusionNFT, positive and negative forward-process branches on every draw",
     )
     seed: int = 0
     max_steps: int = Field(60, ge=1)
@@ -54,7 +55,7 @@ class RewardConfig(BaseModel):
         "this fraction of the schedule (reference-guided, as diffusers' img2img)",
     )
     user_guidance: float = Field(1.0, ge=0, description="user guidance w_u while sampling")
-    # ranked trainer
+    # ranked trainer (and nft's rollouts: candidates, pairs, steps per round, floor, batch)
     candidates: int = Field(8, ge=2, description="ranked: draws per (user, item) pair")
     pairs_per_round: int = Field(16, ge=1, description="ranked: pairs drawn per round")
     steps_per_round: int = Field(8, ge=1, description="ranked: optimizer steps per round")
@@ -72,6 +73,40 @@ class RewardConfig(BaseModel):
         "constraint; None: off)",
     )
     generation_batch: int = Field(64, ge=1)
+    # nft trainer (icg.training.nft); defaults: the official DiffusionNFT code (NVlabs/DiffusionNFT,
+    # config/nft.py) where it has one that fits a 60-step run
+    nft_beta: float = Field(
+        1.0,
+        gt=0,
+        description="nft: beta of the implicit policies v+ = (1-beta) v_old + beta v, "
+        "v- = (1+beta) v_old - beta v; smaller lets the policy move further from the old one "
+        "(the official default 1.0; its OCR and multi-reward configs use 0.1)",
+    )
+    nft_advantage_clip: float = Field(
+        5.0,
+        gt=0,
+        description="nft: r = 1/2 + 1/2 clip(A / this, -1, 1), A the per-pair standardised "
+        "reward (the official adv_clip_max, 5)",
+    )
+    nft_old_decay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="nft: soft update of the old policy at each round end, old <- eta old + "
+        "(1 - eta) current, and rollouts drawn by it; 0: the round's starting weights (the "
+        "official schedule min(0.001 step, 0.5) stays under 0.06 over 60 steps)",
+    )
+    nft_kl_weight: float = Field(
+        0.0,
+        ge=0,
+        description="nft: weight of ||v - v_stageA||^2 on the conditional prediction (one more "
+        "UNet forward a step; the official SD3 value is 1e-4); 0: the drift is the only anchor",
+    )
+    nft_adaptive_weight: bool = Field(
+        True,
+        description="nft: divide each draw's squared error by its detached mean absolute error "
+        "(the official adaptive weighting, taken in the prediction's own space)",
+    )
     # draft trainer
     truncation_k: int = Field(1, ge=1, description="DRaFT-K: gradients through the last K steps")
     truncation_k_max: int | None = Field(
@@ -136,6 +171,12 @@ class RewardConfig(BaseModel):
             )
         if self.truncation_k_max is not None and self.truncation_k_max < self.truncation_k:
             raise ValueError(f"truncation_k_max: expected >= truncation_k={self.truncation_k}")
+        n_draws = self.pairs_per_round * self.candidates
+        if self.trainer == "nft" and self.batch_size > n_draws:
+            raise ValueError(
+                f"batch_size: nft trains on distinct draws of a round; expected <= "
+                f"pairs_per_round * candidates = {n_draws}, got {self.batch_size}"
+            )
         if self.tripwire_preference is not None:
             if self.preference is None:
                 raise ValueError("tripwire_preference: needs preference (the training half)")

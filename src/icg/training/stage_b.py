@@ -360,7 +360,7 @@ class StageBTrainer:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
-        guard_state, tensors = self.guards.checkpoint_parts()
+        guard_state, tensors = self.checkpoint_parts()
         state = {
             "step": self.step,
             "rewards": self.history,
@@ -372,6 +372,10 @@ class StageBTrainer:
             pretrained={CHECKPOINT_MODEL_DIR: _RunState(self)}, tensors=tensors,
             keep=self.config.keep_checkpoints,
         )  # fmt: skip
+
+    def checkpoint_parts(self) -> tuple[dict, dict]:
+        """Trainer-state entries and named tensors a checkpoint keeps beside the model."""
+        return self.guards.checkpoint_parts()
 
     def save(self) -> Path:
         """Write the final ICG adapter to ``out/adapter`` and the reward stats (and LoRA) beside
