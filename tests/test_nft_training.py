@@ -128,6 +128,43 @@ def test_old_policy_runs_through_functional_call(stage_b_world, tmp_path):
     trainer.cleanup()
 
 
+def test_soft_update_folds_the_weights_into_the_old_policy_once_a_round(stage_b_world, tmp_path):
+    trainer = NFTTrainer(_nft(stage_b_world, tmp_path, nft_old_decay=0.75), **_parts())
+    trainer.setup()
+    start = trainer.current_parameters()
+    with torch.no_grad():
+        for p in trainer.guards.named.values():
+            p.add_(1.0)
+    trainer.update_old_policy(0)  # round 0's old policy is stage A
+    assert all(torch.equal(trainer.old[n], v) for n, v in start.items())
+    trainer.update_old_policy(1)
+    for n, v in start.items():
+        torch.testing.assert_close(trainer.old[n], v + 0.25)  # 0.75 old + 0.25 (old + 1)
+    trainer.update_old_policy(1)  # once per round
+    assert all(torch.allclose(trainer.old[n], v + 0.25) for n, v in start.items())
+    trainer.cleanup()
+
+
+def test_the_unet_lora_is_swapped_too_and_stage_a_has_none(stage_b_world, tmp_path):
+    trainer = NFTTrainer(_nft(stage_b_world, tmp_path, lora_rank=2), **_parts())
+    trainer.setup()
+    lora_b = [n for n in trainer.guards.named if "lora_B" in n]
+    assert lora_b and all(n in trainer.stage_a and n in trainer.old for n in lora_b)
+    items, users = sorted(trainer.pool.titles)[:2], [None, None]
+    args = (items, users, torch.randn(2, 4, 4, 4), torch.tensor([10, 500]))
+    args = (*args, trainer.pool.text_states(items))
+    with torch.no_grad():
+        before, _ = trainer.predict(*args)
+        for n in lora_b:
+            trainer.guards.named[n].normal_()
+        after, _ = trainer.predict(*args)
+        as_old, _ = trainer.predict_with(trainer.old, *args)
+        as_stage_a, _ = trainer.predict_with(trainer.stage_a, *args)
+    assert not torch.allclose(after, before)
+    assert torch.equal(as_old, before) and torch.equal(as_stage_a, before)
+    trainer.cleanup()
+
+
 def test_one_round_changes_every_trained_part(stage_b_world, tmp_path):
     trainer = NFTTrainer(_nft(stage_b_world, tmp_path, max_steps=2, nft_kl_weight=0.5), **_parts())
     trainer.setup()
