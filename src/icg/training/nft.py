@@ -21,7 +21,7 @@ only: no likelihoods, no sampling trajectories, any sampler. Each round:
 predictions are affine functions of each other, and both implicit policies are affine
 combinations (weights ``(1 - β) + β = (1 + β) - β = 1``), so mixing ε predictions gives exactly
 the ε of the mixed velocities, and each squared error differs from the velocity one by a factor
-of ``t`` alone. The loss is therefore the paper's with another weighting over ``t``.
+that depends on ``t`` alone. The loss is therefore the paper's with another weighting over ``t``.
 
 **CFG-free.** The loss is on the conditional prediction (with the user's tokens), never on a
 guided one: the model learns the improved policy itself, and guidance stays a sampling choice
