@@ -202,22 +202,23 @@ class ClipTowers(nn.Module):
 
     @torch.no_grad()
     def text_embeds(self, texts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised text embeddings ``(B, E)``, computed once per distinct text and cached."""
+        """L2-normalised text embeddings ``(B, E)``, computed once per distinct text and cached.
+
+        Each text is embedded on its own (no padding), so its embedding does not depend on which
+        other texts first needed one: a resumed run scores exactly as an uninterrupted one."""
         if self.tokenizer is None:
             raise ValueError("text_embeds: this CLIP has no tokenizer")
-        todo = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
-        if todo:
-            max_len = int(self.model.config.text_config.max_position_embeddings)
-            tok = self.tokenizer(
-                todo, padding=True, truncation=True, max_length=max_len, return_tensors="pt"
-            )
-            device = self.model.text_projection.weight.device
+        max_len = int(self.model.config.text_config.max_position_embeddings)
+        device = self.model.text_projection.weight.device
+        for text in dict.fromkeys(t for t in texts if t not in self._text_cache):
+            tok = self.tokenizer([text], truncation=True, max_length=max_len, return_tensors="pt")
             out = self.model.text_model(
                 input_ids=tok["input_ids"].to(device),
                 attention_mask=tok["attention_mask"].to(device),
             )
-            emb = F.normalize(self.model.text_projection(out.pooler_output), dim=-1)  # (T, E)
-            self._text_cache.update(zip(todo, emb, strict=True))
+            self._text_cache[text] = F.normalize(
+                self.model.text_projection(out.pooler_output), dim=-1
+            )[0]
         return torch.stack([self._text_cache[t] for t in texts])  # (B, E)
 
 
