@@ -21,6 +21,8 @@ from icg.training.sampling import denoise, denoise_flow
 
 TITLES = ["red cat", "blue sea story"]
 SIZE = 32
+# the flow VAEs here do not downsample: 16 px keeps SD3's sequence short (256 image tokens)
+FAST_SIZE = {"sd15": SIZE, "sdxl": SIZE, "sd3": 16, "flux": 16}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,7 @@ def test_one_stage_a_step_trains_the_adapter_on_every_family(tiny_data, tmp_path
     frozen = {k: v.clone() for k, v in denoiser_of(base).state_dict().items()}
     mllm, processor = tiny_qwen2vl()
     result = run_align(
-        _align_config(tiny_data, tmp_path / "a", family),
+        _align_config(tiny_data, tmp_path / "a", family, resolution=FAST_SIZE[family]),
         base=base, mllm=mllm, processor=processor,
     )  # fmt: skip
     assert len(result.losses) == 1 and torch.isfinite(torch.tensor(result.losses)).all()
@@ -162,7 +164,7 @@ def test_one_draft_step_trains_the_adapter_on_every_family(tiny_data, tmp_path, 
     mllm, processor = tiny_qwen2vl()
     config = stage_b_config(
         (tiny_data, init), tmp_path / "b", max_steps=1, guidance_scale=3.0, user_guidance=1.5,
-        drift_denoise_weight=0.5, drift_denoise_batch=2,
+        drift_denoise_weight=0.5, drift_denoise_batch=2, resolution=FAST_SIZE[family],
     )  # fmt: skip
     parts = dict(base=base, mllm=mllm, processor=processor, rewards=stage_b_rewards())
     result = run_reward(config, **parts)
@@ -180,3 +182,22 @@ def test_a_trainer_refuses_a_family_it_does_not_support_by_name(tiny_data, tmp_p
     config = stage_b_config((tiny_data, tmp_path / "align"), tmp_path / "b", trainer="ranked")
     with pytest.raises(ValueError, match=f"RankedTrainer trains sd bases, this one is {family}"):
         run_reward(config, base=base, mllm=mllm, processor=processor, rewards=stage_b_rewards())
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_words_in_the_prompt_reach_every_text_encoder(family):
+    """A user's taste words are part of the prompt, and the prompt goes to each text encoder:
+    both CLIP towers (SDXL, SD3: states and pooled), CLIP's pooled and T5's states (FLUX)."""
+    base = tiny_pipeline(family)
+    encoder = PromptEncoder(base, SIZE)
+    plain, worded = encoder("red cat"), encoder("blue sea story, red cat")
+    assert not torch.equal(plain.pooled, worded.pooled)  # CLIP's pooled embedding
+    assert not torch.equal(plain.states, worded.states)  # T5 (FLUX), CLIP (SDXL, SD3)
+    half = plain.pooled.shape[-1] // 2
+    if family == "sdxl":  # the states of both CLIP towers, concatenated
+        width = base.text_encoder.config.hidden_size
+        assert not torch.equal(plain.states[:, :width], worded.states[:, :width])
+        assert not torch.equal(plain.states[:, width:], worded.states[:, width:])
+    if family == "sd3":  # the pooled text: both towers' projections, concatenated
+        assert not torch.equal(plain.pooled[:half], worded.pooled[:half])
+        assert not torch.equal(plain.pooled[half:], worded.pooled[half:])
