@@ -135,3 +135,81 @@ def test_only_the_last_k_flow_steps_carry_gradients_to_the_adapter():
         sample_flow(
             pipe.transformer, scheduler, noise, text, pooled, adapter(features), 3, grad_steps=4
         )
+
+
+def test_training_sigmas_come_from_the_schedulers_table_as_diffusers_scripts_draw_them():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from icg.training.flow import scheduler_sigmas
+
+    sd3 = FlowMatchEulerDiscreteScheduler(shift=3.0)  # SD3's static shift
+    u = torch.tensor([0.0, 0.25, 0.5, 0.9999])
+    sigmas = scheduler_sigmas(sd3, u)
+    # train_dreambooth_sd3.py: timesteps[(u * N).long()], sigma = timestep / N
+    torch.testing.assert_close(sigmas * 1000, sd3.timesteps[(u * 1000).long()])
+    assert sigmas[0] == 1.0 and abs(float(sigmas[2]) - 3 * 0.5 / (1 + 2 * 0.5)) < 2e-3
+    flux = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    assert abs(float(scheduler_sigmas(flux, u)[2]) - 0.5) < 2e-3  # dynamic: unshifted in training
+    sd3.set_timesteps(4)
+    with pytest.raises(ValueError, match="set_timesteps was called on it"):
+        scheduler_sigmas(sd3, u)
+
+
+def test_the_flow_loss_weights_and_guidance_reduce_to_the_plain_loss():
+    transformer = tiny_sd3_transformer()
+    transformer.requires_grad_(False)
+    torch.manual_seed(0)
+    adapter = build_adapter(transformer, feature_dim=16, num_feature_tokens=3)
+    adapter.install(transformer)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    text, pooled = torch.randn(2, 5, 32, generator=g), torch.randn(2, 64, generator=g)
+    tokens = adapter(torch.randn(2, 3, 16, generator=g))
+    args = (transformer, x0, eps, torch.tensor([0.3, 0.8]), text, pooled, tokens)
+    with torch.no_grad():
+        plain = flow_matching_loss(*args)
+        torch.testing.assert_close(flow_matching_loss(*args, torch.ones(2)), plain)
+        first = flow_matching_loss(*args, torch.tensor([2.0, 0.0]))
+        assert not torch.equal(first, plain)
+        uncond = dict(uncond_states=torch.zeros_like(text), uncond_pooled=torch.zeros_like(pooled))
+        assert torch.equal(flow_matching_loss(*args, None, 1.0, **uncond), plain)
+        assert not torch.equal(flow_matching_loss(*args, None, 4.0, **uncond), plain)
+        with pytest.raises(ValueError, match="uncond_states"):
+            flow_matching_loss(*args, None, 4.0)
+    adapter.remove(transformer)
+
+
+def test_the_flow_sampler_follows_fluxs_dynamic_shift_and_distilled_guidance():
+    """A FLUX.1-style scheduler (resolution-dependent shift) and a guidance-distilled
+    transformer: the sampler's latents are ``FluxPipeline``'s to the bit."""
+    from backbone_fixtures import tiny_flux_pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    pipe = tiny_flux_pipeline()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    torch.manual_seed(0)
+    pipe.transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8], guidance_embeds=True,
+    ).eval()  # fmt: skip
+    text, pooled, _ = pipe.encode_prompt(["red cat", "blue sea"], None, max_sequence_length=8)
+    noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    adapter = build_adapter(pipe.transformer, feature_dim=16, num_feature_tokens=3)
+    with torch.no_grad():
+        for layer in adapter.attn_layers.values():
+            layer.to_v_icg.weight.normal_()
+    adapter.install(pipe.transformer)
+    tokens = adapter(torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(1))).detach()
+    with torch.no_grad():
+        expected = pipe(
+            prompt_embeds=text, pooled_prompt_embeds=pooled, latents=pack_latents(noise),
+            num_inference_steps=3, guidance_scale=2.5, height=16, width=16,
+            output_type="latent", joint_attention_kwargs={"icg_tokens": tokens},
+        ).images  # fmt: skip
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        out = sample_flow(
+            pipe.transformer, scheduler, noise, text, pooled, tokens, 3, guidance_scale=2.5
+        )
+    assert torch.equal(pack_latents(out), expected)
+    assert scheduler.sigmas[0] == 1.0 and abs(float(scheduler.sigmas[1]) - 2 / 3) > 0.01  # shifted

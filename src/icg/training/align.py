@@ -1,8 +1,9 @@
 """Stage A: align the ICG adapter with the denoising loss on the covers users prefer.
 
 ICG (EMNLP 2025, Sec. 3.4, first stage): for each (user u, item i, cover x) example the frozen
-base UNet learns nothing; the trainable ICG parts (meta tokens, refiner, adapter, optional LoRA)
-are trained with the standard diffusion noise-prediction loss (Ho et al. 2020, Eq. 14) on x,
+base denoiser learns nothing; the trainable ICG parts (meta tokens, refiner, adapter, optional
+LoRA) are trained with the base family's loss on x (`icg.training.objective`: noise prediction,
+Ho et al. 2020, Eq. 14, for SD1.x/SDXL UNets; flow matching, Esser et al. 2024, for SD3/FLUX),
 conditioned on the title, the item's reference image and the user's embedding. By default x is
 the item's variant the click-trained preference model prefers for u, over every shown pair
 (``targets="preferred"``); ``targets="clicks"`` fits the clicked covers themselves
@@ -28,7 +29,6 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
@@ -53,16 +53,17 @@ from icg.training.common import (
     batch_indices,
     check_finite_grad_norm,
     check_finite_loss,
-    denoising_loss,
+    default_size,
     dropped_rows,
     icg_parameter_groups,
     load_frozen_base,
     step_generator,
     user_token_effect,
-    vae_scale_factor,
     without_users,
 )
+from icg.training.conditioning import PromptEncoder, TextConditioning
 from icg.training.ema import WeightEMA, ema_checkpoint_parts, named_parameters_of, restore_ema
+from icg.training.objective import training_objective
 
 logger = logging.getLogger(__name__)
 
@@ -205,17 +206,14 @@ class AlignRecipe:
             base_name=cfg.base, mllm_name=cfg.mllm, source="config",
         )  # fmt: skip
         base = self._base
-        self.unet, self.vae, self.text_encoder, self.tokenizer = (
-            base.unet,
-            base.vae,
-            base.text_encoder,
-            base.tokenizer,
-        )
-        self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
+        # the loss of the base's family: noise prediction (UNets) or flow matching (SD3 / FLUX)
+        self.objective = training_objective(base)
+        self.unet, self.vae = self.objective.denoiser, base.vae  # unet: the denoiser, any family
+        self.noise_scheduler = self.objective.scheduler
 
         data = load_dataset(cfg.data)
-        size = cfg.resolution or self.unet.config.sample_size * vae_scale_factor(self.vae)
-        self.data = prepare_align_data(cfg, data, self.vae, self.tokenizer, self.text_encoder, size)
+        size = cfg.resolution or default_size(base)
+        self.data = prepare_align_data(cfg, data, self.vae, PromptEncoder(base, size), size)
         user_dim = data.embedding_dim
 
         self.checkpoint_dir = cfg.out / CHECKPOINTS_DIR
@@ -285,25 +283,16 @@ class AlignRecipe:
         ]  # (B, K, D)
         latents = data.latents[idx].to(device)  # (B, C, h, w)
         noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
-        t = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen
-        ).to(device)
+        t = self.objective.timesteps(len(idx), gen)  # (B,) timesteps, or sigmas (flow)
         drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
         no_user = dropped_rows(gen, len(idx), cfg.user_dropout)  # drawn last: old streams stay
         users = torch.stack([data.user_vectors[data.user_ids[i]] for i in idx])  # (B, U)
         tokens = self.model(feats, without_users(users, no_user).to(device))  # (B, K', T)
 
-        text = torch.stack(
-            [
-                data.text_states["" if d else data.titles[i]]
-                for d, i in zip(drop.tolist(), items, strict=True)
-            ]
-        ).to(device)  # (B, L, C_text)
+        rows = ["" if d else data.titles[i] for d, i in zip(drop.tolist(), items, strict=True)]
+        text = TextConditioning.stack([data.text_states[r] for r in rows]).to(device)  # (B, L, C)
         weights = None if data.weights is None else data.weights[idx].to(device)  # (B,)
-        return denoising_loss(
-            self.unet, self.noise_scheduler, latents, noise, t, text,
-            tokens.to(self.unet.dtype), weights,
-        )  # fmt: skip
+        return self.objective.loss(latents, noise, t, text, tokens, weights)
 
     # -- train -----------------------------------------------------------------------------
     def train(self) -> list[float]:

@@ -32,7 +32,8 @@ from icg.training.click_weights import (
     preferred_covers,
     weight_summary,
 )
-from icg.training.common import clicked_impressions, encode_images, encode_prompt
+from icg.training.common import clicked_impressions, encode_images
+from icg.training.conditioning import PromptEncoder, TextConditioning
 from icg.zoo.vocabulary import coverworld_style_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class AlignData:
     images: dict[str, object]
     user_vectors: dict[str, torch.Tensor]
     weights: torch.Tensor | None = None  # (N,) example weights, mean 1; None: uniform
-    text_states: dict[str, torch.Tensor] = field(default_factory=dict)  # title → (L, C_text)
+    # title → the base's text conditioning of its prompt; "": the unconditional text
+    text_states: dict[str, TextConditioning] = field(default_factory=dict)
 
 
 def shown_pairs(impressions, items, users):
@@ -83,8 +85,9 @@ def target_examples(config, data) -> tuple[list[str], list[str], list[str], torc
 
 
 @torch.no_grad()
-def prepare_align_data(config, data, vae, tokenizer, text_encoder, size: int) -> AlignData:
-    """Load and encode stage A's examples."""
+def prepare_align_data(config, data, vae, encoder: PromptEncoder, size: int) -> AlignData:
+    """Load and encode stage A's examples: target covers with ``vae`` at ``size`` pixels, title
+    prompts with the base pipeline's `PromptEncoder`."""
 
     if data.impressions is None or data.users is None or data.items is None:
         raise ValueError(f"{config.data}: stage A needs items, users and impressions")
@@ -104,8 +107,8 @@ def prepare_align_data(config, data, vae, tokenizer, text_encoder, size: int) ->
     prepared = AlignData(item_ids, user_ids, latents, titles, images, user_vectors, weights)
     for title in titles.values():
         prompt = config.base_prompt.replace("{title}", title)
-        prepared.text_states[title] = encode_prompt(tokenizer, text_encoder, prompt)
-    prepared.text_states[""] = encode_prompt(tokenizer, text_encoder, "")  # unconditional
+        prepared.text_states[title] = encoder(prompt)
+    prepared.text_states[""] = encoder.unconditional()
     logger.info(
         "stage A: %d examples on %d items by %d users",
         len(item_ids), len(needed), len(user_vectors),

@@ -19,8 +19,11 @@ from PIL import Image
 
 from icg.data.images import load_image
 from icg.models.attention import ICG_TOKENS_KWARG
+from icg.models.backbones import denoiser_of
 from icg.models.mllm import load_mllm
 from icg.models.paths import resolve_model_path
+from icg.training.conditioning import TextConditioning, as_conditioning
+from icg.training.conditioning import encode_prompt as encode_prompt  # its old home: re-exported
 
 
 # ---- the optimizer step ----------------------------------------------------------------------
@@ -123,19 +126,6 @@ def without_users(users: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_prompt(tokenizer, text_encoder, text: str) -> torch.Tensor:
-    """The base model's text states ``(L, C_text)`` of one prompt, padded as SD pipelines do."""
-    ids = tokenizer(
-        [text],
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(text_encoder.device)
-    return text_encoder(ids)[0][0]  # (L, C_text)
-
-
-@torch.no_grad()
 def encode_images(vae, images: Sequence, size: int) -> torch.Tensor:
     """Scaled VAE latents ``(N, C, h, w)`` of images (paths through the safe loader, or PIL),
     resized to ``size``; each distinct entry is encoded once."""
@@ -151,13 +141,24 @@ def encode_images(vae, images: Sequence, size: int) -> torch.Tensor:
             image = load_image(im, size=size)
         x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
         x = x.permute(2, 0, 1)[None].to(vae.device, vae.dtype)  # (1, 3, H, W)
-        latents[key] = vae.encode(x).latent_dist.mode()[0] * vae.config.scaling_factor
+        z = vae.encode(x).latent_dist.mode()[0]  # (C, h, w)
+        if vae.config.get("shift_factor") is not None:  # SD3 / FLUX VAEs
+            z = z - vae.config.shift_factor
+        latents[key] = z * vae.config.scaling_factor
     return torch.stack([latents[k] for k in keys])  # (N, C, h, w)
 
 
 def vae_scale_factor(vae) -> int:
     """Pixels per latent pixel of a diffusers VAE (8 for SD's)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def default_size(base) -> int:
+    """The side in pixels the base pipeline draws by default: the denoiser's ``sample_size``
+    (the pipeline's ``default_sample_size`` where the denoiser records none, as FLUX) times the
+    VAE's scale factor."""
+    size = denoiser_of(base).config.get("sample_size") or base.default_sample_size
+    return int(size) * vae_scale_factor(base.vae)
 
 
 # ---- the denoising loss ----------------------------------------------------------------------
@@ -182,11 +183,11 @@ def denoising_loss(
     latents: torch.Tensor,
     noise: torch.Tensor,
     t: torch.Tensor,
-    text_states: torch.Tensor,
+    text_states: torch.Tensor | TextConditioning,
     tokens: torch.Tensor,
     weights: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
-    uncond_states: torch.Tensor | None = None,
+    uncond_states: torch.Tensor | TextConditioning | None = None,
 ) -> torch.Tensor:
     """The noise-prediction loss (Ho et al. 2020, Eq. 14) of the UNet with ICG tokens.
 
@@ -201,21 +202,30 @@ def denoising_loss(
         scheduler: a training scheduler (``add_noise``, ``prediction_type``).
         latents: clean latents ``(B, C, h, w)``; ``noise`` has the same shape.
         t: timesteps ``(B,)``.
-        text_states: ``(B, L, C_text)``.
+        text_states: ``(B, L, C_text)``, or a `TextConditioning` (SDXL: with pooled text and
+            time ids, passed as the UNet's ``added_cond_kwargs``).
         tokens: ICG tokens ``(B, K', T)``.
         weights: per-example weights ``(B,)``: the loss is the mean of per-example losses times
             weights (``None``: the plain mean over all elements).
         guidance_scale: CFG weight of the prediction the loss is on (1: the plain prediction).
-        uncond_states: ``(B, L, C_text)`` empty-prompt states (required when guidance > 1).
+        uncond_states: the unconditional text ``(B, L, C_text)`` (or `TextConditioning`),
+            required when guidance > 1.
     """
     noisy = scheduler.add_noise(latents, noise, t)
-    pred = unet(noisy, t, text_states, cross_attention_kwargs={ICG_TOKENS_KWARG: tokens}).sample
+    cond = as_conditioning(text_states)
+    pred = unet(
+        noisy, t, cond.states, cross_attention_kwargs={ICG_TOKENS_KWARG: tokens},
+        **cond.unet_kwargs(),
+    ).sample  # fmt: skip
     if guidance_scale > 1:
         if uncond_states is None:
             raise ValueError("uncond_states: required when guidance_scale > 1")
+        empty = as_conditioning(uncond_states)
         with torch.no_grad():
             zeros = {ICG_TOKENS_KWARG: torch.zeros_like(tokens)}
-            uncond = unet(noisy, t, uncond_states, cross_attention_kwargs=zeros).sample
+            uncond = unet(
+                noisy, t, empty.states, cross_attention_kwargs=zeros, **empty.unet_kwargs()
+            ).sample
         pred = uncond + guidance_scale * (pred - uncond)
     target = diffusion_target(scheduler, latents, noise, t)
     if weights is None:
@@ -256,7 +266,8 @@ def load_frozen_base(
     mllm_name: str | None,
     source: str,
 ) -> tuple:
-    """The base SD pipeline and the MLLM, frozen (no grad, eval) and on ``device``.
+    """The base pipeline and the MLLM, frozen (no grad, eval) and on ``device``: the denoiser,
+    the VAE and every text encoder of SD1.x/2.x, SDXL, SD3 or FLUX (`icg.models.backbones`).
 
     Args:
         device: where the models go.
@@ -276,8 +287,7 @@ def load_frozen_base(
         if not mllm_name:
             raise ValueError(f"{source}: records no MLLM; set mllm")
         mllm, processor = load_mllm(resolve_model_path(mllm_name))
-    if getattr(base, "text_encoder_2", None) is not None:
-        raise ValueError("base: ICG training supports SD1.x/2.x-style pipelines (one text encoder)")
-    for module in (base.unet, base.vae, base.text_encoder, mllm):
+    encoders = [getattr(base, f"text_encoder{s}", None) for s in ("", "_2", "_3")]
+    for module in (denoiser_of(base), base.vae, *[e for e in encoders if e is not None], mllm):
         module.requires_grad_(False).eval().to(device)
     return base, mllm, processor

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from icg.layout import CURVES_FILE
+from icg.training.conditioning import FAMILIES
 from icg.training.curves import append_curve
 from icg.training.stage_b import StageBTrainer
 
@@ -42,7 +43,10 @@ def sample_truncation(num_steps: int, k: int, k_max: int | None, generator: torc
 
 class DraftTrainer(StageBTrainer):
     """Stage B, DRaFT-K: every step samples a batch of pairs with gradients through the last K
-    steps and ascends their reward (`StageBTrainer` for ``setup``, ``save`` and ``cleanup``)."""
+    steps and ascends their reward (`StageBTrainer` for ``setup``, ``save`` and ``cleanup``).
+    On every family: the UNet's DDIM chain, or the SD3 / FLUX flow sampler."""
+
+    families = FAMILIES
 
     def draw(self, step: int) -> dict[str, Any]:
         """The pairs, cold-start mask, K and initial noise of ``step`` (a function of the step)."""
@@ -52,7 +56,7 @@ class DraftTrainer(StageBTrainer):
         cold = (torch.rand(cfg.batch_size, generator=gen) < cfg.cold_start_fraction).tolist()
         k = sample_truncation(cfg.num_inference_steps, cfg.truncation_k, cfg.truncation_k_max, gen)
         h = pool.size // pool.vae_scale
-        noise = torch.randn(cfg.batch_size, self.unet.config.in_channels, h, h, generator=gen)
+        noise = torch.randn(cfg.batch_size, self.latent_channels, h, h, generator=gen)
         users = [
             None if c else pool.pairs.at[r, "user_id"] for r, c in zip(rows, cold, strict=True)
         ]

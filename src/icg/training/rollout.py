@@ -17,12 +17,8 @@ import pandas as pd
 import torch
 
 from icg.data.images import load_image
-from icg.training.common import (
-    clicked_examples,
-    encode_images,
-    encode_prompt,
-    vae_scale_factor,
-)
+from icg.training.common import clicked_examples, default_size, encode_images, vae_scale_factor
+from icg.training.conditioning import PromptEncoder, TextConditioning
 from icg.training.reward_config import RewardConfig
 
 logger = logging.getLogger(__name__)
@@ -40,7 +36,9 @@ class PairPool:
         user_dim: ``E`` (0: the platform has no user embeddings).
         vae_scale: pixels per latent cell.
         size: the sampled covers' side in pixels.
-        text: base-pipeline text states ``(L, C_text)`` per title (``""``: the empty prompt).
+        conditions: the base pipeline's text conditioning per title (`TextConditioning`:
+            states ``(L, C_text)``, and pooled text / time ids where the family has them);
+            ``""``: the unconditional text of the base's classifier-free guidance.
         ref_latents: item_id → reference latent ``(C, h, w)`` (``strength < 1`` only).
         clicks: (item_ids, user_ids) of clicked impressions (the drift regulariser only).
         click_latents: ``(N, C, h, w)`` latents of those clicked covers.
@@ -53,20 +51,35 @@ class PairPool:
     user_dim: int
     vae_scale: int
     size: int
-    text: dict[str, torch.Tensor] = field(default_factory=dict)
+    conditions: dict[str, TextConditioning] = field(default_factory=dict)
     ref_latents: dict[str, torch.Tensor] = field(default_factory=dict)
     clicks: tuple[list[str], list[str]] | None = None
     click_latents: torch.Tensor | None = None
 
+    @property
+    def text(self) -> dict[str, torch.Tensor]:
+        """The text states ``(L, C_text)`` per title (``""``: unconditional), without the rest of
+        the conditioning (all of SD1.x's)."""
+        return {key: c.states for key, c in self.conditions.items()}
+
     def text_states(self, items: list[str]) -> torch.Tensor:
         """``(B, L, C_text)`` text states of the items' titles."""
-        return torch.stack([self.text[self.titles[i]] for i in items])
+        return torch.stack([self.conditions[self.titles[i]].states for i in items])
+
+    def conditioning(self, items: list[str]) -> TextConditioning:
+        """The batch's text conditioning ``(B, ...)`` of the items' titles."""
+        return TextConditioning.stack([self.conditions[self.titles[i]] for i in items])
+
+    def unconditional(self, n: int) -> TextConditioning:
+        """The unconditional text conditioning, as a batch of ``n``."""
+        return self.conditions[""].expand(n)
 
 
 @torch.no_grad()
 def build_pool(cfg: RewardConfig, data, base, model) -> PairPool:
-    """The pair pool of a dataset, encoded with the frozen base pipeline ``base`` (tokenizer,
-    text encoder, VAE, UNet) and the prompt format of the ICG ``model`` stage A trained.
+    """The pair pool of a dataset, encoded with the frozen base pipeline ``base`` (its text
+    encoders, as its own ``encode_prompt``, and its VAE) and the prompt format of the ICG
+    ``model`` stage A trained.
 
     Raises:
         ValueError: the dataset lacks items, users or impressions, or the drift regulariser
@@ -95,7 +108,7 @@ def build_pool(cfg: RewardConfig, data, base, model) -> PairPool:
         },
         user_dim=data.embedding_dim,
         vae_scale=vae_scale,
-        size=cfg.resolution or base.unet.config.sample_size * vae_scale,
+        size=cfg.resolution or default_size(base),
     )
     if cfg.strength < 1:
         ids = sorted(pool.item_images)
@@ -103,9 +116,10 @@ def build_pool(cfg: RewardConfig, data, base, model) -> PairPool:
         pool.ref_latents = dict(zip(ids, latents, strict=True))
     titles = sorted(set(pool.titles.values()))
     prompts = model.adapter.prompts(titles)  # the prompt format stage A trained with
+    encoder = PromptEncoder(base, pool.size)
     for title, prompt in zip(titles, prompts, strict=True):
-        pool.text[title] = encode_prompt(base.tokenizer, base.text_encoder, prompt)
-    pool.text[""] = encode_prompt(base.tokenizer, base.text_encoder, "")
+        pool.conditions[title] = encoder(prompt)
+    pool.conditions[""] = encoder.unconditional()
     if cfg.drift_denoise_weight > 0:
         item_ids, user_ids, covers = clicked_examples(imp, data.items, data.users)
         if not item_ids:

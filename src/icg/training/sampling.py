@@ -15,6 +15,8 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from icg.models.attention import ICG_TOKENS_KWARG
 from icg.models.guidance import mix_user_guidance
+from icg.training.conditioning import TextConditioning, as_conditioning
+from icg.training.flow import sample_flow
 
 
 def start_step(num_steps: int, strength: float) -> int:
@@ -40,11 +42,11 @@ def denoise(
     unet: torch.nn.Module,
     scheduler,
     latents: torch.Tensor,
-    text_states: torch.Tensor,
+    text_states: torch.Tensor | TextConditioning,
     tokens: torch.Tensor,
     grad_steps: Sequence[int] | range = (),
     guidance_scale: float = 1.0,
-    uncond_states: torch.Tensor | None = None,
+    uncond_states: torch.Tensor | TextConditioning | None = None,
     checkpointing: bool = True,
     start: int = 0,
     user_guidance: float = 1.0,
@@ -59,11 +61,12 @@ def denoise(
         unet: the base UNet (the ICG adapter installed).
         scheduler: its ``set_timesteps`` has been called.
         latents: initial noise ``(B, C, h, w)`` (already scaled by ``init_noise_sigma``).
-        text_states: ``(B, L, C_text)`` title encodings.
+        text_states: ``(B, L, C_text)`` title encodings, or a `TextConditioning` (SDXL's
+            pooled text and time ids go in as ``added_cond_kwargs``).
         tokens: ICG tokens ``(B, K', T)`` (may carry gradients).
         grad_steps: indices of the denoising steps that carry gradients.
         guidance_scale: CFG weight (> 1 needs ``uncond_states``; the uncond branch gets zero
-            ICG tokens, as `icg.pipeline`).
+            ICG tokens, as `icg.pipeline`); a tensor or a `TextConditioning` like ``text_states``.
         checkpointing: recompute the UNet activations in backward (memory for time).
         start: first step of the schedule (reference-guided sampling starts part way, from a
             noised reference latent); step indices count from the start of the full schedule.
@@ -81,11 +84,20 @@ def denoise(
     if guide_user and tokens_without_user is None:
         raise ValueError("tokens_without_user: required when user_guidance != 1")
     used = []
+    text_states = as_conditioning(text_states)
+    if do_cfg:
+        uncond_states = as_conditioning(uncond_states)
 
     def unet_eps(
-        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, tok: torch.Tensor
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        tok: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+        time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return unet(x, t, text, cross_attention_kwargs={ICG_TOKENS_KWARG: tok}).sample
+        added = TextConditioning(text, pooled, time_ids).unet_kwargs()  # {} for SD1.x
+        return unet(x, t, text, cross_attention_kwargs={ICG_TOKENS_KWARG: tok}, **added).sample
 
     for i, t in enumerate(scheduler.timesteps[start:], start=start):
         with torch.set_grad_enabled(i in grad_steps and torch.is_grad_enabled()):
@@ -96,13 +108,14 @@ def denoise(
             if do_cfg:
                 branches.insert(0, (uncond_states, torch.zeros_like(branches[0][1])))
             n = len(branches)
-            text = torch.cat([b[0] for b in branches])  # (n*B, L, C_text)
+            text = TextConditioning.cat([b[0] for b in branches])  # (n*B, L, C_text)
             tok = torch.cat([b[1] for b in branches])  # (n*B, K', T)
             xs = torch.cat([x] * n)
+            args = (xs, t, text.states, tok, text.pooled, text.time_ids)
             if i in grad_steps and checkpointing and torch.is_grad_enabled():
-                eps = grad_checkpoint(unet_eps, xs, t, text, tok, use_reentrant=False)
+                eps = grad_checkpoint(unet_eps, *args, use_reentrant=False)
             else:
-                eps = unet_eps(xs, t, text, tok)
+                eps = unet_eps(*args)
             parts = list(eps.chunk(n))
             eps = parts.pop()
             if guide_user:
@@ -117,8 +130,11 @@ def denoise(
 
 
 def decode(vae: torch.nn.Module, latents: torch.Tensor, checkpointing: bool = True) -> torch.Tensor:
-    """Images ``(B, 3, H, W)`` in [0, 1] from final latents (checkpointed when they need grad)."""
+    """Images ``(B, 3, H, W)`` in [0, 1] from final latents (checkpointed when they need grad);
+    SD3 / FLUX latents are shifted back by the VAE's ``shift_factor``, as their pipelines do."""
     z = latents / vae.config.scaling_factor
+    if vae.config.get("shift_factor") is not None:
+        z = z + vae.config.shift_factor
 
     def run(z: torch.Tensor) -> torch.Tensor:
         return vae.decode(z).sample
@@ -135,11 +151,11 @@ def sample_trajectory(
     vae: torch.nn.Module,
     scheduler,
     latents: torch.Tensor,
-    text_states: torch.Tensor,
+    text_states: torch.Tensor | TextConditioning,
     tokens: torch.Tensor,
     grad_steps: Sequence[int] | range,
     guidance_scale: float = 1.0,
-    uncond_states: torch.Tensor | None = None,
+    uncond_states: torch.Tensor | TextConditioning | None = None,
     checkpointing: bool = True,
     start: int = 0,
     **guidance: Any,
@@ -151,3 +167,37 @@ def sample_trajectory(
         uncond_states, checkpointing, start, **guidance,
     )  # fmt: skip
     return decode(vae, latents, checkpointing), used
+
+
+def denoise_flow(
+    transformer: torch.nn.Module,
+    scheduler,
+    noise: torch.Tensor,
+    text: TextConditioning,
+    tokens: torch.Tensor,
+    num_steps: int,
+    grad_steps: range = range(0),
+    guidance_scale: float = 1.0,
+    uncond: TextConditioning | None = None,
+    checkpointing: bool = True,
+    **guidance: Any,
+) -> tuple[torch.Tensor, list[int]]:
+    """`denoise` for SD3 / FLUX transformers: `icg.training.flow.sample_flow` from pure noise
+    ``(B, C, h, w)`` with gradients through ``grad_steps`` (the last K, `truncated_steps`).
+
+    Returns:
+        Final latents ``(B, C, h, w)``, and the steps that carried gradients.
+    """
+    if len(grad_steps) and grad_steps[-1] != num_steps - 1:
+        raise ValueError(
+            f"grad_steps: the flow sampler differentiates the last K steps, got {grad_steps}"
+        )
+    extra = (
+        {} if uncond is None else {"uncond_states": uncond.states, "uncond_pooled": uncond.pooled}
+    )
+    latents = sample_flow(
+        transformer, scheduler, noise, text.states, text.pooled, tokens.to(transformer.dtype),
+        num_steps, grad_steps=len(grad_steps), guidance_scale=guidance_scale,
+        checkpointing=checkpointing, **extra, **guidance,
+    )  # fmt: skip
+    return latents, list(grad_steps) if latents.requires_grad else []

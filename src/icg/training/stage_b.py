@@ -14,11 +14,9 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from diffusers import DDIMScheduler, DDPMScheduler
-from torch.func import functional_call
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from icg.checkpoints import (
     latest_checkpoint,
@@ -44,16 +42,17 @@ from icg.training.common import (
     average_gradients,
     check_finite_grad_norm,
     check_finite_loss,
-    denoising_loss,
     load_frozen_base,
-    step_generator,
 )
+from icg.training.conditioning import FAMILIES, FLOW_FAMILIES, base_family
 from icg.training.curves import append_curve, truncate_curves
 from icg.training.guards import StageBGuards
 from icg.training.lora import add_unet_lora, load_unet_lora, remove_unet_lora, save_unet_lora
+from icg.training.objective import training_objective
 from icg.training.reward_config import RewardConfig
 from icg.training.rollout import PairPool, build_pool
-from icg.training.sampling import decode, denoise, start_step, token_drift, truncated_steps
+from icg.training.sampling import token_drift
+from icg.training.stage_b_sampling import StageBSampling
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ class _RunState:
             save_unet_lora(self.trainer.unet, directory / LORA_FILE)
 
 
-class StageBTrainer:
+class StageBTrainer(StageBSampling):
     """A stage-B trainer: ``setup()``, ``train()``, ``save()``, ``cleanup()``.
 
     Args:
@@ -85,7 +84,13 @@ class StageBTrainer:
         callbacks: called as ``callback(trainer, step)`` every ``probe_every`` steps on the main
             process (monitoring only: their results are logged, never used by the loss).
         heldout_reward: the tripwire's held-out reward (default: from ``tripwire_preference``).
+
+    ``families``: the base families (`icg.training.conditioning.FAMILIES`) a trainer's loop
+    supports; ``setup`` refuses others by name. SD1.x by default: a trainer that calls only
+    `sample_latents`, `tokens`, `drift` and ``self.objective`` may declare all four.
     """
+
+    families: tuple[str, ...] = ("sd",)
 
     def __init__(
         self,
@@ -123,12 +128,20 @@ class StageBTrainer:
             base_name=cfg.base or record.get("base_model"),
             mllm_name=cfg.mllm or record.get("mllm"), source=str(init_dir),
         )  # fmt: skip
-        self.unet, self.vae = self._base.unet, self._base.vae
+        self.family = base_family(self._base)
+        self.flow = self.family in FLOW_FAMILIES
+        self.check_family()
+        # the stage-A loss of the base's family (the drift regulariser); unet: any denoiser
+        self.objective = training_objective(self._base)
+        self.unet, self.vae = self.objective.denoiser, self._base.vae
         scheduler_config = self._base.scheduler.config
-        self.scheduler = DDIMScheduler.from_config(scheduler_config)
+        sampler = FlowMatchEulerDiscreteScheduler if self.flow else DDIMScheduler
+        self.scheduler = sampler.from_config(scheduler_config)
         self.train_scheduler = (
-            DDPMScheduler.from_config(scheduler_config) if cfg.drift_denoise_weight else None
-        )  # the stage-A denoising loss of the drift regulariser
+            DDPMScheduler.from_config(scheduler_config)
+            if cfg.drift_denoise_weight and not self.flow
+            else None
+        )  # what a UNet trainer's own denoising loss may use
         stage_a = ICGModel.from_pretrained(init_dir, mllm=self._mllm, processor=self._processor)
         self.checkpoint_dir = cfg.out / CHECKPOINTS_DIR
         ckpt = latest_checkpoint(self.checkpoint_dir) if resume else None
@@ -180,6 +193,20 @@ class StageBTrainer:
         if self.accelerator.is_main_process:
             truncate_curves(self.config.out / CURVES_FILE, self.step)
 
+    def check_family(self) -> None:
+        """Refuse a base this trainer (or the configuration) does not support, naming it."""
+        name = type(self).__name__
+        if self.family not in self.families:
+            raise ValueError(
+                f"base: {name} trains {', '.join(self.families)} bases, this one is "
+                f"{self.family} (the draft trainer trains {', '.join(FAMILIES)})"
+            )
+        if self.flow and self.config.strength < 1:
+            raise ValueError(
+                f"strength: reference-guided sampling (strength < 1) is for UNet bases, "
+                f"this one is {self.family}; set strength to 1"
+            )
+
     @property
     def icg(self) -> ICGModel:
         """The ICG model being trained."""
@@ -188,104 +215,6 @@ class StageBTrainer:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Meta tokens (+ MLLM LoRA), refiner, adapter, and the UNet LoRA when enabled."""
         return self.icg.trainable_parameters() + self.lora_parameters
-
-    # -- sampling --------------------------------------------------------------------------
-    def generator(self, step: int, salt: int = 0) -> torch.Generator:
-        """The generator of ``step`` on this process (``salt`` separates independent streams)."""
-        rank = self.accelerator.process_index
-        return step_generator(self.config.seed + 7907 * rank + 104_729 * salt, step)
-
-    def tokens(
-        self, items: Sequence[str], users: Sequence[str | None], params: dict | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """ICG tokens ``(B, K', T)`` for (item, user) pairs (one MLLM forward per distinct item),
-        with ``params`` (e.g. the stage-A reference) in place of the current parameters."""
-        pool, device = self.pool, self.accelerator.device
-        unique = list(dict.fromkeys(items))
-        args = ([pool.titles[i] for i in unique], [pool.item_images[i] for i in unique])
-        enc = self.icg.encoder
-        if params is None:
-            feats = enc(*args)
-        else:
-            prefix = "encoder."
-            sub = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
-            feats = functional_call(enc, sub, args, strict=False)
-        index = torch.tensor([unique.index(i) for i in items], device=feats.device)
-        feats = feats[index]  # (B, K, D)
-        emb = None
-        if self.icg.refiner is not None and pool.user_dim > 0:
-            nan = torch.full((pool.user_dim,), float("nan"))
-            emb = torch.stack([nan if u is None else pool.user_vectors[u] for u in users])
-            emb = emb.to(device)  # (B, E)
-        if params is None:
-            return self.model(feats, emb), emb
-        rest = {k: v for k, v in params.items() if not k.startswith("encoder.")}
-        return functional_call(self.icg, rest, (feats, emb), strict=False), emb
-
-    def sample_latents(
-        self,
-        items: Sequence[str],
-        tokens: torch.Tensor,
-        noise: torch.Tensor,
-        k: int = 0,
-        tokens_without_user: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[int]]:
-        """Final latents ``(B, C, h, w)`` with gradients through the last ``k`` steps (0: none),
-        and the steps that carried them.
-
-        With ``tokens_without_user`` (the same items' tokens without a user), sampling applies
-        the configured user guidance."""
-        cfg, pool = self.config, self.pool
-        device = self.accelerator.device
-        self.scheduler.set_timesteps(cfg.num_inference_steps, device=device)
-        noise = noise.to(device, self.unet.dtype)
-        start = start_step(cfg.num_inference_steps, cfg.strength)
-        if start == 0:
-            latents = noise * self.scheduler.init_noise_sigma
-        else:  # reference-guided: the item's own cover, noised to the first step that runs
-            ref = torch.stack([pool.ref_latents[i] for i in items]).to(noise)
-            t0 = self.scheduler.timesteps[start : start + 1].repeat(len(items))
-            latents = self.scheduler.add_noise(ref, noise, t0)
-        text = pool.text_states(list(items))  # (B, L, C_text)
-        uncond = pool.text[""].expand_as(text) if cfg.guidance_scale > 1 else None
-        steps = truncated_steps(cfg.num_inference_steps, k) if k > 0 else range(0)
-        guidance = {}
-        if tokens_without_user is not None and cfg.user_guidance != 1:
-            guidance = {
-                "user_guidance": cfg.user_guidance,
-                "tokens_without_user": tokens_without_user,
-            }
-        return denoise(
-            self.unet, self.scheduler, latents, text, tokens, steps,
-            cfg.guidance_scale, uncond, cfg.gradient_checkpointing, start, **guidance,
-        )  # fmt: skip
-
-    def sample(
-        self,
-        items: Sequence[str],
-        tokens: torch.Tensor,
-        noise: torch.Tensor,
-        k: int,
-        tokens_without_user: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[int]]:
-        """Covers ``(B, 3, H, W)`` in [0, 1] (see `sample_latents`) and the steps with grad."""
-        latents, used = self.sample_latents(items, tokens, noise, k, tokens_without_user)
-        return decode(self.vae, latents, self.config.gradient_checkpointing), used
-
-    @torch.no_grad()
-    def generate(
-        self, items: Sequence[str], users: Sequence[str | None], seed: int = 0
-    ) -> np.ndarray:
-        """Covers for (item, user) pairs as uint8 ``(N, H, W, 3)``, no gradient (monitoring)."""
-        gen = torch.Generator().manual_seed(seed)
-        h = self.pool.size // self.pool.vae_scale
-        noise = torch.randn(len(items), self.unet.config.in_channels, h, h, generator=gen)
-        tokens, _ = self.tokens(items, users)
-        without = None
-        if self.config.user_guidance != 1 and any(u is not None for u in users):
-            without, _ = self.tokens(items, [None] * len(items))
-        images, _ = self.sample(items, tokens, noise, 0, without)
-        return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
 
     # -- the drift anchor ------------------------------------------------------------------
     def drift(
@@ -321,12 +250,9 @@ class StageBTrainer:
         tokens, _ = self.tokens([item_ids[i] for i in idx], [user_ids[i] for i in idx])
         latents = pool.click_latents[idx]
         noise = torch.randn(latents.shape, generator=gen).to(latents)
-        t = torch.randint(
-            0, self.train_scheduler.config.num_train_timesteps, (len(idx),), generator=gen
-        )
-        t = t.to(latents.device)
-        text = pool.text_states([item_ids[i] for i in idx])  # (B, L, C_text)
-        return denoising_loss(self.unet, self.train_scheduler, latents, noise, t, text, tokens)
+        t = self.objective.timesteps(len(idx), gen)  # (B,) timesteps, or sigmas (flow)
+        text = pool.conditioning([item_ids[i] for i in idx])  # (B, L, C_text), ...
+        return self.objective.loss(latents, noise, t, text, tokens)
 
     # -- updates ---------------------------------------------------------------------------
     def train(self) -> list[float]:
@@ -390,7 +316,8 @@ class StageBTrainer:
         return out / ADAPTER_DIR
 
     def cleanup(self) -> None:
-        """Remove the adapter's processors (and LoRA) from the base UNet; free the accelerator."""
+        """Remove the adapter's processors (and LoRA) from the base denoiser; free the
+        accelerator."""
         if self.model is not None and self.model.adapter.is_installed:
             self.model.adapter.remove(self.unet)
         if self.lora_parameters:

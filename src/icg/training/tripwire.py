@@ -153,7 +153,7 @@ class Tripwire:
         self.items = [pool.pairs.at[r, "item_id"] for r in rows]
         self.users = [pool.pairs.at[r, "user_id"] for r in rows]
         h = pool.size // pool.vae_scale
-        shape = (len(rows), trainer.unet.config.in_channels, h, h)
+        shape = (len(rows), trainer.latent_channels, h, h)  # FLUX: the VAE's, unpacked
         self.noise = torch.randn(shape, generator=gen)
         self.state = TripwireState()
         self.best: dict[str, torch.Tensor] | None = None  # the weights that drew best, by name
