@@ -244,7 +244,10 @@ def reward(
     ] = None,
     trainer: Annotated[
         str | None,
-        typer.Option("--trainer", help="ranked (own best draws) or draft (DRaFT-K)."),
+        typer.Option(
+            "--trainer",
+            help="draft (DRaFT-K), ranked (own best draws) or grpo (policy gradient, DDPO/GRPO).",
+        ),
     ] = None,
     user_guidance: Annotated[
         float | None, typer.Option("--user-guidance", help="User guidance while sampling.")

@@ -6,7 +6,9 @@ pair pool, sampling, the drift anchor, saving) is `icg.training.stage_b.StageBTr
 
 - ``ranked`` (`icg.training.ranked.RankedTrainer`): the generator learns from its own best draws;
 - ``draft`` (`icg.training.draft.DraftTrainer`): DRaFT-K, the reward's gradient through the
-  last K sampling steps.
+  last K sampling steps;
+- ``grpo`` (`icg.training.grpo.GRPOTrainer`): policy gradient on stochastic DDIM draws with
+  per-pair advantages, a clipped ratio and a KL to stage A (DDPO / Flow-GRPO).
 
 Every trainer runs inside the same guard rails (`icg.training.guards`): an EMA of the weights,
 saved as the adapter, and the held-out reward-hacking tripwire (`icg.training.tripwire`).
@@ -25,6 +27,7 @@ from typing import Any
 from icg.checkpoints import write_run_config
 from icg.runs import start_run
 from icg.training.draft import DraftTrainer
+from icg.training.grpo import GRPOTrainer
 from icg.training.ranked import RankedTrainer
 from icg.training.reward_config import RewardConfig
 from icg.training.stage_b import Callback, StageBTrainer
@@ -45,6 +48,7 @@ class RewardResult:
 TRAINERS: dict[str, type[StageBTrainer]] = {
     "ranked": RankedTrainer,
     "draft": DraftTrainer,
+    "grpo": GRPOTrainer,
 }
 
 
