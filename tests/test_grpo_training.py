@@ -4,6 +4,7 @@ the KL to stage A, rounds, exact resume."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from stage_b_fixtures import stage_b_config as _config
 from stage_b_fixtures import stage_b_parts as _parts
 from torch.distributions import Normal, kl_divergence
 
+from icg.matrix import load_recipe
 from icg.training.ddim_policy import (
     clipped_policy_loss,
     ddim_step_stats,
@@ -212,3 +214,16 @@ def test_grpo_rounds_resume_exactly(stage_b_world, tmp_path):
         for key in a:
             # float-level, as the DRaFT resume test; one Adam step at lr=1e-2 moves them far more
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_the_grpo_recipe_validates_for_the_matrix():
+    docs = Path(__file__).resolve().parents[1] / "docs" / "recipes"
+    recipe = load_recipe(docs / "grpo.yaml")
+    cfg = recipe.reward_config(0)
+    assert cfg["trainer"] == "grpo" and recipe.align_config(0) == load_recipe(
+        docs / "shipped.yaml"
+    ).align_config(0)  # the same stage A as the shipped recipe: the matrix trains it once
+    # one pass over each round's (trajectory, step) samples
+    samples = cfg["pairs_per_round"] * cfg["candidates"] * cfg["num_inference_steps"] // 2
+    assert cfg["grpo_timestep_fraction"] == 0.5
+    assert cfg["steps_per_round"] * cfg["batch_size"] == samples
