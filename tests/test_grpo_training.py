@@ -23,7 +23,7 @@ from icg.training.ddim_policy import (
     gaussian_log_prob,
     gaussian_step_kl,
 )
-from icg.training.grpo import GRPOTrainer, policy_advantages, training_order
+from icg.training.grpo import GRPOTrainer, _Joint, policy_advantages, training_order
 from icg.training.reward import TRAINERS, run_reward
 
 
@@ -227,3 +227,16 @@ def test_the_grpo_recipe_validates_for_the_matrix():
     samples = cfg["pairs_per_round"] * cfg["candidates"] * cfg["num_inference_steps"] // 2
     assert cfg["grpo_timestep_fraction"] == 0.5
     assert cfg["steps_per_round"] * cfg["batch_size"] == samples
+
+
+def test_the_reference_policy_names_parameters_that_exist(stage_b_world, tmp_path):
+    """`functional_call` ignores names it does not know: every reference key must resolve, and
+    a UNet LoRA is off (B = 0) in the reference."""
+    recipe = GRPOTrainer(_grpo(stage_b_world, tmp_path, lora_rank=2), **_parts())
+    recipe.setup()
+    names = {n for n, _ in _Joint(recipe.icg, recipe.unet, lambda: None).named_parameters()}
+    assert recipe.reference_policy.keys() <= names
+    lora = [k for k in recipe.reference_policy if k.startswith("unet.")]
+    assert lora and all("lora_B" in k for k in lora)
+    assert all(not recipe.reference_policy[k].any() for k in lora)
+    recipe.cleanup()
