@@ -245,7 +245,9 @@ def reward(
     trainer: Annotated[
         str | None,
         typer.Option(
-            "--trainer", help="draft (DRaFT-K), ranked (own best draws) or nft (DiffusionNFT)."
+            "--trainer",
+            help="draft (DRaFT-K), ranked (own best draws), nft (DiffusionNFT) or grpo (policy "
+            "gradient, DDPO/GRPO).",
         ),
     ] = None,
     user_guidance: Annotated[

@@ -144,6 +144,18 @@ class RankedTrainer(StageBTrainer):
             self._reference_relevance.update(zip(todo, raw.tolist(), strict=True))
         return torch.tensor([self._reference_relevance[i] for i in items])
 
+    def eligible(
+        self, pair_items: list[str], relevance: torch.Tensor | None, k: int
+    ) -> torch.Tensor:
+        """``(P, K)`` bool: the draws whose relevance ``(P*K,)`` (pair-major) meets the floor
+        set by their item's reference cover (all, when the floor is off or relevance unscored)."""
+        eligible = torch.ones(len(pair_items), k, dtype=torch.bool)
+        if self.config.relevance_floor is not None and relevance is not None:
+            reference = self.reference_relevance(pair_items)  # (P,)
+            floor = reference - (1 - self.config.relevance_floor) * reference.abs()
+            eligible = relevance.view(len(pair_items), k) >= floor[:, None]
+        return eligible
+
     def draw_pairs(self, gen: torch.Generator) -> tuple[list[str], list[str | None]]:
         """``pairs_per_round`` (item, user) pairs of the pool drawn with ``gen``, some users
         dropped to cold start (``None``) at ``cold_start_fraction``."""
@@ -183,11 +195,7 @@ class RankedTrainer(StageBTrainer):
             infos.append({key: v.float().cpu() for key, v in info.items()})
         scores = torch.cat(scores).view(n_pairs, k)
         info = {key: torch.cat([i[key] for i in infos]) for key in infos[0]}
-        eligible = torch.ones(n_pairs, k, dtype=torch.bool)
-        if cfg.relevance_floor is not None and "relevance" in info:
-            reference = self.reference_relevance(pair_items)  # (P,)
-            floor = reference - (1 - cfg.relevance_floor) * reference.abs()
-            eligible = info["relevance"].view(n_pairs, k) >= floor[:, None]
+        eligible = self.eligible(pair_items, info.get("relevance"), k)
         return Rollout(torch.cat(latents), items, users, scores, eligible, info)
 
     def collect(self, round_index: int) -> tuple[RoundBuffer, dict[str, float]]:

@@ -9,6 +9,8 @@ pair pool, sampling, the drift anchor, saving) is `icg.training.stage_b.StageBTr
   last K sampling steps;
 - ``nft`` (`icg.training.nft.NFTTrainer`): DiffusionNFT, every draw of a round learned on the
   forward process, positive or negative by its reward.
+- ``grpo`` (`icg.training.grpo.GRPOTrainer`): policy gradient on stochastic DDIM draws with
+  per-pair advantages, a clipped ratio and a KL to stage A (DDPO / Flow-GRPO).
 
 Every trainer runs inside the same guard rails (`icg.training.guards`): an EMA of the weights,
 saved as the adapter, and the held-out reward-hacking tripwire (`icg.training.tripwire`).
@@ -27,6 +29,7 @@ from typing import Any
 from icg.checkpoints import write_run_config
 from icg.runs import start_run
 from icg.training.draft import DraftTrainer
+from icg.training.grpo import GRPOTrainer
 from icg.training.nft import NFTTrainer
 from icg.training.ranked import RankedTrainer
 from icg.training.reward_config import RewardConfig
@@ -49,6 +52,7 @@ TRAINERS: dict[str, type[StageBTrainer]] = {
     "ranked": RankedTrainer,
     "draft": DraftTrainer,
     "nft": NFTTrainer,
+    "grpo": GRPOTrainer,
 }
 
 

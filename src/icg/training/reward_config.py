@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from icg.config import DEFAULT_AESTHETIC, DEFAULT_CLIP, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.training.sampling import start_step
@@ -33,11 +33,12 @@ class RewardConfig(BaseModel):
     clip: str = DEFAULT_CLIP
     aesthetic_predictor: str = DEFAULT_AESTHETIC
     relevance_scale: Literal["cosine", "clipscore"] = "cosine"
-    trainer: Literal["ranked", "draft", "nft"] = Field(
+    trainer: Literal["ranked", "draft", "nft", "grpo"] = Field(
         "draft",
         description="ranked: train the denoiser on its own best draws (RAFT / advantage-weighted); "
         "draft: back-propagate the reward through the last sampling steps (DRaFT-K); "
-        "nft: DiffusionNFT, positive and negative forward-process branches on every draw",
+        "nft: DiffusionNFT, positive and negative forward-process branches on every draw; "
+        "grpo: policy gradient on stochastic DDIM draws with per-pair advantages (DDPO / GRPO)",
     )
     seed: int = 0
     max_steps: int = Field(60, ge=1)
@@ -55,10 +56,12 @@ class RewardConfig(BaseModel):
         "this fraction of the schedule (reference-guided, as diffusers' img2img)",
     )
     user_guidance: float = Field(1.0, ge=0, description="user guidance w_u while sampling")
-    # ranked trainer (and nft's rollouts: candidates, pairs, steps per round, floor, batch)
-    candidates: int = Field(8, ge=2, description="ranked: draws per (user, item) pair")
-    pairs_per_round: int = Field(16, ge=1, description="ranked: pairs drawn per round")
-    steps_per_round: int = Field(8, ge=1, description="ranked: optimizer steps per round")
+    # ranked trainer (and the rollouts of nft and grpo: candidates, pairs, steps per round, floor)
+    candidates: int = Field(8, ge=2, description="ranked, nft, grpo: draws per (user, item) pair")
+    pairs_per_round: int = Field(16, ge=1, description="ranked, nft, grpo: pairs drawn per round")
+    steps_per_round: int = Field(
+        8, ge=1, description="ranked, nft, grpo: optimizer steps per round"
+    )
     selection: Literal["best", "advantage"] = Field(
         "best",
         description="ranked: train on each pair's best draw (RAFT) or weight draws by their "
@@ -107,6 +110,32 @@ class RewardConfig(BaseModel):
         description="nft: divide each draw's squared error by its detached mean absolute error "
         "(the official adaptive weighting, taken in the prediction's own space)",
     )
+    # grpo trainer (icg.training.grpo): defaults are DDPO's (Black et al. 2023, ddpo-pytorch
+    # config/base.py) and Flow-GRPO's (Liu et al. 2025, config/grpo.py, SD3.5 GenEval/OCR)
+    grpo_eta: float = Field(
+        1.0,
+        description="grpo: DDIM eta of the rollouts, 0 < eta <= 1 (1: DDPM's posterior variance, "
+        "DDPO's setting; the policy needs eta > 0 to have a log-probability)",
+    )
+    grpo_clip_range: float = Field(
+        1e-4, gt=0, description="grpo: PPO clip range of the per-step ratio (DDPO, Flow-GRPO)"
+    )
+    grpo_kl_weight: float = Field(
+        0.04,
+        ge=0,
+        description="grpo: weight of the closed-form KL of each step's Gaussian to stage A's "
+        "(Flow-GRPO's beta)",
+    )
+    grpo_timestep_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="grpo: fraction of each trajectory's stochastic steps trained, drawn per "
+        "trajectory (DDPO's timestep_fraction)",
+    )
+    grpo_advantage_clip: float = Field(
+        5.0, gt=0, description="grpo: advantages clipped to [-this, this] (Flow-GRPO)"
+    )
     # draft trainer
     truncation_k: int = Field(1, ge=1, description="DRaFT-K: gradients through the last K steps")
     truncation_k_max: int | None = Field(
@@ -149,6 +178,16 @@ class RewardConfig(BaseModel):
         3, ge=1, description="evaluations in a row with held-out down and training up to stop"
     )
     tripwire_pairs: int = Field(16, ge=1, description="(user, item) pairs of the probe set")
+
+    @field_validator("grpo_eta")
+    @classmethod
+    def _check_eta(cls, eta: float) -> float:
+        if not 0 < eta <= 1:
+            raise ValueError(
+                f"expected 0 < grpo_eta <= 1, got {eta} (eta = 0 is deterministic DDIM: its steps "
+                "have no log-probability for a policy gradient; eta > 1 has no DDIM step)"
+            )
+        return eta
 
     @model_validator(mode="after")
     def _check(self) -> RewardConfig:

@@ -38,6 +38,77 @@ def token_drift(tokens: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return (tokens - reference.detach()).pow(2).mean()
 
 
+def guided_eps(
+    unet: torch.nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor | int,
+    text_states: torch.Tensor | TextConditioning,
+    tokens: torch.Tensor,
+    guidance_scale: float = 1.0,
+    uncond_states: torch.Tensor | TextConditioning | None = None,
+    user_guidance: float = 1.0,
+    tokens_without_user: torch.Tensor | None = None,
+    checkpointing: bool = False,
+) -> torch.Tensor:
+    """The model output one sampling step uses: the personalized branch, mixed with user guidance
+    (`icg.models.guidance`) and classifier-free guidance (Ho & Salimans 2022, Eq. 6; the
+    unconditional branch gets zero ICG tokens, as `icg.pipeline`), in one batched UNet call.
+
+    Args:
+        x: scaled latents ``(B, C, h, w)``.
+        t: the step's timestep (a scalar), or one per row ``(B,)``.
+        text_states, tokens, guidance_scale, uncond_states, user_guidance, tokens_without_user:
+            as `denoise`.
+        checkpointing: recompute the UNet activations in backward (when grad is enabled).
+
+    Returns:
+        The guided output ``(B, C, h, w)``.
+    """
+    do_cfg = guidance_scale > 1.0
+    if do_cfg and uncond_states is None:
+        raise ValueError("uncond_states: required when guidance_scale > 1")
+    guide_user = user_guidance != 1.0
+    if guide_user and tokens_without_user is None:
+        raise ValueError("tokens_without_user: required when user_guidance != 1")
+
+    def unet_eps(
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        tok: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+        time_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        added = TextConditioning(text, pooled, time_ids).unet_kwargs()  # {} for SD1.x
+        return unet(x, t, text, cross_attention_kwargs={ICG_TOKENS_KWARG: tok}, **added).sample
+
+    text_states = as_conditioning(text_states)
+    branches = [(text_states, tokens.to(unet.dtype))]  # the personalized branch last
+    if guide_user:
+        branches.insert(0, (text_states, tokens_without_user.to(unet.dtype)))
+    if do_cfg:
+        branches.insert(0, (as_conditioning(uncond_states), torch.zeros_like(branches[0][1])))
+    n = len(branches)
+    text = TextConditioning.cat([b[0] for b in branches])  # (n*B, L, C_text)
+    tok = torch.cat([b[1] for b in branches])  # (n*B, K', T)
+    xs = torch.cat([x] * n)
+    if torch.is_tensor(t) and t.ndim == 1:
+        t = t.repeat(n)  # (n*B,): each branch's rows at their own timestep
+    args = (xs, t, text.states, tok, text.pooled, text.time_ids)
+    if checkpointing and torch.is_grad_enabled():
+        eps = grad_checkpoint(unet_eps, *args, use_reentrant=False)
+    else:
+        eps = unet_eps(*args)
+    parts = list(eps.chunk(n))
+    eps = parts.pop()
+    if guide_user:
+        eps = mix_user_guidance(parts.pop(), eps, user_guidance)
+    if do_cfg:
+        uncond = parts.pop()
+        eps = uncond + guidance_scale * (eps - uncond)
+    return eps
+
+
 def denoise(
     unet: torch.nn.Module,
     scheduler,
@@ -77,52 +148,18 @@ def denoise(
         Final latents ``(B, C, h, w)``, and the steps whose UNet output required grad.
     """
     grad_steps = set(grad_steps)
-    do_cfg = guidance_scale > 1.0
-    if do_cfg and uncond_states is None:
+    if guidance_scale > 1.0 and uncond_states is None:
         raise ValueError("uncond_states: required when guidance_scale > 1")
-    guide_user = user_guidance != 1.0
-    if guide_user and tokens_without_user is None:
+    if user_guidance != 1.0 and tokens_without_user is None:
         raise ValueError("tokens_without_user: required when user_guidance != 1")
     used = []
-    text_states = as_conditioning(text_states)
-    if do_cfg:
-        uncond_states = as_conditioning(uncond_states)
-
-    def unet_eps(
-        x: torch.Tensor,
-        t: torch.Tensor,
-        text: torch.Tensor,
-        tok: torch.Tensor,
-        pooled: torch.Tensor | None = None,
-        time_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        added = TextConditioning(text, pooled, time_ids).unet_kwargs()  # {} for SD1.x
-        return unet(x, t, text, cross_attention_kwargs={ICG_TOKENS_KWARG: tok}, **added).sample
-
     for i, t in enumerate(scheduler.timesteps[start:], start=start):
         with torch.set_grad_enabled(i in grad_steps and torch.is_grad_enabled()):
             x = scheduler.scale_model_input(latents, t)
-            branches = [(text_states, tokens.to(unet.dtype))]  # the personalized branch last
-            if guide_user:
-                branches.insert(0, (text_states, tokens_without_user.to(unet.dtype)))
-            if do_cfg:
-                branches.insert(0, (uncond_states, torch.zeros_like(branches[0][1])))
-            n = len(branches)
-            text = TextConditioning.cat([b[0] for b in branches])  # (n*B, L, C_text)
-            tok = torch.cat([b[1] for b in branches])  # (n*B, K', T)
-            xs = torch.cat([x] * n)
-            args = (xs, t, text.states, tok, text.pooled, text.time_ids)
-            if i in grad_steps and checkpointing and torch.is_grad_enabled():
-                eps = grad_checkpoint(unet_eps, *args, use_reentrant=False)
-            else:
-                eps = unet_eps(*args)
-            parts = list(eps.chunk(n))
-            eps = parts.pop()
-            if guide_user:
-                eps = mix_user_guidance(parts.pop(), eps, user_guidance)
-            if do_cfg:
-                uncond = parts.pop()
-                eps = uncond + guidance_scale * (eps - uncond)
+            eps = guided_eps(
+                unet, x, t, text_states, tokens, guidance_scale, uncond_states,
+                user_guidance, tokens_without_user, checkpointing and i in grad_steps,
+            )  # fmt: skip
             if eps.requires_grad:
                 used.append(i)
             latents = scheduler.step(eps, t, latents).prev_sample

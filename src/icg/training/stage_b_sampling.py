@@ -67,6 +67,19 @@ class StageBSampling:
         rest = {k: v for k, v in params.items() if not k.startswith("encoder.")}
         return functional_call(self.icg, rest, (feats, emb), strict=False), emb
 
+    def start_latents(self, items: Sequence[str], noise: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Latents ``(B, C, h, w)`` sampling starts from and its first step (sets the timesteps):
+        noise, or (``strength < 1``) each item's own cover noised to that step (SDEdit)."""
+        steps, device = self.config.num_inference_steps, self.accelerator.device
+        self.scheduler.set_timesteps(steps, device=device)
+        noise = noise.to(device, self.unet.dtype)
+        start = start_step(steps, self.config.strength)
+        if start == 0:
+            return noise * self.scheduler.init_noise_sigma, 0
+        ref = torch.stack([self.pool.ref_latents[i] for i in items]).to(noise)  # the covers
+        t0 = self.scheduler.timesteps[start : start + 1].repeat(len(items))
+        return self.scheduler.add_noise(ref, noise, t0), start
+
     def sample_latents(
         self,
         items: Sequence[str],
@@ -97,14 +110,7 @@ class StageBSampling:
                 self.unet, self.scheduler, noise, text, tokens, cfg.num_inference_steps, steps,
                 cfg.guidance_scale, uncond, cfg.gradient_checkpointing, **guidance,
             )  # fmt: skip
-        self.scheduler.set_timesteps(cfg.num_inference_steps, device=device)
-        start = start_step(cfg.num_inference_steps, cfg.strength)
-        if start == 0:
-            latents = noise * self.scheduler.init_noise_sigma
-        else:  # reference-guided: the item's own cover, noised to the first step that runs
-            ref = torch.stack([pool.ref_latents[i] for i in items]).to(noise)
-            t0 = self.scheduler.timesteps[start : start + 1].repeat(len(items))
-            latents = self.scheduler.add_noise(ref, noise, t0)
+        latents, start = self.start_latents(items, noise)
         return denoise(
             self.unet, self.scheduler, latents, text, tokens, steps,
             cfg.guidance_scale, uncond, cfg.gradient_checkpointing, start, **guidance,
