@@ -262,7 +262,7 @@ def test_ray_engine_runs_jobs_as_ray_tasks(tmp_path: Path):
     [
         ("align: {max_stepz: 3}", "align.max_stepz"),
         ("reward: {learning_rate: -1}", "reward.learning_rate"),
-        ("reward: {trainer: grpo}", "reward.trainer"),
+        ("reward: {trainer: ppo}", "reward.trainer"),
         ("reward: {seed: 3}", "reward.seed"),
         ("reward: {guidance_scale: 2}", "reward.guidance_scale"),
         ("align: {data: /elsewhere}", "align.data"),
