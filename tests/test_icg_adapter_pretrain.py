@@ -105,7 +105,9 @@ def test_recipe_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch) -
         assert sorted(p.name for p in folder.iterdir()) == PUBLISHED  # no refiner, no checkpoints
         gates = _base.read_gates(folder)
         assert gates["name"] == "icg-adapter" and set(THRESHOLDS) <= set(gates["metrics"])
-        assert "no_adapter_motif_kept" in gates["metrics"]
+        assert {"no_adapter_motif_kept", "heldout_loss", "heldout_loss_no_adapter"} <= set(
+            gates["metrics"]
+        )
     config = json.loads((straight / "icg_config.json").read_text())
     assert config["parts"] == ["meta_tokens", "adapter"]
     assert (config["base_model"], config["mllm"]) == ("tiny-sd", "tiny-qwen2vl")

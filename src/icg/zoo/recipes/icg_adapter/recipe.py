@@ -33,6 +33,8 @@ from icg.zoo.recipes.icg_adapter.gates import THRESHOLDS, measure
 
 logger = logging.getLogger(__name__)
 
+HELDOUT_STEP = 900_000  # batches of steps HELDOUT_STEP.. measure the held-out loss (never trained)
+
 
 @dataclass
 class Batch:
@@ -118,6 +120,27 @@ def compute_loss(
     return denoising_loss(base.unet, run.scheduler, latents, noise, t, text, tokens)
 
 
+@torch.no_grad()
+def heldout_losses(
+    run: Setup, cfg: IcgAdapterRecipeConfig, seed: int, batches: int = 4
+) -> dict[str, float]:
+    """Denoising loss with the empty prompt on `batches` fixed batches (steps ``HELDOUT_STEP +
+    i``, never trained on), with the adapter and without it (scale 0, what the zero-initialised
+    adapter draws): how much of the cover the adapter's tokens carry."""
+    empty = cfg.model_copy(update={"text_dropout": 1.0})
+    scale, out = run.model.adapter.scale, {}
+    try:
+        for name, value in (("heldout_loss", scale), ("heldout_loss_no_adapter", 0.0)):
+            run.model.adapter.set_scale(value)
+            steps = range(HELDOUT_STEP, HELDOUT_STEP + batches)
+            out[name] = float(
+                np.mean([compute_loss(run, empty, s, seed, {}).item() for s in steps])
+            )
+    finally:
+        run.model.adapter.set_scale(scale)
+    return out
+
+
 def train(
     out: Path,
     *,
@@ -179,11 +202,16 @@ def train(
     if run.ema is not None:  # the published weights are the average
         run.ema.copy_to_model()
     model.eval()
-    _publish(out, run, cfg, state, timer.total())
+    _publish(out, run, cfg, state, timer.total(), heldout_losses(run, cfg, seed))
 
 
 def _publish(
-    out: Path, run: Setup, cfg: IcgAdapterRecipeConfig, state: _base.Progress, train_s: float
+    out: Path,
+    run: Setup,
+    cfg: IcgAdapterRecipeConfig,
+    state: _base.Progress,
+    train_s: float,
+    heldout: dict[str, float],
 ) -> None:
     """Save the ICG model folder atomically, measure the gates on fresh renders, write the card."""
     model = run.model
@@ -192,10 +220,11 @@ def _publish(
     def gates(folder: Path, gate_set) -> dict[str, float]:
         pipe = ICGPipeline(run.base, model)
         try:
-            return measure(folder, gate_set, steps=cfg.gate_steps, guidance=cfg.gate_guidance,
-                           pipe=pipe)  # fmt: skip
+            metrics = measure(folder, gate_set, steps=cfg.gate_steps,
+                              guidance=cfg.gate_guidance, pipe=pipe)  # fmt: skip
         finally:
             pipe.remove_adapter()
+        return metrics | heldout
 
     done = _base.publish_with_gates(
         out, "icg-adapter", model, model.save_pretrained, gates, cfg.gate_items, THRESHOLDS,
