@@ -217,6 +217,7 @@ def write_card(
     thresholds: dict[str, float],
     gate_data: str,
     wall_time_s: float,
+    loading_heading: str = "Loading (no icg code needed)",
 ) -> None:
     """Write the model card README.md of a shipped model folder."""
     rows = "\n".join(
@@ -228,7 +229,7 @@ def write_card(
 
 {summary}
 
-## Loading (no icg code needed)
+## {loading_heading}
 
 ```python
 {loading.strip()}

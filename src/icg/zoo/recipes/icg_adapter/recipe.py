@@ -238,8 +238,7 @@ def write_card(
     out: Path, cfg: IcgAdapterRecipeConfig, done: _base.Published, state: _base.Progress
 ) -> None:
     """The model card of a published `icg-adapter` folder, from its measured gates."""
-    first = state.history[0][1] if state.history else float("nan")
-    last = state.history[-1][1] if state.history else float("nan")
+    m = done.metrics
     _base.write_card(
         out,
         name="icg-adapter",
@@ -249,7 +248,9 @@ def write_card(
             f"features (title + cover), its text prompt dropped {cfg.text_dropout:.0%} of the "
             "time, so the adapter carries motif, palette and style. Stage A starts from it with "
             "`icg train align --init-adapter zoo:icg-adapter`; its refiner starts at zero, so "
-            f"the first forward is this model's. Loss {first:.4f} (first record) → {last:.4f}."
+            f"the first forward is this model's. Held-out denoising loss with the empty prompt: "
+            f"{m['heldout_loss']:.4f}, against {m['heldout_loss_no_adapter']:.4f} without the "
+            f"adapter ({state.step} steps)."
         ),
         loading=(
             "from icg.pipeline import ICGPipeline\n"
@@ -272,4 +273,5 @@ def write_card(
         gate_data=f"{done.gate_source}; empty text prompt, {cfg.gate_steps} steps, "
         f"guidance {cfg.gate_guidance}",
         wall_time_s=done.wall_time_s,
+        loading_heading="Loading (icg's ICGPipeline: the adapter is not a stock diffusers part)",
     )
