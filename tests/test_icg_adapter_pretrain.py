@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from icg.checkpoints import latest_checkpoint, load_trainer_state
 from icg.cli import build_app
 from icg.data.testing import write_tiny_dataset
+from icg.models.attention import ICGAttnProcessor
 from icg.models.icg_model import ICGModel
 from icg.pipeline import ICGPipeline
 from icg.training.align import AlignConfig, AlignRecipe, run_align
@@ -83,8 +84,11 @@ def test_recipe_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch) -
         return real_batch(step, *args)
 
     monkeypatch.setattr(recipe, "batch", crashing)
+    crashed = _parts()
     with pytest.raises(_Stop):
-        recipe.train(interrupted, seed=0, config=TINY, **_parts())
+        recipe.train(interrupted, seed=0, config=TINY, **crashed)
+    processors = crashed["base"].unet.attn_processors.values()
+    assert not [p for p in processors if isinstance(p, ICGAttnProcessor)]  # base left as given
     ckpt = latest_checkpoint(interrupted / _base.CHECKPOINT_DIR)
     held = shutil.copytree(ckpt, tmp_path / "held")
     monkeypatch.setattr(recipe, "batch", real_batch)

@@ -174,6 +174,28 @@ def train(
         "icg-adapter: %d trainable parameters, steps %d..%d, %dpx renders",
         _base.count_parameters(model), state.step, cfg.steps, run.size,
     )  # fmt: skip
+    try:
+        train_steps(run, cfg, state, seed, out, timer)
+        if run.ema is not None:  # the published weights are the average
+            run.ema.copy_to_model()
+        model.eval()
+        _publish(out, run, cfg, state, timer.total(), heldout_losses(run, cfg, seed))
+    finally:  # a caller's base is left as it was given, even after a crash
+        if model.adapter.is_installed:
+            model.adapter.remove(run.base.unet)
+
+
+def train_steps(
+    run: Setup,
+    cfg: IcgAdapterRecipeConfig,
+    state: _base.Progress,
+    seed: int,
+    out: Path,
+    timer: _base.Timer,
+) -> None:
+    """Optimizer steps from ``state.step`` to ``cfg.steps``, checkpointing every
+    ``checkpoint_every`` steps and at the end."""
+    model = run.model
     text_cache: dict[str, torch.Tensor] = {}
     bar = _base.progress(cfg.steps, state.step, "icg-adapter")
     model.train()
@@ -199,10 +221,6 @@ def train(
             state.elapsed_s = timer.total()
             _base.save_progress(out, model, run.optimizer, state, run.ema)
     bar.close()
-    if run.ema is not None:  # the published weights are the average
-        run.ema.copy_to_model()
-    model.eval()
-    _publish(out, run, cfg, state, timer.total(), heldout_losses(run, cfg, seed))
 
 
 def _publish(
