@@ -43,6 +43,8 @@ class IcgAdapterRecipeConfig(BaseModel):
         gate_steps: sampling steps of the gate draws.
         gate_guidance: CFG scale of the gate draws.
         threads: torch CPU threads.
+        device: where the base, the MLLM and the adapter run ("cpu" for the zoo models; "cuda"
+            for a real base).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,3 +72,4 @@ class IcgAdapterRecipeConfig(BaseModel):
     gate_steps: int = Field(DEFAULT_STEPS, ge=1)
     gate_guidance: float = Field(DEFAULT_GUIDANCE, ge=0)
     threads: int = Field(1, ge=1)
+    device: str = "cpu"

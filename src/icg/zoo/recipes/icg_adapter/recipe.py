@@ -70,7 +70,7 @@ def setup(cfg: IcgAdapterRecipeConfig, seed: int, base=None, mllm=None, processo
     model without a user refiner (no users exist at pretraining), its optimizer and EMA."""
     _base.setup_torch(seed, cfg.threads)
     base, mllm, processor = load_frozen_base(
-        torch.device("cpu"), base, mllm, processor,
+        torch.device(cfg.device), base, mllm, processor,
         base_name=cfg.base, mllm_name=cfg.mllm, source="IcgAdapterRecipeConfig",
     )  # fmt: skip
     torch.manual_seed(seed)
@@ -80,6 +80,7 @@ def setup(cfg: IcgAdapterRecipeConfig, seed: int, base=None, mllm=None, processo
         base_model=cfg.base, mllm_name_or_path=cfg.mllm, base_prompt=cfg.base_prompt,
         global_conditioning=cfg.global_conditioning, read_image=cfg.read_image,
     )  # fmt: skip
+    model.to(cfg.device)
     model.adapter.install(base.unet)
     optimizer = torch.optim.AdamW(
         model.trainable_parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
@@ -101,9 +102,10 @@ def compute_loss(
     b = batch(step, cfg, run.size)
     base = run.base
     latents = encode_images(base.vae, b.covers, run.size)  # (B, C, h, w)
-    gen = step_generator(seed, step)
-    noise = torch.randn(latents.shape, generator=gen)
+    gen = step_generator(seed, step)  # CPU draws: the same on every device
+    noise = torch.randn(latents.shape, generator=gen).to(latents)
     t = torch.randint(0, run.scheduler.config.num_train_timesteps, (len(b.titles),), generator=gen)
+    t = t.to(latents.device)
     drop = torch.rand(len(b.titles), generator=gen) < cfg.text_dropout  # (B,)
     prompts = [
         "" if d else p for d, p in zip(drop.tolist(), run.model.prompts(b.titles), strict=True)
@@ -116,7 +118,7 @@ def compute_loss(
         for key in [k for k in text_cache if k]:
             del text_cache[key]
     feats = run.model.encoder(b.titles, b.covers)  # (B, K, D)
-    tokens = run.model(feats)  # (B, K', T)
+    tokens = run.model(feats.to(latents.device))  # (B, K', T)
     return denoising_loss(base.unet, run.scheduler, latents, noise, t, text, tokens)
 
 
