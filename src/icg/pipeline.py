@@ -242,6 +242,7 @@ class ICGPipeline:
         strength: float = 1.0,
         user_guidance: float = 1.0,
         reward=None,
+        prompt: str | None = None,
         **base_kwargs,
     ) -> ICGPipelineOutput:
         """Generate one cover per title.
@@ -264,6 +265,9 @@ class ICGPipeline:
                 further towards the user. Costs one more UNet pass per step when not 0 or 1.
             reward: a `Reward` or `MultiReward` (``forward(images, titles, users)``) that scores
                 the covers (on the 8-bit pixels of PIL output): ``scores`` of the output.
+            prompt: one text prompt for every cover instead of ``model.prompts(titles, users)``
+                (``""``: the ICG tokens alone carry the cover, as the pretrained adapter's gates
+                draw).
 
         Returns:
             An `ICGPipelineOutput`: ``images`` (PIL list or array/tensor), ``seeds`` (each
@@ -312,7 +316,9 @@ class ICGPipeline:
         try:
             with guide:
                 out = base(
-                    prompt=self.model.prompts(titles, user_embeddings),
+                    prompt=self.model.prompts(titles, user_embeddings)
+                    if prompt is None
+                    else [prompt] * len(titles),
                     negative_prompt=negative_prompt,
                     num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale,

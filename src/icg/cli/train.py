@@ -42,6 +42,14 @@ def align(
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML file with AlignConfig fields.")
     ] = None,
+    init_adapter: Annotated[
+        str | None,
+        typer.Option(
+            "--init-adapter",
+            help="Pretrained ICG adapter to start from: a folder, zoo:icg-adapter, or none "
+            "(zero init; the default).",
+        ),
+    ] = None,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Override max_steps.")
     ] = None,
@@ -124,6 +132,7 @@ def align(
             out=out,
             base=base,
             mllm=mllm,
+            init_adapter=init_adapter,
             max_steps=max_steps,
             seed=seed,
             learning_rate=learning_rate,

@@ -63,6 +63,7 @@ from icg.training.common import (
 )
 from icg.training.conditioning import PromptEncoder, TextConditioning
 from icg.training.ema import WeightEMA, ema_checkpoint_parts, named_parameters_of, restore_ema
+from icg.training.init_adapter import InitAdapter, load_init_adapter
 from icg.training.objective import training_objective
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class AlignConfig(BaseModel):
     out: Path
     base: str = DEFAULT_BASE
     mllm: str = DEFAULT_MLLM
+    init_adapter: InitAdapter = "none"
     seed: int = 0
     max_steps: int = Field(1000, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -243,6 +245,7 @@ class AlignRecipe:
                 global_conditioning=cfg.global_conditioning,
                 read_image=cfg.read_image,
             )
+            load_init_adapter(model, cfg.init_adapter)  # none: the zero-initialised start
         if model.user_prompt is None and cfg.user_words > 0 and cfg.preference is not None:
             model.user_prompt = distil_user_prompt(cfg, data)
         model.to(device)
@@ -278,9 +281,8 @@ class AlignRecipe:
         items = [data.item_ids[i] for i in idx]
         unique = list(dict.fromkeys(items))  # one MLLM forward per unique item
         feats = self.icg.encoder([data.titles[i] for i in unique], [data.images[i] for i in unique])
-        feats = feats[
-            torch.tensor([unique.index(i) for i in items], device=feats.device)
-        ]  # (B, K, D)
+        rows = torch.tensor([unique.index(i) for i in items], device=feats.device)
+        feats = feats[rows]  # (B, K, D)
         latents = data.latents[idx].to(device)  # (B, C, h, w)
         noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
         t = self.objective.timesteps(len(idx), gen)  # (B,) timesteps, or sigmas (flow)
@@ -329,8 +331,7 @@ class AlignRecipe:
 
     @torch.no_grad()
     def measure_user_effect(self, max_items: int = 8, max_users: int = 8) -> float | None:
-        """`user_token_effect` on the first ``max_items`` items and ``max_users`` users (sorted
-        ids); ``None`` without a refiner."""
+        """`user_token_effect` on the first items and users (sorted ids); None without a refiner."""
         if self.icg.refiner is None:
             return None
         data = self.data
@@ -359,8 +360,7 @@ class AlignRecipe:
         )
 
     def save_adapter(self) -> Path:
-        """Write the final ICG adapter (after `train`: the EMA weights) to ``out/adapter``
-        (atomically)."""
+        """Write the final adapter (after `train`: the EMA weights) to ``out/adapter``, atomically."""
         return atomic_save_dir(self.config.out / ADAPTER_DIR, self.icg.save_pretrained)
 
     def cleanup(self) -> None:

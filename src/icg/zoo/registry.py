@@ -16,12 +16,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from icg.config import load_config
+from icg.layout import ICG_CONFIG_FILE
 from icg.zoo.gates import folder_size, gate_passed, read_gates
 
 PREFIX = "zoo:"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # a save_pretrained folder has one of these once the recipe has published it
-FINISHED_MARKERS = ("config.json", "model_index.json")
+FINISHED_MARKERS = ("config.json", "model_index.json", ICG_CONFIG_FILE)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class ZooEntry:
         recipe: module with `train(out, *, resume, seed, config)`, `evaluate(path, world_dir)`,
             `THRESHOLDS` and a pydantic `*RecipeConfig`.
         description: one line for `icg zoo list`.
+        shipped: whether the package ships its weights; False while the recipe exists but its
+            long run has not been published yet (`zoo:NAME` then says how to train it).
     """
 
     name: str
@@ -42,6 +45,7 @@ class ZooEntry:
     loader: str
     recipe: str
     description: str
+    shipped: bool = True
 
     @property
     def path(self) -> Path:
@@ -116,6 +120,14 @@ REGISTRY: dict[str, ZooEntry] = {
             loader="icg.zoo.aesthetic.AestheticMLP (or safetensors + torch.nn.Sequential)",
             recipe="icg.zoo.recipes.aesthetic",
             description="LAION-aesthetic-predictor-shaped MLP on `clip` image embeddings",
+        ),
+        ZooEntry(
+            name="icg-adapter",
+            format="icg-adapter",
+            loader="icg.models.icg_model.ICGModel / icg.pipeline.ICGPipeline .from_pretrained",
+            recipe="icg.zoo.recipes.icg_adapter",
+            description="ICG meta tokens + adapter for `sd` and `mllm`, pretrained IP-Adapter-style",
+            shipped=False,
         ),
     )
 }

@@ -31,6 +31,7 @@ from icg.checkpoints import (
 )
 from icg.io import atomic_dir, atomic_write_json, atomic_write_text
 from icg.seeding import seed_everything
+from icg.training.ema import WeightEMA, ema_checkpoint_parts, restore_ema
 from icg.zoo import evaldata
 from icg.zoo.gates import GATES_FILE, gate_passed
 from icg.zoo.gates import folder_size as folder_size  # re-exported: recipes and tests use _base
@@ -108,30 +109,42 @@ class Progress:
 
 
 def save_progress(
-    out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress
+    out: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: Progress,
+    ema: WeightEMA | None = None,
 ) -> Path:
-    """Checkpoint ``model`` (as ``model.safetensors``), the optimizer, the RNG and `progress`."""
+    """Checkpoint ``model`` (as ``model.safetensors``), the optimizer, the RNG, `progress` and
+    the weight EMA when there is one (``ema.safetensors``)."""
+    ema_state, ema_tensors = ema_checkpoint_parts(ema)
     state = {"step": progress.step, "elapsed_s": progress.elapsed_s, "history": progress.history}
     return save_checkpoint(
         Path(out) / CHECKPOINT_DIR,
         progress.step,
-        state=state,
+        state={**state, **ema_state},
         optimizer=optimizer,
         weights={"model": model},
+        tensors=ema_tensors,
         keep=1,
     )
 
 
 def resume_progress(
-    out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    out: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: WeightEMA | None = None,
 ) -> Progress | None:
-    """Restore the newest checkpoint of `save_progress` (model, optimizer, RNG); None if none."""
+    """Restore the newest checkpoint of `save_progress` (model, optimizer, RNG, EMA); None if
+    none."""
     ckpt = latest_checkpoint(Path(out) / CHECKPOINT_DIR)
     if ckpt is None:
         return None
     load_weights(ckpt, "model", model)
     load_optimizer_state(ckpt, optimizer)
     state = load_trainer_state(ckpt)
+    restore_ema(ema, ckpt, state)
     logger.info("resumed from %s at step %d", ckpt, state["step"])
     history = [(int(s), float(v)) for s, v in state["history"]]
     return Progress(step=state["step"], elapsed_s=state["elapsed_s"], history=history)
@@ -204,6 +217,7 @@ def write_card(
     thresholds: dict[str, float],
     gate_data: str,
     wall_time_s: float,
+    loading_heading: str = "Loading (no icg code needed)",
 ) -> None:
     """Write the model card README.md of a shipped model folder."""
     rows = "\n".join(
@@ -215,7 +229,7 @@ def write_card(
 
 {summary}
 
-## Loading (no icg code needed)
+## {loading_heading}
 
 ```python
 {loading.strip()}
