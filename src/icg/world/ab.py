@@ -173,9 +173,19 @@ def _take(r: Readout, index: np.ndarray) -> Readout:
                       for k, v in parts.items()})  # fmt: skip
 
 
-def _score(truth: Truth, rows: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """True attractiveness and read brightness of each row's cover for its user and item; each
-    distinct cover is read once, however many pairs show it."""
+def score_covers(truth: Truth, rows: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """True attractiveness (CTR at the top position) and read brightness of each row's cover for
+    its user and item (evaluation side: reads the truth); each distinct cover is read off once,
+    however many pairs show it.
+
+    Args:
+        truth: the world's truth.
+        rows: user_id, item_id and path (a cover file) per row.
+        size: the side the covers are read at (the world's image size).
+
+    Returns:
+        attractiveness (N,) and brightness (N,).
+    """
     paths, inverse = np.unique(rows["path"].to_numpy(dtype=str), return_inverse=True)
     attract, bright = np.zeros(len(rows)), np.zeros(len(rows))
     for start in range(0, len(paths), READ_CHUNK):
@@ -237,7 +247,7 @@ def simulate_ab(
     # a pair is in the experiment when every arm has a cover for it
     available = np.logical_and.reduce([g["path"].notna().to_numpy() for g in grids.values()])
     ok = available  # (U * I,)
-    scores = {a: _score(truth, grids[a][ok], cfg.image_size) for a in names}
+    scores = {a: score_covers(truth, grids[a][ok], cfg.image_size) for a in names}
     # offline: every arm's covers scored by the truth on every pair, whoever saw them
     offline = {a: float(scores[a][0].mean()) for a in names}
     row_arm = arm_of.repeat(len(items))  # (U * I,) the arm each pair's user is in
