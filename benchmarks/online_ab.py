@@ -19,8 +19,9 @@ folder with ``icg/`` and ``preference/``) and the CoverWorld it was trained on:
     retrained reward on the new run's draws, and on the old draws: the reward alone), and one
     draw's true CTR before and after (paired by pair).
 
-Rerun (the demo's world and run; about a minute of batch drawing per 100 items x 4 segments on
-two cores, more for the loop round's stage B):
+Rerun (the demo's world and run; the batch draws segments x items covers, which dominates the
+time: the quick demo's 4 x 100 took about 30 minutes on a 2-core machine shared at load 9-10;
+the loop round adds covers, a preference fit and a stage-B run):
     python benchmarks/online_ab.py --world demo-out/world --run demo-out/run \
         --out online-ab --segments 4 --impressions 200000 --loop-round \
         --json docs/results/online-ab-seed3.json
