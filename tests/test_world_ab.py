@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,89 @@ def test_the_preference_model_learns_from_the_a_b_log_without_reading_truth(
     result = train_preference(tmp_path / "ab", tmp_path / "pref", cfg, towers=tiny_clip())
     assert any("/images/ab/icg/" in p for p in result.data.cover_paths)
     assert not [p for p in opened if "/truth/" in p or p.endswith("/truth")]
+
+
+# ---- an `icg batch` output as an arm ---------------------------------------------------------
+
+
+def _batch_output(world: Path, out: Path, n_segments: int = 3, seed: int = 0) -> Path:
+    """A batch output folder for every world user x the first 4 items, written with the batch's
+    own writers: its k-means segments (`icg.segments`), plan, settings and manifest; each
+    (segment, item) cover is the truth's best cover for the segment's first user, saved as a
+    marked generated PNG where the batch puts it."""
+    from icg.batch.manifest import write_part
+    from icg.batch.plan import cover_path, save_plan, unit_table
+    from icg.segments import segment
+
+    users = pd.read_parquet(world / "users.parquet")
+    items = pd.read_parquet(world / "items.parquet").iloc[:4]
+    segments = segment(users, "kmeans", n_segments, seed)
+    units = [(s, i) for i in items["item_id"] for s in range(len(segments.table))]
+    table = unit_table(units, segments.table, items, None, seed)
+    save_plan(out, segments, table)
+    (out / "plan" / "settings.json").write_text(
+        json.dumps(
+            {"segments": n_segments, "segment_by": "kmeans", "seed": seed, "data": str(world)}
+        )  # fmt: skip
+    )
+    first = segments.users.groupby("segment")["user_id"].first()
+    images = Truth(world).oracle_covers(first.loc[table["segment"]].tolist(), table["item_id"])
+    paths = [cover_path(s, i, 0) for s, i in zip(table["segment"], table["item_id"], strict=True)]
+    for path, image in zip(paths, images, strict=True):
+        save_generated_png(Image.fromarray(image), out / path)
+    rows = table.assign(segment_key=table["key"], path=paths, candidate=0, score=np.nan,
+                        scores=[[] for _ in paths])  # fmt: skip
+    write_part(out, 0, rows)
+    return out
+
+
+@pytest.fixture(scope="module")
+def batch(world, tmp_path_factory) -> Path:
+    return _batch_output(world, tmp_path_factory.mktemp("batch") / "out")
+
+
+def test_a_batch_arm_shows_each_user_their_segments_cover(world, batch, tmp_path):
+    summary = simulate_ab(world, {"control": "reference", "icg": str(batch)}, 6000, 7,
+                          tmp_path / "ab")  # fmt: skip
+    data = load_dataset(tmp_path / "ab")  # the data layer's policy: paths, images, sizes, marker
+    imp = data.impressions
+    assert len(imp) == 6000  # nothing rejected
+    assert sum(summary["users"].values()) == 80  # every user the batch planned for
+    own = pd.read_parquet(batch / "plan" / "users.parquet").set_index("user_id")["segment"]
+    gen = imp[imp["arm"] == "icg"]
+    expected = [f"icg:s{own[u]}:{i}" for u, i in zip(gen["user_id"], gen["item_id"], strict=True)]
+    assert gen["cover_id"].tolist() == expected
+    assert 4 < gen["cover"].nunique() <= 3 * 4  # one copy per (segment, item), however many users
+    for cover, cid in gen.drop_duplicates("cover")[["cover", "cover_id"]].itertuples(index=False):
+        _, seg, item = cid.split(":")
+        source = batch / "covers" / f"s{int(seg[1:]):05d}" / f"{item}_c0.png"
+        assert Path(cover).read_bytes() == source.read_bytes()
+        assert is_marked_generated(cover)
+    assert summary["offline_lift"]["icg"] > 0.05  # the truth's best covers for each segment
+
+
+def test_a_batch_whose_segments_do_not_match_the_world_is_refused(world, batch, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(batch, moved)
+    users = pd.read_parquet(moved / "plan" / "users.parquet")
+    users["segment"] = np.roll(users["segment"].to_numpy(), 1)  # users in other segments
+    users.to_parquet(moved / "plan" / "users.parquet")
+    arms = {"control": "reference", "icg": str(moved)}
+    with pytest.raises(ValueError, match=r"do not match this world's users: .* users fall in"):
+        simulate_ab(world, arms, 100, 0, tmp_path / "a")
+    users["user_id"] = users["user_id"] + "x"  # users this world has never had
+    users.to_parquet(moved / "plan" / "users.parquet")
+    with pytest.raises(ValueError, match=r"80 users this world does not have \(e.g. \['u"):
+        simulate_ab(world, arms, 100, 0, tmp_path / "b")
+    with pytest.raises(FileNotFoundError, match="not an icg batch output"):
+        simulate_ab(world, {"control": "reference", "icg": str(tmp_path)}, 100, 0, tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_batch_of_another_world_is_refused(batch, tmp_path):
+    other = generate_world(tmp_path / "w2", WorldConfig(n_items=30, n_users=80,
+                                                        n_impressions=200, seed=22))  # fmt: skip
+    with pytest.raises(ValueError, match="ran on other data|do not match this world's users"):
+        simulate_ab(other, {"control": "reference", "icg": str(batch)}, 100, 0, tmp_path / "a")

@@ -107,7 +107,10 @@ def ab(
     data: Annotated[Path, typer.Option(help="the CoverWorld to run the experiment on")],
     arm: Annotated[
         list[str],
-        typer.Option(help="NAME=reference or NAME=MANIFEST (repeatable; the first is control)"),
+        typer.Option(
+            help="NAME=reference, NAME=MANIFEST or NAME=BATCH_OUT (an icg batch output; "
+            "repeatable; the first is control)"
+        ),
     ],
     out: Annotated[Path, typer.Option(help="the new platform folder (impressions carry 'arm')")],
     impressions: Annotated[int, typer.Option(help="impressions to simulate")] = 100_000,
@@ -126,7 +129,7 @@ def ab(
         name, sep, value = spec.partition("=")
         if not sep or not name or not value:
             raise typer.BadParameter(
-                f"--arm: expected NAME=reference or NAME=MANIFEST, got {spec!r}"
+                f"--arm: expected NAME=reference, NAME=MANIFEST or NAME=BATCH_OUT, got {spec!r}"
             )
         arms[name] = value
     summary = simulate_ab(data, arms, impressions, seed, out, chunk_impressions=chunk_impressions,

@@ -2,6 +2,8 @@
 
     simulate_ab(W, {"control": "reference", "icg": "RUN/covers/manifest.parquet"}, 200_000, 0, W2)
 
+An arm is "reference" (the items' own covers), a generation manifest (one cover per (user, item)),
+or an `icg batch` output folder (each user sees their segment's cover, as the batch segmented them).
 Users are randomised into arms by a hash of their id (`icg.ab.assign_arms`). Each impression is a
 (user, item) pair that every arm has a cover for; it shows the cover of the user's arm, placed by
 the platform's ranker (popularity plus its pull of light covers, read off the pixels shown) and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +33,20 @@ from icg.ab.randomise import assign_arms
 from icg.config import load_config
 from icg.data.images import load_image
 from icg.io import atomic_dir
+from icg.layout import PLAN_DIR, PLAN_SETTINGS_FILE, PLAN_UNITS_FILE, PLAN_USERS_FILE
 from icg.safety import OutputExistsError, output_path, safe_name
+from icg.segments import segment
 from icg.world.attributes import STYLE_DIMS
 from icg.world.clicks import examination
 from icg.world.config import WorldConfig
 from icg.world.generate import IMPRESSIONS_SCHEMA, TRUTH_IMPRESSIONS_SCHEMA
-from icg.world.readout import read
+from icg.world.readout import Readout, read
 from icg.world.truth import Truth
 
 logger = logging.getLogger(__name__)
 
 BLOCK = 64  # pages per random stream
+READ_CHUNK = 2048  # distinct covers read off at once
 REFERENCE = "reference"
 AB_SCHEMA = IMPRESSIONS_SCHEMA.append(pa.field("arm", pa.string())).append(
     pa.field("cover_id", pa.string())
@@ -48,20 +54,24 @@ AB_SCHEMA = IMPRESSIONS_SCHEMA.append(pa.field("arm", pa.string())).append(
 
 
 def arm_covers(world: Path, name: str, spec: str) -> pd.DataFrame:
-    """The covers of one arm: user_id (None: every user), item_id, path (absolute), cover_id.
+    """The covers of one arm: user_id (None: every user), item_id, path (absolute), cover_id,
+    file (the name a shown generated cover is copied to under images/ab/<arm>/).
 
     Args:
         world: the world folder.
         name: the arm's name; it picks the manifest's method when the manifest has several.
-        spec: "reference" (the item's own cover) or a generation manifest.parquet.
+        spec: "reference" (the item's own cover), a generation manifest.parquet, or an
+            `icg batch` output folder (`batch_covers`).
     """
     if spec == REFERENCE:
         items = pd.read_parquet(world / "items.parquet")
         return pd.DataFrame({
             "user_id": None, "item_id": items["item_id"],
             "path": [str(world / p) for p in items["image"]],
-            "cover_id": "ref:" + items["item_id"],
+            "cover_id": "ref:" + items["item_id"], "file": "",
         })  # fmt: skip
+    if Path(spec).is_dir():
+        return batch_covers(world, name, Path(spec))
     manifest = pd.read_parquet(spec)
     missing = {"user_id", "item_id", "method", "path"} - set(manifest.columns)
     if missing:
@@ -73,12 +83,78 @@ def arm_covers(world: Path, name: str, spec: str) -> pd.DataFrame:
         raise ValueError(f"--arm {name}={spec}: the manifest holds methods {methods}; name the "
                          "arm after one of them")  # fmt: skip
     paths = [Path(p) if Path(p).is_absolute() else Path(spec).parent / p for p in manifest["path"]]
+    users, items = manifest["user_id"].astype(str), manifest["item_id"].astype(str)
     return pd.DataFrame({
-        "user_id": manifest["user_id"].astype(str).to_numpy(),
-        "item_id": manifest["item_id"].astype(str).to_numpy(),
-        "path": [str(p) for p in paths],
-        "cover_id": [f"{name}:{u}:{i}" for u, i in zip(manifest["user_id"], manifest["item_id"],
-                                                       strict=True)],
+        "user_id": users.to_numpy(), "item_id": items.to_numpy(), "path": [str(p) for p in paths],
+        "cover_id": [f"{name}:{u}:{i}" for u, i in zip(users, items, strict=True)],
+        "file": [f"{safe_name(u)}_{safe_name(i)}.png" for u, i in zip(users, items, strict=True)],
+    })  # fmt: skip
+
+
+def batch_covers(world: Path, name: str, out: Path) -> pd.DataFrame:
+    """The covers of a batch arm: every user the batch planned for sees their segment's cover
+    of each item (the candidate the batch kept), with the batch's own segments (OUT/plan/).
+
+    The batch must have run on this world's users and items: its users are segmented again as
+    the batch did (`icg.segments.segment`, the settings in OUT/plan/settings.json) and must fall
+    in the same segments, and its items must carry the world's titles.
+    """
+    # deferred: icg.batch's package init loads the pipeline and the rewards; only batch arms
+    # need its manifest reader
+    from icg.batch.manifest import read_manifest
+
+    arm = f"--arm {name}={out}"
+    plan = out / PLAN_DIR
+    if not (plan / PLAN_USERS_FILE).is_file() or not (plan / PLAN_SETTINGS_FILE).is_file():
+        raise FileNotFoundError(f"{arm}: not an icg batch output (no {PLAN_DIR}/{PLAN_USERS_FILE}"
+                                f" and {PLAN_DIR}/{PLAN_SETTINGS_FILE})")  # fmt: skip
+    settings = json.loads((plan / PLAN_SETTINGS_FILE).read_text(encoding="utf-8"))
+    planned = pd.read_parquet(plan / PLAN_USERS_FILE).astype({"user_id": str})  # user_id, segment
+    users = pd.read_parquet(world / "users.parquet").astype({"user_id": str})
+    unknown = sorted(set(planned["user_id"]) - set(users["user_id"]))
+    if unknown:
+        raise ValueError(f"{arm}: the batch's segments hold {len(unknown)} users this world does "
+                         f"not have (e.g. {unknown[:3]}): it ran on other data "
+                         f"({settings.get('data')})")  # fmt: skip
+    by = settings.get("segment_by", "kmeans")
+    mine = users[users["user_id"].isin(planned["user_id"])]
+    try:
+        again = segment(mine, by, int(settings.get("segments", 16)), int(settings.get("seed", 0)))
+    except ValueError as err:
+        raise ValueError(
+            f"{arm}: this world's users cannot be segmented as the batch was: {err}"
+        ) from err
+    # the same partition of users (labels may be numbered apart): one label each way
+    both = planned.merge(again.users, on="user_id", suffixes=("", "_world"))
+    pairs = both[["segment", "segment_world"]].drop_duplicates()
+    if pairs["segment"].duplicated().any() or pairs["segment_world"].duplicated().any():
+        kept = both.groupby("segment")["segment_world"].agg(lambda s: s.value_counts().iloc[0])
+        moved = len(both) - int(kept.sum())
+        raise ValueError(f"{arm}: the batch's segments do not match this world's users: "
+                         f"segmented as the batch did (segment_by={by}, "
+                         f"segments={settings.get('segments')}, seed={settings.get('seed')}), "
+                         f"{moved} of {len(both)} users fall in other segments; was the batch "
+                         f"run on another world's data ({settings.get('data')})?")  # fmt: skip
+    manifest = read_manifest(out)
+    if manifest.empty:
+        raise ValueError(f"{arm}: the batch's manifest holds no finished partition")
+    units = pd.read_parquet(plan / PLAN_UNITS_FILE, columns=["item_id", "title"])
+    titles = pd.read_parquet(world / "items.parquet").set_index("item_id")["title"]
+    units = units.drop_duplicates("item_id")
+    wrong = units[~units["item_id"].isin(titles.index)]
+    wrong = wrong if len(wrong) else units[titles.reindex(units["item_id"]).to_numpy()
+                                           != units["title"].to_numpy()]  # fmt: skip
+    if len(wrong):
+        raise ValueError(f"{arm}: the batch's item {wrong['item_id'].iloc[0]!r} "
+                         f"({wrong['title'].iloc[0]!r}) is not this world's: it ran on other "
+                         f"data ({settings.get('data')})")  # fmt: skip
+    rows = planned.merge(manifest[["segment", "item_id", "path"]], on="segment")
+    seg, items = rows["segment"].astype(int), rows["item_id"].astype(str)
+    return pd.DataFrame({
+        "user_id": rows["user_id"].to_numpy(), "item_id": items.to_numpy(),
+        "path": [str(out / p) for p in rows["path"]],
+        "cover_id": [f"{name}:s{s}:{i}" for s, i in zip(seg, items, strict=True)],
+        "file": [f"s{s:05d}_{safe_name(i)}.png" for s, i in zip(seg, items, strict=True)],
     })  # fmt: skip
 
 
@@ -90,12 +166,38 @@ def _cover_of(covers: pd.DataFrame, users: list[str], items: list[str]) -> pd.Da
     return grid.merge(covers, on=["user_id", "item_id"], how="left")
 
 
-def _score(truth: Truth, rows: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """True attractiveness and read brightness of each row's cover for its user and item."""
-    images = np.stack([np.asarray(load_image(p, size=size)) for p in rows["path"]])
-    attract = truth.score(images, rows["user_id"].tolist(), rows["item_id"].tolist())["ctr"]
-    brightness = read(images).style[:, STYLE_DIMS.index("brightness")]
-    return attract, brightness
+def _take(r: Readout, index: np.ndarray) -> Readout:
+    """Rows ``index`` of a readout (every array field, and every head of ``style_probs``)."""
+    parts = {f.name: getattr(r, f.name) for f in fields(r)}
+    return Readout(**{k: {h: p[index] for h, p in v.items()} if isinstance(v, dict) else v[index]
+                      for k, v in parts.items()})  # fmt: skip
+
+
+def score_covers(truth: Truth, rows: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """True attractiveness (CTR at the top position) and read brightness of each row's cover for
+    its user and item (evaluation side: reads the truth); each distinct cover is read off once,
+    however many pairs show it.
+
+    Args:
+        truth: the world's truth.
+        rows: user_id, item_id and path (a cover file) per row.
+        size: the side the covers are read at (the world's image size).
+
+    Returns:
+        attractiveness (N,) and brightness (N,).
+    """
+    paths, inverse = np.unique(rows["path"].to_numpy(dtype=str), return_inverse=True)
+    attract, bright = np.zeros(len(rows)), np.zeros(len(rows))
+    for start in range(0, len(paths), READ_CHUNK):
+        chunk = paths[start : start + READ_CHUNK]
+        r = read(np.stack([np.asarray(load_image(p, size=size)) for p in chunk]))  # (P, ...)
+        mine = np.flatnonzero((inverse >= start) & (inverse < start + len(chunk)))
+        shown = _take(r, inverse[mine] - start)  # (n, ...) one per row
+        ctr = truth.score(None, rows["user_id"].to_numpy()[mine],
+                          rows["item_id"].to_numpy()[mine], readout=shown)["ctr"]  # fmt: skip
+        attract[mine] = ctr
+        bright[mine] = shown.style[:, STYLE_DIMS.index("brightness")]
+    return attract, bright
 
 
 def simulate_ab(
@@ -112,7 +214,8 @@ def simulate_ab(
 
     Args:
         world: a CoverWorld folder (with truth/ and world.yaml).
-        arms: arm name -> "reference" or a generation manifest.parquet; the first is control.
+        arms: arm name -> "reference", a generation manifest.parquet or an `icg batch` output
+            folder; the first is control.
         n_impressions: impressions to simulate.
         seed: the experiment's seed (also its randomisation salt).
         out: the new platform folder.
@@ -144,12 +247,12 @@ def simulate_ab(
     # a pair is in the experiment when every arm has a cover for it
     available = np.logical_and.reduce([g["path"].notna().to_numpy() for g in grids.values()])
     ok = available  # (U * I,)
-    scores = {a: _score(truth, grids[a][ok], cfg.image_size) for a in names}
+    scores = {a: score_covers(truth, grids[a][ok], cfg.image_size) for a in names}
     # offline: every arm's covers scored by the truth on every pair, whoever saw them
     offline = {a: float(scores[a][0].mean()) for a in names}
     row_arm = arm_of.repeat(len(items))  # (U * I,) the arm each pair's user is in
     shown = pd.concat([grids[a][row_arm == k] for k, a in enumerate(names)]).sort_index()
-    shown = shown.fillna({"path": "", "cover_id": ""})
+    shown = shown.fillna({"path": "", "cover_id": "", "file": ""})
     attract, bright = np.zeros(len(shown)), np.zeros(len(shown))
     for k, a in enumerate(names):
         mine = row_arm[ok] == k
@@ -191,16 +294,18 @@ def _copy_platform(world: Path, root: Path, shown: pd.DataFrame, arm: np.ndarray
     (root / "truth").mkdir()
     for name in ("items.parquet", "users.parquet", "covers.parquet"):
         shutil.copy2(world / "truth" / name, root / "truth" / name)
-    rel = []
-    for (_, row), a in zip(shown.iterrows(), arm, strict=True):
-        if row["cover_id"].startswith("ref:"):
-            rel.append(str(Path(row["path"]).relative_to(world)))
+    rel, copied = [], {}
+    for path, cover_id, file, a in zip(shown["path"], shown["cover_id"], shown["file"], arm,
+                                       strict=True):  # fmt: skip
+        if cover_id.startswith("ref:"):
+            rel.append(str(Path(path).relative_to(world)))
             continue
-        folder = output_path(root, "images", "ab", safe_name(a))
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"{safe_name(row['user_id'])}_{safe_name(row['item_id'])}.png"
-        shutil.copyfile(row["path"], output_path(folder, name))
-        rel.append(f"images/ab/{safe_name(a)}/{name}")
+        if (a, file) not in copied:  # a batch cover is shown to every user of its segment
+            folder = output_path(root, "images", "ab", safe_name(a))
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, output_path(folder, file))
+            copied[a, file] = f"images/ab/{safe_name(a)}/{file}"
+        rel.append(copied[a, file])
     return rel
 
 

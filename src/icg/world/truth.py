@@ -74,13 +74,21 @@ class Truth:
             )
         return rows
 
-    def score(self, images: np.ndarray, user_ids, item_ids) -> dict[str, np.ndarray]:
+    def score(
+        self, images: np.ndarray | None, user_ids, item_ids, readout: Readout | None = None
+    ) -> dict[str, np.ndarray]:
         """Score covers shown to users for items (all of length N).
+
+        Args:
+            images: uint8 covers (N, H, W, 3); ``None`` when ``readout`` is given.
+            user_ids, item_ids: N ids each.
+            readout: the attributes already read off the N covers (`read`), so that a cover
+                scored for many pairs is read once.
 
         Returns arrays (N,): relevance, aesthetic, taste_match, ctr (true expected CTR at the top
         position), motif_ok, palette_ok.
         """
-        r = read(images)
+        r = read(images) if readout is None else readout
         it = self.items.iloc[self._item_rows(item_ids)]
         us = self._user_rows(user_ids)
         rel = relevance_from_readout(r, it["motif"].to_numpy(), it["palette"].to_numpy())

@@ -1,0 +1,115 @@
+"""`benchmarks/online_ab.py` end to end on a tiny world and a tiny run loaded from disk: batch
+covers -> simulated A/B -> report -> offline truth lift, and one loop round's agreement."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from model_fixtures import get_dummy_components, perturb_, tiny_icg, tiny_qwen2vl
+from stage_b_fixtures import stage_b_rewards
+
+from icg.models.preference import PreferenceModel
+from icg.rewards.testing import tiny_clip
+from icg.world.config import WorldConfig
+from icg.world.generate import generate_world
+
+USER_DIM = 4
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "online_ab.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("online_ab", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_run(root: Path) -> Path:
+    """RUN/align, RUN/icg (a perturbed adapter on a tiny SD + tiny MLLM saved by path) and
+    RUN/preference (a tiny preference model on a tiny CLIP saved by path)."""
+    base, model = tiny_icg(user_dim=USER_DIM, num_meta_tokens=2)
+    perturb_(model)
+    base.save_pretrained(root / "sd")
+    mllm, processor = tiny_qwen2vl()
+    mllm.save_pretrained(root / "mllm")
+    processor.save_pretrained(root / "mllm")
+    model.adapter.register_to_config(base_model=str(root / "sd"))
+    model.encoder.register_to_config(mllm_name_or_path=str(root / "mllm"))
+    for stage in ("align", "icg"):
+        model.save_pretrained(root / "run" / stage / "adapter")
+    clip = tiny_clip(image_size=32, projection_dim=16)
+    clip.model.save_pretrained(root / "clip")
+    clip.tokenizer.save_pretrained(root / "clip")
+    torch.manual_seed(0)
+    pm = PreferenceModel(image_dim=16, user_dim=USER_DIM, rank=4, hidden_dim=8,
+                         clip_name_or_path=str(root / "clip"))  # fmt: skip
+    with torch.no_grad():
+        pm.user_proj.weight.normal_()
+    pm.save_pretrained(root / "run" / "preference")
+    return root / "run"
+
+
+def _reward_parts() -> dict:
+    base = StableDiffusionPipeline(**get_dummy_components())
+    base.set_progress_bar_config(disable=True)
+    mllm, processor = tiny_qwen2vl()
+    return {"base": base, "mllm": mllm, "processor": processor, "rewards": stage_b_rewards()}
+
+
+@pytest.mark.slow
+def test_online_ab_runs_end_to_end_on_a_tiny_run(tmp_path):
+    cfg = WorldConfig(n_items=4, n_users=24, n_impressions=600, embedding_dim=USER_DIM, seed=5)
+    world = generate_world(tmp_path / "world", cfg)
+    run = _tiny_run(tmp_path)
+    loop_cfg = tmp_path / "loop.yaml"  # JSON is YAML
+    loop_cfg.write_text(json.dumps({
+        "preference": {"epochs": 1, "batch_size": 16, "rank": 4, "hidden_dim": 8,
+                       "negatives_per_positive": 2},
+        "reward": {"batch_size": 2, "truncation_k": 1, "learning_rate": 1e-2, "resolution": 32,
+                   "checkpoint_every": 1, "cold_start_fraction": 0.5, "num_inference_steps": 2,
+                   "candidates": 2, "pairs_per_round": 2, "steps_per_round": 1},
+    }))  # fmt: skip
+    out = tmp_path / "online"
+    argv = ["--world", str(world), "--run", str(run), "--out", str(out), "--segments", "2",
+            "--impressions", "3000", "--seed", "1", "--num-inference-steps", "2",
+            "--guidance-scale", "1.0", "--threads", "1", "--loop-round", "--loop-users", "3",
+            "--loop-items", "2", "--loop-reward-steps", "1", "--draws", "3",
+            "--loop-config", str(loop_cfg), "--json", str(tmp_path / "r.json")]  # fmt: skip
+    result = _script().main(argv, towers=tiny_clip(image_size=32, projection_dim=16),
+                            reward_parts=_reward_parts)  # fmt: skip
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(
+        (out / "online.json").read_text()
+    )
+    # (a) the batch drew every item for each of its 2 segments, and (b) the A/B showed them
+    manifest = pd.concat(
+        pd.read_parquet(p) for p in (out / "batch" / "manifest").rglob("*.parquet")
+    )
+    assert len(manifest) == 2 * 4
+    assert result["impressions"] == 3000 and sum(result["users"].values()) == 24
+    log = pd.read_parquet(out / "ab" / "impressions.parquet")
+    assert log.loc[log["arm"] == "icg", "cover_id"].str.match(r"icg:s[01]:").all()
+    # (c) the report and (d) the offline lift on the shown pairs, and whether they agree
+    assert (out / "report" / "ab.html").is_file()
+    online, offline = result["online"]["ctr"], result["offline"]
+    assert online["low"] < online["lift"] < online["high"]
+    assert offline["pairs"] == log.groupby(["user_id", "item_id"]).ngroups
+    assert offline["impressions"] == 3000
+    expected = offline["true_ctr"]["icg"] / offline["true_ctr"]["control"] - 1
+    assert offline["lift"] == pytest.approx(expected)
+    assert result["agree"] == (online["low"] <= offline["lift"] <= online["high"])
+    # (e) one loop round: agreement over 3 draws of 3 x 2 pairs, before and after, paired
+    lr = result["loop_round"]
+    assert lr["pairs"] == 6 and lr["draws"] == 3
+    assert set(lr["agreement"]) == {"before", "after", "after_same_covers"}
+    assert all(np.isnan(v) or -1 <= v <= 1 for v in lr["agreement"].values())
+    one = lr["one_draw_true_ctr"]
+    assert one["pairs"] == 6 and one["diff"] == pytest.approx(one["after"] - one["before"])
+    assert lr["impressions_spent"] == 3000
+    assert (out / "loop" / "round_1" / "icg" / "adapter" / "icg_config.json").is_file()
