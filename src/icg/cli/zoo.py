@@ -66,7 +66,9 @@ def path(name: Annotated[str, typer.Argument(help="model name, e.g. clip or zoo:
 
 
 def train(
-    name: Annotated[str, typer.Argument(help="model name: clip, sd, mllm or aesthetic")],
+    name: Annotated[
+        str, typer.Argument(help="model name: clip, sd, mllm, aesthetic or icg-adapter")
+    ],
     out: Annotated[Path, typer.Option(help="folder to write the trained model into")],
     config: Annotated[
         Path | None, typer.Option(help="YAML overriding the recipe's configuration")
@@ -91,7 +93,9 @@ def train(
 
 
 def evaluate(
-    name: Annotated[str, typer.Argument(help="model name: clip, sd, mllm or aesthetic")],
+    name: Annotated[
+        str, typer.Argument(help="model name: clip, sd, mllm, aesthetic or icg-adapter")
+    ],
     world: Annotated[
         Path | None, typer.Option(help="CoverWorld folder (fresh in-code renders when omitted)")
     ] = None,

@@ -54,8 +54,10 @@ def collect_results(plan: MatrixPlan) -> list[dict[str, Any]]:
         file = cell.job.dir / RESULT_FILE
         if file.is_file():
             result = json.loads(file.read_text())
+            # the cell's folder relative to the matrix folder, so a table can be published
+            where = f"{cell.job.dir.parent.name}/{cell.job.dir.name}"
             rows.append({**result, "recipe": cell.recipe, "world": cell.world,
-                         "train_seed": cell.train_seed, "dir": str(cell.job.dir)})  # fmt: skip
+                         "train_seed": cell.train_seed, "dir": where})  # fmt: skip
     return rows
 
 
