@@ -29,6 +29,22 @@ def mix_user_guidance(
     return without_user + scale * (with_user - without_user)
 
 
+def combine_branches(
+    output: torch.Tensor, n: int, user_guidance: float = 1.0, guidance_scale: float = 1.0
+) -> torch.Tensor:
+    """The guided prediction from one batched forward over ``n`` stacked branches, in the order
+    [unconditional (CFG on)], [without the user (user guidance on)], personalized: user guidance
+    first, then classifier-free guidance (Ho & Salimans 2022, Eq. 6)."""
+    parts = list(output.chunk(n))
+    out = parts.pop()
+    if user_guidance != 1.0:
+        out = mix_user_guidance(parts.pop(), out, user_guidance)
+    if guidance_scale > 1.0:
+        uncond = parts.pop()
+        out = uncond + guidance_scale * (out - uncond)
+    return out
+
+
 class _UserGuidanceHook:
     def __init__(self, without_user: torch.Tensor, scale: float, kwargs_name: str) -> None:
         self.without_user = without_user

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from icg.models.attention import ICG_TOKENS_KWARG
-from icg.models.guidance import mix_user_guidance
+from icg.models.guidance import combine_branches
 
 
 def logit_normal_sigmas(
@@ -269,12 +269,6 @@ def sample_flow(
                 v = grad_checkpoint(predict_velocity, *args, use_reentrant=False)
             else:
                 v = predict_velocity(*args)
-            parts = list(v.chunk(n))
-            v = parts.pop()
-            if guide_user:
-                v = mix_user_guidance(parts.pop(), v, user_guidance)
-            if cfg:
-                uncond = parts.pop()
-                v = uncond + guidance_scale * (v - uncond)
+            v = combine_branches(v, n, user_guidance, guidance_scale if cfg else 1.0)
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
     return latents

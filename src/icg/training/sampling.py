@@ -14,7 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from icg.models.attention import ICG_TOKENS_KWARG
-from icg.models.guidance import mix_user_guidance
+from icg.models.guidance import combine_branches
 from icg.training.conditioning import TextConditioning, as_conditioning
 from icg.training.flow import sample_flow
 
@@ -99,14 +99,7 @@ def guided_eps(
         eps = grad_checkpoint(unet_eps, *args, use_reentrant=False)
     else:
         eps = unet_eps(*args)
-    parts = list(eps.chunk(n))
-    eps = parts.pop()
-    if guide_user:
-        eps = mix_user_guidance(parts.pop(), eps, user_guidance)
-    if do_cfg:
-        uncond = parts.pop()
-        eps = uncond + guidance_scale * (eps - uncond)
-    return eps
+    return combine_branches(eps, n, user_guidance, guidance_scale)
 
 
 def denoise(
