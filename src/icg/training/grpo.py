@@ -203,9 +203,7 @@ class GRPOTrainer(RankedTrainer):
         cfg = self.config
         gen = self.generator(round_index, salt=2)
         n_pairs, k = cfg.pairs_per_round, cfg.candidates
-        pair_items, pair_users = self.draw_pairs(gen)
-        items = [i for i in pair_items for _ in range(k)]  # (P*K,) pair-major
-        users = [u for u in pair_users for _ in range(k)]
+        pair_items, pair_users, items, users = self.round_draws(gen)
         h = self.pool.size // self.pool.vae_scale
         shape = (self.unet.config.in_channels, h, h)
         n_steps = cfg.num_inference_steps - start_step(cfg.num_inference_steps, cfg.strength)

@@ -168,15 +168,23 @@ class RankedTrainer(StageBTrainer):
         ]
         return items, users
 
+    def round_draws(
+        self, gen: torch.Generator
+    ) -> tuple[list[str], list[str | None], list[str], list[str | None]]:
+        """`draw_pairs`, and the items and users of their ``candidates`` draws each (pair-major)."""
+        pair_items, pair_users = self.draw_pairs(gen)
+        k = self.config.candidates
+        items = [i for i in pair_items for _ in range(k)]  # (P*K,)
+        users = [u for u in pair_users for _ in range(k)]
+        return pair_items, pair_users, items, users
+
     @torch.no_grad()
     def rollout(self, round_index: int) -> Rollout:
         """Sample and score every draw of one round (a function of ``(seed, round)``)."""
         cfg = self.config
         gen = self.generator(round_index, salt=2)
         n_pairs, k = cfg.pairs_per_round, cfg.candidates
-        pair_items, pair_users = self.draw_pairs(gen)
-        items = [i for i in pair_items for _ in range(k)]  # (P*K,) pair-major
-        users = [u for u in pair_users for _ in range(k)]
+        pair_items, pair_users, items, users = self.round_draws(gen)
         h = self.pool.size // self.pool.vae_scale
         noise = torch.randn(n_pairs * k, self.unet.config.in_channels, h, h, generator=gen)
         latents, scores, infos = [], [], []
