@@ -198,3 +198,26 @@ def test_training_signal_reaches_the_refiner_from_zero_init(data_dir, tmp_path):
     assert not torch.equal(refiner.user_proj.weight, user_proj)  # reached through the gate
     assert recipe.user_effect is not None and recipe.user_effect > 0
     recipe.cleanup()
+
+
+def test_without_the_refiner_the_user_reaches_only_the_words(data_dir, tmp_path):
+    """``user_refiner: false`` (the words-only ablation): no refiner is built or saved, stage A
+    trains, and the tokens are the same for every user; a model with neither a refiner nor words
+    refuses users."""
+    recipe = AlignRecipe(_config(data_dir, tmp_path, user_refiner=False, max_steps=2), **_parts())
+    recipe.setup()
+    model = recipe.icg
+    assert model.refiner is None
+    recipe.train()
+    data = recipe.data
+    items = sorted(data.titles)[:2]
+    feats = model.encoder([data.titles[i] for i in items], [data.images[i] for i in items])
+    users = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="no user refiner or user words"):
+        model(feats, users)
+    model.user_prompt = object()  # any words: the user may be given, and the tokens ignore it
+    assert torch.equal(model(feats, users), model(feats))
+    model.user_prompt = None
+    saved = recipe.save_adapter()
+    recipe.cleanup()
+    assert (saved / "icg_config.json").is_file() and not (saved / "refiner").exists()

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 from typer.testing import CliRunner
@@ -28,6 +29,7 @@ from icg.matrix import (
 from icg.matrix import jobs as matrix_jobs
 from icg.matrix.engines import MatrixJobError, run_phase
 from icg.matrix.plan import Job
+from icg.matrix.stats import pooled_mean
 from icg.matrix.table import summarise
 
 # ---- interval math -------------------------------------------------------------------------
@@ -119,6 +121,39 @@ def test_summary_rows_against_the_baseline():
     assert b["one_draw_vs_variant_select"]["mean"] == pytest.approx(0.095)
     assert b["stage_b_seconds"] == pytest.approx(15.0) and rows["a"]["stage_b_seconds"] is None
     assert summarise([], ["a"], "a") == {"a": {"cells": 0}}
+
+
+def test_pooled_mean_equals_the_mean_and_interval_of_the_pooled_sample():
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(0.05, 0.1, n) for n in (40, 70)]
+    summary = [{"n": len(g), "mean": g.mean(), "sd": g.std(ddof=1)} for g in groups]
+    pooled = pooled_mean(summary)
+    every = np.concatenate(groups)
+    half = 1.959963984540054 * every.std(ddof=1) / np.sqrt(len(every))
+    assert pooled["n"] == 110 and pooled["mean"] == pytest.approx(every.mean())
+    assert pooled["ci_low"] == pytest.approx(every.mean() - half)
+    assert pooled["ci_high"] == pytest.approx(every.mean() + half)
+
+
+def test_summary_personal_gain_over_runs_and_per_world():
+    cells = [_cell("a", w, s, 0.3, 0.4) for w in (3, 11) for s in (0, 1)]
+    for cell, mean in zip(cells, (0.04, 0.06, 0.02, 0.02), strict=True):
+        cell["personal_gain"] = {"mean": mean, "n": 100, "sd": 0.1}
+    row = summarise(cells + [_cell("b", 3, 0, 0.3, 0.4)], ["a", "b"], "a")
+    gain = row["a"]["personal_gain"]
+    assert gain["runs"]["mean"] == pytest.approx(0.035) and gain["runs"]["n"] == 4
+    assert gain["worlds"]["3"]["mean"] == pytest.approx(0.05) and gain["worlds"]["3"]["n"] == 200
+    assert gain["worlds"]["11"]["ci_low"] < 0.02 < gain["worlds"]["11"]["ci_high"]
+    assert "personal_gain" not in row["b"]  # its cell did not measure it
+
+
+def test_a_cell_asked_for_the_personal_control_is_not_done_without_it(tmp_path: Path):
+    job = Job("cell", tmp_path, {"personal": True})
+    (tmp_path / "result.json").write_text(json.dumps({"true_ctr": {}}))
+    assert not matrix_jobs.job_done(job)
+    assert matrix_jobs.job_done(Job("cell", tmp_path, {"personal": False}))
+    (tmp_path / "result.json").write_text(json.dumps({"personal_gain": {"mean": 0.0}}))
+    assert matrix_jobs.job_done(job)
 
 
 # ---- plan, cache keys, resume ---------------------------------------------------------------
@@ -346,3 +381,14 @@ def test_tiny_matrix_end_to_end(tmp_path: Path):
     stamp = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("result.json")}
     run_matrix(spec, tmp_path)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("result.json")} == stamp
+    # the personal-gain control added to the finished cells: no stage trains again
+    adapters = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("adapter/*.safetensors")}
+    table = run_matrix(spec.model_copy(update={"personal": True}), tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("adapter/*.safetensors")} == adapters
+    for cell in table["cells"]:
+        pairs = pd.read_parquet(tmp_path / cell["dir"] / "pairs.parquet")
+        gain = (pairs["one_draw"] - pairs["swapped"]).dropna()
+        assert cell["personal_gain"]["n"] == len(gain) > 0
+        assert cell["personal_gain"]["mean"] == pytest.approx(gain.mean())
+    assert table["recipes"]["stage-b"]["personal_gain"]["runs"]["n"] == 2
+    assert "Personal gain" in (tmp_path / "matrix.md").read_text()

@@ -45,6 +45,10 @@ def recipes(
         str | None,
         typer.Option("--world-size", help="items,users,impressions (default: the full demo's)."),
     ] = None,
+    personal: Annotated[
+        bool,
+        typer.Option("--personal", help="Also measure each cell's personal gain (user swap)."),
+    ] = False,
     engine: Annotated[
         str, typer.Option("--engine", help="local, process (a process per job) or ray.")
     ] = "local",
@@ -69,7 +73,8 @@ def recipes(
         extra = {} if world_size is None else {"world_size": _ints(world_size, "--world-size", 3)}
         spec = MatrixSpec(
             recipes=loaded, baseline=baseline, worlds=_ints(worlds, "--worlds"),
-            train_seeds=train_seeds, pairs=pairs, candidates=candidates, **extra,
+            train_seeds=train_seeds, pairs=pairs, candidates=candidates, personal=personal,
+            **extra,
         )  # fmt: skip
     except (RecipeError, ValidationError) as err:  # one line that names the file and field
         typer.echo(f"error: {err}", err=True)

@@ -108,6 +108,13 @@ def align(
             help="The MLLM reads the reference image with the title (default: on).",
         ),
     ] = None,
+    user_refiner: Annotated[
+        bool | None,
+        typer.Option(
+            "--user-refiner/--no-user-refiner",
+            help="The user refines the meta tokens (default: on; off: the user words alone).",
+        ),
+    ] = None,
     ema_decay: EmaDecay = None,
     no_ema: NoEma = False,
     resume: Annotated[
@@ -144,6 +151,7 @@ def align(
             style_vocabulary=style_vocabulary,
             global_conditioning=global_conditioning,
             read_image=read_image,
+            user_refiner=user_refiner,
             ema_decay=ema_decay,
         )
     except (ValidationError, ValueError) as err:

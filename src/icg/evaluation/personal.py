@@ -90,11 +90,9 @@ class SwapControl:
     data: object
     draw: SwapDraw
 
-    def __call__(
-        self, pairs: pd.DataFrame, cold: np.ndarray, own: np.ndarray | None = None
-    ) -> dict[str, float | int] | None:
-        """``personal_gain`` over the warm pairs (None without any partner); ``own``: the
-        single-draw covers of ``pairs`` when already drawn (``icg-single``)."""
+    def partners(self, pairs: pd.DataFrame, cold: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+        """``(keep, partners)``: which pairs have a warm user with a swap partner (bool (N,)),
+        and each such user's partner (`swap_partners`)."""
         segment = {str(u): int(s) for u, s in self.truth.users["segment"].items()}
         users = {
             str(u): np.asarray(e, dtype=np.float64)
@@ -105,7 +103,26 @@ class SwapControl:
         evaluated = list(dict.fromkeys(pairs["user_id"].astype(str)))
         swapped = list(dict.fromkeys(pairs["user_id"].astype(str)[warm]))
         partners = swap_partners(users, segment, swapped, evaluated)
-        keep = warm & pairs["user_id"].astype(str).isin(partners).to_numpy()
+        return warm & pairs["user_id"].astype(str).isin(partners).to_numpy(), partners
+
+    def swapped_ctr(self, pairs: pd.DataFrame, cold: np.ndarray) -> np.ndarray:
+        """Per pair (user A, item), A's true CTR of the single draw made for A's partner on A's
+        noise seed; NaN where A has no partner (`partners`)."""
+        keep, partners = self.partners(pairs, cold)
+        ctr = np.full(len(pairs), np.nan)
+        if keep.any():
+            kept = pairs[keep].reset_index(drop=True)
+            theirs = self.draw(kept, partners)
+            ctr[keep] = self.truth.score(theirs, kept["user_id"].tolist(),
+                                         kept["item_id"].tolist())["ctr"]  # fmt: skip
+        return ctr
+
+    def __call__(
+        self, pairs: pd.DataFrame, cold: np.ndarray, own: np.ndarray | None = None
+    ) -> dict[str, float | int] | None:
+        """``personal_gain`` over the warm pairs (None without any partner); ``own``: the
+        single-draw covers of ``pairs`` when already drawn (``icg-single``)."""
+        keep, partners = self.partners(pairs, cold)
         if not keep.any():
             return None
         kept = pairs[keep].reset_index(drop=True)

@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from icg.checkpoints import write_run_config
 from icg.io import atomic_write_json
 from icg.layout import STATS_FILE
-from icg.matrix.evaluate import CELL_METHODS, evaluate_cell
+from icg.evaluation.personal import mean_interval
+from icg.matrix.evaluate import CELL_METHODS, SWAPPED, evaluate_cell, swapped_ctr
 from icg.matrix.plan import Job
 from icg.training.align import AlignConfig, run_align
 from icg.training.draft import DraftTrainer
@@ -36,6 +38,7 @@ from icg.world.generate import generate_world
 logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+PAIRS_FILE = "pairs.parquet"  # per pair: the true CTR of each method (and ``swapped``)
 MARKERS = {
     "world": "world.yaml",
     "preference": "config.json",
@@ -45,8 +48,12 @@ MARKERS = {
 
 
 def job_done(job: Job) -> bool:
-    """Whether ``job``'s folder holds its finished output."""
-    return (job.dir / MARKERS[job.kind]).is_file()
+    """Whether ``job``'s folder holds its finished output (a cell asked for the personal-gain
+    control also needs it in its result)."""
+    marker = job.dir / MARKERS[job.kind]
+    if job.kind == "cell" and job.payload.get("personal") and marker.is_file():
+        return "personal_gain" in json.loads(marker.read_text())
+    return marker.is_file()
 
 
 def _resume(out: Path) -> bool:
@@ -109,9 +116,39 @@ def calibrate_stage_a(p: dict[str, Any], out: Path) -> None:
         recipe.cleanup()
 
 
-def run_cell(job: Job) -> None:
-    """Train the cell's stage B (or calibrate stage A alone), evaluate it, write result.json."""
+def personal_summary(scores: pd.DataFrame) -> dict[str, Any]:
+    """A cell's ``personal_gain``: `mean_interval` of ``one_draw - swapped`` over its pairs with a
+    swap partner, with the differences' ``sd`` (the table pools cells of a world with it)."""
+    diffs = (scores["one_draw"] - scores[SWAPPED]).dropna().to_numpy()
+    sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else None
+    return {**mean_interval(diffs), "sd": sd}
+
+
+def add_personal(job: Job, scores: pd.DataFrame, result: dict[str, Any]) -> None:
+    """Draw the cell's personal-gain control, add ``swapped`` to ``scores`` and
+    ``personal_gain`` to ``result``, and write both (pairs.parquet, then result.json)."""
     p = job.payload
+    t0 = time.perf_counter()
+    swapped = swapped_ctr(Path(p["world"]), job.dir / "run", job.dir / "eval", p["evaluation"])
+    same = ["user_id", "item_id"]
+    if not scores[same].reset_index(drop=True).equals(swapped[same]):
+        raise RuntimeError(f"{job.dir}: the personal control drew other pairs than the cell's")
+    scores[SWAPPED] = swapped[SWAPPED].to_numpy()
+    result["personal_gain"] = personal_summary(scores)
+    result.setdefault("seconds", {})["personal"] = round(time.perf_counter() - t0, 1)
+    logger.info("personal_gain: %s", result["personal_gain"])
+    scores.to_parquet(job.dir / PAIRS_FILE, index=False)
+    atomic_write_json(job.dir / RESULT_FILE, result)
+
+
+def run_cell(job: Job) -> None:
+    """Train the cell's stage B (or calibrate stage A alone), evaluate it, write result.json; a
+    cell finished before without the personal-gain control it now asks for only adds it."""
+    p = job.payload
+    if (job.dir / RESULT_FILE).is_file():
+        result = json.loads((job.dir / RESULT_FILE).read_text())
+        add_personal(job, pd.read_parquet(job.dir / PAIRS_FILE), result)
+        return
     run = job.dir / "run"
     icg = run / "icg"
     _link_preference(run, Path(p["preference"]))
@@ -131,7 +168,10 @@ def run_cell(job: Job) -> None:
         "true_ctr": {c: float(scores[c].mean()) for c in CELL_METHODS.values()},
         "seconds": {"stage_b": train_s, "evaluate": round(time.perf_counter() - t0, 1)},
     }
-    scores.to_parquet(job.dir / "pairs.parquet", index=False)
+    if p.get("personal"):
+        add_personal(job, scores, result)
+        return
+    scores.to_parquet(job.dir / PAIRS_FILE, index=False)
     atomic_write_json(job.dir / RESULT_FILE, result)
 
 

@@ -44,6 +44,9 @@ class MatrixSpec(BaseModel):
         pairs: evaluation pairs per world (at least; users × items of `choose_pairs`).
         candidates: K of best of K.
         world_size: (items, users, impressions) of every world (default: the full demo's).
+        personal: each cell also draws the personal-gain control (one draw made for another
+            user, `icg.matrix.evaluate.swapped_ctr`); not part of a cell's hash, so a cell
+            finished without it only adds it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -55,6 +58,7 @@ class MatrixSpec(BaseModel):
     pairs: int = Field(256, ge=1)
     candidates: int = Field(8, ge=2)
     world_size: tuple[int, int, int] = (FULL.n_items, FULL.n_users, FULL.n_impressions)
+    personal: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> MatrixSpec:
@@ -162,6 +166,7 @@ def plan_matrix(spec: MatrixSpec, out: str | Path) -> MatrixPlan:
                     "world": str(world.dir), "preference": str(pref.dir),
                     "align": str(align.dir), **cell_cfg,
                     "label": {"recipe": recipe.name, "world": w, "train_seed": seed},
+                    "personal": spec.personal,
                 }  # fmt: skip
                 job = plan.add(Job("cell", out / "cells" / cell_key, payload))
                 plan.cells.append(Cell(recipe.name, w, seed, job))

@@ -79,3 +79,19 @@ def seed_spread(runs: Mapping[RunKey, float]) -> float:
     for (world, _), value in runs.items():
         worlds.setdefault(world, []).append(value)
     return float(np.mean([max(v) - min(v) for v in worlds.values()]))
+
+
+def pooled_mean(groups: Sequence[Mapping[str, float]], z: float = 1.959963984540054) -> dict:
+    """The mean of the values of several groups pooled into one sample, from each group's
+    ``n``, ``mean`` and ``sd`` (ddof 1), with its normal (Wald) interval ``mean ± z · sd / √N``:
+    e.g. one world's per-pair personal gains over its training seeds' cells."""
+    n = np.array([g["n"] for g in groups], dtype=np.float64)
+    means = np.array([g["mean"] for g in groups], dtype=np.float64)
+    sds = np.array([g.get("sd") or 0.0 for g in groups], dtype=np.float64)
+    total = float(n.sum())
+    mean = float((n * means).sum() / total)
+    if total < 2:
+        return {"mean": mean, "ci_low": math.nan, "ci_high": math.nan, "n": int(total)}
+    ss = float(((n - 1) * sds**2).sum() + (n * (means - mean) ** 2).sum())
+    half = z * math.sqrt(ss / (total - 1)) / math.sqrt(total)
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": int(total)}

@@ -3,7 +3,8 @@
 Per recipe: the mean over its cells of one-draw and best-of-K true CTR with the training-seed
 spread; against the baseline recipe, the paired per-run difference with a 95% t-interval over
 runs; and one draw against `variant-select` (the platform's own personalization) on the same
-pairs.
+pairs; and, where the cells measured it, the personal gain (one draw against the same draw made
+for another user) over runs and per world.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from icg.io import atomic_write_json, atomic_write_text
-from icg.matrix.stats import RunKey, paired_difference, seed_spread, t_interval
+from icg.matrix.stats import RunKey, paired_difference, pooled_mean, seed_spread, t_interval
 
 COLUMNS = ("one_draw", "best_of_k", "variant_select", "reference")
 
@@ -67,8 +68,40 @@ def summarise(
                 c: paired_difference(r[c], runs[baseline][c]).as_dict()
                 for c in ("one_draw", "best_of_k")
             }
+        gains = {(int(c["world"]), int(c["train_seed"])): c["personal_gain"]
+                 for c in cells if c["recipe"] == recipe and c.get("personal_gain")}  # fmt: skip
+        if gains:
+            worlds = sorted({w for w, _ in gains})
+            row["personal_gain"] = {
+                "runs": t_interval([g["mean"] for g in gains.values()]).as_dict(),
+                "worlds": {str(w): pooled_mean([g for k, g in gains.items() if k[0] == w])
+                           for w in worlds},
+            }  # fmt: skip
         rows[recipe] = row
     return rows
+
+
+def personal_markdown(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The personal-gain table (recipes whose cells measured it), or no lines."""
+    measured = {name: row["personal_gain"] for name, row in rows.items() if "personal_gain" in row}
+    if not measured:
+        return []
+    worlds = sorted({w for g in measured.values() for w in g["worlds"]}, key=int)
+    lines = [
+        "",
+        "Personal gain: a pair's one draw minus the same draw (same noise) made for a user of "
+        "another taste segment, both scored for the pair's user. Over runs: mean with a 95% "
+        "t-interval over runs; per world: the pairs of its training seeds pooled (95% Wald).",
+        "",
+        "| recipe | over runs | " + " | ".join(f"world {w}" for w in worlds) + " |",
+        "|---|---|" + "---|" * len(worlds),
+    ]
+    for name, g in measured.items():
+        per_world = [g["worlds"].get(w) for w in worlds]
+        cells = [_interval({"mean": d["mean"], "low": d["ci_low"], "high": d["ci_high"],
+                            "n": d["n"]}) if d else "–" for d in per_world]  # fmt: skip
+        lines.append(f"| {name} | {_interval(g['runs'])} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _num(x: float, signed: bool = False) -> str:
@@ -105,7 +138,7 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], baseline: str, text: str) ->
             f"{_num(row['variant_select']['mean'])} | {_num(row['reference']['mean'])} | "
             f"{'–' if row['stage_b_seconds'] is None else round(row['stage_b_seconds'])} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + personal_markdown(rows)) + "\n"
 
 
 def write_table(

@@ -126,11 +126,14 @@ class ICGModel(nn.Module):
         user_embeddings: torch.Tensor | None = None,
         user_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ICG tokens ``(B, K', token_dim)`` from item features ``(B, K, D)`` and optional users."""
+        """ICG tokens ``(B, K', token_dim)`` from item features ``(B, K, D)`` and optional users.
+
+        A model without a refiner but with user words (``user_refiner: false`` in stage A) makes
+        the same tokens for every user: its user reaches the image through `prompts` alone."""
         if self.refiner is not None:
             features = self.refiner(features, user_embeddings, user_mask)  # (B, K, D)
-        elif user_embeddings is not None:
-            raise ValueError("user_embeddings: this ICG model has no user refiner")
+        elif user_embeddings is not None and self.user_prompt is None:
+            raise ValueError("user_embeddings: this ICG model has no user refiner or user words")
         return self.adapter(features)
 
     def prompts(self, titles: list[str], user_embeddings: torch.Tensor | None = None) -> list[str]:

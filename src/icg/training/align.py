@@ -104,6 +104,11 @@ class AlignConfig(BaseModel):
     )
     resolution: int | None = Field(None, ge=8)
     text_dropout: float = Field(0.1, ge=0, le=1)
+    user_refiner: bool = Field(
+        True,
+        description="the user refines the meta tokens (ICG's user path); False: no refiner, the "
+        "user reaches the image only through the prompt's user words (the words-only ablation)",
+    )
     user_dropout: float = Field(
         0.2, ge=0, le=1, description="fraction of each batch trained without its user"
     )
@@ -216,7 +221,7 @@ class AlignRecipe:
         data = load_dataset(cfg.data)
         size = cfg.resolution or default_size(base)
         self.data = prepare_align_data(cfg, data, self.vae, PromptEncoder(base, size), size)
-        user_dim = data.embedding_dim
+        user_dim = data.embedding_dim if cfg.user_refiner else 0  # 0: no refiner
 
         self.checkpoint_dir = cfg.out / CHECKPOINTS_DIR
         checkpoint = latest_checkpoint(self.checkpoint_dir) if resume else None
@@ -289,7 +294,8 @@ class AlignRecipe:
         drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
         no_user = dropped_rows(gen, len(idx), cfg.user_dropout)  # drawn last: old streams stay
         users = torch.stack([data.user_vectors[data.user_ids[i]] for i in idx])  # (B, U)
-        tokens = self.model(feats, without_users(users, no_user).to(device))  # (B, K', T)
+        users = without_users(users, no_user).to(device) if self.icg.refiner is not None else None
+        tokens = self.model(feats, users)  # (B, K', T)
 
         rows = ["" if d else data.titles[i] for d, i in zip(drop.tolist(), items, strict=True)]
         text = TextConditioning.stack([data.text_states[r] for r in rows]).to(device)  # (B, L, C)
