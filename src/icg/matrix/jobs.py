@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 
 from icg.checkpoints import write_run_config
+from icg.evaluation.personal import mean_interval
 from icg.io import atomic_write_json
 from icg.layout import STATS_FILE
-from icg.evaluation.personal import mean_interval
 from icg.matrix.evaluate import CELL_METHODS, SWAPPED, evaluate_cell, swapped_ctr
 from icg.matrix.plan import Job
 from icg.training.align import AlignConfig, run_align
