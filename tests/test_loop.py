@@ -1,5 +1,5 @@
-"""`icg loop`: two rounds of covers -> simulated A/B -> preference -> stage B on tiny models,
-resumed round by round."""
+"""`icg loop`: two rounds of batch covers -> simulated A/B -> preference -> stage B on tiny
+models, resumed round by round; a round of per-pair covers; the seeds a round inherits."""
 
 from __future__ import annotations
 
@@ -9,11 +9,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from diffusers import StableDiffusionPipeline
 from model_fixtures import get_dummy_components, perturb_, tiny_icg
 from stage_b_fixtures import stage_b_rewards
 
-from icg.loop import LoopConfig, merge_logs, run_loop
+from icg.loop import (
+    LoopConfig,
+    experiment_items,
+    experiment_pairs,
+    inherited_seed,
+    merge_logs,
+    run_loop,
+)
 from icg.world.config import WorldConfig
 from icg.world.generate import generate_world
 
@@ -38,6 +46,10 @@ def setup(tmp_path_factory):
     _, model = tiny_icg(user_dim=USER_DIM, num_meta_tokens=2)
     perturb_(model)
     model.save_pretrained(root / "run" / "align" / "adapter")
+    # the seeds the start run and its preference model trained with (their records' `seed`)
+    (root / "run" / "align" / "config.yaml").write_text(yaml.safe_dump({"seed": 7}))
+    (root / "run" / "preference").mkdir(parents=True)
+    (root / "run" / "preference" / "train_config.yaml").write_text(yaml.safe_dump({"seed": 5}))
     mllm, processor = model.encoder.mllm, model.encoder.processor
 
     def pipeline(adapter: Path):
@@ -84,6 +96,66 @@ def test_two_rounds_resume_round_by_round(setup, caplog):
     # round 2 drew its covers with round 1's stage-B run
     assert (loop.out / "round_1" / "icg" / "adapter" / "icg_config.json").is_file()
     assert (loop.out / "round_2" / "icg" / "adapter" / "icg_config.json").is_file()
+
+
+def test_batch_covers_reach_every_user_of_the_icg_arm(setup):
+    loop, parts = setup
+    run_loop(loop, **parts)
+    log = pd.read_parquet(loop.out / "round_1" / "ab" / "impressions.parquet")
+    icg = log[log["arm"] == "icg"]
+    # every icg-arm impression shows a segment's generated cover, beyond the first `users` users
+    assert icg["cover_id"].str.match(r"icg:s\d+:").all()
+    assert icg["cover"].str.startswith("images/ab/icg/").all()
+    first = set(experiment_pairs(loop.world, loop.users, loop.items)["user_id"])
+    assert set(icg["user_id"]) - first
+    assert set(log["item_id"]) == set(experiment_items(loop.world, loop.items))
+    summary = json.loads((loop.out / "loop.json").read_text())
+    assert summary["rounds"][0]["icg_impressions"] == len(icg)
+
+
+def test_round_inherits_the_recorded_seeds_and_trains_stage_b_on_the_world(setup):
+    loop, parts = setup
+    run_loop(loop, **parts)
+    stage_b = yaml.safe_load((loop.out / "round_1" / "icg" / "config.yaml").read_text())
+    assert stage_b["seed"] == 7  # RUN/align/config.yaml, not the loop's seed 0
+    assert Path(stage_b["data"]).resolve() == loop.world.resolve()  # not round_1/data
+    pref = yaml.safe_load((loop.out / "round_1" / "preference" / "train_config.yaml").read_text())
+    assert pref["seed"] == 5
+    assert json.loads((loop.out / "loop.json").read_text())["seeds"] == {
+        "reward": 7,
+        "preference": 5,
+    }
+
+
+def test_pairs_covers_round_and_seed_overrides(setup, tmp_path):
+    loop, parts = setup
+    cfg = loop.model_copy(update={"out": tmp_path / "pairs", "covers": "pairs",
+                                  "reward_seed": 11, "preference_seed": 12})  # fmt: skip
+    summary = run_loop(cfg, **parts)
+    manifest = pd.read_parquet(cfg.out / "round_1" / "covers" / "manifest.parquet")
+    assert len(manifest) == cfg.users * cfg.items
+    log = pd.read_parquet(cfg.out / "round_1" / "ab" / "impressions.parquet")
+    shown = log.loc[log["arm"] == "icg", "user_id"]
+    assert set(shown) <= set(manifest["user_id"])  # only the drawn pairs' users see covers
+    stage_b = yaml.safe_load((cfg.out / "round_1" / "icg" / "config.yaml").read_text())
+    pref = yaml.safe_load((cfg.out / "round_1" / "preference" / "train_config.yaml").read_text())
+    assert (stage_b["seed"], pref["seed"]) == (11, 12)
+    assert summary["seeds"] == {"reward": 11, "preference": 12}
+
+
+def test_inherited_seed_reads_run_json_and_names_a_bad_file(tmp_path, caplog):
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "reward", "config": {"seed": 3}}))
+    files = ("config.yaml", "run.json")
+    assert inherited_seed(tmp_path, files, None, 0, "stage B") == 3
+    assert inherited_seed(tmp_path, files, 9, 0, "stage B") == 9
+    (tmp_path / "config.yaml").write_text("seed: 4\n")
+    assert inherited_seed(tmp_path, files, None, 0, "stage B") == 4
+    with caplog.at_level(logging.WARNING, logger="icg.loop"):
+        assert inherited_seed(tmp_path / "none", files, None, 2, "stage B") == 2
+    assert "no seed recorded" in caplog.text
+    (tmp_path / "config.yaml").write_text("seed: four\n")
+    with pytest.raises(ValueError, match="config.yaml: seed"):
+        inherited_seed(tmp_path, files, None, 0, "stage B")
 
 
 def test_merged_logs_validate(setup, tmp_path):

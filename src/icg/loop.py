@@ -2,12 +2,19 @@
 
 Each round r (folder OUT/round_<r>/):
 
-    covers/      one draw per (user, item) pair from the current ICG run (round 1: RUN/<start>)
+    covers/      the current ICG run's covers (round 1: RUN/<start>): ``batch`` (default), an
+                 `icg batch` output, one draw per (k-means user segment, item), every user shown
+                 their segment's cover; ``pairs``, one draw per (user, item) of `experiment_pairs`
     ab/          a simulated A/B of those covers against the platform's (`icg world ab`)
     report/      its analysis (`icg ab report`)
     data/        the world's impressions plus every round's A/B impressions so far (no truth/)
     preference/  the preference model retrained on data/ (`icg train preference`)
     icg/         stage B from RUN/align with that reward (`icg train reward`): next round's run
+
+Only the reward changes between RUN/<start> and a round's stage B: stage B trains on the world's
+own folder (its pair pool and clicked covers come from the impressions, so training on data/
+would change its random stream), with the seed recorded in RUN/<start>'s run config; the
+retrained preference model takes the seed recorded in RUN/preference (`inherited_seed`).
 
 Every step is skipped when its output is there, so an interrupted loop resumes where it stopped;
 OUT/loop.json gathers each round's online lift, the offline truth CTR of its covers and the
@@ -21,17 +28,25 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from icg.ab import ab_report, load_log, write_report
-from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from icg.batch import BatchConfig, run_batch
+from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS, read_yaml_mapping
 from icg.data import load_dataset
 from icg.generation import generate_covers
-from icg.io import atomic_dir, atomic_write_json
+from icg.io import atomic_dir, atomic_path, atomic_write_json
+from icg.layout import (
+    PREFERENCE_RUN,
+    RUN_CONFIG_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    TRAIN_CONFIG_FILE,
+)
 from icg.models.paths import resolve_adapter_dir
 from icg.pipeline import ICGPipeline
 from icg.training.preference import PreferenceConfig, train_preference
@@ -52,8 +67,15 @@ class LoopConfig(BaseModel):
     out: Path
     rounds: int = Field(3, ge=1)
     start: str = Field("icg", description="RUN/<start>: the run that draws round 1's covers")
-    users: int = Field(8, ge=1, description="users (with history) the covers are drawn for")
-    items: int = Field(12, ge=1, description="items the covers are drawn for")
+    covers: Literal["pairs", "batch"] = Field(
+        "batch",
+        description="batch: one cover per (user segment, item), shown to every user of the "
+        "segment; pairs: one per (user, item) of the first `users` users x `items` items",
+    )
+    users: int = Field(8, ge=1, description="pairs: users (with history) the covers are drawn for")
+    items: int | None = Field(12, ge=1, description="the first N items (None: every item)")
+    segments: int = Field(4, ge=1, description="batch: k-means user segments")
+    threads: int | None = Field(None, ge=1, description="batch: torch threads of its worker")
     impressions: int = Field(100_000, ge=1, description="impressions per round's A/B")
     num_inference_steps: int = Field(DEFAULT_STEPS, ge=1)
     guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=1.0)
@@ -63,18 +85,99 @@ class LoopConfig(BaseModel):
         default_factory=dict, description="PreferenceConfig overrides"
     )
     reward: dict[str, Any] = Field(default_factory=dict, description="RewardConfig overrides")
-    seed: int = 0
+    reward_seed: int | None = Field(
+        None, description="stage B's seed (None: the one recorded in RUN/<start>)"
+    )
+    preference_seed: int | None = Field(
+        None, description="the preference retrain's seed (None: the one in RUN/preference)"
+    )
+    seed: int = Field(0, description="the covers' draws; round r's A/B has seed + r")
 
 
-def experiment_pairs(world: Path, users: int, items: int) -> pd.DataFrame:
+def experiment_items(world: Path, items: int | None) -> list[str]:
+    """The first `items` item ids in sorted order (None: every item)."""
+    return sorted(pd.read_parquet(world / "items.parquet")["item_id"].astype(str))[:items]
+
+
+def experiment_pairs(world: Path, users: int, items: int | None) -> pd.DataFrame:
     """The first `users` users with impressions x the first `items` items (sorted ids): the
-    pairs every round draws covers for (read from the platform tables only)."""
+    pairs a ``pairs`` round draws covers for (read from the platform tables only)."""
     seen = pq.read_table(world / "impressions.parquet", columns=["user_id"]).column(0)
     user_ids = sorted(set(seen.to_pylist()))[:users]
-    item_ids = sorted(pd.read_parquet(world / "items.parquet")["item_id"])[:items]
+    item_ids = experiment_items(world, items)
     return pd.DataFrame(
         [(u, i) for u in user_ids for i in item_ids], columns=["user_id", "item_id"]
     )
+
+
+def inherited_seed(folder: Path, files: tuple[str, ...], override: int | None, fallback: int,
+                   what: str) -> int:  # fmt: skip
+    """The seed a loop step trains with: ``override`` if set, else the ``seed`` recorded in the
+    first of ``files`` under ``folder`` that exists (a YAML config, or ``run.json``'s
+    ``config``), else ``fallback`` (with a warning).
+
+    Raises:
+        ValueError: the recorded seed is not an integer (names the file).
+    """
+    if override is not None:
+        return override
+    for name in files:
+        file = folder / name
+        if not file.is_file():
+            continue
+        values = read_yaml_mapping(file)  # JSON is YAML
+        values = values.get("config", {}) if name == RUN_FILE else values
+        seed = values.get("seed") if isinstance(values, dict) else None
+        if seed is None:
+            continue
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"{file}: seed: expected an integer, got {seed!r}")
+        logger.info("%s: seed %d, as recorded in %s", what, seed, file)
+        return seed
+    logger.warning("%s: no seed recorded under %s; using the loop's seed %d", what, folder,
+                   fallback)  # fmt: skip
+    return fallback
+
+
+def round_arm(cfg: LoopConfig, root: Path) -> Path:
+    """The A/B arm that shows a round's covers (`icg.world.ab.arm_covers`): their manifest
+    (``pairs``) or the `icg batch` output folder (``batch``)."""
+    return root / "covers" / "manifest.parquet" if cfg.covers == "pairs" else root / "covers"
+
+
+def draw_round_covers(cfg: LoopConfig, pipe: Any, adapter: Path, root: Path) -> None:
+    """Draw a round's covers into ``root/covers`` (`round_arm` is the A/B arm showing them).
+
+    Args:
+        cfg: the loop's configuration (``covers`` picks the design).
+        pipe: the current run's `ICGPipeline`.
+        adapter: the current run's folder (recorded in the batch's plan).
+        root: the round's folder.
+    """
+    out = root / "covers"
+    if cfg.covers == "pairs":
+        pairs = experiment_pairs(cfg.world, cfg.users, cfg.items)
+        generate_covers(pipe, load_dataset(cfg.world, check_images=False), pairs, out,
+                        method="icg", seed=cfg.seed, num_inference_steps=cfg.num_inference_steps,
+                        guidance_scale=cfg.guidance_scale)  # fmt: skip
+        return
+    wanted = None
+    if cfg.items is not None:  # every user x the first `items` items
+        users = pd.read_parquet(cfg.world / "users.parquet", columns=["user_id"])["user_id"]
+        items = experiment_items(cfg.world, cfg.items)
+        wanted = root / "batch-pairs.parquet"
+        with atomic_path(wanted) as tmp:
+            pd.DataFrame([(str(u), i) for u in users for i in items],
+                         columns=["user_id", "item_id"]).to_parquet(tmp, index=False)  # fmt: skip
+    batch = BatchConfig(
+        run=adapter, data=cfg.world, out=out, segments=cfg.segments, segment_by="kmeans",
+        candidates=1, pick="segment", engine="local", seed=cfg.seed, threads=cfg.threads,
+        num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+        pairs=wanted,
+    )  # fmt: skip
+    result = run_batch(batch, pipe=pipe)
+    logger.info("covers: %d segments x %d items, %d drawn", result.segments,
+                result.units // max(result.segments, 1), result.images)  # fmt: skip
 
 
 def merge_logs(world: Path, experiments: list[Path], out: Path) -> Path:
@@ -124,18 +227,21 @@ def run_loop(
             for each round (default: loaded from the records).
     """
     load = pipeline or (lambda adapter: ICGPipeline.from_pretrained(resolve_adapter_dir(adapter)))
-    pairs = experiment_pairs(cfg.world, cfg.users, cfg.items)
-    world_data = load_dataset(cfg.world, check_images=False)
-    adapter, rounds, spent = cfg.run / cfg.start, [], 0
+    start = cfg.run / cfg.start
+    reward_seed = inherited_seed(start, (RUN_CONFIG_FILE, RUN_FILE), cfg.reward_seed, cfg.seed,
+                                 "stage B")  # fmt: skip
+    preference_seed = inherited_seed(cfg.run / PREFERENCE_RUN, (TRAIN_CONFIG_FILE, RUN_FILE),
+                                     cfg.preference_seed, cfg.seed, "preference")  # fmt: skip
+    adapter, rounds, spent = start, [], 0
     for r in range(1, cfg.rounds + 1):
         root = cfg.out / f"round_{r}"
-        manifest, ab, report = root / "covers" / "manifest.parquet", root / "ab", root / "report"
-        if _todo(f"round {r}: covers", manifest):
-            generate_covers(load(adapter), world_data, pairs, manifest.parent, method="icg",
-                            seed=cfg.seed, num_inference_steps=cfg.num_inference_steps,
-                            guidance_scale=cfg.guidance_scale)  # fmt: skip
+        ab, report = root / "ab", root / "report"
+        arm = round_arm(cfg, root)
+        done = arm if cfg.covers == "pairs" else arm / SUMMARY_FILE
+        if _todo(f"round {r}: covers", done):
+            draw_round_covers(cfg, load(adapter), adapter, root)
         if _todo(f"round {r}: A/B", ab / "experiment.json"):
-            simulate_ab(cfg.world, {"control": "reference", "icg": str(manifest)},
+            simulate_ab(cfg.world, {"control": "reference", "icg": str(arm)},
                         cfg.impressions, cfg.seed + r, ab, overwrite=True)  # fmt: skip
         if _todo(f"round {r}: report", report / "ab.json"):
             write_report(ab_report(load_log(ab, "arm"), "arm", "control"), report)
@@ -145,13 +251,15 @@ def run_loop(
             merge_logs(cfg.world, experiments, data)
         pref = root / "preference"
         if _todo(f"round {r}: preference", pref / "config.json"):
-            pref_cfg = PreferenceConfig(**{"seed": cfg.seed, **cfg.preference})
+            pref_cfg = PreferenceConfig(**{"seed": preference_seed, **cfg.preference})
             train_preference(data, pref, pref_cfg, towers=towers, overwrite=True)
         icg = root / "icg"
         if _todo(f"round {r}: stage B", icg / "adapter" / "icg_config.json"):
+            # the world's folder, not data/: stage B's pair pool (and clicked covers) come from
+            # the impressions, so only the reward differs from RUN/<start>'s stage B
             reward_cfg = RewardConfig(**{
-                "data": data, "init": cfg.run / "align", "out": icg, "preference": pref,
-                "rewards": cfg.rewards, "max_steps": cfg.reward_steps, "seed": cfg.seed,
+                "data": cfg.world, "init": cfg.run / "align", "out": icg, "preference": pref,
+                "rewards": cfg.rewards, "max_steps": cfg.reward_steps, "seed": reward_seed,
                 "num_inference_steps": cfg.num_inference_steps,
                 "guidance_scale": cfg.guidance_scale, **cfg.reward,
             })  # fmt: skip
@@ -160,7 +268,9 @@ def run_loop(
         rounds.append(_round_summary(r, root, spent))
         spent = rounds[-1]["impressions_total"]
         adapter = icg
-    summary = {"config": cfg.model_dump(mode="json"), "rounds": rounds}
+    summary = {"config": cfg.model_dump(mode="json"),
+               "seeds": {"reward": reward_seed, "preference": preference_seed},
+               "rounds": rounds}  # fmt: skip
     atomic_write_json(cfg.out / "loop.json", summary)
     return summary
 
@@ -169,6 +279,7 @@ def _round_summary(r: int, root: Path, spent: int) -> dict:
     experiment = json.loads((root / "ab" / "experiment.json").read_text())
     report = json.loads((root / "report" / "ab.json").read_text())
     lift = report["lift"].get("icg", {}).get("ctr", {})
+    arms = pd.read_parquet(root / "ab" / "impressions.parquet", columns=["arm"])["arm"]
     return {
         "round": r,
         "online_lift": lift.get("lift"), "online_low": lift.get("low"),
@@ -176,6 +287,7 @@ def _round_summary(r: int, root: Path, spent: int) -> dict:
         "offline_true_ctr": experiment["offline_true_ctr"],
         "offline_lift": experiment["offline_lift"].get("icg"),
         "impressions": experiment["impressions"],
+        "icg_impressions": int((arms == "icg").sum()),
         "impressions_total": spent + experiment["impressions"],
         "report": str(root / "report" / "ab.html"),
     }  # fmt: skip
