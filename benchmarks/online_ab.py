@@ -12,12 +12,15 @@ folder with ``icg/`` and ``preference/``) and the CoverWorld it was trained on:
     (evaluation side only: this script reads truth/, no training code does), weighted by the
     pair's impressions: the offline truth-CTR lift, and whether it lies inside the online interval;
 (e) with ``--loop-round``: one round of ``icg loop`` (``icg.loop.run_loop``: covers → A/B →
-    preference retrained on the logs → stage B), then, on the loop's pairs with ``--draws`` K
-    draws each (the same noise seeds before and after), the reward–truth agreement on generated
-    covers (per pair, Spearman of the preference score against the true CTR over its K draws;
-    mean over pairs) before the round (the run's reward on the run's draws) and after it (the
-    retrained reward on the new run's draws, and on the old draws: the reward alone), and one
-    draw's true CTR before and after (paired by pair).
+    preference retrained on the logs → stage B, by default with ``--loop-covers batch``: one
+    cover per (``--loop-segments`` segment, each of the first ``--loop-items`` items) shown to
+    every icg-arm user; stage B with the run's own seed, on the world's folder, so only the
+    reward changes), then, on the first ``--loop-users`` users x ``--loop-items`` items with
+    ``--draws`` K draws each (the same noise seeds before and after), the reward–truth agreement
+    on generated covers (per pair, Spearman of the preference score against the true CTR over
+    its K draws; mean over pairs): first the retrained reward on the run's own draws against the
+    run's reward on them (the reward alone, the loop's point), then the retrained reward on the
+    new run's draws, and one draw's true CTR before and after (paired by pair).
 
 Rerun (the demo's world and run; the batch draws segments x items covers, which dominates the
 time: the quick demo's 4 x 100 took about 30 minutes on a 2-core machine shared at load 9-10;
@@ -75,8 +78,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--loop-round", action="store_true", help="(e): one icg loop round.")
-    p.add_argument("--loop-users", type=int, default=None, help="Default: LoopConfig's (8).")
-    p.add_argument("--loop-items", type=int, default=None, help="Default: LoopConfig's (12).")
+    p.add_argument("--loop-covers", choices=["batch", "pairs"], default=None,
+                   help="The round's covers: per (segment, item) for every user (batch, default) "
+                   "or per (user, item) of the measured pairs (pairs).")  # fmt: skip
+    p.add_argument("--loop-segments", type=int, default=None, help="Batch segments (4).")
+    p.add_argument("--loop-users", type=int, default=None,
+                   help="Users of the measured pairs (and of pairs covers); LoopConfig's (8).")  # fmt: skip
+    p.add_argument("--loop-items", type=int, default=None,
+                   help="The first N items: the round's batch and the measured pairs (12).")  # fmt: skip
+    p.add_argument("--loop-reward-seed", type=int, default=None,
+                   help="Stage B's seed (default: the one recorded in RUN/icg).")  # fmt: skip
+    p.add_argument("--loop-preference-seed", type=int, default=None,
+                   help="The retrain's seed (default: the one recorded in RUN/preference).")  # fmt: skip
     p.add_argument("--loop-reward-steps", type=int, default=None, help="LoopConfig's (60).")
     p.add_argument("--draws", type=int, default=8, help="K draws per pair for the agreement.")
     p.add_argument("--loop-config", type=Path, default=None,
@@ -186,8 +199,12 @@ def spearman_per_pair(score: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def paired(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
-    """Mean of ``after - before`` with its 95% Student-t interval over pairs."""
-    d = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    """Mean of ``after - before`` with its 95% Student-t interval over the pairs where both are
+    defined (a Spearman over constant scores is NaN)."""
+    before, after = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    keep = ~(np.isnan(before) | np.isnan(after))
+    before, after = before[keep], after[keep]
+    d = after - before
     half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0
     return {"before": float(np.mean(before)), "after": float(np.mean(after)),
             "diff": float(d.mean()), "low": float(d.mean() - half),
@@ -207,9 +224,12 @@ def loop_round(
     preference models."""
     load = pipeline or (lambda a: ICGPipeline.from_pretrained(resolve_adapter_dir(a)))
     cfg = load_config(LoopConfig, args.loop_config, world=args.world, run=args.run,
-                      out=args.out / "loop", rounds=1, users=args.loop_users,
+                      out=args.out / "loop", rounds=1, covers=args.loop_covers,
+                      segments=args.loop_segments, users=args.loop_users,
                       items=args.loop_items, impressions=args.impressions,
                       reward_steps=args.loop_reward_steps, seed=args.seed,
+                      reward_seed=args.loop_reward_seed, threads=args.threads,
+                      preference_seed=args.loop_preference_seed,
                       num_inference_steps=args.num_inference_steps,
                       guidance_scale=args.guidance_scale)  # fmt: skip
     steps, guidance = cfg.num_inference_steps, cfg.guidance_scale
@@ -244,11 +264,13 @@ def loop_round(
     one_after = results["after"]["true_ctr"].reshape(shape)[:, 0]
     return {
         "pairs": len(pairs), "draws": args.draws,
+        # the reward alone (the loop's point): the retrained reward against the run's, on the
+        # run's own draws
+        "agreement_same_covers_paired": paired(rho["before"], rho["after_same_covers"]),
         "agreement": {k: float(np.nanmean(v)) for k, v in rho.items()},
         "agreement_paired": paired(rho["before"], rho["after"]),
-        "agreement_same_covers_paired": paired(rho["before"], rho["after_same_covers"]),
         "one_draw_true_ctr": paired(one_before, one_after),
-        "loop": loop["rounds"][0],
+        "loop": loop["rounds"][0], "covers": cfg.covers, "seeds": loop["seeds"],
         "impressions_spent": loop["rounds"][0]["impressions_total"],
     }  # fmt: skip
 
@@ -275,11 +297,19 @@ def main(argv: list[str] | None = None, **parts: Any) -> dict[str, Any]:
           f"{off['pairs']} shown pairs: {'agree' if result['agree'] else 'DISAGREE'}")  # fmt: skip
     if "loop_round" in result:
         lr = result["loop_round"]
-        print(
-            f"reward-truth agreement {lr['agreement']['before']:.3f} -> "
-            f"{lr['agreement']['after']:.3f}; one draw's true CTR "
-            f"{lr['one_draw_true_ctr']['before']:.4f} -> {lr['one_draw_true_ctr']['after']:.4f}"
+        same, new, one = (
+            lr["agreement_same_covers_paired"],
+            lr["agreement_paired"],
+            lr["one_draw_true_ctr"],
         )
+        print(f"retrained reward on the run's own covers: reward-truth agreement "
+              f"{same['before']:.3f} -> {same['after']:.3f} ({same['diff']:+.3f} "
+              f"[{same['low']:+.3f}, {same['high']:+.3f}], {same['pairs']} pairs)")  # fmt: skip
+        print(f"new run's covers: agreement {new['before']:.3f} -> {new['after']:.3f} "
+              f"({new['diff']:+.3f} [{new['low']:+.3f}, {new['high']:+.3f}]); one draw's true "
+              f"CTR {one['before']:.4f} -> {one['after']:.4f} ({one['diff']:+.4f} "
+              f"[{one['low']:+.4f}, {one['high']:+.4f}]); {lr['loop']['icg_impressions']} of "
+              f"{lr['loop']['impressions']} impressions showed generated covers")  # fmt: skip
     print(json.dumps(result, indent=2))
     return result
 

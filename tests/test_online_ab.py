@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from diffusers import StableDiffusionPipeline
 from model_fixtures import get_dummy_components, perturb_, tiny_icg, tiny_qwen2vl
 from stage_b_fixtures import stage_b_rewards
@@ -53,6 +54,9 @@ def _tiny_run(root: Path) -> Path:
     with torch.no_grad():
         pm.user_proj.weight.normal_()
     pm.save_pretrained(root / "run" / "preference")
+    # the training seeds the runs recorded, which the loop round inherits
+    (root / "run" / "icg" / "config.yaml").write_text("seed: 2\n")
+    (root / "run" / "preference" / "train_config.yaml").write_text("seed: 3\n")
     return root / "run"
 
 
@@ -80,7 +84,7 @@ def test_online_ab_runs_end_to_end_on_a_tiny_run(tmp_path):
     argv = ["--world", str(world), "--run", str(run), "--out", str(out), "--segments", "2",
             "--impressions", "3000", "--seed", "1", "--num-inference-steps", "2",
             "--guidance-scale", "1.0", "--threads", "1", "--loop-round", "--loop-users", "3",
-            "--loop-items", "2", "--loop-reward-steps", "1", "--draws", "3",
+            "--loop-items", "2", "--loop-segments", "2", "--loop-reward-steps", "1", "--draws", "3",
             "--loop-config", str(loop_cfg), "--json", str(tmp_path / "r.json")]  # fmt: skip
     result = _script().main(argv, towers=tiny_clip(image_size=32, projection_dim=16),
                             reward_parts=_reward_parts)  # fmt: skip
@@ -108,6 +112,16 @@ def test_online_ab_runs_end_to_end_on_a_tiny_run(tmp_path):
     lr = result["loop_round"]
     assert lr["pairs"] == 6 and lr["draws"] == 3
     assert set(lr["agreement"]) == {"before", "after", "after_same_covers"}
+    same = lr["agreement_same_covers_paired"]
+    assert same["before"] == pytest.approx(lr["agreement"]["before"]) or same["pairs"] < 6
+    # the round showed its batch covers (2 segments x 2 items) to every icg-arm user, and its
+    # stage B and preference retrain kept the run's recorded seeds
+    assert lr["covers"] == "batch" and lr["seeds"] == {"reward": 2, "preference": 3}
+    loop_log = pd.read_parquet(out / "loop" / "round_1" / "ab" / "impressions.parquet")
+    icg_users = set(loop_log.loc[loop_log["arm"] == "icg", "user_id"])
+    assert len(icg_users) > 3 and lr["loop"]["icg_impressions"] == (loop_log["arm"] == "icg").sum()
+    stage_b = yaml.safe_load((out / "loop" / "round_1" / "icg" / "config.yaml").read_text())
+    assert stage_b["seed"] == 2 and Path(stage_b["data"]).resolve() == world.resolve()
     assert all(np.isnan(v) or -1 <= v <= 1 for v in lr["agreement"].values())
     one = lr["one_draw_true_ctr"]
     assert one["pairs"] == 6 and one["diff"] == pytest.approx(one["after"] - one["before"])

@@ -20,14 +20,25 @@ def loop(
     start: Annotated[
         str | None, typer.Option(help="RUN/<start> draws round 1's covers [icg]")
     ] = None,
-    users: Annotated[int | None, typer.Option(help="users the covers are drawn for [8]")] = None,
-    items: Annotated[int | None, typer.Option(help="items the covers are drawn for [12]")] = None,
+    covers: Annotated[
+        str | None,
+        typer.Option(
+            help="batch: per (segment, item), every user; pairs: per (user, item) [batch]"
+        ),
+    ] = None,
+    segments: Annotated[int | None, typer.Option(help="batch: k-means user segments [4]")] = None,
+    users: Annotated[int | None, typer.Option(help="pairs: users drawn for [8]")] = None,
+    items: Annotated[int | None, typer.Option(help="the first N items drawn for [12]")] = None,
     impressions: Annotated[
         int | None, typer.Option(help="impressions per round's A/B [100000]")
     ] = None,
     reward_steps: Annotated[int | None, typer.Option(help="stage-B steps per round [60]")] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="seed of draws, experiments, training [0]")
+    seed: Annotated[int | None, typer.Option(help="seed of draws and experiments [0]")] = None,
+    reward_seed: Annotated[
+        int | None, typer.Option(help="stage B's seed [recorded in RUN/<start>]")
+    ] = None,
+    preference_seed: Annotated[
+        int | None, typer.Option(help="the preference retrain's seed [RUN/preference's]")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML LoopConfig (options override)")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the resolved config and stop")] = False,
@@ -40,7 +51,9 @@ def loop(
 
     cfg = load_config(
         LoopConfig, config, world=world, run=run, out=out, rounds=rounds, start=start,
-        users=users, items=items, impressions=impressions, reward_steps=reward_steps, seed=seed,
+        covers=covers, segments=segments, users=users, items=items, impressions=impressions,
+        reward_steps=reward_steps, seed=seed, reward_seed=reward_seed,
+        preference_seed=preference_seed,
     )  # fmt: skip
     if dry_run:
         Console().print(cfg.model_dump(mode="json"))
