@@ -83,6 +83,26 @@ def encode_prompts(text_encoder: Any, tokenizer: Any, prompts: list[str]) -> tor
     return text_encoder(ids, attention_mask=mask)[0]  # (N, L, D)
 
 
+@torch.no_grad()
+def render_chunk(
+    c: int, size: int, cfg: SDRecipeConfig, vae: Any, scale: float, shift: float = 0.0
+) -> tuple[torch.Tensor, list[str]]:
+    """Chunk `c` of the latent cache: `size` renders of ``zoo_seed(LATENT_DATA_OFFSET + c)``
+    encoded by `vae` (posterior mode, ``(z - shift) * scale``: (B, C, h, w)) and their
+    `caption_for` prompts. A pure function of `c`, so every denoiser recipe that caches through
+    it trains on the same covers and prompts."""
+    s = sample_covers(
+        size,
+        zoo_seed(LATENT_DATA_OFFSET + c),
+        size=cfg.image_size,
+        defect_rate=cfg.unet_defect_rate,
+    )
+    z = (vae.encode(to_model_range(s.images)).latent_dist.mode() - shift) * scale  # (B, C, h, w)
+    rng = np.random.default_rng([LATENT_DATA_OFFSET, c])  # captions: a function of the chunk
+    prompts = [caption_for(t, lv, rng, cfg) for t, lv in zip(s.titles, s.style, strict=True)]
+    return z, prompts
+
+
 def unet_data(
     work: Path, cfg: SDRecipeConfig, vae: Any, text_encoder: Any, tokenizer: Any
 ) -> dict[str, torch.Tensor]:
@@ -105,16 +125,7 @@ def unet_data(
         file = chunk_dir / f"chunk-{c:04d}.pt"
         if file.exists():
             continue
-        s = sample_covers(
-            chunk,
-            zoo_seed(LATENT_DATA_OFFSET + c),
-            size=cfg.image_size,
-            defect_rate=cfg.unet_defect_rate,
-        )
-        with torch.no_grad():
-            z = vae.encode(to_model_range(s.images)).latent_dist.mode() * scale  # (B, 4, 16, 16)
-        rng = np.random.default_rng([LATENT_DATA_OFFSET, c])  # captions: a function of the chunk
-        prompts = [caption_for(t, lv, rng, cfg) for t, lv in zip(s.titles, s.style, strict=True)]
+        z, prompts = render_chunk(c, chunk, cfg, vae, scale)
         text = encode_prompts(text_encoder, tokenizer, prompts).half()  # (B, L, D)
         with atomic_path(file) as tmp:
             torch.save({"latents": z, "text": text}, tmp)
