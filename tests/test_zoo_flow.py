@@ -19,6 +19,8 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLI
 
 from icg.checkpoints import latest_checkpoint, load_trainer_state
 from icg.models.base_pipeline import absent_components, load_base
+from icg.training.conditioning import PromptEncoder, base_family
+from icg.training.objective import FlowObjective, training_objective
 from icg.zoo import REGISTRY
 from icg.zoo.gates import gate_passed
 from icg.zoo.recipes import _base, flow
@@ -217,7 +219,15 @@ def test_recipe_resumes_bit_exactly_and_publishes_a_stock_sd3_pipeline_that_draw
         str(straight), text_encoder_3=None, tokenizer_3=None
     )
     pipe.set_progress_bar_config(disable=True)
-    assert isinstance(load_base(str(straight)), StableDiffusion3Pipeline)  # icg's loader
+    base = load_base(str(straight))  # icg's loader: what `--base DIR` / `zoo:flow` runs
+    assert isinstance(base, StableDiffusion3Pipeline) and base_family(base) == "sd3"
+    assert isinstance(training_objective(base), FlowObjective)
+    prompt = "a cover for The Crimson Orb, dark"
+    stage_a = PromptEncoder(base, 64)(prompt)  # stage A's conditioning on this base
+    clip = data.encode_clip(base.text_encoder, base.tokenizer, [prompt])
+    states, pooled = data.sd3_text(clip["states"], clip["pooled"], 32)
+    torch.testing.assert_close(stage_a.states, states[0], rtol=0, atol=0)
+    torch.testing.assert_close(stage_a.pooled, pooled[0], rtol=0, atol=0)
     assert isinstance(pipe.text_encoder, CLIPTextModelWithProjection)
     assert isinstance(pipe.text_encoder_2, CLIPTextModelWithProjection)
     assert pipe.text_encoder_3 is None and pipe.tokenizer_3 is None

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from diffusers import SD3Transformer2DModel
 
+import icg.zoo.recipes.flow.data as flow_data  # module attribute: tests swap `batch`
 from icg.checkpoints import latest_checkpoint, load_optimizer_state, load_trainer_state
 from icg.io import atomic_save_dir
 from icg.seeding import seed_everything
 from icg.training.flow import flow_noised, flow_target
 from icg.zoo.recipes import _base
-from icg.zoo.recipes.flow import data as flow_data
 from icg.zoo.recipes.flow.config import FlowRecipeConfig
 from icg.zoo.recipes.flow.models import build_scheduler, build_transformer
 from icg.zoo.recipes.sd.state import RecipeState, save_phase
