@@ -249,6 +249,7 @@ def test_recipe_resumes_bit_exactly_and_publishes_a_stock_sd3_pipeline_that_draw
         metrics["prompt_motif"] - metrics["prompt_motif_ceiling"]
     )
     assert record["trained_parts"] == ["transformer"]
+    assert record["reused_parts"] == "VAE from sd, text tower from clip"  # no machine paths
     assert (straight / "README.md").is_file()
     assert not list(straight.rglob("*.bin")), "weights must be safetensors"
 

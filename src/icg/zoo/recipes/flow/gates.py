@@ -94,7 +94,7 @@ def write_report(
     state: RecipeState,
 ) -> None:
     """Write ``gates.json`` and the model card README.md of the published folder."""
-    reused = f"VAE from {state.get('vae_from')}, text tower from {state.get('clip_dir')}"
+    reused = state.get("sources", "")
     record = _base.gate_record(
         "flow",
         metrics,
@@ -113,7 +113,9 @@ def write_report(
     _base.write_card(
         out,
         name="flow",
-        summary=_summary(cfg, reused),
+        summary=_summary(cfg, reused)
+        + f"\n\nTrained: the transformer's {params['transformer']:,} parameters, "
+        f"{state.get('published_step', cfg.steps)} of {cfg.steps} steps.",
         loading=(
             "from diffusers import StableDiffusion3Pipeline\n"
             "# no T5 in this folder: diffusers loads it when told so\n"

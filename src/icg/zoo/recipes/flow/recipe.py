@@ -32,6 +32,15 @@ def default_sources() -> tuple[Path, Path]:
     return get("clip").path, get("sd").path
 
 
+def source_label(path: Path) -> str:
+    """``zoo:NAME`` for a shipped zoo folder, else the folder's name (no machine path is
+    written into a published folder)."""
+    for name in ("sd", "clip"):
+        if Path(path).resolve() == get(name).path.resolve():
+            return f"zoo:{name}"
+    return Path(path).name
+
+
 def setup(
     work: Path, cfg: FlowRecipeConfig, clip_dir: Path | None, vae_from: Path | None
 ) -> tuple[Any, Any, Any, dict[str, torch.Tensor], RecipeState]:
@@ -40,7 +49,11 @@ def setup(
     clip_dir, vae_from = Path(clip_dir or default_clip), Path(vae_from or default_sd)
     state = RecipeState(work / "state.json")
     if state.get("clip_dir") is None:
-        state.update(clip_dir=str(clip_dir), vae_from=str(vae_from))
+        state.update(
+            clip_dir=str(clip_dir),
+            vae_from=str(vae_from),
+            sources=f"VAE from {source_label(vae_from)}, text tower from {source_label(clip_dir)}",
+        )
     vae = frozen_vae(work, vae_from)
     text_encoder, tokenizer = frozen_text_tower(work, clip_dir)
     if state.get("latents_wall_s") is None:
