@@ -1,10 +1,7 @@
-"""The `flow` recipe's training phase: rectified flow on the cached latents, EMA, checkpoints."""
+"""The `flow` recipe's training phase: rectified flow on the cached latents (`train_denoiser`)."""
 
 from __future__ import annotations
 
-import copy
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +9,11 @@ import torch
 from diffusers import SD3Transformer2DModel
 
 import icg.zoo.recipes.flow.data as flow_data  # module attribute: tests swap `batch`
-from icg.checkpoints import latest_checkpoint, load_optimizer_state, load_trainer_state
-from icg.io import atomic_save_dir
-from icg.seeding import seed_everything
 from icg.training.flow import flow_noised, flow_target
-from icg.zoo.recipes import _base
 from icg.zoo.recipes.flow.config import FlowRecipeConfig
 from icg.zoo.recipes.flow.models import build_scheduler, build_transformer
-from icg.zoo.recipes.sd.state import RecipeState, save_phase
-from icg.zoo.recipes.sd.unet import ema_update
-
-logger = logging.getLogger(__name__)
+from icg.zoo.recipes.sd.denoiser_phase import Optimisation, train_denoiser
+from icg.zoo.recipes.sd.state import RecipeState
 
 
 def flow_loss(transformer: Any, b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -57,68 +48,24 @@ def train_transformer(
     optimizer, RNG, history); a run resumed from one ends bit-identical to an uninterrupted
     run, since every draw of step ``s`` comes from ``(seed, s)`` (`data.batch`).
     """
-    final = work / "transformer"
-    if final.exists() and state.get("transformer_done"):
-        logger.info("flow: transformer done already (%s)", final)
-        return SD3Transformer2DModel.from_pretrained(str(final))
     scheduler = build_scheduler(cfg)
-    ckpt = latest_checkpoint(work / "transformer_ckpt")
-    seed_everything(seed)
-    if ckpt is None:
-        model = new_transformer(cfg, data)
-        ema = copy.deepcopy(model)
-        start, wall, history = 0, 0.0, []
-    else:
-        model = SD3Transformer2DModel.from_pretrained(str(ckpt / "transformer"))
-        ema = SD3Transformer2DModel.from_pretrained(str(ckpt / "ema"))
-        progress = load_trainer_state(ckpt)
-        start, wall, history = progress["step"], progress["wall_s"], progress["history"]
-        logger.info("flow: resuming from %s (step %d)", ckpt, start)
-    model.train()
-    ema.eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    if ckpt is not None:
-        load_optimizer_state(ckpt, opt)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _base.cosine_lr(s, cfg.steps, 1.0, cfg.warmup, floor=0.1)
+    joint_dim = 2 * data["states"].shape[-1]  # the two CLIP slots (`models.build_transformer`)
+    optimisation = Optimisation(
+        steps=cfg.steps,
+        learning_rate=cfg.learning_rate,
+        warmup=cfg.warmup,
+        weight_decay=cfg.weight_decay,
+        ema_decay=cfg.ema_decay,
+        checkpoint_every=cfg.checkpoint_every,
     )
-    for _ in range(start):
-        sched.step()
-    joint_dim = model.config.joint_attention_dim
-    n_params = _base.count_parameters(model)
-    logger.info("flow: %.2fM params, steps %d..%d", n_params / 1e6, start, cfg.steps)
-    t0 = time.time() - wall
-    bar = _base.progress(cfg.steps, start, "flow")
-    running = None
-    for step in range(start, cfg.steps):
-        b = flow_data.batch(step, seed, data, cfg, scheduler, joint_dim)
-        loss = flow_loss(model, b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema_update(ema, model, step, cfg.ema_decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
-        done = step + 1
-        if done % 50 == 0 or done == cfg.steps:
-            history.append((done, running))
-            logger.info("flow step %d: loss %.4f", done, running)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            elapsed = time.time() - t0
-            save_phase(
-                work / "transformer_ckpt", done, opt, elapsed, history, transformer=model, ema=ema
-            )
-    bar.close()
-    wall = time.time() - t0
-    atomic_save_dir(final, ema.save_pretrained)
-    state.update(
-        transformer_done=True,
-        transformer_wall_s=wall,
-        transformer_params=n_params,
-        transformer_history=history,
+    return train_denoiser(
+        work,
+        "transformer",
+        state,
+        seed,
+        optimisation,
+        model_class=SD3Transformer2DModel,
+        build=lambda: new_transformer(cfg, data),
+        batch=lambda step: flow_data.batch(step, seed, data, cfg, scheduler, joint_dim),
+        loss_fn=flow_loss,
     )
-    logger.info("flow: transformer done in %.0f s", wall)
-    return ema
