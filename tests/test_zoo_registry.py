@@ -45,7 +45,7 @@ def test_a_missing_zoo_model_says_how_to_train_it(tmp_path, monkeypatch) -> None
 
 
 def test_registry_entries() -> None:
-    assert set(REGISTRY) == {"clip", "sd", "mllm", "aesthetic", "icg-adapter"}
+    assert set(REGISTRY) == {"clip", "sd", "flow", "mllm", "aesthetic", "icg-adapter"}
     assert {n for n, e in REGISTRY.items() if e.shipped} == {"clip", "sd", "mllm", "aesthetic"}
     assert get("zoo:clip") is get("clip")
     for entry in REGISTRY.values():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
+from diffusers import AutoPipelineForImage2Image
 from diffusers.utils import BaseOutput
 from PIL import Image
 
@@ -31,10 +31,10 @@ from icg.config import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from icg.data.images import load_image
 from icg.models.attention import ICG_TOKENS_KWARG
 from icg.models.backbones import backbone_of, batch_has_cfg, denoiser_of
+from icg.models.base_pipeline import load_base
 from icg.models.denoiser_lora import attach_lora, find_lora, remove_lora
 from icg.models.guidance import user_guidance_hook
 from icg.models.icg_model import ICGModel
-from icg.models.paths import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class ICGPipeline:
             if not name:
                 raise ValueError(f"{adapter_dir}: the config records no base model; pass base=")
             kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-            base = DiffusionPipeline.from_pretrained(resolve_model_path(name), **kwargs)
+            base = load_base(name, **kwargs)
         model = ICGModel.from_pretrained(adapter_dir, mllm=mllm, torch_dtype=torch_dtype)
         return cls(base, model, lora=find_lora(adapter_dir))
 

@@ -67,7 +67,7 @@ def path(name: Annotated[str, typer.Argument(help="model name, e.g. clip or zoo:
 
 def train(
     name: Annotated[
-        str, typer.Argument(help="model name: clip, sd, mllm, aesthetic or icg-adapter")
+        str, typer.Argument(help="model name: clip, sd, flow, mllm, aesthetic or icg-adapter")
     ],
     out: Annotated[Path, typer.Option(help="folder to write the trained model into")],
     config: Annotated[
@@ -94,7 +94,7 @@ def train(
 
 def evaluate(
     name: Annotated[
-        str, typer.Argument(help="model name: clip, sd, mllm, aesthetic or icg-adapter")
+        str, typer.Argument(help="model name: clip, sd, flow, mllm, aesthetic or icg-adapter")
     ],
     world: Annotated[
         Path | None, typer.Option(help="CoverWorld folder (fresh in-code renders when omitted)")

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from diffusers import DiffusionPipeline
 
 from icg.evaluation import baselines
 from icg.evaluation.baselines import CoverSource
 from icg.generation import Scorer, reward_scorer
 from icg.layout import ADAPTER_DIR, ICG_CONFIG_FILE, PREFERENCE_CONFIG_FILE, PREFERENCE_RUN
 from icg.models.backbones import denoiser_of
+from icg.models.base_pipeline import load_base
 from icg.models.denoiser_lora import find_lora
 from icg.models.icg_model import ICGModel
 from icg.models.mllm import load_mllm
@@ -196,7 +196,7 @@ def load_generators(
     draws with it, and the cover size: ``(base_pipe, mllm, processor, size)``."""
 
     needs_base = any(m in ICG_METHODS or m in BASE_METHODS for m in wanted)
-    pipe = DiffusionPipeline.from_pretrained(resolve_model_path(base)) if needs_base else None
+    pipe = load_base(base) if needs_base else None
     needs_mllm = any(m in ICG_METHODS or m == "mllm-prompt" for m in wanted)
     model, processor = load_mllm(resolve_model_path(mllm)) if needs_mllm else (None, None)
     size = int(sample_size(pipe) * pipe.vae_scale_factor) if pipe else 64

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline
 from PIL import Image
 
 from icg.data.images import load_image
 from icg.models.attention import ICG_TOKENS_KWARG
 from icg.models.backbones import denoiser_of
+from icg.models.base_pipeline import load_base
 from icg.models.mllm import load_mllm
 from icg.models.paths import resolve_model_path
 from icg.training.conditioning import TextConditioning, as_conditioning
@@ -282,7 +282,7 @@ def load_frozen_base(
     if base is None:
         if not base_name:
             raise ValueError(f"{source}: records no base model; set base")
-        base = DiffusionPipeline.from_pretrained(resolve_model_path(base_name))
+        base = load_base(base_name)
     if mllm is None:
         if not mllm_name:
             raise ValueError(f"{source}: records no MLLM; set mllm")

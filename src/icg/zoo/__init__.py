@@ -1,4 +1,5 @@
-"""coverworld-tiny: the embedded default models (`clip`, `sd`, `mllm`, `aesthetic`).
+"""coverworld-tiny: the embedded default models (`clip`, `sd`, `mllm`, `aesthetic`; `flow`
+and `icg-adapter` once trained).
 
 Each lives under `icg/zoo/weights/<name>/` in its library's standard format, trained by the
 recipe in `icg.zoo.recipes.<name>` on CoverWorld zoo-seed renders only.

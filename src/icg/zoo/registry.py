@@ -122,6 +122,15 @@ REGISTRY: dict[str, ZooEntry] = {
             description="LAION-aesthetic-predictor-shaped MLP on `clip` image embeddings",
         ),
         ZooEntry(
+            name="flow",
+            format="diffusers",
+            loader="diffusers.StableDiffusion3Pipeline",
+            recipe="icg.zoo.recipes.flow",
+            description="tiny SD3-format pipeline (MMDiT, flow matching) on the `sd` VAE and "
+            "the `clip` text tower",
+            shipped=False,
+        ),
+        ZooEntry(
             name="icg-adapter",
             format="icg-adapter",
             loader="icg.models.icg_model.ICGModel / icg.pipeline.ICGPipeline .from_pretrained",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ def measure(
     *,
     steps: int = 25,
     seed: int = 0,
+    loader: Callable[[str], Any] = StableDiffusionPipeline.from_pretrained,
 ) -> dict[str, float]:
     """Gate metrics of the pipeline at `path`, read by the truth (`icg.world.truth`).
 
@@ -96,6 +98,8 @@ def measure(
         fresh: fresh covers with known content and style: their VAE round trips give
             ``roundtrip_*``; their titles, with all six style levels named in the prompt,
             give ``prompt_style`` (the share of style levels drawn as named).
+        loader: loads the pipeline folder (``StableDiffusion3Pipeline.from_pretrained`` for
+            the `flow` base; any pipeline whose ``__call__`` takes prompts and has a ``vae``).
 
     ``prompt_motif_ceiling`` and ``prompt_palette_ceiling``: the accuracy the best reader of
     the titles alone can expect (`icg.world.titles.title_ceiling`), which no title prompt can
@@ -109,7 +113,7 @@ def measure(
     the prompt or the adapter moves it.
     """
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(path))
+    pipe = loader(str(path))
     pipe.set_progress_bar_config(disable=True)
     readout = read_attributes(generate(pipe, titles, steps=steps, seed=seed))
     class_titles = [

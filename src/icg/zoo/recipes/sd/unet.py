@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +14,14 @@ from diffusers import UNet2DConditionModel
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from icg.checkpoints import latest_checkpoint, load_optimizer_state, load_trainer_state
-from icg.io import atomic_dir, atomic_path, atomic_save_dir
-from icg.seeding import seed_everything
+from icg.io import atomic_dir, atomic_path
 from icg.world.sampling import sample_covers
 from icg.world.seeds import zoo_seed
-from icg.zoo.recipes._base import cosine_lr
 from icg.zoo.recipes.sd.config import LATENT_DATA_OFFSET, SDRecipeConfig, caption_for
+from icg.zoo.recipes.sd.denoiser_phase import Optimisation, train_denoiser
 from icg.zoo.recipes.sd.models import build_train_scheduler, build_unet
 from icg.zoo.recipes.sd.pixels import to_model_range
-from icg.zoo.recipes.sd.state import RecipeState, save_phase
+from icg.zoo.recipes.sd.state import RecipeState
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +79,26 @@ def encode_prompts(text_encoder: Any, tokenizer: Any, prompts: list[str]) -> tor
     return text_encoder(ids, attention_mask=mask)[0]  # (N, L, D)
 
 
+@torch.no_grad()
+def render_chunk(
+    c: int, size: int, cfg: SDRecipeConfig, vae: Any, scale: float, shift: float = 0.0
+) -> tuple[torch.Tensor, list[str]]:
+    """Chunk `c` of the latent cache: `size` renders of ``zoo_seed(LATENT_DATA_OFFSET + c)``
+    encoded by `vae` (posterior mode, ``(z - shift) * scale``: (B, C, h, w)) and their
+    `caption_for` prompts. A pure function of `c`, so every denoiser recipe that caches through
+    it trains on the same covers and prompts."""
+    s = sample_covers(
+        size,
+        zoo_seed(LATENT_DATA_OFFSET + c),
+        size=cfg.image_size,
+        defect_rate=cfg.unet_defect_rate,
+    )
+    z = (vae.encode(to_model_range(s.images)).latent_dist.mode() - shift) * scale  # (B, C, h, w)
+    rng = np.random.default_rng([LATENT_DATA_OFFSET, c])  # captions: a function of the chunk
+    prompts = [caption_for(t, lv, rng, cfg) for t, lv in zip(s.titles, s.style, strict=True)]
+    return z, prompts
+
+
 def unet_data(
     work: Path, cfg: SDRecipeConfig, vae: Any, text_encoder: Any, tokenizer: Any
 ) -> dict[str, torch.Tensor]:
@@ -105,16 +121,7 @@ def unet_data(
         file = chunk_dir / f"chunk-{c:04d}.pt"
         if file.exists():
             continue
-        s = sample_covers(
-            chunk,
-            zoo_seed(LATENT_DATA_OFFSET + c),
-            size=cfg.image_size,
-            defect_rate=cfg.unet_defect_rate,
-        )
-        with torch.no_grad():
-            z = vae.encode(to_model_range(s.images)).latent_dist.mode() * scale  # (B, 4, 16, 16)
-        rng = np.random.default_rng([LATENT_DATA_OFFSET, c])  # captions: a function of the chunk
-        prompts = [caption_for(t, lv, rng, cfg) for t, lv in zip(s.titles, s.style, strict=True)]
+        z, prompts = render_chunk(c, chunk, cfg, vae, scale)
         text = encode_prompts(text_encoder, tokenizer, prompts).half()  # (B, L, D)
         with atomic_path(file) as tmp:
             torch.save({"latents": z, "text": text}, tmp)
@@ -175,76 +182,28 @@ def unet_loss(unet: Any, scheduler: Any, b: dict[str, torch.Tensor], gamma: floa
     return (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
-    """Exponential moving average with warm-up decay min(max_decay, (1 + step) / (10 + step))."""
-    decay = min(max_decay, (1.0 + step) / (10.0 + step))
-    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-        pe.lerp_(pm, 1.0 - decay)
-
-
 def train_unet(
     work: Path, cfg: SDRecipeConfig, state: RecipeState, seed: int, data: dict[str, torch.Tensor]
 ) -> Any:
-    """Phase 3: train the UNet on the cached latents; returns the EMA UNet."""
-
-    final = work / "unet"
-    if final.exists() and state.get("unet_done"):
-        logger.info("unet: done already (%s)", final)
-        return UNet2DConditionModel.from_pretrained(final)
+    """Phase 3: train the UNet on the cached latents (`train_denoiser`); returns the EMA UNet."""
     scheduler = build_train_scheduler(cfg)
-    ckpt = latest_checkpoint(work / "unet_ckpt")
-    seed_everything(seed)
-    if ckpt is None:
-        unet = build_unet(cfg, cross_attention_dim=data["text"].shape[-1])
-        ema = copy.deepcopy(unet)
-        start, wall, history = 0, 0.0, []
-    else:
-        unet = UNet2DConditionModel.from_pretrained(ckpt / "unet")
-        ema = UNet2DConditionModel.from_pretrained(ckpt / "ema")
-        progress = load_trainer_state(ckpt)
-        start, wall, history = progress["step"], progress["wall_s"], progress["history"]
-        logger.info("unet: resuming from %s (step %d)", ckpt, start)
-    unet.train()
-    ema.eval().requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_learning_rate, weight_decay=1e-2)
-    if ckpt is not None:
-        load_optimizer_state(ckpt, opt)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: cosine_lr(s, cfg.unet_steps, 1.0, 100, floor=0.1)
+    num_timesteps = scheduler.config.num_train_timesteps
+    optimisation = Optimisation(
+        steps=cfg.unet_steps,
+        learning_rate=cfg.unet_learning_rate,
+        warmup=100,
+        weight_decay=1e-2,
+        ema_decay=cfg.ema_decay,
+        checkpoint_every=cfg.checkpoint_every,
     )
-    for _ in range(start):
-        sched.step()
-    n_params = sum(p.numel() for p in unet.parameters())
-    logger.info("unet: %.2fM params, steps %d..%d", n_params / 1e6, start, cfg.unet_steps)
-    t0 = time.time() - wall
-    bar = tqdm(
-        range(start, cfg.unet_steps),
-        desc="unet",
-        mininterval=20,
-        initial=start,
-        total=cfg.unet_steps,
+    return train_denoiser(
+        work,
+        "unet",
+        state,
+        seed,
+        optimisation,
+        model_class=UNet2DConditionModel,
+        build=lambda: build_unet(cfg, cross_attention_dim=data["text"].shape[-1]),
+        batch=lambda step: unet_batch(step, seed, data, cfg, num_timesteps),
+        loss_fn=lambda unet, b: unet_loss(unet, scheduler, b, cfg.min_snr_gamma),
     )
-    running = None
-    for step in bar:
-        b = unet_batch(step, seed, data, cfg, scheduler.config.num_train_timesteps)
-        loss = unet_loss(unet, scheduler, b, cfg.min_snr_gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema_update(ema, unet, step, cfg.ema_decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{running:.4f}")
-        done = step + 1
-        if done % 50 == 0:
-            history.append((done, running))
-            logger.info("unet step %d: loss %.4f", done, running)
-        if done % cfg.checkpoint_every == 0 or done == cfg.unet_steps:
-            save_phase(work / "unet_ckpt", done, opt, time.time() - t0, history, unet=unet, ema=ema)
-    wall = time.time() - t0
-    atomic_save_dir(final, ema.save_pretrained)
-    state.update(unet_done=True, unet_wall_s=wall, unet_params=n_params, unet_history=history)
-    logger.info("unet: done in %.0f s", wall)
-    return ema
