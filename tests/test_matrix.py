@@ -262,6 +262,22 @@ def test_a_failed_cell_leaves_the_others_and_the_table(tmp_path: Path, monkeypat
     assert len(table["cells"]) == 3 and table["recipes"]["a"]["cells"] == 1
 
 
+def test_a_failed_stage_a_skips_only_the_cells_that_read_it(tmp_path: Path, monkeypatch):
+    spec = _spec(Recipe(name="a"), Recipe(name="b", align={"learning_rate": 1e-4}))
+    plan = plan_matrix(spec, tmp_path)
+    bad = next(j for j in plan.phases["align"] if j.payload["config"].get("learning_rate")
+               and j.payload["config"]["seed"] == 0)  # fmt: skip
+    ran: list[str] = []
+    _fake_runners(monkeypatch, ran, fail=bad.dir.name)
+    with pytest.raises(MatrixJobError) as err:
+        run_matrix(spec, tmp_path)
+    skipped = [c for c in plan.cells if c.job.payload["align"] == str(bad.dir)]
+    assert len(skipped) == 1 and f"skipped, it reads {bad.dir}" in str(err.value)
+    assert f"cell:{skipped[0].job.dir.name}" not in ran
+    table = json.loads((tmp_path / "matrix.json").read_text())
+    assert len(table["cells"]) == 3  # every other cell ran
+
+
 def test_process_engine_runs_a_job_in_its_own_process(tmp_path: Path):
     world = {"seed": 1, "n_items": 5, "n_users": 4, "n_impressions": 40}
     job = Job("world", tmp_path / "worlds" / "w", world)

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from icg.io import atomic_write_json
-from icg.matrix.engines import run_phase
-from icg.matrix.jobs import RESULT_FILE
+from icg.matrix.engines import MatrixJobError, run_phase
+from icg.matrix.jobs import RESULT_FILE, job_done
 from icg.matrix.plan import KINDS, MatrixPlan, MatrixSpec, plan_matrix
 from icg.matrix.table import write_table
 
 logger = logging.getLogger(__name__)
+
+DEPENDS = ("world", "preference", "align")  # payload fields naming the folders a job reads
 
 
 def describe(spec: MatrixSpec, plan: MatrixPlan) -> dict[str, Any]:
@@ -79,18 +81,36 @@ def run_matrix(
         address: ``ray``: the cluster to join (default: start a local instance).
 
     Raises:
-        MatrixJobError: some jobs failed; the other jobs of their phase ran, the table holds
-            every cell finished so far, and a rerun retries only what is missing.
+        MatrixJobError: some jobs failed; every job that does not read a failed one ran (the
+            jobs that do are skipped and listed), the table holds every cell finished so far,
+            and a rerun retries only what is missing.
     """
     out = Path(out).resolve()
     plan = plan_matrix(spec, out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "spec.json", spec.model_dump(mode="json"))
+    failures: list[str] = []
+    failed: set[str] = set()  # folders of jobs that failed or were skipped
     try:
         for kind in KINDS:
-            ran = run_phase(plan.phases[kind], engine, workers, out, address)
-            logger.info("%s: %d job(s) ran, %d done already", kind, ran,
-                        len(plan.phases[kind]) - ran)  # fmt: skip
+            jobs = []
+            for job in plan.phases[kind]:
+                broken = [d for d in map(job.payload.get, DEPENDS) if d is not None and d in failed]
+                if broken:  # a stage it reads failed: skip it, run the rest of the phase
+                    failures.append(f"{job.dir}: skipped, it reads {broken[0]}, which failed")
+                    failed.add(str(job.dir))
+                else:
+                    jobs.append(job)
+            try:
+                ran = run_phase(jobs, engine, workers, out, address)
+            except MatrixJobError as err:
+                failures += err.failures
+                failed |= {str(j.dir) for j in jobs if not job_done(j)}
+                ran = len(err.failures)
+            logger.info("%s: %d job(s) ran, %d done already, %d skipped", kind, ran,
+                        len(jobs) - ran, len(plan.phases[kind]) - len(jobs))  # fmt: skip
+        if failures:
+            raise MatrixJobError(failures)
     finally:  # the table of what finished, also when a phase failed
         table = write_table(
             out, collect_results(plan), [r.name for r in spec.recipes], spec.baseline,
