@@ -30,7 +30,7 @@ from icg.matrix import jobs as matrix_jobs
 from icg.matrix.engines import MatrixJobError, run_phase
 from icg.matrix.plan import Job
 from icg.matrix.stats import pooled_mean
-from icg.matrix.table import summarise
+from icg.matrix.table import markdown, summarise
 
 # ---- interval math -------------------------------------------------------------------------
 
@@ -145,6 +145,18 @@ def test_summary_personal_gain_over_runs_and_per_world():
     assert gain["worlds"]["3"]["mean"] == pytest.approx(0.05) and gain["worlds"]["3"]["n"] == 200
     assert gain["worlds"]["11"]["ci_low"] < 0.02 < gain["worlds"]["11"]["ci_high"]
     assert "personal_gain" not in row["b"]  # its cell did not measure it
+    assert row["a"]["code"] == ["unrecorded"]
+
+
+def test_cells_of_other_code_versions_are_named_in_the_table():
+    cells = [_cell("a", 3, 0, 0.3, 0.4), _cell("b", 3, 0, 0.3, 0.4)]
+    cells[1]["code"] = "0123456789abcdef"
+    rows = summarise(cells, ["a", "b"], "a")
+    assert rows["b"]["code"] == ["0123456789abcdef"]
+    text = markdown(rows, "a", "caption")
+    assert "Cells from 2 code versions" in text and "b: 0123456789abcdef" in text
+    assert "code versions" not in markdown(summarise(cells[:1], ["a"], "a"), "a", "caption")
+    assert len(matrix_jobs.code_fingerprint()) == 16
 
 
 def test_a_cell_asked_for_the_personal_control_is_not_done_without_it(tmp_path: Path):

@@ -11,6 +11,7 @@ the config's hash).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -116,6 +117,18 @@ def calibrate_stage_a(p: dict[str, Any], out: Path) -> None:
         recipe.cleanup()
 
 
+def code_fingerprint() -> str:
+    """16 hex digits of sha256 over the ``icg`` package's Python sources (relative path and
+    bytes, sorted): cells trained by different code carry different fingerprints, which the
+    package version alone does not tell apart (stage B's result moves with any change of its
+    floating-point arithmetic)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def personal_summary(scores: pd.DataFrame) -> dict[str, Any]:
     """A cell's ``personal_gain``: `mean_interval` of ``one_draw - swapped`` over its pairs with a
     swap partner, with the differences' ``sd`` (the table pools cells of a world with it)."""
@@ -167,6 +180,7 @@ def run_cell(job: Job) -> None:
         "n_pairs": len(scores),
         "true_ctr": {c: float(scores[c].mean()) for c in CELL_METHODS.values()},
         "seconds": {"stage_b": train_s, "evaluate": round(time.perf_counter() - t0, 1)},
+        "code": code_fingerprint(),
     }
     if p.get("personal"):
         add_personal(job, scores, result)

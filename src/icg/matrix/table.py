@@ -68,6 +68,7 @@ def summarise(
                 c: paired_difference(r[c], runs[baseline][c]).as_dict()
                 for c in ("one_draw", "best_of_k")
             }
+        row["code"] = sorted({c.get("code", "unrecorded") for c in cells if c["recipe"] == recipe})
         gains = {(int(c["world"]), int(c["train_seed"])): c["personal_gain"]
                  for c in cells if c["recipe"] == recipe and c.get("personal_gain")}  # fmt: skip
         if gains:
@@ -79,6 +80,22 @@ def summarise(
             }  # fmt: skip
         rows[recipe] = row
     return rows
+
+
+def code_markdown(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """A warning when the cells were trained by more than one version of the code (cells record
+    `icg.matrix.jobs.code_fingerprint`; older cells are ``unrecorded``), or no lines."""
+    versions = {name: row["code"] for name, row in rows.items() if row.get("code")}
+    every = sorted({v for codes in versions.values() for v in codes})
+    if len(every) < 2:
+        return []
+    listed = "; ".join(f"{name}: {', '.join(codes)}" for name, codes in versions.items())
+    return [
+        "",
+        f"Cells from {len(every)} code versions ({listed}). A cell is cached by its settings and "
+        "the package version, not by the code: a recipe trained by other code differs from it "
+        "also by that code's arithmetic, one more source of run-to-run noise in the intervals.",
+    ]
 
 
 def personal_markdown(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -138,7 +155,7 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], baseline: str, text: str) ->
             f"{_num(row['variant_select']['mean'])} | {_num(row['reference']['mean'])} | "
             f"{'–' if row['stage_b_seconds'] is None else round(row['stage_b_seconds'])} |"
         )
-    return "\n".join(lines + personal_markdown(rows)) + "\n"
+    return "\n".join(lines + personal_markdown(rows) + code_markdown(rows)) + "\n"
 
 
 def write_table(
