@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from icg.data import load_dataset
@@ -72,13 +73,20 @@ def swapped_ctr(world: Path, run: Path, out: Path, settings: dict[str, Any]) -> 
     noise seed (NaN for a cold or partnerless user); with ``user_id``, ``item_id``. A's own single
     draw is the cell's ``one_draw``, so ``one_draw - swapped`` is the pair's personal gain."""
     cfg, truth, data, drawers, pairs = _setup(world, run, out, settings, ["icg-single"])
-    swap = SwapControl(truth, data, swap_draw(drawers, cfg))
     scores = pairs[["user_id", "item_id"]].copy()
-    scores[SWAPPED] = swap.swapped_ctr(pairs, cold_start(data, pairs))
+    scores[SWAPPED] = _swapped(cfg, truth, data, drawers, pairs)
     return scores
 
 
-def evaluate_cell(world: Path, run: Path, out: Path, settings: dict[str, Any]) -> pd.DataFrame:
+def _swapped(cfg: EvalConfig, truth, data, drawers: Drawers, pairs: pd.DataFrame) -> np.ndarray:
+    """`swapped_ctr`'s column, drawn with an evaluation's loaded models."""
+    swap = SwapControl(truth, data, swap_draw(drawers, cfg))
+    return swap.swapped_ctr(pairs, cold_start(data, pairs))
+
+
+def evaluate_cell(
+    world: Path, run: Path, out: Path, settings: dict[str, Any], *, personal: bool = False
+) -> pd.DataFrame:
     """Draw and score every `CELL_METHODS` method of ``run`` on the world's pairs.
 
     Args:
@@ -87,15 +95,18 @@ def evaluate_cell(world: Path, run: Path, out: Path, settings: dict[str, Any]) -
         out: where the generated covers go (``covers/<method>/``).
         settings: ``n_users``, ``n_items``, ``candidates``, ``seed`` (the world's) and the
             sampling fields of `icg.evaluation.run.EvalConfig`.
+        personal: also the `swapped_ctr` column, with the same loaded models.
 
     Returns:
         One row per pair: ``user_id``, ``item_id`` and the true CTR of each method under its
-        `CELL_METHODS` column name.
+        `CELL_METHODS` column name (and ``swapped``).
     """
-    cfg, truth, _, drawers, pairs = _setup(world, run, out, settings, list(CELL_METHODS))
+    cfg, truth, data, drawers, pairs = _setup(world, run, out, settings, list(CELL_METHODS))
     scores = pairs[["user_id", "item_id"]].copy()
     for method, column in CELL_METHODS.items():
         images, seconds = draw_covers(method, method_source(method, drawers, cfg), pairs)
         scores[column] = truth.score(images, pairs["user_id"], pairs["item_id"])["ctr"]
         logger.info("%s: true CTR %.4f (%.1f s)", method, scores[column].mean(), seconds)
+    if personal:
+        scores[SWAPPED] = _swapped(cfg, truth, data, drawers, pairs)
     return scores

@@ -138,8 +138,8 @@ def personal_summary(scores: pd.DataFrame) -> dict[str, Any]:
 
 
 def add_personal(job: Job, scores: pd.DataFrame, result: dict[str, Any]) -> None:
-    """Draw the cell's personal-gain control, add ``swapped`` to ``scores`` and
-    ``personal_gain`` to ``result``, and write both (pairs.parquet, then result.json)."""
+    """A cell finished without the personal-gain control: draw it, add ``swapped`` to
+    ``scores`` and ``personal_gain`` to ``result``, and write both."""
     p = job.payload
     t0 = time.perf_counter()
     swapped = swapped_ctr(Path(p["world"]), job.dir / "run", job.dir / "eval", p["evaluation"])
@@ -147,9 +147,16 @@ def add_personal(job: Job, scores: pd.DataFrame, result: dict[str, Any]) -> None
     if not scores[same].reset_index(drop=True).equals(swapped[same]):
         raise RuntimeError(f"{job.dir}: the personal control drew other pairs than the cell's")
     scores[SWAPPED] = swapped[SWAPPED].to_numpy()
-    result["personal_gain"] = personal_summary(scores)
     result.setdefault("seconds", {})["personal"] = round(time.perf_counter() - t0, 1)
-    logger.info("personal_gain: %s", result["personal_gain"])
+    write_cell(job, scores, result)
+
+
+def write_cell(job: Job, scores: pd.DataFrame, result: dict[str, Any]) -> None:
+    """Write pairs.parquet, then result.json (with ``personal_gain`` when ``scores`` has the
+    ``swapped`` column)."""
+    if SWAPPED in scores:
+        result["personal_gain"] = personal_summary(scores)
+        logger.info("personal_gain: %s", result["personal_gain"])
     scores.to_parquet(job.dir / PAIRS_FILE, index=False)
     atomic_write_json(job.dir / RESULT_FILE, result)
 
@@ -173,7 +180,8 @@ def run_cell(job: Job) -> None:
         (train_stage_b if p["stage_b"] else calibrate_stage_a)(p, icg)
         train_s = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    scores = evaluate_cell(Path(p["world"]), run, job.dir / "eval", p["evaluation"])
+    scores = evaluate_cell(Path(p["world"]), run, job.dir / "eval", p["evaluation"],
+                           personal=bool(p.get("personal")))  # fmt: skip
     result = {
         **p["label"],
         "stage_b": p["stage_b"],
@@ -182,11 +190,7 @@ def run_cell(job: Job) -> None:
         "seconds": {"stage_b": train_s, "evaluate": round(time.perf_counter() - t0, 1)},
         "code": code_fingerprint(),
     }
-    if p.get("personal"):
-        add_personal(job, scores, result)
-        return
-    scores.to_parquet(job.dir / PAIRS_FILE, index=False)
-    atomic_write_json(job.dir / RESULT_FILE, result)
+    write_cell(job, scores, result)
 
 
 RUNNERS = {
