@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import StableDiffusion3Pipeline
-from tqdm.auto import tqdm
 
-from icg.io import atomic_path
 from icg.training.flow import logit_normal_sigmas, scheduler_sigmas
 from icg.zoo.recipes.flow.config import FlowRecipeConfig
-from icg.zoo.recipes.sd.unet import render_chunk
+from icg.zoo.recipes.sd.unet import chunked_cache, render_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -80,40 +76,19 @@ def flow_data(
     "pooled": (N, P) float32, "uncond_states": (L, C_text), "uncond_pooled": (P,)}``; the
     unconditional entries encode ``""`` (what the pipeline's CFG and the prompt dropout use).
     """
-    final = work / "latents.pt"
-    if final.exists():
-        return torch.load(final, weights_only=True)
-    chunk_dir = work / "latent_chunks"
-    size = min(CHUNK, cfg.num_latents)
-    n_chunks = math.ceil(cfg.num_latents / size)
     sd_cfg = cfg.sd_data()
     scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
-    for c in tqdm(range(n_chunks), desc="latents", mininterval=20):
-        file = chunk_dir / f"chunk-{c:04d}.pt"
-        if file.exists():
-            continue
+
+    def encode(c: int, size: int) -> dict[str, torch.Tensor]:
         z, prompts = render_chunk(c, size, sd_cfg, vae, scale, shift)  # (B, C, h, w)
         text = encode_clip(text_encoder, tokenizer, prompts)
-        with atomic_path(file) as tmp:
-            torch.save(
-                {"latents": z, "states": text["states"].half(), "pooled": text["pooled"]}, tmp
-            )
-    parts = [
-        torch.load(chunk_dir / f"chunk-{c:04d}.pt", weights_only=True) for c in range(n_chunks)
-    ]
-    uncond = encode_clip(text_encoder, tokenizer, [""])
-    data = {k: torch.cat([p[k] for p in parts])[: cfg.num_latents] for k in parts[0]}
-    data |= {"uncond_states": uncond["states"][0], "uncond_pooled": uncond["pooled"][0]}
-    with atomic_path(final) as tmp:
-        torch.save(data, tmp)
-    shutil.rmtree(chunk_dir, ignore_errors=True)
-    logger.info(
-        "flow latents: %s, mean %.3f std %.3f",
-        tuple(data["latents"].shape),
-        data["latents"].mean().item(),
-        data["latents"].std().item(),
-    )
-    return data
+        return {"latents": z, "states": text["states"].half(), "pooled": text["pooled"]}
+
+    def uncond() -> dict[str, torch.Tensor]:
+        text = encode_clip(text_encoder, tokenizer, [""])
+        return {"uncond_states": text["states"][0], "uncond_pooled": text["pooled"][0]}
+
+    return chunked_cache(work, cfg.num_latents, encode, uncond, "flow latents", CHUNK)
 
 
 def batch(

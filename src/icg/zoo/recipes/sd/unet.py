@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,34 +111,53 @@ def unet_data(
     Returns {"latents": (N, 4, 16, 16) float32, "text": (N, L, D) float16, "uncond": (L, D)}.
     """
 
+    scale = vae.config.scaling_factor
+
+    def encode(c: int, size: int) -> dict[str, torch.Tensor]:
+        z, prompts = render_chunk(c, size, cfg, vae, scale)
+        return {"latents": z, "text": encode_prompts(text_encoder, tokenizer, prompts).half()}
+
+    return chunked_cache(
+        work, cfg.num_latents, encode,
+        lambda: {"uncond": encode_prompts(text_encoder, tokenizer, [""])[0]},
+    )  # fmt: skip
+
+
+def chunked_cache(
+    work: Path,
+    num: int,
+    encode: Callable[[int, int], dict[str, torch.Tensor]],
+    extra: Callable[[], dict[str, torch.Tensor]],
+    label: str = "latents",
+    chunk: int = 512,
+) -> dict[str, torch.Tensor]:
+    """``work/latents.pt``: ``encode(c, size)``'s tensors of chunks 0, 1, ... concatenated and cut
+    to ``num`` rows, plus ``extra()``. Each chunk is saved atomically as it is made, so an
+    interrupted cache resumes; the finished cache is read back as is (`torch.load`,
+    ``weights_only``: a file this recipe wrote)."""
     final = work / "latents.pt"
     if final.exists():
         return torch.load(final, weights_only=True)
     chunk_dir = work / "latent_chunks"
-    chunk = min(512, cfg.num_latents)
-    n_chunks = math.ceil(cfg.num_latents / chunk)
-    scale = vae.config.scaling_factor
-    for c in tqdm(range(n_chunks), desc="latents", mininterval=20):
+    size = min(chunk, num)
+    n_chunks = math.ceil(num / size)
+    for c in tqdm(range(n_chunks), desc=label, mininterval=20):
         file = chunk_dir / f"chunk-{c:04d}.pt"
         if file.exists():
             continue
-        z, prompts = render_chunk(c, chunk, cfg, vae, scale)
-        text = encode_prompts(text_encoder, tokenizer, prompts).half()  # (B, L, D)
+        tensors = encode(c, size)
         with atomic_path(file) as tmp:
-            torch.save({"latents": z, "text": text}, tmp)
+            torch.save(tensors, tmp)
     parts = [
         torch.load(chunk_dir / f"chunk-{c:04d}.pt", weights_only=True) for c in range(n_chunks)
     ]
-    data = {
-        "latents": torch.cat([p["latents"] for p in parts])[: cfg.num_latents],
-        "text": torch.cat([p["text"] for p in parts])[: cfg.num_latents],
-        "uncond": encode_prompts(text_encoder, tokenizer, [""])[0],
-    }
+    data = {k: torch.cat([p[k] for p in parts])[:num] for k in parts[0]} | extra()
     with atomic_path(final) as tmp:
         torch.save(data, tmp)
     shutil.rmtree(chunk_dir, ignore_errors=True)
     logger.info(
-        "latents: %s, mean %.3f std %.3f",
+        "%s: %s, mean %.3f std %.3f",
+        label,
         tuple(data["latents"].shape),
         data["latents"].mean().item(),
         data["latents"].std().item(),
