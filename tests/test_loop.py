@@ -49,7 +49,9 @@ def setup(tmp_path_factory):
     # the seeds the start run and its preference model trained with (their records' `seed`)
     (root / "run" / "align" / "config.yaml").write_text(yaml.safe_dump({"seed": 7}))
     (root / "run" / "preference").mkdir(parents=True)
-    (root / "run" / "preference" / "train_config.yaml").write_text(yaml.safe_dump({"seed": 5}))
+    (root / "run" / "preference" / "train_config.yaml").write_text(
+        yaml.safe_dump({"seed": 5, "ips_clip": 0.1})
+    )
     mllm, processor = model.encoder.mllm, model.encoder.processor
 
     def pipeline(adapter: Path):
@@ -121,6 +123,7 @@ def test_round_inherits_the_recorded_seeds_and_trains_stage_b_on_the_world(setup
     assert Path(stage_b["data"]).resolve() == loop.world.resolve()  # not round_1/data
     pref = yaml.safe_load((loop.out / "round_1" / "preference" / "train_config.yaml").read_text())
     assert pref["seed"] == 5
+    assert pref["ips_clip"] == 0.1  # the rest of RUN/preference's recorded config, too
     assert json.loads((loop.out / "loop.json").read_text())["seeds"] == {
         "reward": 7,
         "preference": 5,

@@ -8,13 +8,15 @@ Each round r (folder OUT/round_<r>/):
     ab/          a simulated A/B of those covers against the platform's (`icg world ab`)
     report/      its analysis (`icg ab report`)
     data/        the world's impressions plus every round's A/B impressions so far (no truth/)
-    preference/  the preference model retrained on data/ (`icg train preference`)
+    preference/  the preference model retrained on data/ (`icg train preference`) with RUN/
+                 preference's recorded config
     icg/         stage B from RUN/align with that reward (`icg train reward`): next round's run
 
 Only the reward changes between RUN/<start> and a round's stage B: stage B trains on the world's
 own folder (its pair pool and clicked covers come from the impressions, so training on data/
 would change its random stream), with the seed recorded in RUN/<start>'s run config; the
-retrained preference model takes the seed recorded in RUN/preference (`inherited_seed`).
+retrained preference model takes the config and seed recorded in RUN/preference
+(`inherited_seed`), so it differs from the run's reward by its data alone.
 
 Every step is skipped when its output is there, so an interrupted loop resumes where it stopped;
 OUT/loop.json gathers each round's online lift, the offline truth CTR of its covers and the
@@ -82,7 +84,8 @@ class LoopConfig(BaseModel):
     rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_REWARDS))
     reward_steps: int = Field(60, ge=1)
     preference: dict[str, Any] = Field(
-        default_factory=dict, description="PreferenceConfig overrides"
+        default_factory=dict,
+        description="PreferenceConfig overrides (over RUN/preference's recorded config)",
     )
     reward: dict[str, Any] = Field(default_factory=dict, description="RewardConfig overrides")
     reward_seed: int | None = Field(
@@ -232,6 +235,8 @@ def run_loop(
                                  "stage B")  # fmt: skip
     preference_seed = inherited_seed(cfg.run / PREFERENCE_RUN, (TRAIN_CONFIG_FILE, RUN_FILE),
                                      cfg.preference_seed, cfg.seed, "preference")  # fmt: skip
+    recorded = cfg.run / PREFERENCE_RUN / TRAIN_CONFIG_FILE
+    recorded_preference = read_yaml_mapping(recorded) if recorded.is_file() else {}
     adapter, rounds, spent = start, [], 0
     for r in range(1, cfg.rounds + 1):
         root = cfg.out / f"round_{r}"
@@ -251,7 +256,8 @@ def run_loop(
             merge_logs(cfg.world, experiments, data)
         pref = root / "preference"
         if _todo(f"round {r}: preference", pref / "config.json"):
-            pref_cfg = PreferenceConfig(**{"seed": preference_seed, **cfg.preference})
+            pref_cfg = PreferenceConfig(**{**recorded_preference, "seed": preference_seed,
+                                           **cfg.preference})  # fmt: skip
             train_preference(data, pref, pref_cfg, towers=towers, overwrite=True)
         icg = root / "icg"
         if _todo(f"round {r}: stage B", icg / "adapter" / "icg_config.json"):
