@@ -13,7 +13,7 @@ This script repeats the round's reward half with ``--seeds`` seeds: for seed s,
   world's own logs ("before") and on those plus the A/B's ("after"), so only the round's data
   differs;
 - both score the same K draws of the run on the first ``--users`` x ``--items`` pairs (drawn
-  once, `online_ab.py`'s noise seeds), and the seed's result is the mean over pairs of
+  once, `online_ab.py`'s noise seeds and the round's sampler settings), and the seed's result is the mean over pairs of
   after − before.
 
 Runs (seeds, and worlds when several results are pooled with ``--pool``) are the unit of the
@@ -56,16 +56,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from online_ab import draw_k, paired, spearman_per_pair  # noqa: E402  (a sibling script)
 
 
-def run_draws(args: argparse.Namespace, data, pairs) -> tuple[np.ndarray, np.ndarray]:
+def run_draws(args: argparse.Namespace, data, pairs, steps: int, guidance: float
+              ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The run's K draws per pair (uint8 (P*K, H, W, 3)) and their true CTR, cached in OUT."""
     cache = args.out / "draws.npz"
     if cache.is_file():
         with np.load(cache) as f:
             return f["images"], f["true_ctr"]
-    cfg = read_yaml_mapping(args.run / "icg" / "config.yaml")
     pipe = ICGPipeline.from_pretrained(resolve_adapter_dir(args.run / "icg"))
-    images = draw_k(pipe, data, pairs, args.draws, args.seed + 1000, cfg["num_inference_steps"],
-                    cfg["guidance_scale"])  # fmt: skip
+    images = draw_k(pipe, data, pairs, args.draws, args.seed + 1000, steps, guidance)
     images = images.reshape(-1, *images.shape[2:])
     u, i = (np.repeat(pairs[c].to_numpy(), args.draws) for c in ("user_id", "item_id"))
     true_ctr = np.asarray(Truth(args.world).score(images, u, i)["ctr"])
@@ -84,12 +83,13 @@ def fit(data_dir: Path, out: Path, cfg: PreferenceConfig) -> Path:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset(args.world, check_images=False)
     pairs = experiment_pairs(args.world, args.users, args.items)
-    images, true_ctr = run_draws(args, data, pairs)
+    loop_cfg = read_yaml_mapping(args.round.parent / "loop.json")["config"]
+    images, true_ctr = run_draws(args, data, pairs, loop_cfg["num_inference_steps"],
+                                 loop_cfg["guidance_scale"])  # fmt: skip
     u, i = (np.repeat(pairs[c].to_numpy(), args.draws) for c in ("user_id", "item_id"))
     shape = (len(pairs), args.draws)
     truth = true_ctr.reshape(shape)
     recorded = read_yaml_mapping(args.run / PREFERENCE_RUN / TRAIN_CONFIG_FILE)
-    loop_cfg = read_yaml_mapping(args.round.parent / "loop.json")["config"]
 
     def agreement(preference: Path) -> np.ndarray:
         score = reward_scorer(PreferenceReward(preference).eval(), data)(u, i, images)
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.seeds = [int(s) for s in args.seeds.split(",")]
         result = measure(args)
     d = result["after_minus_before"]
-    print(f"after - before over runs: {d['mean']:+.4f} [{d['low']}, {d['high']}]")
+    low, high = (f"{v:+.4f}" if v is not None else "n/a" for v in (d["low"], d["high"]))
+    print(f"after - before over {d['n']} runs: {d['mean']:+.4f} [{low}, {high}]")
     if args.json is not None:
         atomic_write_json(args.json, result)
     return result

@@ -22,11 +22,11 @@ from icg.world.config import WorldConfig
 from icg.world.generate import generate_world
 
 USER_DIM = 4
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "online_ab.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("online_ab", SCRIPT)
+def _script(name: str = "online_ab"):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -127,3 +127,22 @@ def test_online_ab_runs_end_to_end_on_a_tiny_run(tmp_path):
     assert one["pairs"] == 6 and one["diff"] == pytest.approx(one["after"] - one["before"])
     assert lr["impressions_spent"] == 3000
     assert (out / "loop" / "round_1" / "icg" / "adapter" / "icg_config.json").is_file()
+    # the round's reward half over seeds (benchmarks/loop_agreement_seeds.py): per seed a fresh
+    # A/B of the round's covers and two preference fits (world logs / plus the A/B's), scored on
+    # the same draws; runs are the interval's unit, and --pool joins results
+    seeds = tmp_path / "seeds.json"
+    agree = _script("loop_agreement_seeds").main([
+        "--world", str(world), "--run", str(run), "--round", str(out / "loop" / "round_1"),
+        "--out", str(tmp_path / "agree"), "--seeds", "0,1", "--users", "3", "--items", "2",
+        "--draws", "3", "--seed", "1", "--threads", "1", "--json", str(seeds)])  # fmt: skip
+    assert agree["pairs"] == 6 and set(agree["runs"]) == {"0", "1"}
+    assert agree["after_minus_before"]["n"] == 2
+    diffs = [r["diff"] for r in agree["runs"].values()]
+    assert agree["after_minus_before"]["mean"] == pytest.approx(np.mean(diffs))
+    for s in (0, 1):
+        cfg = yaml.safe_load((tmp_path / "agree" / f"after-s{s}" / "train_config.yaml").read_text())
+        assert cfg["seed"] == s
+        ab = json.loads((tmp_path / "agree" / f"ab-s{s}" / "experiment.json").read_text())
+        assert ab["impressions"] == 3000
+    pooled = _script("loop_agreement_seeds").main(["--pool", str(seeds), str(seeds)])
+    assert pooled["after_minus_before"]["n"] == 4
