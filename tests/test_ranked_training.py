@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from stage_b_fixtures import stage_b_config as _config
 from stage_b_fixtures import stage_b_parts as _parts
@@ -36,6 +37,16 @@ def test_best_selection_keeps_the_best_eligible_draw_per_pair():
     weights = selection_weights(scores, eligible, "best")
     expected = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     assert torch.equal(weights, expected)
+
+
+def test_first_selection_ignores_the_reward_but_not_eligibility():
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1], [1.0, 2.0, 3.0]])
+    eligible = torch.tensor([[False, True, True], [False, False, False], [True, True, True]])
+    weights = selection_weights(scores, eligible, "first")
+    expected = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    assert torch.equal(weights, expected)
+    with pytest.raises(ValueError, match="'first'"):
+        selection_weights(scores, eligible, "random")
 
 
 def test_advantage_selection_is_clipped_positive_and_eligible_only():

@@ -12,7 +12,9 @@ eligible draws, conditioned on the pair that drew them:
 - ``selection="best"``: each pair's best eligible draw (RAFT, Dong et al. 2023, Alg. 1);
 - ``selection="advantage"``: every eligible draw weighted by its clipped positive advantage
   (advantage-weighted regression, Peng et al. 2019, Eq. 11; reward-weighted diffusion training as
-  in DiffusionNFT's positive branch).
+  in DiffusionNFT's positive branch);
+- ``selection="first"``: each pair's first eligible draw, whatever its reward: the control that
+  separates what selection teaches from what training on the generator's own draws does.
 
 The draws were made with classifier-free guidance, so the loss is on the guided prediction
 (`icg.training.common.denoising_loss`): the conditional branch learns what makes guided sampling
@@ -67,7 +69,9 @@ def selection_weights(
         eligible: ``(P, K)`` bool, draws that meet the hard constraints.
         selection: ``"best"``: weight 1 on the best eligible draw of each pair (RAFT, Dong et al.
             2023, Alg. 1); ``"advantage"``: ``clip(advantage, 0, clip)`` on eligible draws
-            (advantage-weighted regression, Peng et al. 2019, Eq. 11).
+            (advantage-weighted regression, Peng et al. 2019, Eq. 11); ``"first"``: weight 1 on
+            the first eligible draw, whatever its reward (the control without selection: what
+            training on the generator's own draws does by itself).
         clip: the advantage cap.
 
     A pair without an eligible draw gets all-zero weights: it teaches nothing this round.
@@ -79,7 +83,11 @@ def selection_weights(
         return weights * eligible.any(dim=1, keepdim=True)
     if selection == "advantage":
         return group_advantages(scores).clamp(0.0, clip) * eligible
-    raise ValueError(f"selection: expected 'best' or 'advantage', got {selection!r}")
+    if selection == "first":
+        first = eligible.float().argmax(dim=1, keepdim=True)  # the first True of each row
+        weights = torch.zeros_like(scores).scatter_(1, first, 1.0)
+        return weights * eligible.any(dim=1, keepdim=True)
+    raise ValueError(f"selection: expected 'best', 'advantage' or 'first', got {selection!r}")
 
 
 def pil_to_tensor(images: list, size: int) -> torch.Tensor:

@@ -62,10 +62,10 @@ class RewardConfig(BaseModel):
     steps_per_round: int = Field(
         8, ge=1, description="ranked, nft, grpo: optimizer steps per round"
     )
-    selection: Literal["best", "advantage"] = Field(
+    selection: Literal["best", "advantage", "first"] = Field(
         "best",
-        description="ranked: train on each pair's best draw (RAFT) or weight draws by their "
-        "clipped per-pair advantage",
+        description="ranked: train on each pair's best draw (RAFT), weight draws by their "
+        "clipped per-pair advantage, or (a control without selection) each pair's first draw",
     )
     advantage_clip: float = Field(2.0, gt=0)
     relevance_floor: float | None = Field(
