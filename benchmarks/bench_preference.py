@@ -32,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clip", default="zoo:clip", help="falls back to a tiny random CLIP")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML PreferenceConfig (the flags below win)"
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
         "--cover-encoder",
@@ -48,6 +51,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
     """Fit time and validation AUC against the Bayes-optimal AUC (and the naive model's)."""
     torch.set_num_threads(args.threads)
 
+    from icg.config import load_config
     from icg.evaluation.preference_eval import evaluate_preference_run
     from icg.rewards.clip import ClipTowers
     from icg.rewards.testing import tiny_clip
@@ -68,7 +72,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
     except (FileNotFoundError, KeyError, OSError, ValueError):
         towers, clip_name = tiny_clip(image_size=64), "tiny random CLIP (zoo:clip absent)"
     overrides = {"epochs": args.epochs, "cover_encoder": args.cover_encoder}
-    cfg = PreferenceConfig(**{k: v for k, v in overrides.items() if v is not None})
+    cfg = load_config(PreferenceConfig, args.config, **overrides)
     cache = args.world.parent / f"{args.world.name}_{cfg.cover_encoder}_cache.safetensors"
     t = time.perf_counter()
     data = load_preference_data(args.world, cfg, towers=towers, cache_file=cache)
