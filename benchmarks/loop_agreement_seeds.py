@@ -11,8 +11,10 @@ This script repeats the round's reward half with ``--seeds`` seeds: for seed s,
   impressions;
 - the preference model, with RUN/preference's recorded config and seed s, fitted twice: on the
   world's own logs ("before") and on those plus the A/B's ("after"), so only the round's data
-  differs;
-- both score the same K draws of the run on the first ``--users`` x ``--items`` pairs (drawn
+  differs; with ``--control`` also a third time, on the world's logs plus the same A/B (seed,
+  items, users, traffic) with each item's own cover in place of the generated ones, which
+  separates what the generated covers' clicks teach from what more logs teach;
+- all score the same K draws of the run on the first ``--users`` x ``--items`` pairs (drawn
   once, `online_ab.py`'s noise seeds and the round's sampler settings), and the seed's result is the mean over pairs of
   after − before.
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from icg.config import read_yaml_mapping
@@ -43,7 +46,7 @@ from icg.data import load_dataset
 from icg.generation import reward_scorer
 from icg.io import atomic_path, atomic_write_json
 from icg.layout import PREFERENCE_RUN, TRAIN_CONFIG_FILE
-from icg.loop import experiment_pairs, merge_logs
+from icg.loop import experiment_items, experiment_pairs, merge_logs
 from icg.matrix.stats import t_interval
 from icg.models.paths import resolve_adapter_dir
 from icg.pipeline import ICGPipeline
@@ -80,6 +83,27 @@ def fit(data_dir: Path, out: Path, cfg: PreferenceConfig) -> Path:
     return out
 
 
+def platform_arm(args: argparse.Namespace, loop_cfg: dict) -> Path:
+    """A manifest arm that shows every user each item's own cover on the round's items: the
+    round's A/B with the platform's pixels in place of the generated ones (same items, users,
+    randomisation and traffic; the covers are logged as new variants, as generated ones are)."""
+    manifest = args.out / "platform-arm" / "manifest.parquet"
+    if not manifest.is_file():
+        users = pd.read_parquet(args.world / "users.parquet", columns=["user_id"])["user_id"]
+        items = pd.read_parquet(args.world / "items.parquet", columns=["item_id", "image"])
+        items = items[items["item_id"].isin(experiment_items(args.world, loop_cfg["items"]))]
+        rows = [
+            (str(u), i, "icg", str((args.world / p).resolve()))
+            for u in users
+            for i, p in zip(items["item_id"], items["image"], strict=True)
+        ]
+        with atomic_path(manifest) as tmp:
+            pd.DataFrame(rows, columns=["user_id", "item_id", "method", "path"]).to_parquet(
+                tmp, index=False
+            )
+    return manifest
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset(args.world, check_images=False)
     pairs = experiment_pairs(args.world, args.users, args.items)
@@ -95,22 +119,31 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         score = reward_scorer(PreferenceReward(preference).eval(), data)(u, i, images)
         return spearman_per_pair(np.asarray(score).reshape(shape), truth)
 
-    runs = {}
-    for s in args.seeds:
-        ab = args.out / f"ab-s{s}"
+    def logs(s: int, arm: str, name: str) -> Path:
+        """The world's logs plus a fresh A/B (seed s) whose icg arm shows ``arm``."""
+        ab, merged = args.out / f"{name}-s{s}", args.out / f"data-{name}-s{s}"
         if not (ab / "experiment.json").is_file():
-            simulate_ab(args.world, {"control": "reference", "icg": str(args.round / "covers")},
+            simulate_ab(args.world, {"control": "reference", "icg": arm},
                         loop_cfg["impressions"], args.seed + 1 + s, ab, overwrite=True)  # fmt: skip
-        logs = args.out / f"data-s{s}"
-        if not (logs / "impressions.parquet").is_file():
-            merge_logs(args.world, [ab], logs)
+        if not (merged / "impressions.parquet").is_file():
+            merge_logs(args.world, [ab], merged)
+        return merged
+
+    runs, controls = {}, {}
+    for s in args.seeds:
         cfg = PreferenceConfig(**{**recorded, "seed": s})
         before = agreement(fit(args.world, args.out / f"before-s{s}", cfg))
-        after = agreement(fit(logs, args.out / f"after-s{s}", cfg))
-        runs[s] = paired(before, after)
-        r = runs[s]
+        covers = logs(s, str(args.round / "covers"), "ab")
+        after = agreement(fit(covers, args.out / f"after-s{s}", cfg))
+        runs[s] = r = paired(before, after)
         print(f"seed {s}: agreement {r['before']:.3f} -> {r['after']:.3f} ({r['diff']:+.3f} "
               f"[{r['low']:+.3f}, {r['high']:+.3f}], {r['pairs']} pairs)", flush=True)  # fmt: skip
+        if args.control:  # the same experiment and traffic, the platform's pixels
+            platform = logs(s, str(platform_arm(args, loop_cfg)), "aa")
+            more = agreement(fit(platform, args.out / f"more-s{s}", cfg))
+            controls[s] = c = paired(more, after)
+            print(f"seed {s}: control (the platform's covers) {c['before']:.3f}; "
+                  f"generated covers' clicks add {c['diff']:+.3f}", flush=True)  # fmt: skip
     diffs = [r["diff"] for r in runs.values()]
     return {
         "world": str(args.world), "run": str(args.run), "round": str(args.round),
@@ -118,18 +151,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "impressions": loop_cfg["impressions"], "preference_config": recorded,
         "runs": {str(s): r for s, r in runs.items()},
         "after_minus_before": t_interval(diffs).as_dict(),
+        **({"control_runs": {str(s): c for s, c in controls.items()},
+            "after_minus_control": t_interval([c["diff"] for c in controls.values()]).as_dict()}
+           if controls else {}),
     }  # fmt: skip
 
 
 def pool(files: list[Path]) -> dict[str, Any]:
     """Every run of several worlds' results: one t-interval with runs as the unit."""
     results = [json.loads(f.read_text()) for f in files]
-    diffs = [r["diff"] for res in results for r in res["runs"].values()]
-    return {
-        "files": [str(f) for f in files],
-        "per_world": {res["world"]: res["after_minus_before"] for res in results},
-        "after_minus_before": t_interval(diffs).as_dict(),
-    }  # fmt: skip
+    pooled = {"files": [str(f) for f in files]}
+    for key, runs in (("after_minus_before", "runs"), ("after_minus_control", "control_runs")):
+        if all(runs in res for res in results):
+            diffs = [r["diff"] for res in results for r in res[runs].values()]
+            pooled[key] = t_interval(diffs).as_dict()
+            pooled[f"{key}_per_world"] = {res["world"]: res[key] for res in results}
+    return pooled
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -144,6 +181,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--draws", type=int, default=8, help="K draws per pair.")
     p.add_argument("--seed", type=int, default=0, help="online_ab.py's --seed (noise, A/B).")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="Also fit on the world's logs plus an A/A of the platform's covers.",
+    )
     p.add_argument("--pool", type=Path, nargs="+", default=None, help="Pool these results.")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)

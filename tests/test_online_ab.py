@@ -134,9 +134,18 @@ def test_online_ab_runs_end_to_end_on_a_tiny_run(tmp_path):
     agree = _script("loop_agreement_seeds").main([
         "--world", str(world), "--run", str(run), "--round", str(out / "loop" / "round_1"),
         "--out", str(tmp_path / "agree"), "--seeds", "0,1", "--users", "3", "--items", "2",
-        "--draws", "3", "--seed", "1", "--threads", "1", "--json", str(seeds)])  # fmt: skip
+        "--draws", "3", "--seed", "1", "--threads", "1", "--control", "--json", str(seeds)])  # fmt: skip
     assert agree["pairs"] == 6 and set(agree["runs"]) == {"0", "1"}
-    assert agree["after_minus_before"]["n"] == 2
+    assert agree["after_minus_before"]["n"] == 2 and agree["after_minus_control"]["n"] == 2
+    # the control is the same experiment with the platform's pixels: same users, items, traffic
+    shown = pd.read_parquet(tmp_path / "agree" / "ab-s0" / "impressions.parquet")
+    control = pd.read_parquet(tmp_path / "agree" / "aa-s0" / "impressions.parquet")
+    keys = ["user_id", "item_id", "arm"]
+    assert shown[keys].equals(control[keys])
+    items = pd.read_parquet(world / "items.parquet").set_index("item_id")["image"]
+    arm = pd.read_parquet(tmp_path / "agree" / "platform-arm" / "manifest.parquet")
+    paths = zip(arm["item_id"], arm["path"], strict=True)
+    assert all(Path(p) == (world / items[i]).resolve() for i, p in paths)
     diffs = [r["diff"] for r in agree["runs"].values()]
     assert agree["after_minus_before"]["mean"] == pytest.approx(np.mean(diffs))
     for s in (0, 1):
@@ -145,4 +154,4 @@ def test_online_ab_runs_end_to_end_on_a_tiny_run(tmp_path):
         ab = json.loads((tmp_path / "agree" / f"ab-s{s}" / "experiment.json").read_text())
         assert ab["impressions"] == 3000
     pooled = _script("loop_agreement_seeds").main(["--pool", str(seeds), str(seeds)])
-    assert pooled["after_minus_before"]["n"] == 4
+    assert pooled["after_minus_before"]["n"] == 4 and pooled["after_minus_control"]["n"] == 4
