@@ -12,7 +12,7 @@ This script repeats the round's reward half with ``--seeds`` seeds: for seed s,
 - the preference model, with RUN/preference's recorded config and seed s, fitted twice: on the
   world's own logs ("before") and on those plus the A/B's ("after"), so only the round's data
   differs; with ``--control`` also a third time, on the world's logs plus the same A/B (seed,
-  items, users, traffic) with each item's own cover in place of the generated ones, which
+  users and their arms, items, impressions) with each item's own cover in place of the generated ones, which
   separates what the generated covers' clicks teach from what more logs teach;
 - all score the same K draws of the run on the first ``--users`` x ``--items`` pairs (drawn
   once, `online_ab.py`'s noise seeds and the round's sampler settings), and the seed's result is the mean over pairs of
@@ -86,7 +86,7 @@ def fit(data_dir: Path, out: Path, cfg: PreferenceConfig) -> Path:
 def platform_arm(args: argparse.Namespace, loop_cfg: dict) -> Path:
     """A manifest arm that shows every user each item's own cover on the round's items: the
     round's A/B with the platform's pixels in place of the generated ones (same items, users,
-    randomisation and traffic; the covers are logged as new variants, as generated ones are)."""
+    randomisation and impressions; the covers are logged as new variants, as generated ones are)."""
     manifest = args.out / "platform-arm" / "manifest.parquet"
     if not manifest.is_file():
         users = pd.read_parquet(args.world / "users.parquet", columns=["user_id"])["user_id"]
