@@ -12,11 +12,11 @@ This script repeats the round's reward half with ``--seeds`` seeds: for seed s,
 - the preference model, with RUN/preference's recorded config and seed s, fitted twice: on the
   world's own logs ("before") and on those plus the A/B's ("after"), so only the round's data
   differs; with ``--control`` also a third time, on the world's logs plus the same A/B (seed,
-  users and their arms, items, impressions) with each item's own cover in place of the generated ones, which
-  separates what the generated covers' clicks teach from what more logs teach;
+  users and their arms, items, impressions) with each item's own cover in place of the
+  generated ones, which separates what the generated covers' clicks teach from more logs;
 - all score the same K draws of the run on the first ``--users`` x ``--items`` pairs (drawn
-  once, `online_ab.py`'s noise seeds and the round's sampler settings), and the seed's result is the mean over pairs of
-  after − before.
+  once, with `online_ab.py`'s noise seeds and the round's sampler settings), and the seed's
+  result is the mean over pairs of after − before.
 
 Runs (seeds, and worlds when several results are pooled with ``--pool``) are the unit of the
 95% t-interval.
@@ -138,10 +138,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         runs[s] = r = paired(before, after)
         print(f"seed {s}: agreement {r['before']:.3f} -> {r['after']:.3f} ({r['diff']:+.3f} "
               f"[{r['low']:+.3f}, {r['high']:+.3f}], {r['pairs']} pairs)", flush=True)  # fmt: skip
-        if args.control:  # the same experiment and traffic, the platform's pixels
-            platform = logs(s, str(platform_arm(args, loop_cfg)), "aa")
-            more = agreement(fit(platform, args.out / f"more-s{s}", cfg))
-            controls[s] = c = paired(more, after)
+        if args.control:  # the same experiment, the platform's pixels
+            platform = logs(s, str(platform_arm(args, loop_cfg)), "platform")
+            control = agreement(fit(platform, args.out / f"control-s{s}", cfg))
+            controls[s] = c = paired(control, after)
             print(f"seed {s}: control (the platform's covers) {c['before']:.3f}; "
                   f"generated covers' clicks add {c['diff']:+.3f}", flush=True)  # fmt: skip
     diffs = [r["diff"] for r in runs.values()]

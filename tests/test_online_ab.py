@@ -140,7 +140,7 @@ def test_online_ab_runs_end_to_end_on_a_tiny_run(tmp_path):
     # the control is the same experiment with the platform's pixels: the same users in the same
     # arms, the same items and impressions (the ranker orders each page by what it shows)
     shown = pd.read_parquet(tmp_path / "agree" / "ab-s0" / "impressions.parquet")
-    control = pd.read_parquet(tmp_path / "agree" / "aa-s0" / "impressions.parquet")
+    control = pd.read_parquet(tmp_path / "agree" / "platform-s0" / "impressions.parquet")
     assert shown[["user_id", "arm"]].equals(control[["user_id", "arm"]])
     assert set(shown["item_id"]) == set(control["item_id"])
     items = pd.read_parquet(world / "items.parquet").set_index("item_id")["image"]

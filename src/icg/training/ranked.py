@@ -76,17 +76,15 @@ def selection_weights(
 
     A pair without an eligible draw gets all-zero weights: it teaches nothing this round.
     """
-    if selection == "best":
-        masked = scores.masked_fill(~eligible, float("-inf"))
-        best = masked.argmax(dim=1, keepdim=True)  # (P, 1)
-        weights = torch.zeros_like(scores).scatter_(1, best, 1.0)
+    if selection in ("best", "first"):
+        # the best eligible draw, or the first eligible one (argmax returns the first maximum)
+        ranked = (scores.masked_fill(~eligible, float("-inf")) if selection == "best"
+                  else eligible.float())  # fmt: skip
+        pick = ranked.argmax(dim=1, keepdim=True)  # (P, 1)
+        weights = torch.zeros_like(scores).scatter_(1, pick, 1.0)
         return weights * eligible.any(dim=1, keepdim=True)
     if selection == "advantage":
         return group_advantages(scores).clamp(0.0, clip) * eligible
-    if selection == "first":
-        first = eligible.float().argmax(dim=1, keepdim=True)  # the first True of each row
-        weights = torch.zeros_like(scores).scatter_(1, first, 1.0)
-        return weights * eligible.any(dim=1, keepdim=True)
     raise ValueError(f"selection: expected 'best', 'advantage' or 'first', got {selection!r}")
 
 
